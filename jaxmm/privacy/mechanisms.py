@@ -1,0 +1,36 @@
+"""Noise mechanisms shared by the DP methods (DP-NTK regression, DP cross-attention)."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxmm.ops._checks import check_positive, fail
+
+
+def truncated_laplace_bound(*, sensitivity: float, epsilon: float, delta: float) -> float:
+    """B₀ = (Δ/ε)·ln(1 + (e^ε − 1)/(2δ)): the support half-width of TLap(Δ, ε, δ)."""
+    check_positive("sensitivity", sensitivity)
+    check_positive("epsilon", epsilon)
+    if not 0.0 < delta < 1.0:
+        fail("delta", "a number in (0, 1)", delta)
+    b = sensitivity / epsilon
+    return b * math.log1p(math.expm1(epsilon) / (2.0 * delta))
+
+
+def truncated_laplace(key, shape, *, sensitivity: float, epsilon: float, delta: float, dtype=jnp.float32):
+    """Exact samples of the truncated Laplace TLap(Δ, ε, δ).
+
+    Density ∝ exp(−|z|/b) on [−B₀, B₀] with b = Δ/ε and B₀ = (Δ/ε)·ln(1 + (e^ε − 1)/(2δ)); adding it to a
+    statistic of L1-sensitivity Δ is (ε, δ)-DP (Geng et al. 2020, as used by 2407.13621 and 2407.14717).
+    Sampled by inverting the CDF of |z| (an exponential truncated at B₀) and a random sign.
+    """
+    b = sensitivity / epsilon
+    bound = truncated_laplace_bound(sensitivity=sensitivity, epsilon=epsilon, delta=delta)
+    k_mag, k_sign = jax.random.split(key)
+    u = jax.random.uniform(k_mag, shape, dtype=jnp.float32)
+    # |z| = −b·ln(1 − u·(1 − e^{−B₀/b})), u ~ U[0,1): inverse CDF of Exp(1/b) conditioned on [0, B₀].
+    mag = -b * jnp.log1p(-u * (-math.expm1(-bound / b)))
+    sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, shape), 1.0, -1.0)
+    return jnp.clip(sign * mag, -bound, bound).astype(dtype)
