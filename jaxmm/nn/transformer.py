@@ -1,0 +1,203 @@
+"""Attention, MLP and the pre-norm transformer block, configured by one frozen `BlockConfig`.
+
+The attention inside a block is chosen by `BlockConfig.attention`:
+  "softmax" — standard (jaxmm.ops.dot_product_attention, or `attention_fn` if given);
+  further kinds ("ntk", "prefix", "tensor") are registered in `ATTENTION_KINDS` by the modules that implement them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmm.nn.layers import ACTIVATIONS, Dense, make_norm
+from jaxmm.ops import attention as attn_ops
+from jaxmm.ops import rope
+from jaxmm.ops._checks import check_rank, fail
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    d_model: int
+    num_heads: int
+    mlp_dim: int
+    num_kv_heads: int | None = None  # None: = num_heads (MHA); 1: MQA
+    head_dim: int | None = None  # None: d_model // num_heads
+    mlp: str = "swiglu"  # "swiglu" | "gelu" | "gelu_tanh" | "quick_gelu" | "silu"
+    norm: str = "rms"  # "rms" | "layer"
+    norm_eps: float = 1e-6
+    qkv_bias: tuple[bool, bool, bool] | bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    rope_theta: float | None = 10000.0  # None: no rotary embedding (ViT, Whisper)
+    rope_scaling: tuple | None = None  # HF rope_scaling dict as sorted items (hashable)
+    attention: str = "softmax"
+    attention_fn: Callable | None = None  # user attention with dot_product_attention's signature
+    implementation: str | None = None  # dispatch for dot_product_attention
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q", "v")  # any of q, k, v, o, gate, up, down, fc1, fc2
+    prefix_length: int = 10  # P-Tuning v2 prefix (attention="prefix")
+    ntk_init: str = "zeros"  # NTK-Attention Z, k init (attention="ntk")
+    dtype: Any = None  # compute dtype (None = input dtype)
+    remat: bool = False
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def biases(self) -> tuple[bool, bool, bool]:
+        b = self.qkv_bias
+        return (b, b, b) if isinstance(b, bool) else tuple(b)
+
+    def __post_init__(self):
+        if self.num_heads % self.kv_heads:
+            fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}", self.num_kv_heads)
+
+    def dense(self, name: str, features: int, use_bias: bool, axes) -> Dense:
+        lora = name in self.lora_targets and self.lora_rank > 0
+        return Dense(features, use_bias=use_bias, axes=axes, dtype=self.dtype, name=name,
+                     lora_rank=self.lora_rank if lora else 0, lora_alpha=self.lora_alpha,
+                     lora_dropout=self.lora_dropout)
+
+
+def rope_scaling_items(scaling: dict | None) -> tuple | None:
+    return None if not scaling else tuple(sorted(scaling.items()))
+
+
+# attention kind -> callable(module, q, k, v, *, mask, is_causal, scale) -> out; q/k/v already projected.
+ATTENTION_KINDS: dict[str, Callable] = {}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (MHA/GQA/MQA) with optional RoPE, qkv bias, LoRA and a KV cache.
+
+    x: [B, L, D] -> [B, L, D]. Params: q, k, v, o (Dense; flattened heads·head_dim).
+    mask: boolean, broadcastable to [B, 1, L, Lk] (True = attend), e.g. a [B, Lk] padding mask.
+    positions: [B, L] rotary positions (default arange(L), offset by the cache index when decoding).
+    decode: use and update the "cache" collection (cached_key/value [B, max_len, Hkv, d], cache_index); the
+    cache is created on the first decode call with `max_length` slots. When decoding, the caller passes the
+    full [B, 1, L, max_len] mask (see jaxmm.models.llm); keys beyond the cache index are masked here too.
+    """
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
+                 decode: bool = False, max_length: int | None = None):
+        cfg = self.config
+        check_rank("x", x, 3, "[batch, length, d_model]")
+        b, length, _ = x.shape
+        h, hkv, d = cfg.num_heads, cfg.kv_heads, cfg.dim_head
+        qb, kb, vb = cfg.biases
+        q = cfg.dense("q", h * d, qb, ("embed", "heads"))(x, deterministic).reshape(b, length, h, d)
+        k = cfg.dense("k", hkv * d, kb, ("embed", "heads"))(x, deterministic).reshape(b, length, hkv, d)
+        v = cfg.dense("v", hkv * d, vb, ("embed", "heads"))(x, deterministic).reshape(b, length, hkv, d)
+
+        index = None
+        if decode:
+            if max_length is None and not self.has_variable("cache", "cached_key"):
+                fail("max_length", "the cache size on the first decode call", None)
+            ck = self.variable("cache", "cached_key", jnp.zeros, (b, max_length or 0, hkv, d), k.dtype)
+            cv = self.variable("cache", "cached_value", jnp.zeros, (b, max_length or 0, hkv, d), v.dtype)
+            ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            index = ci.value
+        if positions is None:
+            positions = jnp.arange(length)[None] + (0 if index is None else index)
+        if cfg.rope_theta is not None:
+            inv = rope.rope_frequencies(d, cfg.rope_theta, dict(cfg.rope_scaling) if cfg.rope_scaling else None)
+            q, k = rope.apply_rope(q, positions, inv), rope.apply_rope(k, positions, inv)
+        if decode:
+            ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
+            cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
+            ci.value = index + length
+            k, v = ck.value, cv.value
+            filled = (jnp.arange(k.shape[1]) < index + length)[None, None, None, :]
+            mask = filled if mask is None else jnp.asarray(mask) & filled
+            if is_causal:  # bottom-right alignment is wrong for a partly filled cache: use absolute positions
+                qpos = index + jnp.arange(length)
+                mask = mask & (jnp.arange(k.shape[1])[None, :] <= qpos[:, None])[None, None]
+                is_causal = False
+        out = self.attend(q, k, v, mask=mask, is_causal=is_causal)
+        return cfg.dense("o", h * d, cfg.out_bias, ("heads", "embed"))(out.reshape(b, length, h * d), deterministic)
+
+    def attend(self, q, k, v, *, mask, is_causal):
+        cfg = self.config
+        if cfg.attention == "softmax":
+            fn = cfg.attention_fn or attn_ops.dot_product_attention
+            kwargs = {} if cfg.attention_fn else {"implementation": cfg.implementation}
+            return fn(q, k, v, mask=mask, is_causal=is_causal, **kwargs)
+        if cfg.attention not in ATTENTION_KINDS:
+            fail("attention", f"one of {['softmax', *ATTENTION_KINDS]}", repr(cfg.attention))
+        return ATTENTION_KINDS[cfg.attention](self, q, k, v, mask=mask, is_causal=is_causal)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) ∘ up(x)); otherwise fc2(act(fc1(x)))."""
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        cfg = self.config
+        if cfg.mlp == "swiglu":
+            g = cfg.dense("gate", cfg.mlp_dim, cfg.mlp_bias, ("embed", "mlp"))(x, deterministic)
+            u = cfg.dense("up", cfg.mlp_dim, cfg.mlp_bias, ("embed", "mlp"))(x, deterministic)
+            return cfg.dense("down", cfg.d_model, cfg.mlp_bias, ("mlp", "embed"))(jax.nn.silu(g) * u, deterministic)
+        if cfg.mlp not in ACTIVATIONS:
+            fail("mlp", f"'swiglu' or one of {list(ACTIVATIONS)}", repr(cfg.mlp))
+        h = cfg.dense("fc1", cfg.mlp_dim, cfg.mlp_bias, ("embed", "mlp"))(x, deterministic)
+        return cfg.dense("fc2", cfg.d_model, cfg.mlp_bias, ("mlp", "embed"))(ACTIVATIONS[cfg.mlp](h), deterministic)
+
+
+def attention_module(cfg: BlockConfig, name: str):
+    if cfg.attention == "tensor":
+        from jaxmm.nn.tensor_attention import TensorAttention
+
+        return TensorAttention(cfg, name=name)
+    return Attention(cfg, name=name)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
+    Params: attn_norm, attn, mlp_norm, mlp."""
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
+                 decode: bool = False, max_length: int | None = None):
+        cfg = self.config
+        h = make_norm(cfg.norm, cfg.norm_eps, name="attn_norm")(x)
+        x = x + attention_module(cfg, "attn")(h, mask=mask, positions=positions, is_causal=is_causal,
+                                              deterministic=deterministic, decode=decode, max_length=max_length)
+        h = make_norm(cfg.norm, cfg.norm_eps, name="mlp_norm")(x)
+        return x + MLP(cfg, name="mlp")(h, deterministic)
+
+
+class Stack(nn.Module):
+    """`num_layers` Blocks named layers_0 … (optionally rematerialised)."""
+
+    config: BlockConfig
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, positions=None, is_causal=False, deterministic=True, decode=False,
+                 max_length=None, return_hidden: bool = False):
+        block = nn.remat(Block, static_argnums=()) if self.config.remat else Block
+        hidden = [x]
+        for i in range(self.num_layers):
+            x = block(self.config, name=f"layers_{i}")(x, mask=mask, positions=positions, is_causal=is_causal,
+                                                        deterministic=deterministic, decode=decode,
+                                                        max_length=max_length)
+            hidden.append(x)
+        return (x, hidden) if return_hidden else x
