@@ -1,0 +1,97 @@
+"""CLIP-style vision tower (Radford et al. 2021), as LLaVA uses it.
+
+patch conv (no bias) -> [CLS] + patches + learned positions -> pre-LayerNorm -> pre-norm transformer blocks
+(quick-GELU MLP, biases everywhere) -> outputs:
+  last_hidden_state [B, 1+N, D] (the last block's output, no final norm — HF's `last_hidden_state`),
+  pooler_output [B, D] = post_layernorm(last_hidden_state[:, 0]),
+  hidden_states: list of 1+num_layers [B, 1+N, D] (index 0 = pre-normed embeddings, as HF),
+  features [B, N, D] = hidden_states[feature_layer] without CLS (LLaVA: penultimate layer, CLS dropped),
+  image_embeds [B, projection_dim] = pooler_output·W when `projection_dim` is set (CLIPModel's visual_projection).
+Images are NHWC float pixel values (already normalised).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxmm.nn.layers import Dense, LayerNorm, default_init
+from jaxmm.nn.transformer import BlockConfig, Stack
+from jaxmm.ops._checks import check_rank, fail
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 32
+    patch_size: int = 8
+    num_channels: int = 3
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 128
+    mlp: str = "quick_gelu"
+    norm_eps: float = 1e-5
+    feature_layer: int = -2  # LLaVA's choice: the penultimate layer
+    drop_cls: bool = True
+    projection_dim: int | None = None
+    attention: str = "softmax"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "v")
+    dtype: Any = None
+    remat: bool = False
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_features(self) -> int:
+        """Tokens handed to a projector."""
+        return self.num_patches + (0 if self.drop_cls else 1)
+
+    def block(self) -> BlockConfig:
+        return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim, mlp=self.mlp,
+                           norm="layer", norm_eps=self.norm_eps, qkv_bias=True, out_bias=True, mlp_bias=True,
+                           rope_theta=None, attention=self.attention, lora_rank=self.lora_rank,
+                           lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, dtype=self.dtype,
+                           remat=self.remat)
+
+
+class ViT(nn.Module):
+    """pixel_values [B, H, W, C] -> dict (see module docstring). Params: patch_embed, class_embedding,
+    position_embedding, pre_norm, layers_0.., post_norm, (projection)."""
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, pixel_values, *, deterministic: bool = True):
+        cfg = self.config
+        check_rank("pixel_values", pixel_values, 4, "[batch, height, width, channels] (NHWC)")
+        expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
+        if tuple(pixel_values.shape[1:]) != expected:
+            fail("pixel_values", f"shape [batch, {expected[0]}, {expected[1]}, {expected[2]}]",
+                 f"shape {pixel_values.shape}")
+        x = nn.Conv(cfg.d_model, (cfg.patch_size, cfg.patch_size), strides=(cfg.patch_size, cfg.patch_size),
+                    padding="VALID", use_bias=False, dtype=cfg.dtype, name="patch_embed",
+                    kernel_init=nn.with_logical_partitioning(default_init, (None, None, None, "embed")))(pixel_values)
+        b = x.shape[0]
+        x = x.reshape(b, -1, cfg.d_model)
+        cls = self.param("class_embedding", nn.with_logical_partitioning(default_init, ("embed",)), (cfg.d_model,))
+        pos = self.param("position_embedding", nn.with_logical_partitioning(default_init, (None, "embed")),
+                         (cfg.num_patches + 1, cfg.d_model))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, cfg.d_model)), x], axis=1)
+        x = x + pos.astype(x.dtype)
+        x = LayerNorm(cfg.norm_eps, name="pre_norm")(x)
+        last, hidden = Stack(cfg.block(), cfg.num_layers, name="encoder")(x, deterministic=deterministic,
+                                                                          return_hidden=True)
+        pooled = LayerNorm(cfg.norm_eps, name="post_norm")(last[:, 0])
+        feats = hidden[cfg.feature_layer]
+        out = {"last_hidden_state": last, "pooler_output": pooled, "hidden_states": hidden,
+               "features": feats[:, 1:] if cfg.drop_cls else feats}
+        if cfg.projection_dim:
+            out["image_embeds"] = Dense(cfg.projection_dim, axes=("embed", None), dtype=cfg.dtype,
+                                        name="projection")(pooled)
+        return out
