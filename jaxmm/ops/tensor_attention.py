@@ -1,0 +1,488 @@
+"""Tensor (2-simplicial) attention, exact and in almost linear time (Liang, Shi, Song, Zhou; arXiv 2405.16411).
+
+For each query i, a softmax over the n² key pairs (j, k):
+
+    S_ijk = s · Σ_l Q_il K1_jl K2_kl,    P_ijk = softmax_{(j,k)}(S_i··),    O_i = Σ_jk P_ijk (V1_j ∘ V2_k)
+
+i.e. O = D⁻¹ exp(s·Q (K1 ⊘ K2)ᵀ)(V1 ⊘ V2) with ⊘ the column-wise Kronecker (Khatri–Rao) product (PAPERS.md §10).
+
+method="exact": flash-style. Queries in blocks; for each block an online softmax runs over tiles of (j, k)
+  pairs, so memory is O(block_q · block_k² + n·d), never the n × n² score matrix. A custom VJP recomputes the
+  tiles and applies the closed-form per-tensor gradients (Δ_i = ⟨dO_i, O_i⟩):
+    dP_ijk = ⟨dO_i, V1_j∘V2_k⟩, dS = P∘(dP − Δ), dQ_i = s Σ_jk dS_ijk K1_j∘K2_k, dK1_j = s Σ_ik dS_ijk Q_i∘K2_k,
+    dK2_k = s Σ_ij dS_ijk Q_i∘K1_j, dV1_j = Σ_ik P_ijk dO_i∘V2_k, dV2_k = Σ_ij P_ijk dO_i∘V1_j.
+  On GPU the Pallas kernel in jaxmm.kernels.tensor_attention runs instead (same maths).
+method="poly": the degree-g Taylor expansion exp(s·Σ_l q_l a_l b_l) ≈ Σ_{|α|≤g} s^{|α|}/α! q^α a^α b^α gives
+  feature maps U1 (queries), U2 (K1), U3 (K2) of rank r = C(d+g, g), and the Khatri–Rao identity
+  (A⊘B)ᵀ(C⊘D) = (AᵀC)∘(BᵀD) gives  z = U1((U2ᵀ1)∘(U3ᵀ1)),  O = diag(z)⁻¹ U1 ((U2ᵀV1)∘(U3ᵀV2)):
+  O(n·r·d) time and memory forward and backward (custom VJP; causal: prefix sums over j, k ≤ i).
+  Its relative error per score is at most ε = e^{2β} β^{g+1}/(g+1)! with β = max|S_ijk| (Lagrange remainder),
+  so |O_poly − O| ≤ 2ε/(1−ε) · max|V1∘V2|; with entries bounded by B, β ≤ s·d·B³ = B³ for s = 1/d, which is the
+  paper's phase transition: tiny error for B³ ≪ g, blow-up beyond.
+
+Layout: q, k1, k2 [batch, n, heads, d]; v1, v2 [batch, m, heads, dv] (k1, k2, v1, v2 share m).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxmm.ops import polynomial
+from jaxmm.ops._checks import check_rank, check_shape, fail
+
+METHODS = ("exact", "poly")
+IMPLEMENTATIONS = (None, "xla", "pallas")
+_NEG = -1e30  # finite "minus infinity" for masked scores (avoids inf − inf)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argument checks and layout
+# ----------------------------------------------------------------------------------------------------------------
+def _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal):
+    check_rank("q", q, 4, "[batch, n, heads, d]")
+    b, n, h, d = q.shape
+    check_rank("k1", k1, 4, "[batch, m, heads, d]")
+    m = k1.shape[1]
+    check_shape("k1", k1, (b, None, h, d), "[batch, m, heads, d]")
+    check_shape("k2", k2, (b, m, h, d), "[batch, m, heads, d] (like k1)")
+    check_rank("v1", v1, 4, "[batch, m, heads, dv]")
+    dv = v1.shape[-1]
+    check_shape("v1", v1, (b, m, h, None), "[batch, m, heads, dv]")
+    check_shape("v2", v2, (b, m, h, dv), "[batch, m, heads, dv] (like v1)")
+    if is_causal and n != m:
+        fail("is_causal", f"queries and keys of the same length (q has n={n})", f"keys of length m={m}")
+    if key_mask is not None:
+        check_shape("key_mask", key_mask, (b, m), "[batch, m] (True = key takes part)")
+    return b, n, m, h, d, dv
+
+
+def _heads_first(x):  # [B, n, H, d] -> [B*H, n, d]
+    b, n, h, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b * h, n, d)
+
+
+def _heads_back(x, b, h):  # [B*H, n, d] -> [B, n, H, d]
+    return x.reshape(b, h, x.shape[1], x.shape[2]).transpose(0, 2, 1, 3)
+
+
+def _pad_rows(x, multiple):
+    pad = (-x.shape[-2]) % multiple
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[-2] = (0, pad)
+    return jnp.pad(x, widths)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# naive reference
+# ----------------------------------------------------------------------------------------------------------------
+def tensor_attention_reference(q, k1, k2, v1, v2, *, scale=None, is_causal=False, key_mask=None):
+    """Naive Θ(n³d) evaluation materialising the [B, H, n, m, m] scores (tests, small n, the XLA peer in bench)."""
+    b, n, m, h, d, dv = _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
+    s = 1.0 / d if scale is None else scale
+    logits = jnp.einsum("bihl,bjhl,bkhl->bhijk", q, k1, k2, preferred_element_type=jnp.float32) * s
+    valid = jnp.ones((b, 1, n, m, m), bool)
+    if is_causal:
+        i = jnp.arange(n)[:, None, None]
+        valid = valid & ((jnp.arange(m)[None, :, None] <= i) & (jnp.arange(m)[None, None, :] <= i))[None, None]
+    if key_mask is not None:
+        km = key_mask.astype(bool)
+        valid = valid & (km[:, None, None, :, None] & km[:, None, None, None, :])
+    logits = jnp.where(valid, logits, _NEG)
+    p = jax.nn.softmax(logits.reshape(b, h, n, m * m), axis=-1).reshape(b, h, n, m, m)
+    p = jnp.where(valid, p, 0.0)
+    out = jnp.einsum("bhijk,bjhe,bkhe->bihe", p, v1.astype(jnp.float32), v2.astype(jnp.float32))
+    return out.astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact path (pure JAX, flash-style tiles)
+# ----------------------------------------------------------------------------------------------------------------
+def _pair_mask(rows, cols_j, cols_k, causal, kmask_j, kmask_k):
+    """[bq, bk, bk] validity of the pairs (j, k) for the query rows."""
+    ok = (kmask_j[:, None] & kmask_k[None, :])[None]
+    if causal:
+        ok = ok & (cols_j[None, :, None] <= rows[:, None, None]) & (cols_k[None, None, :] <= rows[:, None, None])
+    return ok
+
+
+def _num_key_blocks(q0, bq, bk, nkb, causal):
+    if not causal:
+        return nkb
+    return jnp.minimum(nkb, (q0 + bq - 1) // bk + 1)
+
+
+def _exact_fwd_head(q, k1, k2, v1, v2, kmask, *, scale, causal, bq, bk):
+    """One head. q [nq, d] (nq % bq == 0), k*/v* [m, .] (m % bk == 0), kmask [m] bool -> (O [nq, dv], lse [nq])."""
+    nq, d = q.shape
+    m, dv = v1.shape
+    nkb = m // bk
+    f32 = jnp.float32
+
+    def qblock(qi):
+        q0 = qi * bq
+        qs = lax.dynamic_slice_in_dim(q, q0, bq).astype(f32) * scale
+        rows = q0 + jnp.arange(bq)
+        nb = _num_key_blocks(q0, bq, bk, nkb, causal)
+
+        def jbody(jb, carry):
+            j0 = jb * bk
+            k1b = lax.dynamic_slice_in_dim(k1, j0, bk).astype(f32)
+            v1b = lax.dynamic_slice_in_dim(v1, j0, bk).astype(f32)
+            mj = lax.dynamic_slice_in_dim(kmask, j0, bk)
+            qk1 = qs[:, None, :] * k1b[None]  # [bq, bk, d]
+
+            def kbody(kb, carry):
+                m_i, l_i, acc = carry
+                k0 = kb * bk
+                k2b = lax.dynamic_slice_in_dim(k2, k0, bk).astype(f32)
+                v2b = lax.dynamic_slice_in_dim(v2, k0, bk).astype(f32)
+                mk = lax.dynamic_slice_in_dim(kmask, k0, bk)
+                ok = _pair_mask(rows, j0 + jnp.arange(bk), k0 + jnp.arange(bk), causal, mj, mk)
+                s = jnp.where(ok, jnp.einsum("ijd,kd->ijk", qk1, k2b), _NEG)
+                m_new = jnp.maximum(m_i, s.max(axis=(1, 2)))
+                p = jnp.where(ok, jnp.exp(s - m_new[:, None, None]), 0.0)
+                alpha = jnp.exp(m_i - m_new)
+                l_i = l_i * alpha + p.sum(axis=(1, 2))
+                pv2 = jnp.einsum("ijk,ke->ije", p, v2b)
+                acc = acc * alpha[:, None] + jnp.einsum("ije,je->ie", pv2, v1b)
+                return m_new, l_i, acc
+
+            return lax.fori_loop(0, nb, kbody, carry)
+
+        init = (jnp.full((bq,), -jnp.inf, f32), jnp.zeros((bq,), f32), jnp.zeros((bq, dv), f32))
+        m_i, l_i, acc = lax.fori_loop(0, nb, jbody, init)
+        l_safe = jnp.where(l_i > 0, l_i, 1.0)
+        return acc / l_safe[:, None], m_i + jnp.log(l_safe)
+
+    o, lse = lax.map(qblock, jnp.arange(nq // bq))
+    return o.reshape(nq, dv), lse.reshape(nq)
+
+
+def _exact_bwd_head(q, k1, k2, v1, v2, kmask, o, lse, do, *, scale, causal, bq, bk):
+    """One head: the closed-form gradients (module docstring), tiles recomputed. Returns dq, dk1, dk2, dv1, dv2."""
+    nq, d = q.shape
+    m, dv = v1.shape
+    nkb = m // bk
+    f32 = jnp.float32
+    delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1)  # Δ_i = ⟨dO_i, O_i⟩
+
+    def add_rows(acc, start, upd):
+        return lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(acc, start, upd.shape[0]) + upd,
+                                               start, 0)
+
+    def qblock(carry, qi):
+        q0 = qi * bq
+        qb = lax.dynamic_slice_in_dim(q, q0, bq).astype(f32)
+        qs = qb * scale
+        dob = lax.dynamic_slice_in_dim(do, q0, bq).astype(f32)
+        lseb = lax.dynamic_slice_in_dim(lse, q0, bq)
+        db = lax.dynamic_slice_in_dim(delta, q0, bq)
+        rows = q0 + jnp.arange(bq)
+        nb = _num_key_blocks(q0, bq, bk, nkb, causal)
+
+        def jbody(jb, c):
+            dq, dk1, dk2, dv1, dv2 = c
+            j0 = jb * bk
+            k1b = lax.dynamic_slice_in_dim(k1, j0, bk).astype(f32)
+            v1b = lax.dynamic_slice_in_dim(v1, j0, bk).astype(f32)
+            mj = lax.dynamic_slice_in_dim(kmask, j0, bk)
+            qk1 = qs[:, None, :] * k1b[None]  # [bq, bk, d], scaled
+            dov1 = dob[:, None, :] * v1b[None]  # [bq, bk, dv]
+
+            def kbody(kb, c2):
+                dq, dk1j, dv1j, dk2, dv2 = c2
+                k0 = kb * bk
+                k2b = lax.dynamic_slice_in_dim(k2, k0, bk).astype(f32)
+                v2b = lax.dynamic_slice_in_dim(v2, k0, bk).astype(f32)
+                mk = lax.dynamic_slice_in_dim(kmask, k0, bk)
+                ok = _pair_mask(rows, j0 + jnp.arange(bk), k0 + jnp.arange(bk), causal, mj, mk)
+                s = jnp.einsum("ijd,kd->ijk", qk1, k2b)
+                p = jnp.where(ok, jnp.exp(s - lseb[:, None, None]), 0.0)
+                dp = jnp.einsum("ije,ke->ijk", dov1, v2b)
+                ds = p * (dp - db[:, None, None])
+                t = jnp.einsum("ijk,kd->ijd", ds, k2b)  # Σ_k dS_ijk K2_k
+                dq = dq + scale * jnp.einsum("ijd,jd->id", t, k1b)
+                dk1j = dk1j + scale * jnp.einsum("ijd,id->jd", t, qb)
+                dk2 = add_rows(dk2, k0, jnp.einsum("ijk,ijd->kd", ds, qk1))
+                pv2 = jnp.einsum("ijk,ke->ije", p, v2b)
+                dv1j = dv1j + jnp.einsum("ije,ie->je", pv2, dob)
+                dv2 = add_rows(dv2, k0, jnp.einsum("ijk,ije->ke", p, dov1))
+                return dq, dk1j, dv1j, dk2, dv2
+
+            zk, zv = jnp.zeros((bk, d), f32), jnp.zeros((bk, dv), f32)
+            dq, dk1j, dv1j, dk2, dv2 = lax.fori_loop(0, nb, kbody, (dq, zk, zv, dk2, dv2))
+            return dq, add_rows(dk1, j0, dk1j), dk2, add_rows(dv1, j0, dv1j), dv2
+
+        dk1, dk2, dv1, dv2 = carry
+        dq, dk1, dk2, dv1, dv2 = lax.fori_loop(0, nb, jbody, (jnp.zeros((bq, d), f32), dk1, dk2, dv1, dv2))
+        return (dk1, dk2, dv1, dv2), dq
+
+    init = (jnp.zeros((m, d), f32), jnp.zeros((m, d), f32), jnp.zeros((m, dv), f32), jnp.zeros((m, dv), f32))
+    (dk1, dk2, dv1, dv2), dq = lax.scan(qblock, init, jnp.arange(nq // bq))
+    return dq.reshape(nq, d), dk1, dk2, dv1, dv2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _exact(q, k1, k2, v1, v2, kmask, scale, causal, bq, bk):
+    return _exact_fwd(q, k1, k2, v1, v2, kmask, scale, causal, bq, bk)[0]
+
+
+def _exact_fwd(q, k1, k2, v1, v2, kmask, scale, causal, bq, bk):
+    fwd = functools.partial(_exact_fwd_head, scale=scale, causal=causal, bq=bq, bk=bk)
+    o, lse = jax.vmap(fwd)(q, k1, k2, v1, v2, kmask)
+    o = o.astype(q.dtype)
+    return o, (q, k1, k2, v1, v2, kmask, o, lse)
+
+
+def _exact_bwd(scale, causal, bq, bk, res, do):
+    q, k1, k2, v1, v2, kmask, o, lse = res
+    bwd = functools.partial(_exact_bwd_head, scale=scale, causal=causal, bq=bq, bk=bk)
+    grads = jax.vmap(bwd)(q, k1, k2, v1, v2, kmask, o, lse, do)
+    out = tuple(g.astype(x.dtype) for g, x in zip(grads, (q, k1, k2, v1, v2)))
+    return out + (None,)
+
+
+_exact.defvjp(_exact_fwd, _exact_bwd)
+
+
+def _exact_xla(q, k1, k2, v1, v2, key_mask, scale, causal, block_q, block_k):
+    """[B*H, n, d] inputs; pads n and m to the block sizes and masks the padding."""
+    bh, n, _ = q.shape
+    m = k1.shape[1]
+    bq = min(block_q, n)
+    bk = min(block_k, m)
+    kmask = jnp.ones((bh, m), bool) if key_mask is None else key_mask
+    qp = _pad_rows(q, bq)
+    k1p, k2p, v1p, v2p = (_pad_rows(x, bk) for x in (k1, k2, v1, v2))
+    kmask = jnp.pad(kmask, ((0, 0), (0, k1p.shape[1] - m)))
+    o = _exact(qp, k1p, k2p, v1p, v2p, kmask, float(scale), bool(causal), bq, bk)
+    return o[:, :n]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# poly path: monomial features and the Khatri–Rao identity
+# ----------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _feature_tables(d: int, degree: int):
+    """[local helper beside jaxmm.ops.polynomial] Index tables to build all monomials x^α (|α| ≤ g, in
+    `multi_indices` order) degree by degree with one gather-multiply per degree, and their derivatives.
+
+    parent[α] = index of α − e_{l(α)}, var[α] = l(α) (the first l with α_l > 0); lower[l, α] = index of α − e_l
+    (0 where α_l = 0, weighted by α_l = 0 then)."""
+    exps = polynomial.multi_indices(d, degree)
+    index = {tuple(a): i for i, a in enumerate(exps)}
+    r = exps.shape[0]
+    parent = np.zeros(r, np.int32)
+    var = np.zeros(r, np.int32)
+    lower = np.zeros((d, r), np.int32)
+    for i, a in enumerate(exps):
+        nz = np.nonzero(a)[0]
+        for l in nz:
+            b = a.copy()
+            b[l] -= 1
+            lower[l, i] = index[tuple(b)]
+        if len(nz):
+            var[i] = nz[0]
+            parent[i] = lower[nz[0], i]
+    starts = [int(np.searchsorted(exps.sum(1), t)) for t in range(degree + 2)]
+    return exps, parent, var, lower, starts
+
+
+def _monomials(x, degree):
+    """x [..., d] -> x^α [..., r] for all |α| ≤ degree (same order as polynomial.monomials), O(r) ops."""
+    exps, parent, var, _, starts = _feature_tables(x.shape[-1], degree)
+    out = [jnp.ones(x.shape[:-1] + (1,), x.dtype)]
+    for t in range(1, degree + 1):
+        lo, hi = starts[t], starts[t + 1]
+        prev = jnp.concatenate(out, axis=-1)
+        out.append(jnp.take(prev, parent[lo:hi], axis=-1) * jnp.take(x, var[lo:hi], axis=-1))
+    return jnp.concatenate(out, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _features(x, degree, weight_power):
+    """U = c ∘ x^α with c = (1/α!)^{weight_power}, x [..., d] -> [..., r] (the scale s^{|α|} is folded into x
+    by the caller). Custom VJP: dx_l = Σ_α dU_α c_α α_l x^{α−e_l}, one gather: O(n·r·d)."""
+    return _features_fwd(x, degree, weight_power)[0]
+
+
+def _feature_weights(d, degree, weight_power):
+    return polynomial.multinomial_weights(polynomial.multi_indices(d, degree), 1.0) ** weight_power
+
+
+def _features_fwd(x, degree, weight_power):
+    mono = _monomials(x, degree)
+    c = jnp.asarray(_feature_weights(x.shape[-1], degree, weight_power), x.dtype)
+    return mono * c, (mono, jnp.zeros((x.shape[-1], 0), x.dtype))
+
+
+def _features_bwd(degree, weight_power, res, du):
+    mono, d_holder = res
+    d = d_holder.shape[0]
+    exps, _, _, lower, _ = _feature_tables(d, degree)
+    g = du * jnp.asarray(_feature_weights(d, degree, weight_power), du.dtype)  # [..., r]
+    lowered = jnp.take(mono, lower.reshape(-1), axis=-1).reshape(mono.shape[:-1] + lower.shape)  # [..., d, r]
+    dx = jnp.sum(lowered * (g[..., None, :] * jnp.asarray(exps.T, du.dtype)), axis=-1)
+    return (dx,)
+
+
+_features.defvjp(_features_fwd, _features_bwd)
+
+
+def _prefix(x, causal):
+    """Σ_{j ≤ i} x_j (causal) or Σ_j x_j kept as a broadcastable leading 1 (non-causal)."""
+    return jnp.cumsum(x, axis=0) if causal else jnp.sum(x, axis=0, keepdims=True)
+
+
+def _prefix_adjoint(g, causal):
+    """Adjoint of _prefix: reverse cumulative sum, or the sum over rows (broadcast back by the caller)."""
+    return jnp.flip(jnp.cumsum(jnp.flip(g, 0), axis=0), 0) if causal else jnp.sum(g, axis=0, keepdims=True)
+
+
+def _poly_core_fwd_parts(u1, u2, u3, v1, v2, causal):
+    a, b = _prefix(u2, causal), _prefix(u3, causal)  # [n|1, r]
+    if causal:
+        A = _prefix(u2[:, :, None] * v1[:, None, :], True)  # [n, r, dv]
+        Bm = _prefix(u3[:, :, None] * v2[:, None, :], True)
+        W = A * Bm
+        num = jnp.einsum("ir,ire->ie", u1, W)
+    else:
+        A, Bm = (u2.T @ v1)[None], (u3.T @ v2)[None]  # [1, r, dv]
+        W = A * Bm
+        num = u1 @ W[0]
+    c = a * b
+    z = jnp.sum(u1 * c, axis=-1)
+    return a, b, c, A, Bm, W, num, z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _poly_core(u1, u2, u3, v1, v2, causal):
+    """One head: O = diag(z)⁻¹ U1 W with z = U1 (P(U2) ∘ P(U3)), W = P(U2 ⊗ V1) ∘ P(U3 ⊗ V2), P = prefix sum
+    (causal) or total sum. u* [n, r], v* [n, dv] -> [n, dv]."""
+    *_, num, z = _poly_core_fwd_parts(u1, u2, u3, v1, v2, causal)
+    return num / z[:, None]
+
+
+def _poly_core_fwd(u1, u2, u3, v1, v2, causal):
+    *_, num, z = _poly_core_fwd_parts(u1, u2, u3, v1, v2, causal)
+    o = num / z[:, None]
+    return o, (u1, u2, u3, v1, v2, o, z)
+
+
+def _poly_core_bwd(causal, res, do):
+    u1, u2, u3, v1, v2, o, z = res
+    a, b, c, A, Bm, W, _, _ = _poly_core_fwd_parts(u1, u2, u3, v1, v2, causal)
+    dnum = do / z[:, None]
+    dz = -jnp.sum(do * o, axis=-1) / z
+    if causal:
+        du1 = jnp.einsum("ie,ire->ir", dnum, W) + dz[:, None] * c
+        dW = u1[:, :, None] * dnum[:, None, :]  # [n, r, dv]
+    else:
+        du1 = dnum @ W[0].T + dz[:, None] * c
+        dW = (u1.T @ dnum)[None]  # already summed over rows: the adjoint of the total sum
+    dc = u1 * dz[:, None] if causal else (u1.T @ dz)[None]
+    dA, dB = dW * Bm, dW * A
+    da, db = dc * b, dc * a
+    if causal:
+        dA, dB, da, db = (_prefix_adjoint(g, True) for g in (dA, dB, da, db))
+    # rows of A = P(u2 ⊗ v1): dU2_j = Σ_e dA_j·e V1_je + da_j, dV1_j = Σ_r dA_jr· U2_jr (broadcast if non-causal)
+    du2 = jnp.einsum("jre,je->jr", jnp.broadcast_to(dA, u2.shape + (v1.shape[-1],)), v1) + da
+    dv1 = jnp.einsum("jre,jr->je", jnp.broadcast_to(dA, u2.shape + (v1.shape[-1],)), u2)
+    du3 = jnp.einsum("kre,ke->kr", jnp.broadcast_to(dB, u3.shape + (v2.shape[-1],)), v2) + db
+    dv2 = jnp.einsum("kre,kr->ke", jnp.broadcast_to(dB, u3.shape + (v2.shape[-1],)), u3)
+    return du1, du2, du3, dv1, dv2
+
+
+_poly_core.defvjp(_poly_core_fwd, _poly_core_bwd)
+
+
+def _poly_head(q, k1, k2, v1, v2, kmask, *, scale, causal, degree):
+    """One head of the poly path; the weights s^{|α|}/α! are split evenly over the three factors
+    (U_t = (s^{|α|}/α!)^{1/3} x^α) so the three feature maps have comparable magnitude in float32."""
+    cs = scale ** (1.0 / 3.0)
+    f = functools.partial(_features, degree=degree, weight_power=1.0 / 3.0)
+    u1, u2, u3 = f(q * cs), f(k1 * cs), f(k2 * cs)
+    km = kmask[:, None].astype(u2.dtype)
+    return _poly_core(u1, u2 * km, u3 * km, v1, v2, causal)
+
+
+def _poly(q, k1, k2, v1, v2, key_mask, scale, causal, degree):
+    kmask = jnp.ones(k1.shape[:2], bool) if key_mask is None else key_mask
+    f32 = jnp.float32
+    head = functools.partial(_poly_head, scale=scale, causal=causal, degree=degree)
+    o = jax.vmap(head)(q.astype(f32), k1.astype(f32), k2.astype(f32), v1.astype(f32), v2.astype(f32), kmask)
+    return o.astype(q.dtype)
+
+
+def poly_rank(d: int, degree: int) -> int:
+    """r = C(d+g, g): the number of monomial features."""
+    return math.comb(d + degree, degree)
+
+
+def taylor_error_bound(beta, degree: int):
+    """ε = e^{2β} β^{g+1}/(g+1)!: the largest relative error of the degree-g Taylor polynomial of exp on
+    [−β, β] (Lagrange remainder e^ξ x^{g+1}/(g+1)! over exp(x) ≥ e^{−β}). The output error is ≤ 2ε/(1−ε)·max|V|."""
+    beta = np.asarray(beta, np.float64)
+    return np.exp(2 * beta) * beta ** (degree + 1) / math.factorial(degree + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public entry point
+# ----------------------------------------------------------------------------------------------------------------
+def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: str = "exact",
+                     degree: int | None = None, is_causal: bool = False, key_mask=None,
+                     implementation: str | None = None, block_q: int = 256, block_k: int = 32,
+                     interpret: bool | None = None):
+    """Tensor attention O_i = Σ_jk softmax_jk(s·Σ_l Q_il K1_jl K2_kl) V1_j∘V2_k (see the module docstring).
+
+    q, k1, k2: [B, n|m, H, d]; v1, v2: [B, m, H, dv]. Returns [B, n, H, dv] in q's dtype.
+    scale: s, default 1/d (the paper; 1/√d is the 2-simplicial convention).
+    method: "exact" (flash-style tiles, custom VJP) or "poly" (degree-`degree` Taylor features, O(n·r·d)).
+    is_causal: query i sees the pairs with j <= i and k <= i (needs n == m).
+    key_mask: optional bool [B, m]; pairs with a masked j or k are left out (padding).
+    implementation (exact only): None = the Pallas kernel on GPU, pure JAX elsewhere; "xla"; "pallas" (on CPU it
+      runs in interpret mode: slow, for tests). block_q, block_k: tile sizes of the exact path.
+    """
+    b, n, m, h, d, dv = _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
+    if method not in METHODS:
+        fail("method", f"one of {METHODS}", repr(method))
+    if implementation not in IMPLEMENTATIONS:
+        fail("implementation", f"one of {IMPLEMENTATIONS}", repr(implementation))
+    s = 1.0 / d if scale is None else float(scale)
+    if not s > 0:
+        fail("scale", "a positive number", scale)
+    for name, v in (("block_q", block_q), ("block_k", block_k)):
+        if not (isinstance(v, int) and v > 0):
+            fail(name, "a positive int", v)
+    km = None if key_mask is None else jnp.repeat(jnp.asarray(key_mask, bool), h, axis=0)
+    args = [_heads_first(x) for x in (q, k1, k2, v1, v2)]
+    if method == "poly":
+        if not (isinstance(degree, (int, np.integer)) and degree >= 0):
+            fail("degree", "a non-negative int for method='poly'", degree)
+        if implementation == "pallas":
+            fail("implementation", "None or 'xla' for method='poly' (no kernel needed)", repr(implementation))
+        out = _poly(*args, km, s, bool(is_causal), int(degree))
+        return _heads_back(out, b, h)
+    if degree is not None:
+        fail("degree", "None for method='exact'", degree)
+    impl = implementation
+    if impl is None:
+        impl = "pallas" if (jax.default_backend() == "gpu" and key_mask is None and n == m) else "xla"
+    if impl == "pallas":
+        if key_mask is not None or n != m:
+            fail("implementation", "'pallas' only without key_mask and with n == m",
+                 f"key_mask={key_mask is not None}, {n=}, {m=}")
+        from jaxmm.kernels.tensor_attention import tensor_attention_pallas
+
+        itp = (jax.default_backend() == "cpu") if interpret is None else interpret
+        out = tensor_attention_pallas(*args, scale=s, is_causal=bool(is_causal), interpret=itp)
+    else:
+        out = _exact_xla(*args, km, s, bool(is_causal), block_q, block_k)
+    return _heads_back(out, b, h)
