@@ -1,0 +1,158 @@
+"""Conversation formatting and tokenisation shared by every data source.
+
+Source examples (what `TextVQA`, `AudioQA`, `LlavaJsonSource`, `tfds_source` return) are dicts with
+  "conversations": list of (role, text) with role in {"system", "user", "assistant"};
+  "image": uint8 [H, W, 3] and/or "audio": float32 [frames, n_mels] (optional);
+  any other metadata (kept only when named in `keep`).
+
+`ConversationFormatter(tokenizer, max_len=...)(example)` returns fixed-length numpy arrays:
+  input_ids      int32 [max_len]  [bos] + per turn: role_prefix(role) + tokens(text) (+ [eos] after an
+                                  assistant turn), right-padded with `pad_id` (padding on the right for training);
+  loss_mask      int32 [max_len]  1 where input_ids[t] is a token of an assistant turn or the eos closing it,
+                                  0 elsewhere (prompt, role prefixes, placeholders, padding). The loss at t is
+                                  the prediction of input_ids[t] from the logits at t-1, i.e.
+                                  CE(logits[:, :-1], input_ids[:, 1:]) weighted by loss_mask[:, 1:];
+  attention_mask int32 [max_len]  1 on real tokens, 0 on padding;
+  plus "image" / "audio" (and the `keep` fields) passed through unchanged.
+
+PLACEHOLDERS: exactly ONE `<image>` (tokenizer.image_id) / `<audio>` (tokenizer.audio_id) token per
+modality present, at the position where the encoder's features go; the MLLM expands that single token into
+the encoder's N feature vectors itself (the sequence length grows by N-1 inside the model). If the text
+has no "<image>" / "<audio>" but the example has that modality, "<image>\\n" is prepended to the first user
+turn (the LLaVA convention). More than one placeholder of a kind is an error.
+
+With `eval=True` the output also holds the prompt for generation-based evaluation:
+  prompt_ids     int32 [max_prompt_len]  everything before the LAST assistant turn's text, ending with its
+                                         role prefix, LEFT-padded with pad_id (for batched `generate`);
+  prompt_mask    int32 [max_prompt_len]  1 on real prompt tokens;
+  answer_ids     int32 [max_answer_len]  the reference answer's tokens (no eos), right-padded with pad_id;
+  answer         str                     the reference answer text.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxmm.ops._checks import check_positive, fail
+
+MODALITIES = {"image": "<image>", "audio": "<audio>"}
+
+
+def _normalise_turns(turns, modalities: Sequence[str]) -> list[tuple[str, str]]:
+    if not isinstance(turns, (list, tuple)) or not turns:
+        fail("conversations", "a non-empty list of (role, text)", repr(turns)[:80])
+    out = []
+    for t in turns:
+        if isinstance(t, dict):
+            t = (t.get("role"), t.get("text"))
+        if len(t) != 2 or not isinstance(t[1], str):
+            fail("conversations", "(role, text) pairs", repr(t)[:80])
+        out.append((t[0], t[1]))
+    if all(r != "assistant" for r, _ in out):
+        fail("conversations", "at least one assistant turn", [r for r, _ in out])
+    for m in modalities:
+        tag = MODALITIES[m]
+        count = sum(text.count(tag) for _, text in out)
+        if count > 1:
+            fail("conversations", f"at most one {tag} placeholder", f"{count}")
+        if count == 0:
+            first_user = next((i for i, (r, _) in enumerate(out) if r == "user"), None)
+            if first_user is None:
+                fail("conversations", f"a user turn to hold {tag}", [r for r, _ in out])
+            r, text = out[first_user]
+            out[first_user] = (r, f"{tag}\n{text}")
+    return out
+
+
+def _pad(ids: list[int], length: int, pad_id: int, left: bool = False) -> np.ndarray:
+    arr = np.full((length,), pad_id, np.int32)
+    if left:
+        arr[length - len(ids):] = ids
+    else:
+        arr[:len(ids)] = ids
+    return arr
+
+
+class ConversationFormatter:
+    """Turns a source example into fixed-length model inputs (see the module docstring).
+
+    Args:
+      tokenizer: a `ByteTokenizer` or `HFTokenizer` (anything with their interface).
+      max_len: training sequence length (placeholders count as one token each).
+      eval: also emit prompt_ids / prompt_mask / answer_ids / answer.
+      max_prompt_len / max_answer_len: lengths of the eval fields (default max_len / 32).
+      keep: extra example fields to pass through (numpy arrays of a fixed shape, e.g. "boxes").
+      truncate: cut sequences longer than max_len on the right (keeping the placeholders and at least one
+        answer token; otherwise an error). With truncate=False any overflow is an error.
+      add_bos: emit tokenizer.bos_id first (when the tokenizer has one).
+    """
+
+    def __init__(self, tokenizer, *, max_len: int, eval: bool = False, max_prompt_len: int | None = None,
+                 max_answer_len: int = 32, keep: Sequence[str] = (), truncate: bool = True,
+                 add_bos: bool = True):
+        check_positive("max_len", max_len)
+        check_positive("max_answer_len", max_answer_len)
+        self.tok = tokenizer
+        self.max_len = int(max_len)
+        self.eval = eval
+        self.max_prompt_len = int(max_prompt_len or max_len)
+        self.max_answer_len = int(max_answer_len)
+        self.keep = tuple(keep)
+        self.truncate = truncate
+        self.add_bos = add_bos and getattr(tokenizer, "bos_id", None) is not None
+
+    def tokenize(self, example: dict) -> tuple[list[int], list[int], int, str]:
+        """(ids, mask, start of the last assistant turn's tokens, its text) before padding."""
+        modalities = [m for m in MODALITIES if m in example and example[m] is not None]
+        turns = _normalise_turns(example.get("conversations"), modalities)
+        ids = [self.tok.bos_id] if self.add_bos else []
+        mask = [0] * len(ids)
+        last_answer_start, last_answer = -1, ""
+        for role, text in turns:
+            prefix = self.tok.role_prefix(role)
+            ids += prefix
+            mask += [0] * len(prefix)
+            body = self.tok.encode(text)
+            if role == "assistant":
+                last_answer_start, last_answer = len(ids), text
+                body = body + [self.tok.eos_id]
+                mask += [1] * len(body)
+            else:
+                mask += [0] * len(body)
+            ids += body
+        return ids, mask, last_answer_start, last_answer
+
+    def __call__(self, example: dict) -> dict[str, Any]:
+        full_ids, full_mask, answer_start, answer_text = self.tokenize(example)
+        ids, mask = full_ids, full_mask
+        if len(ids) > self.max_len:
+            if not self.truncate:
+                fail("max_len", f">= the tokenized length {len(ids)}", self.max_len)
+            ids, mask = ids[:self.max_len], mask[:self.max_len]
+            needed = [m for m in MODALITIES if m in example and example[m] is not None]
+            lost = [m for m in needed if getattr(self.tok, f"{m}_id") not in ids]
+            if lost or not any(mask):
+                fail("max_len", f"room for the placeholders and an answer token (need {answer_start + 1})",
+                     self.max_len)
+        out: dict[str, Any] = {
+            "input_ids": _pad(ids, self.max_len, self.tok.pad_id),
+            "loss_mask": _pad(mask, self.max_len, 0),
+            "attention_mask": _pad([1] * len(ids), self.max_len, 0),
+        }
+        for key in (*MODALITIES, *self.keep):
+            if key in example and example[key] is not None:
+                out[key] = example[key]
+            elif key in self.keep:
+                fail("keep", f"fields present in the example (keys {sorted(example)})", repr(key))
+        if self.eval:
+            prompt = full_ids[:answer_start]
+            answer = self.tok.encode(answer_text)
+            if len(prompt) > self.max_prompt_len:
+                fail("max_prompt_len", f">= the prompt length {len(prompt)}", self.max_prompt_len)
+            answer = answer[:self.max_answer_len]
+            out["prompt_ids"] = _pad(prompt, self.max_prompt_len, self.tok.pad_id, left=True)
+            out["prompt_mask"] = _pad([1] * len(prompt), self.max_prompt_len, 0, left=True)
+            out["answer_ids"] = _pad(answer, self.max_answer_len, self.tok.pad_id)
+            out["answer"] = np.str_(answer_text)
+        return out

@@ -1,0 +1,83 @@
+"""grain pipelines: shard per process -> shuffle (a new permutation each epoch) -> repeat -> map -> batch.
+
+`make_loader(source, batch_size=..., seed=...)` returns a `grain.DatasetIterator` yielding batches: dicts of
+numpy arrays with a leading `batch_size` axis (strings become numpy unicode arrays). Its state is
+checkpointable: `state = it.get_state()` (a small JSON-able dict) and, on a fresh loader built with the same
+arguments, `it.set_state(state)` continues with exactly the same batches. For Orbax, save that dict
+(e.g. as JSON) or use `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` items.
+
+Sharding: process `shard_index` of `shard_count` reads the examples with index % shard_count == shard_index
+(disjoint shards covering the source); `batch_size` is the per-process batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import grain
+
+from jaxmm.ops._checks import check_positive, fail
+
+
+def as_map_dataset(source) -> grain.MapDataset:
+    """A `grain.MapDataset` from a MapDataset or any random-access source (`__len__` + `__getitem__`)."""
+    if isinstance(source, grain.MapDataset):
+        return source
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        fail("source", "a grain.MapDataset or a random-access source with __len__/__getitem__",
+             type(source).__name__)
+    return grain.MapDataset.source(source)
+
+
+def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                shard_index: int | None = None, shard_count: int | None = None,
+                transforms: Sequence[Callable[[Any], Any]] = (), drop_remainder: bool = True,
+                num_threads: int = 2, prefetch: int = 8) -> grain.DatasetIterator:
+    """A checkpointable iterator of batches over `source`.
+
+    Args:
+      source: a `grain.MapDataset` or a random-access source (e.g. `TextVQA`, `AudioQA`, `LlavaJsonSource`).
+      batch_size: examples per batch in this process.
+      seed: shuffle seed (and seed of any `grain.transforms.RandomMap` transform).
+      shuffle: reshuffle every epoch.
+      num_epochs: passes over this process's shard; None = infinite.
+      shard_index / shard_count: default `jax.process_index()` / `jax.process_count()`.
+      transforms: applied in order to each example (callables or grain Map / RandomMap transforms),
+        e.g. `[ConversationFormatter(tokenizer, max_len=64)]`.
+      drop_remainder: drop a last, smaller batch (only matters with a finite num_epochs).
+      num_threads / prefetch: grain read threads and prefetch buffer (the output does not depend on them).
+    """
+    check_positive("batch_size", batch_size)
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    check_positive("shard_count", shard_count)
+    if not 0 <= shard_index < shard_count:
+        fail("shard_index", f"an integer in [0, {shard_count})", shard_index)
+    if num_epochs is not None:
+        check_positive("num_epochs", num_epochs)
+
+    ds = as_map_dataset(source)
+    if len(ds) < shard_count:
+        fail("source", f"at least shard_count={shard_count} examples", len(ds))
+    ds = ds[shard_index::shard_count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    for i, t in enumerate(transforms):
+        if isinstance(t, grain.transforms.RandomMap):
+            ds = ds.random_map(t, seed=seed + 1 + i)
+        else:
+            ds = ds.map(t)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(ds.to_iter_dataset(read_options=options))
+
+
+def take(iterator: Iterable, n: int) -> list:
+    """The next `n` items of `iterator` (convenience for eval sets and tests)."""
+    out = []
+    for _ in range(n):
+        out.append(next(iterator))
+    return out

@@ -1,0 +1,73 @@
+"""Conversation formatting: loss mask exactly on answer tokens, one placeholder, padding, eval prompts."""
+import numpy as np
+import pytest
+
+from jaxmm.data.conversation import ConversationFormatter
+from jaxmm.data.tokenizers import ByteTokenizer
+
+TOK = ByteTokenizer()
+IMAGE = np.zeros((8, 8, 3), np.uint8)
+
+
+def _example(turns, **extra):
+    return {"conversations": turns, **extra}
+
+
+def test_loss_mask_covers_exactly_the_answer_tokens_and_eos():
+    ex = _example([("user", "<image>\nWhich word is red?"), ("assistant", "cat")], image=IMAGE)
+    out = ConversationFormatter(TOK, max_len=48)(ex)
+    ids, mask, att = out["input_ids"], out["loss_mask"], out["attention_mask"]
+    assert ids.shape == mask.shape == att.shape == (48,) and ids.dtype == np.int32
+    # Independent layout: bos, user, image, "\nWhich word is red?", assistant, "cat", eos, pads.
+    expect = [TOK.bos_id, TOK.role_prefix("user")[0], TOK.image_id, *b"\nWhich word is red?",
+              TOK.role_prefix("assistant")[0], *b"cat", TOK.eos_id]
+    n = len(expect)
+    np.testing.assert_array_equal(ids[:n], expect)
+    np.testing.assert_array_equal(ids[n:], TOK.pad_id)
+    np.testing.assert_array_equal(np.nonzero(mask)[0], np.arange(n - 4, n))
+    np.testing.assert_array_equal(att, np.arange(48) < n)
+    assert (ids == TOK.image_id).sum() == 1
+    assert out["image"] is IMAGE
+
+
+def test_placeholder_inserted_once_and_multi_turn_masks():
+    ex = _example([("system", "be brief"), ("user", "colour?"), ("assistant", "red"), ("user", "and?"),
+                   ("assistant", "blue")], image=IMAGE)
+    out = ConversationFormatter(TOK, max_len=64)(ex)
+    ids, mask = out["input_ids"], out["loss_mask"]
+    assert (ids == TOK.image_id).sum() == 1
+    first_user = np.nonzero(ids == TOK.role_prefix("user")[0])[0][0]
+    assert ids[first_user + 1] == TOK.image_id  # prepended to the first user turn
+    assert TOK.decode(ids[mask == 1], skip_special=False) == "red<eos>blue<eos>"
+    audio = _example([("user", "how many tones?"), ("assistant", "3")], audio=np.zeros((10, 4), np.float32))
+    out = ConversationFormatter(TOK, max_len=32)(audio)
+    assert (out["input_ids"] == TOK.audio_id).sum() == 1 and (out["input_ids"] == TOK.image_id).sum() == 0
+
+
+def test_eval_prompt_is_left_padded_and_answer_kept():
+    ex = _example([("user", "<image>\nRead the word."), ("assistant", "owl")], image=IMAGE)
+    out = ConversationFormatter(TOK, max_len=40, eval=True, max_prompt_len=36, max_answer_len=6)(ex)
+    n_real = int(out["attention_mask"].sum())
+    prompt = out["prompt_ids"][out["prompt_mask"] == 1]
+    assert out["prompt_mask"][-1] == 1 and out["prompt_mask"][0] == 0  # left padding
+    np.testing.assert_array_equal(np.concatenate([prompt, [*b"owl", TOK.eos_id]]), out["input_ids"][:n_real])
+    assert prompt[-1] == TOK.role_prefix("assistant")[0]
+    np.testing.assert_array_equal(out["answer_ids"], [*b"owl", TOK.pad_id, TOK.pad_id, TOK.pad_id])
+    assert str(out["answer"]) == "owl"
+
+
+def test_errors_and_truncation():
+    fmt = ConversationFormatter(TOK, max_len=16, truncate=False)
+    with pytest.raises(ValueError, match="max_len"):
+        fmt(_example([("user", "a long question here"), ("assistant", "x")]))
+    with pytest.raises(ValueError, match="placeholder"):
+        fmt(_example([("user", "<image><image>"), ("assistant", "x")], image=IMAGE))
+    with pytest.raises(ValueError, match="assistant"):
+        fmt(_example([("user", "hi")]))
+    with pytest.raises(ValueError, match="keep"):
+        ConversationFormatter(TOK, max_len=16, keep=("boxes",))(_example([("user", "q"), ("assistant", "a")]))
+    # truncate=True keeps what fits, as long as an answer token survives
+    out = ConversationFormatter(TOK, max_len=8)(_example([("user", "q"), ("assistant", "abcdefgh")]))
+    assert out["attention_mask"].sum() == 8 and out["loss_mask"].sum() == 4
+    with pytest.raises(ValueError, match="max_len"):
+        ConversationFormatter(TOK, max_len=4)(_example([("user", "question"), ("assistant", "a")]))
