@@ -486,3 +486,149 @@ def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: s
     else:
         out = _exact_xla(*args, km, s, bool(is_causal), block_q, block_k)
     return _heads_back(out, b, h)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the paper's training objective (Definition 3.8) and its gradient (Lemma 4.1 exact; the polynomial method fast)
+# ----------------------------------------------------------------------------------------------------------------
+def _check_loss_inputs(a1, a2, a3, a4, a5, x1, x2, x3, y, e):
+    check_rank("a1", a1, 2, "[n, d]")
+    n, d = a1.shape
+    for name, a in (("a2", a2), ("a3", a3), ("a4", a4), ("a5", a5)):
+        check_shape(name, a, (n, d), "[n, d] (like a1)")
+    check_rank("x1", x1, 2, "[d, k]")
+    check_shape("x1", x1, (d, None), "[d, k]")
+    for name, x in (("x2", x2), ("x3", x3)):
+        check_shape(name, x, x1.shape, "[d, k] (like x1)")
+    check_rank("y", y, 2, "[d², dv]")
+    check_shape("y", y, (d * d, None), "[d², dv]")
+    check_shape("e", e, (n, y.shape[1]), "[n, dv]")
+    return n, d
+
+
+def _loss_exact(a1, a2, a3, a4, a5, x1, x2, x3, y, e, scale, bq, bk):
+    """Two tiled passes. Pass 1 (online softmax): Z_i[b,c] = Σ_jk P_ijk A4_jb A5_kc, so O = Z·Y and
+    lse. Pass 2: H = G·Yᵀ (G = O − E), dP_ijk = Σ_bc H_ibc A4_jb A5_kc, dS = P∘(dP − Δ), and
+    R_i[b,c] = Σ_jk dS_ijk A2_jb A3_kc, so ∇_X = s·A1ᵀ R (= A1ᵀ F (A2⊗A3) with F = s·dS)."""
+    f32 = jnp.float32
+    n, d = a1.shape
+    q = _pad_rows((a1 @ x1).astype(f32), bq) * scale
+    k1, k2 = (_pad_rows((a @ x).astype(f32), bk) for a, x in ((a2, x2), (a3, x3)))
+    a2p, a3p, a4p, a5p = (_pad_rows(a.astype(f32), bk) for a in (a2, a3, a4, a5))
+    nq, m = q.shape[0], k1.shape[0]
+    kvalid = jnp.arange(m) < n
+    nkb = m // bk
+
+    def tiles(qi, body, init):
+        q0 = qi * bq
+        qb = lax.dynamic_slice_in_dim(q, q0, bq)
+
+        def jbody(jb, carry):
+            j0 = jb * bk
+            sl = lambda x: lax.dynamic_slice_in_dim(x, j0, bk)
+            qk1 = qb[:, None, :] * sl(k1)[None]
+
+            def kbody(kb, carry):
+                k0 = kb * bk
+                sk = lambda x: lax.dynamic_slice_in_dim(x, k0, bk)
+                ok = (sl(kvalid)[:, None] & sk(kvalid)[None, :])[None]
+                s = jnp.where(ok, jnp.einsum("ijl,kl->ijk", qk1, sk(k2)), _NEG)
+                return body(carry, s, ok, sl, sk)
+
+            return lax.fori_loop(0, nkb, kbody, carry)
+
+        return lax.fori_loop(0, nkb, jbody, init)
+
+    def pass1(qi):
+        def body(carry, s, ok, sl, sk):
+            m_i, l_i, z = carry
+            m_new = jnp.maximum(m_i, s.max(axis=(1, 2)))
+            p = jnp.where(ok, jnp.exp(s - m_new[:, None, None]), 0.0)
+            alpha = jnp.exp(m_i - m_new)
+            t = jnp.einsum("ijk,kc->ijc", p, sk(a5p))
+            z = z * alpha[:, None, None] + jnp.einsum("ijc,jb->ibc", t, sl(a4p))
+            return m_new, l_i * alpha + p.sum(axis=(1, 2)), z
+
+        init = (jnp.full((bq,), -jnp.inf, f32), jnp.zeros((bq,), f32), jnp.zeros((bq, d, d), f32))
+        m_i, l_i, z = tiles(qi, body, init)
+        l_safe = jnp.where(l_i > 0, l_i, 1.0)
+        return z / l_safe[:, None, None], m_i + jnp.log(l_safe)
+
+    z, lse = lax.map(pass1, jnp.arange(nq // bq))
+    z, lse = z.reshape(nq, d * d)[:n], lse.reshape(nq)
+    o = z @ y.astype(f32)
+    g = o - e.astype(f32)
+    loss = 0.5 * jnp.sum(g * g)
+    hmat = _pad_rows((g @ y.astype(f32).T).reshape(n, d * d), bq).reshape(nq, d, d)
+    delta = jnp.pad(jnp.sum(o * g, axis=-1), (0, nq - n))
+
+    def pass2(qi):
+        q0 = qi * bq
+        hb = lax.dynamic_slice_in_dim(hmat, q0, bq)
+        lb, db = lax.dynamic_slice_in_dim(lse, q0, bq), lax.dynamic_slice_in_dim(delta, q0, bq)
+
+        def body(r, s, ok, sl, sk):
+            p = jnp.where(ok, jnp.exp(s - lb[:, None, None]), 0.0)
+            dp = jnp.einsum("ijc,kc->ijk", jnp.einsum("ibc,jb->ijc", hb, sl(a4p)), sk(a5p))
+            ds = p * (dp - db[:, None, None])
+            return r + jnp.einsum("ijc,jb->ibc", jnp.einsum("ijk,kc->ijc", ds, sk(a3p)), sl(a2p))
+
+        return tiles(qi, body, jnp.zeros((bq, d, d), f32))
+
+    r = lax.map(pass2, jnp.arange(nq // bq)).reshape(nq, d * d)[:n]
+    grad = scale * (a1.astype(f32).T @ r)
+    return loss, grad
+
+
+def _loss_poly(a1, a2, a3, a4, a5, x1, x2, x3, y, e, scale, degree):
+    """The polynomial method: exp(S) ≈ U1(U2⊘U3)ᵀ, then every n² object is a sum of rank-one tensors and
+    Σ_ijk T_ijk A1_ia A2_jb A3_kc of a CP tensor T = Σ_t a_t⊗b_t⊗c_t is Σ_t (A1ᵀa_t)⊗(A2ᵀb_t)⊗(A3ᵀc_t).
+    S∘(G Vᵀ) has the factors (Ũ1_α H_bc, U2_α A4_b, U3_α A5_c) with H = G Yᵀ, and diag(Δ)S the factors
+    (Δ Ũ1_α, U2_α, U3_α), Ũ1 = diag(z)⁻¹U1. Time O(n·r·d³ + r·d⁵), no n² object."""
+    f32 = jnp.float32
+    n, d = a1.shape
+    a1, a2, a3, a4, a5, y, e = (x.astype(f32) for x in (a1, a2, a3, a4, a5, y, e))
+    cs = scale ** (1.0 / 3.0)
+    feats = functools.partial(_features, degree=degree, weight_power=1.0 / 3.0)
+    u1, u2, u3 = feats(a1 @ x1.astype(f32) * cs), feats(a2 @ x2.astype(f32) * cs), feats(a3 @ x3.astype(f32) * cs)
+    z = u1 @ (u2.sum(0) * u3.sum(0))
+    u1n = u1 / z[:, None]
+    p2 = jnp.einsum("jr,jb,jx->rbx", u2, a4, a2)  # Σ_j U2_jα A4_jb A2_jx
+    p3 = jnp.einsum("kr,kc,ky->rcy", u3, a5, a3)
+    mmat = jnp.einsum("rb,rc->rbc", u2.T @ a4, u3.T @ a5).reshape(-1, d * d)  # (U2⊘U3)ᵀ(A4⊗A5)
+    o = u1n @ mmat @ y
+    g = o - e
+    loss = 0.5 * jnp.sum(g * g)
+    h = (g @ y.T).reshape(n, d, d)
+    p1 = jnp.einsum("ira,ibc->rabc", u1n[:, :, None] * a1[:, None, :], h)
+    term1 = jnp.einsum("racy,rcx->axy", jnp.einsum("rabc,rcy->raby", p1, p3), p2)
+    delta = jnp.sum(o * g, axis=-1)
+    term2 = jnp.einsum("ra,rx,ry->axy", (u1n * delta[:, None]).T @ a1, u2.T @ a2, u3.T @ a3)
+    return loss, scale * (term1 - term2).reshape(d, d * d)
+
+
+def tensor_attention_loss_grad(a1, a2, a3, a4, a5, x1, x2, x3, y, e, *, method: str = "exact",
+                               degree: int | None = None, scale: float | None = None,
+                               block_q: int = 128, block_k: int = 32):
+    """The paper's objective (Definition 3.8, as written in PAPERS.md §10) and its gradient in X:
+
+        L(X) = ½‖D(X)⁻¹ exp(s·A1 X (A2⊗A3)ᵀ)(A4⊗A5) Y − E‖²_F,   X = X1 (X2⊘X3)ᵀ ∈ R^{d×d²},
+        ∇_X L = A1ᵀ F (A2⊗A3),  F = s[P∘(G Vᵀ) − diag(rowsum(O∘G)) P],  G = O − E,  V = (A4⊗A5)Y,
+
+    evaluated at the X given by its factors (so Q = A1X1, K1 = A2X2, K2 = A3X3: the scores are tensor attention's).
+    a1..a5: [n, d]; x1, x2, x3: [d, k]; y: [d², dv]; e: [n, dv]. Returns (loss, grad [d, d²]) with grad's column
+    b·d + c ↔ (A2⊗A3)'s column (b, c) (b outer).
+    method "exact": Lemma 4.1 in flash-style tiles, O(n³d²) time, O(n·d² + tiles) memory;
+    method "poly": the almost-linear algorithm with degree-`degree` Taylor features (error as for tensor_attention).
+    """
+    n, d = _check_loss_inputs(a1, a2, a3, a4, a5, x1, x2, x3, y, e)
+    if method not in METHODS:
+        fail("method", f"one of {METHODS}", repr(method))
+    s = 1.0 / d if scale is None else float(scale)
+    if not s > 0:
+        fail("scale", "a positive number", scale)
+    if method == "poly":
+        if not (isinstance(degree, (int, np.integer)) and degree >= 0):
+            fail("degree", "a non-negative int for method='poly'", degree)
+        return _loss_poly(a1, a2, a3, a4, a5, x1, x2, x3, y, e, s, int(degree))
+    return _loss_exact(a1, a2, a3, a4, a5, x1, x2, x3, y, e, s, min(block_q, n), min(block_k, n))
