@@ -1,4 +1,10 @@
-"""Entry point: parse the config, check it, save it beside the run, dispatch to the named task."""
+"""Entry point: parse the config, start multi-process JAX when asked, save the config beside the run, and
+dispatch to the named task: a training task (a `train.task.Task` instance) runs in the shared loop
+(`train/loop.py`); an experiment task (a plain `run(config, workdir) -> dict`) runs as is.
+
+Several processes: `--coordinator host:port --num_processes N --process_id i` (or the env vars
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or JAXMM_DISTRIBUTED=1 on TPU pods / SLURM).
+"""
 from __future__ import annotations
 
 import json
@@ -11,14 +17,23 @@ from train import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; re-running resumes)")
+_COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port")
+_NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 
 
 def run(config, workdir: str) -> dict:
     """Run one config in `workdir`; returns the task's summary dict. Usable from Python and tests."""
+    from train.task import Task
+
+    task = tasks.get(config.task)
+    if isinstance(task, Task):
+        from train import loop
+
+        return loop.train(config, workdir, task)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    task = tasks.get(config.task)
     runner = task if callable(task) else getattr(task, "run")
     summary = runner(config, workdir)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -30,9 +45,18 @@ def _main(argv):
     del argv
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir: expected a directory path, got nothing")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
+    from train import sharding
+
+    sharding.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    import jax
+
     summary = run(_CONFIG.value, _WORKDIR.value)
-    items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
-    print(f"[summary] {items} workdir={_WORKDIR.value}")
+    if jax.process_index() == 0:
+        items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        print(f"[summary] {items} workdir={_WORKDIR.value}", flush=True)
 
 
 def main():

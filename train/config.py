@@ -1,0 +1,174 @@
+"""The trainer's config schema: defaults for every key the shared loop reads, and the check that rejects
+unknown or mistyped keys before anything is compiled.
+
+A training config is `train.config.defaults()` updated by the experiment file, plus the task's own
+sections (`model`, `data`, `task_args`) whose schema the task supplies (`Task.default_config()`):
+
+```
+task: str                       registered task name (train/tasks/<module>.py)
+seed: int                       params init, data order, step RNG
+model: {...}                    task schema (the task builds the model from it)
+data:  {...}                    task schema
+task_args: {...}                task schema (loss weights, hook settings, ...)
+train.steps: int                optimizer steps
+train.batch_size: int           global batch (all processes, all accumulation micro-batches)
+train.grad_accum: int           micro-batches per step (batch_size % grad_accum == 0)
+train.grad_clip: float          global-norm clip over the trainable params; 0 = off
+train.compute_dtype: str        "float32" | "bfloat16" (params stay float32; the task passes it to the model)
+train.remat: bool               rematerialise blocks (the task passes it to the model)
+train.log_every: int            metrics.jsonl record every N steps (and at the last step)
+train.eval_every: int           eval every N steps; 0 = only at the end
+train.eval_examples: int        examples used by eval (0 = all)
+train.eval_batch_size: int      eval batch (global)
+train.progress: bool            tqdm bar
+train.plots: bool               PNG curves at the end
+optim.name: str                 "adamw" | "adam" | "sgd"
+optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.momentum: float
+optim.lr, optim.schedule, optim.warmup_steps, optim.min_lr_ratio: the default group's settings
+optim.groups.<name>.{lr, schedule, warmup_steps, min_lr_ratio, frozen}: per named parameter group
+                                (encoder, projector, llm, lora, ntk, prefix, ...); a missing field falls back
+                                to the optim.* default; schedule is "constant" | "cosine" | "warmup_cosine" |
+                                "warmup_constant" | "linear"
+mesh.shape: (data, fsdp, tensor) sizes, one may be -1 (= the remaining devices)
+mesh.rules: ((logical_name, mesh_axis or (axes,) or None), ...) Linen logical-axis rules
+checkpoint.every: int           save every N steps (and at the end); 0 = only at the end
+checkpoint.keep: int            keep the newest K
+checkpoint.async_save: bool     Orbax async saves
+```
+"""
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+# A per-group optimizer section: every field is optional in a config (missing = the optim.* default).
+GROUP_SCHEMA = dict(lr=0.0, schedule="constant", warmup_steps=0, min_lr_ratio=0.0, frozen=False)
+
+# Logical-axis rules: the names jaxmm.nn uses -> mesh axes. Batch rows over data and fsdp; weights' embed
+# dimension over fsdp (ZeRO-3 style); heads/mlp/vocab over tensor (Megatron style).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every trainer key with its default. Experiment configs start from this."""
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.model = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()
+    c.task_args = ml_collections.ConfigDict()
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=100, batch_size=32, grad_accum=1, grad_clip=1.0, compute_dtype="float32", remat=False,
+        log_every=10, eval_every=0, eval_examples=0, eval_batch_size=64, progress=True, plots=True))
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-3, schedule="warmup_cosine", warmup_steps=0, min_lr_ratio=0.0,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0))
+    c.optim.groups = ml_collections.ConfigDict()
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2, async_save=True))
+    return c
+
+
+def group(**kw) -> ml_collections.ConfigDict:
+    """A per-group optimizer section, e.g. `config.optim.groups.encoder = group(lr=1e-4, schedule="cosine")`."""
+    check_keys("optim.groups.<group>", kw, GROUP_SCHEMA)
+    return ml_collections.ConfigDict(kw)
+
+
+def check_keys(where: str, given, allowed) -> None:
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            name = f"{where}.{key}" if where else key
+            raise ValueError(f"config.{name}: unknown key{hint}; expected one of {sorted(allowed)}")
+
+
+def _kind(v):
+    if isinstance(v, bool):
+        return bool
+    if isinstance(v, (int, float)):
+        return float  # int and float are interchangeable
+    if isinstance(v, (tuple, list)):
+        return tuple
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+        return dict
+    return type(v)
+
+
+def _check(path: str, given, schema) -> None:
+    for key in given:
+        name = f"{path}.{key}" if path else key
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"config.{name}: unknown key{hint}; expected one of {sorted(schema)}")
+        value, ref = given[key], schema[key]
+        if name == "optim.groups":
+            for g in value:
+                _check(f"optim.groups.{g}", value[g], GROUP_SCHEMA)
+            continue
+        if isinstance(ref, ml_collections.ConfigDict) and not isinstance(value, ml_collections.ConfigDict):
+            raise ValueError(f"config.{name}: expected a section (ConfigDict), got {type(value).__name__}")
+        if isinstance(ref, ml_collections.ConfigDict):
+            _check(name, value, ref)
+        elif ref is not None and value is not None and _kind(value) is not _kind(ref):
+            raise ValueError(f"config.{name}: expected a {type(ref).__name__} like {ref!r}, "
+                             f"got {type(value).__name__} {value!r}")
+
+
+def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigDict | None = None) -> None:
+    """Raise ValueError naming the first unknown or mistyped key. `task_schema` holds the task's `model`,
+    `data` and `task_args` sections (keys the task reads, with their defaults)."""
+    schema = defaults()
+    if task_schema is not None:
+        check_keys("", task_schema, ("model", "data", "task_args"))
+        for section in task_schema:
+            schema[section] = task_schema[section]
+    _check("", config, schema)
+    if config.train.batch_size % config.train.grad_accum:
+        raise ValueError(f"config.train.grad_accum: expected a divisor of train.batch_size="
+                         f"{config.train.batch_size}, got {config.train.grad_accum}")
+    if len(tuple(config.mesh.shape)) != 3:
+        raise ValueError(f"config.mesh.shape: expected 3 sizes (data, fsdp, tensor), got {config.mesh.shape}")
+    for g in config.optim.groups:
+        sched = config.optim.groups[g].get("schedule", config.optim.schedule)
+        _check_schedule(f"optim.groups.{g}.schedule", sched)
+    _check_schedule("optim.schedule", config.optim.schedule)
+    if config.optim.name not in ("adamw", "adam", "sgd"):
+        raise ValueError(f"config.optim.name: expected 'adamw', 'adam' or 'sgd', got {config.optim.name!r}")
+    if config.train.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.train.compute_dtype: expected 'float32' or 'bfloat16', "
+                         f"got {config.train.compute_dtype!r}")
+
+
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear")
+
+
+def _check_schedule(name, value):
+    if value not in SCHEDULES:
+        raise ValueError(f"config.{name}: expected one of {SCHEDULES}, got {value!r}")
+
+
+def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_collections.ConfigDict:
+    """Fill the task sections' missing keys from the task's defaults (after `check`)."""
+    if task_schema is None:
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    for section in task_schema:
+        merged = ml_collections.ConfigDict(task_schema[section].to_dict())
+        merged.update(out[section].to_dict())
+        out[section] = merged
+    out.lock()
+    return out

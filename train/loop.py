@@ -1,0 +1,313 @@
+"""The shared training loop, top to bottom: config check -> mesh -> data -> model and sharded state -> resume
+-> jitted step -> hooks, logging, eval, checkpoints -> plots and summary.
+
+A task (train/task.py) supplies the model, data, loss and evaluation; everything else lives here:
+named parameter groups with their own LR schedules or frozen (train/optim.py), gradient clipping and
+accumulation, sharding over a (data, fsdp, tensor) mesh (train/sharding.py), Orbax checkpoints with the data
+iterator (train/checkpoint.py), metrics.jsonl / progress bar / plots (train/metrics.py).
+
+Determinism: the step RNG is `fold_in(state.rng, step)`, the data order is a seeded permutation per epoch and
+the iterator position is checkpointed, so a resumed run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from train import checkpoint as ckpt_lib
+from train import config as config_lib
+from train import metrics as metrics_lib
+from train import optim
+from train import sharding as shard_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    extra: Any
+
+    def as_dict(self) -> dict:
+        return dict(step=self.step, params=self.params, opt_state=self.opt_state, rng=self.rng, extra=self.extra)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _epoch_order(seed: int, n: int):
+    @functools.lru_cache(maxsize=2)
+    def perm(epoch: int):
+        return np.random.default_rng([seed, epoch]).permutation(n)
+
+    return lambda i: int(perm(i // n)[i % n])
+
+
+def train_iterator(dataset, batch_size: int, steps: int, seed: int):
+    """A checkpointable grain iterator of this process's rows of each global batch: global batch s is
+    examples [s*B, (s+1)*B) of the stream (a new permutation of the dataset each epoch); process p feeds the
+    p-th contiguous slice of it."""
+    n = len(dataset)
+    order = _epoch_order(seed, n)
+    nproc, rows = jax.process_count(), shard_lib.local_rows(batch_size)
+    per = rows.stop - rows.start
+    stream = grain.MapDataset.range(steps * batch_size).map(lambda i: dataset[order(i)])
+    batches = stream.batch(per, drop_remainder=True)[jax.process_index()::nproc]
+    return batches.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).__iter__()
+
+
+def eval_batches(dataset, batch_size: int, examples: int):
+    """This process's rows of the eval batches (first `examples` examples, in order, full batches only)."""
+    n = len(dataset) if not examples else min(examples, len(dataset))
+    rows = shard_lib.local_rows(batch_size)
+    for start in range(0, n - batch_size + 1, batch_size):
+        items = [dataset[i] for i in range(start + rows.start, start + rows.stop)]
+        yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _example_batch(dataset):
+    item = dataset[0]
+    return {k: np.asarray(v)[None] for k, v in item.items()}
+
+
+# ----------------------------------------------------------------------------------------------- contexts
+@dataclasses.dataclass
+class HookContext:
+    """What a hook sees after step `step` (see train/task.py). Replace `state` to change the run."""
+    step: int
+    state: TrainState
+    batch: dict
+    model: Any
+    task: Any
+    config: Any
+    tx: optax.GradientTransformation
+    labels: Any
+    groups: list
+    mesh: Any
+    _grad_fn: Any = None
+
+    def lrs(self) -> dict:
+        return {g: float(v) for g, v in optim.group_lrs(self.state.opt_state, self.groups).items()}
+
+    def lr_scales(self) -> dict:
+        return {g: float(v) for g, v in optim.lr_scales(self.state.opt_state, self.groups).items()}
+
+    def set_lr_scales(self, scales: dict) -> None:
+        self.state = self.state.replace(opt_state=optim.set_lr_scales(self.state.opt_state, scales))
+
+    def proposed_updates(self, params=None, batch=None):
+        """The update the optimizer would apply for `batch` at `params` (defaults: current state and batch),
+        without applying it (optimizer state unchanged)."""
+        return self._grad_fn(self.state, self.state.params if params is None else params,
+                             self.batch if batch is None else batch)
+
+    def group_updates(self, updates, group: str):
+        return optim.group_updates(updates, self.labels, group)
+
+
+@dataclasses.dataclass
+class EvalContext:
+    state: TrainState
+    model: Any
+    task: Any
+    config: Any
+    mesh: Any
+    eval_data: Any
+    _eval_fn: Any = None
+
+    def batches(self):
+        for local in eval_batches(self.eval_data, self.config.train.eval_batch_size, self.config.train.eval_examples):
+            yield shard_lib.global_batch(local, self.mesh)
+
+    def default_evaluate(self) -> dict:
+        sums, count = {}, 0
+        for batch in self.batches():
+            out = self._eval_fn(self.state.params, batch)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(jnp.sum(v))
+            count += next(iter(out.values())).shape[0] if out else 0
+        return {f"eval_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+def train(config, workdir: str, task, return_state: bool = False):
+    # 1. config: unknown or mistyped keys fail here, before any compilation
+    task_schema = task.default_config()
+    config_lib.check(config, task_schema)
+    config = config_lib.merge_task_defaults(config, task_schema)
+    tc = config.train
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # 2. mesh and logical-axis rules
+    mesh = shard_lib.make_mesh(config.mesh.shape)
+    rules = shard_lib.rules_from_config(config.mesh.rules)
+
+    # 3. data and model
+    train_ds, eval_ds = task.datasets(config)
+    model = task.build_model(config)
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    example = _example_batch(train_ds)
+
+    def init_params(rng):
+        with nn.logical_axis_rules(rules):
+            return task.init_variables(model, example, rng)["params"]
+
+    abstract_boxed = jax.eval_shape(init_params, init_rng)
+    param_sh = shard_lib.param_shardings(abstract_boxed, mesh, rules)
+    params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_sh)(init_rng)
+
+    # 4. optimizer with named groups, the sharded train state
+    tx, labels, groups = optim.make_optimizer(config, params)
+    repl = shard_lib.replicated(mesh)
+    opt_sh = shard_lib.state_shardings(jax.eval_shape(tx.init, params), params, param_sh, repl)
+    extra = task.init_extra(config, params)
+    state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl,
+                          extra=jax.tree.map(lambda _: repl, extra))
+    state = jax.jit(lambda p, e: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), state_rng, e),
+                    out_shardings=state_sh)(params, extra)
+    del params
+
+    # 5. resume from the newest readable checkpoint (a corrupt one falls back to the previous)
+    data_iter = train_iterator(train_ds, tc.batch_size, tc.steps, config.seed)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
+                                 config.checkpoint.keep, config.checkpoint.async_save)
+    target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
+    start, restored = ckpt.restore_latest(target, data_iter)
+    if restored is not None:
+        state = TrainState(**restored)
+    start = int(start or 0)
+    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+
+    # 6. the jitted step
+    def loss_and_grads(params, batch, rng):
+        with nn.logical_axis_rules(rules):
+            (loss, aux), grads = jax.value_and_grad(
+                lambda p: task.loss_fn(model, p, batch, rng), has_aux=True)(params)
+        return loss, aux, grads
+
+    def accumulated(params, batch, rng):
+        k = tc.grad_accum
+        if k == 1:
+            return loss_and_grads(params, batch, rng)
+        # micro-batch i = rows i, i+k, ...: each device keeps its own rows
+        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+        def body(carry, xs):
+            mb, i = xs
+            loss, aux, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+
+        zero = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), rng)
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+        total, _ = jax.lax.scan(body, zero, (micro, jnp.arange(k)))
+        return jax.tree.map(lambda x: x / k, total)
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, aux, grads = accumulated(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        norms = optim.group_norms(grads, labels, groups)
+        metrics = {"loss": loss, **aux,
+                   **{f"lr/{g}": v for g, v in optim.group_lrs(opt_state, groups).items()},
+                   **{f"grad_norm/{g}": v for g, v in norms.items()}}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def batch_sh(batch):
+        return {k: shard_lib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+
+    step_fn = None  # compiled on the first batch (its shapes give the batch shardings)
+
+    def proposed(state, params, batch):
+        _, _, grads = loss_and_grads(params, batch, jax.random.fold_in(state.rng, state.step))
+        updates, _ = tx.update(grads, state.opt_state, params)
+        return updates
+
+    proposed_fn = jax.jit(proposed)
+    eval_fn = jax.jit(lambda p, b: _with_rules(rules, task.eval_metrics, model, p, b), out_shardings=repl)
+
+    def run_eval(state) -> dict:
+        if eval_ds is None:
+            return {}
+        ctx = EvalContext(state, model, task, config, mesh, eval_ds, eval_fn)
+        return {k: float(v) for k, v in task.evaluate(ctx).items()}
+
+    # 7. the loop
+    hooks = task.hooks(config)
+    progress = metrics_lib.Progress(tc.steps, start, tc.progress)
+    last_time, last_step, seen, tokens = time.perf_counter(), start, 0, 0
+    metrics, eval_out = {}, {}
+    t_start = time.perf_counter()
+    for step in range(start + 1, tc.steps + 1):
+        local = next(data_iter)
+        batch = shard_lib.global_batch(local, mesh)
+        if step_fn is None:
+            step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh(batch)), out_shardings=(state_sh, repl),
+                              donate_argnums=(0,))
+        state, metrics = step_fn(state, batch)
+        seen += tc.batch_size
+        if "attention_mask" in local:
+            tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
+
+        record = {}
+        for hook in hooks:
+            if step % hook.every == 0:
+                ctx = HookContext(step, state, batch, model, task, config, tx, labels, groups, mesh,
+                                  proposed_fn)
+                record.update(hook.fn(ctx) or {})
+                state = ctx.state
+        if step % tc.log_every == 0 or step == tc.steps or record:
+            now = time.perf_counter()
+            record = {**{k: float(v) for k, v in metrics.items()}, **record}
+            rate = {"examples_per_s": seen / max(now - last_time, 1e-9)}
+            if tokens:
+                rate["tokens_per_s"] = tokens / max(now - last_time, 1e-9)
+            writer.write(step, {**record, **rate})
+            progress.update(step - last_step, loss=record["loss"],
+                            **{k.split("_")[0] + "/s": round(v) for k, v in rate.items()})
+            last_time, last_step, seen, tokens = now, step, 0, 0
+        if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+            eval_out = run_eval(state)
+            if eval_out:
+                writer.write(step, eval_out)
+        if ckpt.should_save(step, tc.steps):
+            ckpt.save(step, state.as_dict(), data_iter)
+    progress.update(tc.steps - last_step)
+    progress.close()
+    train_time = time.perf_counter() - t_start
+    ckpt.close()
+
+    # 8. summary and plots
+    if not eval_out:  # resumed after the end, or no step ran
+        eval_out = run_eval(state)
+    records = metrics_lib.read(writer.path) if jax.process_index() == 0 else []
+    losses = [r["loss"] for r in records if "loss" in r]
+    summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else float("nan"), **eval_out,
+               "train_time_s": train_time, "resumed_from": start}
+    summary["metric"] = task.metric
+    summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric, float("nan")))
+    if tc.plots and jax.process_index() == 0 and records:
+        metrics_lib.plot(writer.path, workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return (summary, state) if return_state else summary
+
+
+def _with_rules(rules, fn, *args):
+    with nn.logical_axis_rules(rules):
+        return fn(*args)

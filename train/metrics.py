@@ -1,0 +1,115 @@
+"""Observability: metrics.jsonl (one JSON record per logged step), the progress bar, PNG curves.
+
+Only process 0 writes. On resume `MetricsWriter(path, resume_step=s)` drops every record with step > s, so a
+killed-and-resumed run ends with exactly the records an uninterrupted run writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+
+def _clean(v):
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+
+
+class MetricsWriter:
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        self.active = jax.process_index() == 0
+        if not self.active:
+            return
+        kept = []
+        if resume_step is not None and os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        continue
+                    if rec.get("step", math.inf) <= resume_step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        rec = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+
+def read(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(path: str, out_dir: str) -> list[str]:
+    """One PNG per metric family (loss, lr, eval, then one for the rest); returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read(path)
+    keys = sorted({k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
+    families = {
+        "loss": [k for k in keys if "loss" in k],
+        "lr": [k for k in keys if k.startswith("lr/")],
+        "eval": [k for k in keys if k.startswith("eval") and "loss" not in k],
+    }
+    used = {k for ks in families.values() for k in ks} | {"examples_per_s", "tokens_per_s"}
+    families["other"] = [k for k in keys if k not in used]
+    written = []
+    for fam, ks in families.items():
+        if not ks:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in ks:
+            pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=k)
+        ax.set_xlabel("step")
+        ax.set_title(fam)
+        if fam == "loss" and all(r[k] > 0 for k in ks for r in records if isinstance(r.get(k), (int, float))):
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        file = os.path.join(out_dir, f"{fam}.png")
+        fig.savefig(file, dpi=100)
+        plt.close(fig)
+        written.append(file)
+    return written
+
+
+class Progress:
+    """tqdm bar over steps: loss, examples (or tokens) per second, ETA."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=0.5, unit="step")
+
+    def update(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                     refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
