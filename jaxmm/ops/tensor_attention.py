@@ -482,9 +482,8 @@ def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: s
         from jaxmm.kernels.tensor_attention import tensor_attention_pallas
 
         itp = (jax.default_backend() == "cpu") if interpret is None else interpret
-        out = tensor_attention_pallas(*args, scale=s, is_causal=bool(is_causal), interpret=itp)
-    else:
-        out = _exact_xla(*args, km, s, bool(is_causal), block_q, block_k)
+        return tensor_attention_pallas(q, k1, k2, v1, v2, scale=s, is_causal=bool(is_causal), interpret=itp)
+    out = _exact_xla(*args, km, s, bool(is_causal), block_q, block_k)
     return _heads_back(out, b, h)
 
 
