@@ -3,6 +3,8 @@
 Source examples (what `TextVQA`, `AudioQA`, `LlavaJsonSource`, `tfds_source` return) are dicts with
   "conversations": list of (role, text) with role in {"system", "user", "assistant"};
   "image": uint8 [H, W, 3] and/or "audio": float32 [frames, n_mels] (optional);
+  "has_image" / "has_audio": optional int flags; 0 marks a text-only example whose "image"/"audio" is
+                 a zero filler kept only so batches stack (no placeholder is inserted for it);
   any other metadata (kept only when named in `keep`).
 
 `ConversationFormatter(tokenizer, max_len=...)(example)` returns fixed-length numpy arrays:
@@ -51,9 +53,12 @@ def _normalise_turns(turns, modalities: Sequence[str]) -> list[tuple[str, str]]:
         out.append((t[0], t[1]))
     if all(r != "assistant" for r, _ in out):
         fail("conversations", "at least one assistant turn", [r for r, _ in out])
-    for m in modalities:
-        tag = MODALITIES[m]
+    for m, tag in MODALITIES.items():
         count = sum(text.count(tag) for _, text in out)
+        if m not in modalities:
+            if count:
+                fail("conversations", f"no {tag} placeholder in an example without {m!r}", f"{count}")
+            continue
         if count > 1:
             fail("conversations", f"at most one {tag} placeholder", f"{count}")
         if count == 0:
@@ -63,6 +68,12 @@ def _normalise_turns(turns, modalities: Sequence[str]) -> list[tuple[str, str]]:
             r, text = out[first_user]
             out[first_user] = (r, f"{tag}\n{text}")
     return out
+
+
+def _present(example: dict) -> list[str]:
+    """Modalities an example carries: the key is set and `has_<modality>` (when given) is not 0."""
+    return [m for m in MODALITIES
+            if example.get(m) is not None and int(example.get(f"has_{m}", 1)) != 0]
 
 
 def _pad(ids: list[int], length: int, pad_id: int, left: bool = False) -> np.ndarray:
@@ -104,7 +115,7 @@ class ConversationFormatter:
 
     def tokenize(self, example: dict) -> tuple[list[int], list[int], int, str]:
         """(ids, mask, start of the last assistant turn's tokens, its text) before padding."""
-        modalities = [m for m in MODALITIES if m in example and example[m] is not None]
+        modalities = _present(example)
         turns = _normalise_turns(example.get("conversations"), modalities)
         ids = [self.tok.bos_id] if self.add_bos else []
         mask = [0] * len(ids)
@@ -130,7 +141,7 @@ class ConversationFormatter:
             if not self.truncate:
                 fail("max_len", f">= the tokenized length {len(ids)}", self.max_len)
             ids, mask = ids[:self.max_len], mask[:self.max_len]
-            needed = [m for m in MODALITIES if m in example and example[m] is not None]
+            needed = _present(example)
             lost = [m for m in needed if getattr(self.tok, f"{m}_id") not in ids]
             if lost or not any(mask):
                 fail("max_len", f"room for the placeholders and an answer token (need {answer_start + 1})",
@@ -140,7 +151,7 @@ class ConversationFormatter:
             "loss_mask": _pad(mask, self.max_len, 0),
             "attention_mask": _pad([1] * len(ids), self.max_len, 0),
         }
-        for key in (*MODALITIES, *self.keep):
+        for key in (*MODALITIES, *(f"has_{m}" for m in MODALITIES), *self.keep):
             if key in example and example[key] is not None:
                 out[key] = example[key]
             elif key in self.keep:

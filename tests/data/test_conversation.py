@@ -42,6 +42,10 @@ def test_placeholder_inserted_once_and_multi_turn_masks():
     audio = _example([("user", "how many tones?"), ("assistant", "3")], audio=np.zeros((10, 4), np.float32))
     out = ConversationFormatter(TOK, max_len=32)(audio)
     assert (out["input_ids"] == TOK.audio_id).sum() == 1 and (out["input_ids"] == TOK.image_id).sum() == 0
+    # a text-only example in an image batch: zero filler image, has_image=0, no placeholder
+    text_only = _example([("user", "hi"), ("assistant", "yo")], image=IMAGE, has_image=np.int32(0))
+    out = ConversationFormatter(TOK, max_len=16)(text_only)
+    assert (out["input_ids"] == TOK.image_id).sum() == 0 and out["has_image"] == 0 and out["image"] is IMAGE
 
 
 def test_eval_prompt_is_left_padded_and_answer_kept():
@@ -62,6 +66,8 @@ def test_errors_and_truncation():
         fmt(_example([("user", "a long question here"), ("assistant", "x")]))
     with pytest.raises(ValueError, match="placeholder"):
         fmt(_example([("user", "<image><image>"), ("assistant", "x")], image=IMAGE))
+    with pytest.raises(ValueError, match="without 'image'"):
+        fmt(_example([("user", "<image>"), ("assistant", "x")]))
     with pytest.raises(ValueError, match="assistant"):
         fmt(_example([("user", "hi")]))
     with pytest.raises(ValueError, match="keep"):
