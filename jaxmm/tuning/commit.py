@@ -1,0 +1,156 @@
+"""CoMMIT (arXiv 2407.20454): learning-balance coefficient κ, dynamic learning-rate scheduler, auxiliary loss.
+
+Usable from any training loop: everything here is a pure function of (a logits function, params, the
+optimizer's proposed update, a probe batch). The MLLM is split into the feature encoder S (encoder + projector)
+and the backbone LLM T by a path predicate (`is_encoder`).
+
+What the paper confirms: κ is a ratio of two KL divergences measuring how much each component's update changes
+the output (generation) distribution, κ ∈ [0, 1], κ → 1 when the encoder dominates; a scheduler sets both
+components' learning rates from a running average of κ every L_lr steps; a label-free auxiliary loss keeps the
+lagging component's gradient from vanishing. The exact formulas are not public to us; every formula below is
+our **[reconstruction]** (PAPERS.md §1), each behind a switch:
+
+  D_S = E_x KL( p(·|x; θ_S+Δ_S, θ_T) ‖ p(·|x; θ_S, θ_T) )        (only the encoder takes its proposed step)
+  D_T = E_x KL( p(·|x; θ_S, θ_T+Δ_T) ‖ p(·|x; θ_S, θ_T) )        (only the LLM takes its proposed step)
+  κ   = D_S / (D_S + D_T)        (formula="share"; formula="ratio": κ = D_S / D_T)
+  η_S = η₀_S · 2(1 − κ̄),  η_T = η₀_T · 2κ̄,  each clipped to [lo·η₀, hi·η₀]     (κ̄ = 0.5 is constant LR)
+  aux = −λ · [ w_S · Div(p_θ ‖ sg p_prev) through θ_S only + w_T · Div(p_θ ‖ sg p_prev) through θ_T only ]
+        w_S = max(0, 1 − 2κ̄) (encoder lags), w_T = max(0, 2κ̄ − 1) (LLM lags); p_prev = the output
+        distribution under the params at the last measurement (a snapshot); Div = Jensen–Shannon (bounded,
+        default) or KL.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxmm.ops._checks import fail
+
+FORMULAS = ("share", "ratio")
+DIVERGENCES = ("js", "kl")
+
+
+def _log_probs(logits):
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def masked_mean(x, mask):
+    mask = jnp.broadcast_to(mask, x.shape).astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def kl_divergence(logits_p, logits_q, mask=None):
+    """Mean over (masked) positions of KL(p ‖ q) between next-token distributions softmax(logits)."""
+    lp, lq = _log_probs(logits_p), _log_probs(logits_q)
+    kl = jnp.sum(jnp.exp(lp) * (lp - lq), axis=-1)
+    return masked_mean(kl, jnp.ones(kl.shape) if mask is None else mask)
+
+
+def js_divergence(logits_p, logits_q, mask=None):
+    """Mean over (masked) positions of the Jensen–Shannon divergence (≤ ln 2)."""
+    lp, lq = _log_probs(logits_p), _log_probs(logits_q)
+    lm = jnp.logaddexp(lp, lq) - jnp.log(2.0)
+    js = 0.5 * jnp.sum(jnp.exp(lp) * (lp - lm), -1) + 0.5 * jnp.sum(jnp.exp(lq) * (lq - lm), -1)
+    return masked_mean(js, jnp.ones(js.shape) if mask is None else mask)
+
+
+def path_mask(params, is_encoder: Callable[[tuple[str, ...]], bool]):
+    """Pytree of Python bools: True where the leaf belongs to the encoder side S."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: bool(is_encoder(tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p))), params)
+
+
+def split_update(updates, side_mask):
+    """(Δ_S, Δ_T): the proposed update restricted to the encoder side and to the LLM side (zeros elsewhere)."""
+    zs = lambda u, s: u if s else jnp.zeros_like(u)
+    zt = lambda u, s: jnp.zeros_like(u) if s else u
+    return jax.tree.map(zs, updates, side_mask), jax.tree.map(zt, updates, side_mask)
+
+
+def kappa_from(d_s, d_t, formula: str = "share", eps: float = 1e-12):
+    d_s, d_t = jnp.maximum(d_s, 0.0), jnp.maximum(d_t, 0.0)  # KL >= 0; float round-off can dip below
+    if formula == "share":
+        return d_s / jnp.maximum(d_s + d_t, eps)
+    if formula == "ratio":
+        return d_s / jnp.maximum(d_t, eps)
+    fail("formula", f"one of {FORMULAS}", repr(formula))
+
+
+def balance_coefficient(logits_fn, params, updates, probe_batch, side_mask, *, formula: str = "share"):
+    """κ on a probe batch from the optimizer's proposed update Δ (what `optimizer.update` returned).
+
+    logits_fn(params, batch) -> (logits [B, L, V], mask [B, L]) over the answer positions.
+    side_mask: `path_mask(params, is_encoder)`. Returns {"d_s", "d_t", "kappa"} (float32 scalars).
+    """
+    u_s, u_t = split_update(updates, side_mask)
+    base, mask = logits_fn(params, probe_batch)
+    step_s, _ = logits_fn(jax.tree.map(jnp.add, params, u_s), probe_batch)
+    step_t, _ = logits_fn(jax.tree.map(jnp.add, params, u_t), probe_batch)
+    d_s = kl_divergence(step_s, base, mask)
+    d_t = kl_divergence(step_t, base, mask)
+    return {"d_s": d_s, "d_t": d_t, "kappa": kappa_from(d_s, d_t, formula)}
+
+
+def scheduled_learning_rates(kappa_bar, base_lr_encoder: float, base_lr_llm: float,
+                             clip: tuple[float, float] = (0.1, 2.0)):
+    """η_S = η₀_S·2(1−κ̄), η_T = η₀_T·2κ̄, each clipped to [clip[0]·η₀, clip[1]·η₀]. [reconstruction]"""
+    lo, hi = clip
+    if not 0 <= lo <= hi:
+        fail("clip", "0 <= lo <= hi", clip)
+    k = jnp.clip(jnp.asarray(kappa_bar, jnp.float32), 0.0, 1.0)
+    lr_s = jnp.clip(base_lr_encoder * 2 * (1 - k), lo * base_lr_encoder, hi * base_lr_encoder)
+    lr_t = jnp.clip(base_lr_llm * 2 * k, lo * base_lr_llm, hi * base_lr_llm)
+    return lr_s, lr_t
+
+
+def aux_weights(kappa_bar):
+    """(w_S, w_T): the lagging component's share. κ̄ < 0.5: encoder lags, w_S = 1 − 2κ̄. [reconstruction]"""
+    k = jnp.clip(jnp.asarray(kappa_bar, jnp.float32), 0.0, 1.0)
+    return jnp.maximum(0.0, 1 - 2 * k), jnp.maximum(0.0, 2 * k - 1)
+
+
+def aux_loss(logits_fn, params, prev_params, batch, side_mask, kappa_bar, *, weight: float = 0.1,
+             divergence: str = "js"):
+    """Label-free auxiliary loss that rewards the lagging component for moving the output distribution away
+    from the snapshot `prev_params` (stop-gradient). Its gradient reaches only the lagging side's params.
+    Uses only the inputs of `batch` (no labels): `logits_fn` must not read targets. [reconstruction]"""
+    if divergence not in DIVERGENCES:
+        fail("divergence", f"one of {DIVERGENCES}", repr(divergence))
+    w_s, w_t = aux_weights(kappa_bar)
+    encoder_lags = w_s > 0
+    # One forward: the leaves of the side that does NOT lag are stop-gradient'ed.
+    routed = jax.tree.map(lambda p, s: jnp.where(encoder_lags == s, p, jax.lax.stop_gradient(p)), params, side_mask)
+    logits, mask = logits_fn(routed, batch)
+    prev, _ = logits_fn(jax.lax.stop_gradient(prev_params), batch)
+    prev = jax.lax.stop_gradient(prev)
+    div = (js_divergence if divergence == "js" else kl_divergence)(logits, prev, mask)
+    return -weight * (w_s + w_t) * div
+
+
+class KappaWindow:
+    """Host-side running record of κ: `add(κ)` per measurement, `mean()` over the current window, `reset()`
+    at each L_lr boundary; `ema` keeps an exponential average across windows too."""
+
+    def __init__(self, ema_decay: float = 0.9):
+        self.values: list[float] = []
+        self.ema: float | None = None
+        self.decay = ema_decay
+
+    def add(self, kappa: float) -> None:
+        kappa = float(kappa)
+        self.values.append(kappa)
+        self.ema = kappa if self.ema is None else self.decay * self.ema + (1 - self.decay) * kappa
+
+    def mean(self, default: float = 0.5) -> float:
+        return sum(self.values) / len(self.values) if self.values else default
+
+    def reset(self) -> None:
+        self.values = []
+
+    def state(self) -> dict:
+        return {"values": list(self.values), "ema": self.ema}
+
+    def load(self, state: dict) -> None:
+        self.values, self.ema = list(state["values"]), state["ema"]
