@@ -6,13 +6,17 @@
                      transforms=[ConversationFormatter(tok, max_len=64)])
     batch = next(it)  # {"input_ids", "loss_mask", "attention_mask", "image"}: numpy arrays
 
-The LLaVA-JSON, TFDS and audio modules are imported from their own modules (`jaxmm.data.llava_json`,
-`jaxmm.data.tfds_source`, `jaxmm.data.audioqa`).
+Sources (random access, dict examples with "conversations" and "image"/"audio"): `TextVQA`, `AudioQA`,
+`LlavaJsonSource` (LLaVA JSON + image folder), `TFDSSource` (tfds.data_source; imports TFDS when built).
 """
+from jaxmm.data.audioqa import AudioQA, audioqa_dataset
 from jaxmm.data.conversation import ConversationFormatter
-from jaxmm.data.pipeline import make_loader, take
+from jaxmm.data.llava_json import LlavaJsonSource, llava_json_dataset, write_llava_folder
+from jaxmm.data.pipeline import as_map_dataset, make_loader, take
 from jaxmm.data.textvqa import TextVQA, textvqa_dataset
+from jaxmm.data.tfds_source import TFDSSource, tfds_source
 from jaxmm.data.tokenizers import ByteTokenizer, HFTokenizer
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "ConversationFormatter", "TextVQA", "textvqa_dataset",
-           "make_loader", "take"]
+__all__ = ["ByteTokenizer", "HFTokenizer", "ConversationFormatter", "TextVQA", "textvqa_dataset", "AudioQA",
+           "audioqa_dataset", "LlavaJsonSource", "llava_json_dataset", "write_llava_folder", "TFDSSource",
+           "tfds_source", "make_loader", "as_map_dataset", "take"]

@@ -82,3 +82,30 @@ def test_default_shard_is_this_process_and_errors():
         make_loader(Indices(4), batch_size=0, seed=0)
     with pytest.raises(ValueError, match="source"):
         make_loader(object(), batch_size=1, seed=0)
+
+
+def test_state_through_json_and_orbax_checkpoint(tmp_path):
+    import json
+
+    import grain
+    import orbax.checkpoint as ocp
+
+    from jaxmm.data.audioqa import AudioQA
+
+    fmt = ConversationFormatter(ByteTokenizer(), max_len=40)
+    make = lambda: make_loader(AudioQA(12, max_digits=2, duration=0.5), batch_size=2, seed=0,  # noqa: E731
+                               transforms=[fmt], shard_index=0, shard_count=1, num_threads=2)
+    it = make()
+    take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))
+    mngr = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
+    mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    expected = take(it, 2)
+    assert expected[0]["audio"].shape == (2, 50, 80)
+    from_json, from_orbax = make(), make()
+    from_json.set_state(state)
+    mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(from_orbax)))
+    for restored in (from_json, from_orbax):
+        for a, b in zip(expected, take(restored, 2)):
+            _same(a, b)
