@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 
 import grain
@@ -69,7 +70,23 @@ class Checkpointer:
                        f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one")
                 warnings.warn(msg)
                 log.warning(msg)
+                self._set_aside(step)
         return None, None
+
+    def _set_aside(self, step: int) -> None:
+        """Move an unreadable step out of the manager's view (kept as `corrupt_<step>` for inspection), so
+        the resumed run can write that step again."""
+        if jax.process_index() == 0:
+            bad = os.path.join(self.directory, str(step))
+            dest = os.path.join(self.directory, f"corrupt_{step}")
+            if os.path.exists(dest):
+                shutil.rmtree(dest)
+            os.replace(bad, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,0 +1,202 @@
+"""The shared trainer (train/loop.py) on the toy task (train/tasks/toy.py): config checks, sharded = one device,
+named groups (frozen, schedules, LR rewriting, accumulation), checkpoints (resume, corrupt fallback, new mesh)."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from train import config as config_lib
+from train import loop, optim
+from train.metrics import read
+from train.task import Hook
+from train.tasks import get, toy
+
+TASK = get("toy.classify")
+
+
+def _params(state):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)
+            for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+
+
+def _run(tmp_path, name, task=TASK, **overrides):
+    summary, state = loop.train(toy.config(**overrides), str(tmp_path / name), task, return_state=True)
+    return summary, state
+
+
+def _losses(workdir):
+    return [(r["step"], r["loss"]) for r in read(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+
+
+# ------------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("key,value,named", [
+    ("train.stpes", 3, "config.train.stpes"),
+    ("model.hiddn", 3, "config.model.hiddn"),
+    ("optim.groups.encoder", ml_collections.ConfigDict(dict(lr=1e-3, frozn=True)), "config.optim.groups.encoder.frozn"),
+    ("model", ml_collections.ConfigDict(dict(hidden="16", classes=4, lora_rank=2, dropout=0.0)), "config.model.hidden"),
+])
+def test_unknown_or_mistyped_key_fails_naming_it(tmp_path, monkeypatch, key, value, named):
+    c = toy.config()
+    c.unlock()
+    node, *_ = c, None
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node.unlock()
+    node[leaf] = value
+    compiled = []
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(1))
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        loop.train(c, str(tmp_path / "w"), TASK)
+    assert not compiled
+
+
+def test_group_that_matches_no_parameter_fails(tmp_path):
+    c = toy.config()
+    c.optim.groups.encodr = config_lib.group(lr=1e-3)
+    with pytest.raises(ValueError, match=r"config\.optim\.groups\.encodr"):
+        loop.train(c, str(tmp_path / "w"), TASK)
+
+
+def test_locked_config_rejects_new_keys():
+    c = toy.config()
+    c.lock()
+    with pytest.raises(AttributeError, match="stpes"):
+        c.train.stpes = 3
+
+
+def test_param_groups_from_paths():
+    assert optim.param_group(("llm", "block_0", "q", "lora_a")) == "lora"
+    assert optim.param_group(("encoder", "attn", "ntk_features")) == "ntk"
+    assert optim.param_group(("llm", "prefix_keys")) == "prefix"
+    assert optim.param_group(("projector", "dense", "kernel")) == "projector"
+
+
+# ------------------------------------------------------------------------------------------------ sharding
+def test_meshes_match_one_device(tmp_path):
+    _, ref = _run(tmp_path, "one", **{"mesh.shape": (1, 1, 1), "train.steps": 5, "checkpoint.every": 0})
+    ref_p, ref_l = _params(ref), _losses(tmp_path / "one")
+    for name, shape in [("dp", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("tp", (1, 2, 4))]:
+        _, st = _run(tmp_path, name, **{"mesh.shape": shape, "train.steps": 5, "checkpoint.every": 0})
+        kernel = st.params["encoder"]["kernel"]
+        assert len(kernel.sharding.device_set) == 8
+        if name != "dp":  # really sharded, not replicated
+            assert kernel.addressable_shards[0].data.size < kernel.size
+        np.testing.assert_allclose([l for _, l in _losses(tmp_path / name)], [l for _, l in ref_l], atol=1e-5)
+        for k, v in _params(st).items():
+            np.testing.assert_allclose(v, ref_p[k], atol=1e-5, err_msg=f"{name}: {k}")
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+def test_frozen_group_does_not_change_and_others_do(tmp_path):
+    c = toy.config(**{"train.steps": 4, "checkpoint.every": 0})
+    c.optim.groups.encoder = config_lib.group(frozen=True)
+    _, st = loop.train(c, str(tmp_path / "f"), TASK, return_state=True)
+    model = TASK.build_model(c)
+    init_rng = jax.random.split(jax.random.PRNGKey(c.seed))[0]  # the loop's params key
+    x0 = np.zeros((1, c.data.dim), np.float32)
+    init = jax.tree.map(np.asarray, __import__("flax").linen.meta.unbox(model.init(init_rng, x0)["params"]))
+    np.testing.assert_array_equal(np.asarray(st.params["encoder"]["kernel"]), init["encoder"]["kernel"])
+    np.testing.assert_array_equal(np.asarray(st.params["encoder"]["bias"]), init["encoder"]["bias"])
+    assert np.abs(np.asarray(st.params["head"]["kernel"]) - init["head"]["kernel"]).max() > 1e-3
+    assert np.abs(np.asarray(st.params["encoder"]["lora_b"]) - init["encoder"]["lora_b"]).max() > 1e-3
+    rec = read(str(tmp_path / "f" / "metrics.jsonl"))[0]
+    assert rec["lr/encoder"] == 0.0
+
+
+def test_group_schedules_logged_match_closed_form(tmp_path):
+    c = toy.config(**{"train.steps": 10, "checkpoint.every": 0})
+    c.optim.groups.head = config_lib.group(lr=0.1, schedule="warmup_cosine", warmup_steps=4, min_lr_ratio=0.1)
+    c.optim.groups.lora = config_lib.group(lr=0.05, schedule="cosine")
+    loop.train(c, str(tmp_path / "s"), TASK)
+    recs = [r for r in read(str(tmp_path / "s" / "metrics.jsonl")) if "loss" in r]
+    for r in recs:
+        t = r["step"] - 1  # the LR used by update number t (0-based)
+        head = 0.1 * t / 4 if t < 4 else 0.01 + 0.5 * (0.1 - 0.01) * (1 + math.cos(math.pi * (t - 4) / 6))
+        lora = 0.05 * 0.5 * (1 + math.cos(math.pi * t / 10))
+        assert r["lr/head"] == pytest.approx(head, rel=1e-5, abs=1e-8)
+        assert r["lr/lora"] == pytest.approx(lora, rel=1e-5, abs=1e-8)
+        assert r["lr/encoder"] == pytest.approx(c.optim.lr, rel=1e-6)
+
+
+class _ScaleHook(type(TASK)):
+    """Halves the head's LR multiplier at step 2 and records the proposed head update's norm."""
+
+    def hooks(self, config):
+        def fn(ctx):
+            if ctx.step != 2:
+                return {}
+            u = ctx.proposed_updates()
+            head_only = ctx.group_updates(u, "head")
+            ctx.set_lr_scales({"head": 0.5})
+            return {"head_update_norm": float(optax.global_norm(head_only)),
+                    "enc_in_head_update": float(optax.global_norm(head_only["encoder"]))}
+        return [Hook(1, fn)]
+
+
+def test_hook_rewrites_group_lr_and_sees_proposed_updates(tmp_path):
+    _run(tmp_path, "h", task=_ScaleHook(), **{"train.steps": 4, "checkpoint.every": 0})
+    recs = [r for r in read(str(tmp_path / "h" / "metrics.jsonl")) if "loss" in r]
+    lr = toy.config().optim.lr
+    assert [r["lr/head"] for r in recs] == pytest.approx([lr, lr, lr / 2, lr / 2], rel=1e-6)
+    assert [r["lr/encoder"] for r in recs] == pytest.approx([lr] * 4, rel=1e-6)
+    assert recs[1]["head_update_norm"] > 0 and recs[1]["enc_in_head_update"] == 0.0
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    _, a = _run(tmp_path, "a1", **{"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1)})
+    _, b = _run(tmp_path, "a4", **{"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1),
+                                   "train.grad_accum": 4})
+    np.testing.assert_allclose([l for _, l in _losses(tmp_path / "a4")], [l for _, l in _losses(tmp_path / "a1")],
+                               atol=1e-6)
+    for k, v in _params(b).items():
+        np.testing.assert_allclose(v, _params(a)[k], atol=1e-5, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path):
+    over = {"train.steps": 10, "checkpoint.every": 5, "checkpoint.keep": 3, "checkpoint.async_save": False,
+            "mesh.shape": (2, 1, 1)}
+    _, full = _run(tmp_path, "c", **over)
+    expected = _losses(tmp_path / "c")
+    newest = tmp_path / "c" / "checkpoints" / "10" / "state"
+    for root, _, files in os.walk(newest):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "r+b") as fh:
+                fh.truncate(os.path.getsize(p) // 3)
+    with pytest.warns(UserWarning, match="step 10 .* unreadable"):
+        summary, again = _run(tmp_path, "c", **over)
+    assert summary["resumed_from"] == 5
+    assert _losses(tmp_path / "c") == expected
+    for k, v in _params(again).items():
+        np.testing.assert_array_equal(v, _params(full)[k], err_msg=k)
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    base = {"checkpoint.every": 5, "checkpoint.async_save": False}
+    _, ref = _run(tmp_path, "ref", **base, **{"train.steps": 8, "mesh.shape": (8, 1, 1)})
+    _run(tmp_path, "m", **base, **{"train.steps": 5, "mesh.shape": (8, 1, 1)})
+    summary, st = _run(tmp_path, "m", **base, **{"train.steps": 8, "mesh.shape": (1, 2, 4)})
+    assert summary["resumed_from"] == 5
+    assert st.params["encoder"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    np.testing.assert_allclose([l for _, l in _losses(tmp_path / "m")], [l for _, l in _losses(tmp_path / "ref")],
+                               atol=1e-5)
+    for k, v in _params(st).items():
+        np.testing.assert_allclose(v, _params(ref)[k], atol=1e-5, err_msg=k)
+
+
+def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path):
+    over = {"train.steps": 5, "checkpoint.async_save": False, "mesh.shape": (1, 1, 1)}
+    first = _run(tmp_path, "r", **over)[0]
+    second = _run(tmp_path, "r", **over)[0]
+    assert second["resumed_from"] == 5
+    assert second["eval_accuracy"] == first["eval_accuracy"]
+    assert len(_losses(tmp_path / "r")) == 5
