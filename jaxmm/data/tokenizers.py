@@ -85,11 +85,28 @@ _EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<eos>",
 _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<unk>")
 
 
+def _config_specials(path: str) -> dict:
+    """bos/eos/pad token strings from a Hugging Face `tokenizer_config.json` beside the tokenizer, if any."""
+    if not os.path.isfile(path):
+        return {}
+    import json
+
+    with open(path) as f:
+        cfg = json.load(f)
+    out = {}
+    for what in ("bos", "eos", "pad"):
+        tok = cfg.get(f"{what}_token")
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if isinstance(tok, str):
+            out[what] = tok
+    return out
+
+
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` behind the `ByteTokenizer` interface.
 
-    `path` is the file or a folder holding `tokenizer.json`. BOS/EOS/PAD are looked up by common names
-    unless given; a missing EOS is an error, a missing PAD falls back to EOS, a missing BOS to None
+    `path` is the file or a folder holding `tokenizer.json`. BOS/EOS/PAD are, in order: the arguments, the
+    `tokenizer_config.json` beside the file, common names; a missing EOS is an error, a missing PAD falls back to EOS, a missing BOS to None
     (then no BOS is emitted).
     """
 
@@ -104,6 +121,8 @@ class HFTokenizer:
             path = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
+        named = _config_specials(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+        bos, eos, pad = bos or named.get("bos"), eos or named.get("eos"), pad or named.get("pad")
         self.path = path
         self._tok = Tokenizer.from_file(path)
         missing = [t for t in (IMAGE_TOKEN, AUDIO_TOKEN) if self._tok.token_to_id(t) is None]

@@ -57,3 +57,18 @@ def test_hf_tokenizer_missing_file_names_path(tmp_path):
     missing = tmp_path / "nowhere" / "tokenizer.json"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         HFTokenizer(missing)
+
+
+def test_hf_tokenizer_matches_hf_ids_on_the_fixture():
+    import os
+
+    import numpy as np
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "llama_mha")
+    ref = np.load(os.path.join(folder, "reference.npz"))
+    tok = HFTokenizer(folder)  # specials from tokenizer_config.json: <s>=2, </s>=3, <pad>=0
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (2, 3, 0)
+    for i, text in enumerate(ref["tokenizer_texts"]):
+        hf_ids = ref[f"tokenizer_ids_{i}"].tolist()  # PreTrainedTokenizerFast: <s> then the text's ids
+        assert [tok.bos_id] + tok.encode(str(text)) == hf_ids
+        assert tok.decode(hf_ids) == str(text)
