@@ -1,7 +1,9 @@
 """Llama-family decoder-only LLM (Llama 2/3, Vicuna, Mistral without sliding window, Qwen2) and `generate`.
 
 embed -> `num_layers` pre-norm blocks (RMSNorm, RoPE attention with GQA, SwiGLU) -> final RMSNorm -> lm_head
-(or the transposed embedding when tied). Params: embed, layers_0 .. layers_{n-1}, final_norm, (lm_head).
+(or the transposed embedding when tied). Params: embedder, layers_0 .. layers_{n-1}, final_norm, (lm_head).
+(The embedding subtree is `embedder`, not `embed`, so that it does not shadow the `embed` method under
+`flax.nnx.bridge.ToNNX`, which exposes both params and methods as attributes.)
 
 Masks and positions:
   attention_mask [B, L] (1 = real token) marks padding, LEFT padding included (what batched generation uses);
@@ -117,7 +119,7 @@ class LLM(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embed = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, name="embed")
+        self.token_embed = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, name="embedder")
         self.stack = Stack(cfg.block(), cfg.num_layers)
         nn.share_scope(self, self.stack)  # blocks appear as layers_i at the top of the param tree
         self.final_norm = RMSNorm(cfg.norm_eps)
@@ -351,7 +353,7 @@ def llm_config_from_hf(config: dict, **overrides) -> LLMConfig:
 
 def _hf_name_map(cfg: LLMConfig) -> dict[str, tuple[tuple[str, ...], str]]:
     """HF tensor name -> (param path, transform); transform "T" turns a Linear weight [out, in] into [in, out]."""
-    m = {"model.embed_tokens.weight": (("embed", "embedding"), ""),
+    m = {"model.embed_tokens.weight": (("embedder", "embedding"), ""),
          "model.norm.weight": (("final_norm", "scale"), "")}
     if not cfg.tie_embeddings:
         m["lm_head.weight"] = (("lm_head", "kernel"), "T")

@@ -174,7 +174,7 @@ class Block(nn.Module):
     config: BlockConfig
 
     @nn.compact
-    def __call__(self, x, *, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
+    def __call__(self, x, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
                  decode: bool = False, max_length: int | None = None):
         cfg = self.config
         h = make_norm(cfg.norm, cfg.norm_eps, name="attn_norm")(x)
@@ -193,11 +193,12 @@ class Stack(nn.Module):
     @nn.compact
     def __call__(self, x, *, mask=None, positions=None, is_causal=False, deterministic=True, decode=False,
                  max_length=None, return_hidden: bool = False):
-        block = nn.remat(Block, static_argnums=()) if self.config.remat else Block
+        # remat traces every argument it is given by keyword: pass the Python flags positionally as static
+        # (argnums count `self` as 0: is_causal=4, deterministic=5, decode=6, max_length=7)
+        block = nn.remat(Block, static_argnums=(4, 5, 6, 7)) if self.config.remat else Block
         hidden = [x]
         for i in range(self.num_layers):
-            x = block(self.config, name=f"layers_{i}")(x, mask=mask, positions=positions, is_causal=is_causal,
-                                                        deterministic=deterministic, decode=decode,
-                                                        max_length=max_length)
+            x = block(self.config, name=f"layers_{i}")(x, mask, positions, is_causal, deterministic, decode,
+                                                        max_length)
             hidden.append(x)
         return (x, hidden) if return_hidden else x
