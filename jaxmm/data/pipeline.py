@@ -28,6 +28,28 @@ def as_map_dataset(source) -> grain.MapDataset:
     return grain.MapDataset.source(source)
 
 
+class CachedSource:
+    """Memoises a random-access source in memory (examples are made once, then reused every epoch).
+
+    For procedural sets trained over many epochs (rendering/feature extraction paid once). Thread-safe for
+    grain's reader threads: a race only makes the same deterministic example twice.
+    """
+
+    def __init__(self, source):
+        if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+            fail("source", "a random-access source with __len__/__getitem__", type(source).__name__)
+        self.source, self._cache = source, {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if index not in self._cache:
+            self._cache[index] = self.source[index]
+        return self._cache[index]
+
+
 def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
                 shard_index: int | None = None, shard_count: int | None = None,
                 transforms: Sequence[Callable[[Any], Any]] = (), drop_remainder: bool = True,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxmm.data.conversation import ConversationFormatter
-from jaxmm.data.pipeline import make_loader, take
+from jaxmm.data.pipeline import CachedSource, make_loader, take
 from jaxmm.data.textvqa import TextVQA
 from jaxmm.data.tokenizers import ByteTokenizer
 
@@ -109,3 +109,19 @@ def test_state_through_json_and_orbax_checkpoint(tmp_path):
     for restored in (from_json, from_orbax):
         for a, b in zip(expected, take(restored, 2)):
             _same(a, b)
+
+
+def test_cached_source_gives_the_same_batches_and_reads_each_example_once():
+    class Counting(Indices):
+        calls = 0
+
+        def __getitem__(self, i):
+            Counting.calls += 1
+            return super().__getitem__(i)
+
+    plain = [b["index"] for b in make_loader(Indices(8), batch_size=4, seed=3, num_epochs=3, shard_index=0,
+                                             shard_count=1)]
+    cached = [b["index"] for b in make_loader(CachedSource(Counting(8)), batch_size=4, seed=3, num_epochs=3,
+                                              shard_index=0, shard_count=1, num_threads=0)]  # no read race
+    np.testing.assert_array_equal(np.stack(plain), np.stack(cached))
+    assert Counting.calls == 8
