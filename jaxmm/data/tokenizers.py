@@ -13,7 +13,7 @@ Both expose:
 vocab_size = 264. Role markers are single tokens, so a turn costs one token of overhead.
 `HFTokenizer` uses the file's own BOS/EOS/PAD tokens (found by common names, or given) and adds
 "<image>"/"<audio>" as special tokens when the vocabulary lacks them; role prefixes are the text
-"USER: " / "ASSISTANT: " / "SYSTEM: " (the Vicuna / LLaVA-1.5 template).
+"USER: " / " ASSISTANT: " / "SYSTEM: " (the Vicuna / LLaVA-1.5 template: "USER: <q> ASSISTANT: <a></s>").
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class HFTokenizer:
     (then no BOS is emitted).
     """
 
-    ROLE_TEXT = {"system": "SYSTEM: ", "user": "USER: ", "assistant": "ASSISTANT: "}
+    ROLE_TEXT = {"system": "SYSTEM: ", "user": "USER: ", "assistant": " ASSISTANT: "}
 
     def __init__(self, path: str | os.PathLike, *, bos: str | None = None, eos: str | None = None,
                  pad: str | None = None):

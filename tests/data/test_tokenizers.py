@@ -50,7 +50,7 @@ def test_hf_tokenizer_from_tokenizer_json(tmp_path):
     assert ids[0] == tok.image_id and tok.image_id >= 300 - 50  # added after the trained vocabulary
     assert tok.audio_id != tok.image_id and tok.vocab_size > max(tok.image_id, tok.audio_id)
     assert tok.decode(ids) == "\nwhat"
-    assert tok.decode(tok.role_prefix("assistant")) == "ASSISTANT: "
+    assert tok.decode(tok.role_prefix("assistant")) == " ASSISTANT: "
 
 
 def test_hf_tokenizer_missing_file_names_path(tmp_path):
