@@ -29,6 +29,7 @@ attention is a convex combination of clipped values). Queries are public and are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 
@@ -38,7 +39,7 @@ import numpy as np
 
 from jaxmm.ops._checks import check_positive, check_rank, fail
 from jaxmm.ops.polynomial import polynomial_features
-from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _static, feature_bounds
+from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _features, _static, feature_bounds
 from jaxmm.privacy.mechanisms import truncated_laplace
 
 METHODS = ("tree", "release")
@@ -133,7 +134,7 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
                   bound_v=float(bound_v), epsilon=float(epsilon), delta=float(delta), method=method)
     if method == "release":
         sens = release_sensitivity(d, d_v, degree=degree, scale=scale, bound_qk=bound_qk, bound_v=bound_v)
-        sums = release_feature_sums(key, polynomial_features(Kc, degree, scale), w, sensitivity=sens,
+        sums = release_feature_sums(key, _features(Kc, int(degree), scale), w, sensitivity=sens,
                                     epsilon=epsilon, delta=delta)
         return DPCrossAttentionState(feature_sums=sums, tree=None, n_clipped_k=n_clipped_k,
                                      n_clipped_v=n_clipped_v, **common)
@@ -145,6 +146,7 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
                                  **common)
 
 
+@jax.jit
 def dp_cross_attention_parts(state: DPCrossAttentionState, Q):
     """Q [..., d] -> (numerator [..., d_v], denominator [...]) from the private release (no floor, no clip)."""
     if Q.shape[-1] != state.d:
@@ -153,6 +155,7 @@ def dp_cross_attention_parts(state: DPCrossAttentionState, Q):
     return out[..., :state.d_v], out[..., state.d_v]
 
 
+@functools.partial(jax.jit, static_argnames=("clip_output",))
 def dp_cross_attention(state: DPCrossAttentionState, Q, *, clip_output: bool = True):
     """Answer any number of (adaptive) queries Q [..., d] -> [..., d_v]; post-processing only."""
     num, den = dp_cross_attention_parts(state, Q)

@@ -42,6 +42,7 @@ Components are confirmed by name and role in the paper; the details below are [r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -76,6 +77,35 @@ def truncated_laplace_variance(*, sensitivity: float, epsilon: float, delta: flo
 def tree_depth(n_leaves: int) -> int:
     """L = ⌈log₂N⌉ + 1: the number of tree nodes every leaf lies in."""
     return max(int(n_leaves) - 1, 0).bit_length() + 1
+
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _build_nodes(key, v, sensitivity, epsilon, delta):
+    n = v.shape[0]
+    depth = tree_depth(n)
+    padded = 1 << (depth - 1)
+    levels = [jnp.pad(v, ((0, padded - n), (0, 0)))]
+    while levels[-1].shape[0] > 1:
+        levels.append(levels[-1].reshape(-1, 2, v.shape[1]).sum(axis=1))
+    nodes = jnp.concatenate(levels, axis=0)
+    if math.isfinite(epsilon):
+        nodes = nodes + truncated_laplace(key, nodes.shape, sensitivity=sensitivity, epsilon=epsilon / depth,
+                                          delta=delta / depth)
+    return nodes
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _prefix_sum(nodes, b, n_leaves):
+    b = jnp.clip(b, 0, n_leaves)
+    depth = tree_depth(n_leaves)
+    padded, out = 1 << (depth - 1), 0.0
+    for level in range(depth):
+        offset = 2 * padded - (2 * padded >> level)
+        take = ((b >> level) & 1).astype(nodes.dtype)
+        idx = offset + jnp.maximum((b >> level) - 1, 0)
+        out = out + take[..., None] * nodes[idx]
+    return out
 
 
 @jax.tree_util.register_dataclass
@@ -119,35 +149,33 @@ class DPTree:
         squeeze = values.ndim == 1
         v = jnp.asarray(values, jnp.float32)
         v = v[:, None] if squeeze else v
-        n = v.shape[0]
-        depth = tree_depth(n)
-        padded = 1 << (depth - 1)
-        levels = [jnp.pad(v, ((0, padded - n), (0, 0)))]
-        while levels[-1].shape[0] > 1:
-            levels.append(levels[-1].reshape(-1, 2, v.shape[1]).sum(axis=1))
-        nodes = jnp.concatenate(levels, axis=0)
-        if math.isfinite(epsilon):
-            nodes = nodes + truncated_laplace(key, nodes.shape, sensitivity=sensitivity, epsilon=epsilon / depth,
-                                              delta=delta / depth)
-        return cls(nodes=nodes, n_leaves=n, sensitivity=float(sensitivity), epsilon=float(epsilon),
+        nodes = _build_nodes(key, v, float(sensitivity), float(epsilon), float(delta))
+        return cls(nodes=nodes, n_leaves=v.shape[0], sensitivity=float(sensitivity), epsilon=float(epsilon),
                    delta=float(delta), squeeze=squeeze)
 
     def prefix_sum(self, b):
         """Σ_{j<b} leaf_j for integer b ∈ [0, N] of any shape: [..., c] (or [...] for 1-D values).
         Reads the node ending at b on every level where bit ℓ of b is set (≤ L nodes)."""
-        b = jnp.clip(jnp.asarray(b, jnp.int32), 0, self.n_leaves)
-        padded, out = self.padded, 0.0
-        for level in range(self.depth):
-            offset = 2 * padded - (2 * padded >> level)
-            take = ((b >> level) & 1).astype(self.nodes.dtype)
-            idx = offset + jnp.maximum((b >> level) - 1, 0)
-            out = out + take[..., None] * self.nodes[idx]
+        out = _prefix_sum(self.nodes, jnp.asarray(b, jnp.int32), self.n_leaves)
         return out[..., 0] if self.squeeze else out
 
     def range_sum(self, lo, hi):
         """Σ_{lo ≤ j < hi} leaf_j, vectorised over any broadcastable integer arrays lo, hi (clipped to [0, N]).
         Nodes shared by both prefixes cancel exactly, leaving the canonical O(log N) cover."""
         return self.prefix_sum(hi) - self.prefix_sum(lo)
+
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _distance_leaves(x, w, lo, hi, wb, n_bins):
+    """Clip x to [lo, hi] and w to ±wb; per-bin [Σw | Σw·u] leaves [n_bins, 2c] and the clip count."""
+    xc = jnp.clip(x, lo, hi)
+    wc = jnp.clip(w, -wb, wb)
+    n_clipped = jnp.sum(xc != x).astype(jnp.int32) + jnp.sum(wc != w).astype(jnp.int32)
+    u = (xc - lo) / (hi - lo)
+    bins = jnp.clip(jnp.floor(u * n_bins).astype(jnp.int32), 0, n_bins - 1)
+    leaves = jnp.zeros((n_bins, 2 * w.shape[1]), jnp.float32)
+    return leaves.at[bins].add(jnp.concatenate([wc, wc * u[:, None]], axis=1)), n_clipped
 
 
 @jax.tree_util.register_dataclass
@@ -183,13 +211,8 @@ class DPTreeDistance:
             fail("weight_bound", "positive bound(s)", weight_bound)
         lo = jnp.asarray(lo, jnp.float32)
         hi = jnp.asarray(hi, jnp.float32)
-        xc = jnp.clip(x.astype(jnp.float32), lo, hi)
-        wc = jnp.clip(w, -jnp.asarray(wb, jnp.float32), jnp.asarray(wb, jnp.float32))
-        n_clipped = jnp.sum(xc != x).astype(jnp.int32) + jnp.sum(wc != w).astype(jnp.int32)
-        u = (xc - lo) / (hi - lo)
-        bins = jnp.clip(jnp.floor(u * n_bins).astype(jnp.int32), 0, n_bins - 1)
-        leaves = jnp.zeros((n_bins, 2 * w.shape[1]), jnp.float32)
-        leaves = leaves.at[bins].add(jnp.concatenate([wc, wc * u[:, None]], axis=1))
+        leaves, n_clipped = _distance_leaves(x.astype(jnp.float32), w, lo, hi, jnp.asarray(wb, jnp.float32),
+                                             int(n_bins))
         tree = DPTree.build(key, leaves, sensitivity=4.0 * float(wb.sum()), epsilon=epsilon, delta=delta)
         return cls(tree=tree, lo=lo, hi=hi, n_clipped=n_clipped, squeeze=squeeze)
 
@@ -257,6 +280,9 @@ class DPTreeHighDim:
         return jnp.sum(self.per_coordinate(y), axis=0)
 
 
+_features = jax.jit(polynomial_features, static_argnums=(1, 2))
+
+
 def feature_bounds(d: int, degree: int, scale: float, bound: float) -> np.ndarray:
     """B_α = sqrt(s^{|α|}/α!)·R^{|α|} ≥ |U_α(k)| for ‖k‖_∞ ≤ R (float64 [r])."""
     exps = multi_indices(d, degree)
@@ -291,7 +317,7 @@ class DPTreeSoftmax:
         check_positive("bound_k", bound_k)
         kc = jnp.clip(k.astype(jnp.float32), -bound_k, bound_k)
         n_clipped_k = jnp.sum(kc != k).astype(jnp.int32)
-        phi = polynomial_features(kc, degree, scale)
+        phi = _features(kc, int(degree), float(scale))
         b = jnp.asarray(feature_bounds(k.shape[1], degree, scale, bound_k) * (1.0 + 1e-5) + 1e-30, jnp.float32)
         feats = DPTreeHighDim.build(key, phi, w, lo=-b, hi=b, weight_bound=weight_bound, epsilon=epsilon,
                                     delta=delta, n_bins=n_bins)
@@ -308,4 +334,4 @@ class DPTreeSoftmax:
 
     def query(self, q):
         """q [..., d] -> Σ_i w_i ⟨U(q), U(k_i)⟩: [..., c]."""
-        return polynomial_features(jnp.asarray(q, jnp.float32), self.degree, self.scale) @ self.feature_sums()
+        return _features(jnp.asarray(q, jnp.float32), self.degree, self.scale) @ self.feature_sums()

@@ -45,7 +45,7 @@ def test_tlap_variance_closed_form_vs_quadrature():
 def test_range_sums_unbiased_and_bounded_with_noise():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, 11).astype(np.float32)
-    m, eps, delta, sens = 4000, 2.0, 1e-4, 1.0
+    m, eps, delta, sens = 2000, 2.0, 1e-4, 1.0
     build = jax.vmap(lambda k: DPTree.build(k, jnp.asarray(x), sensitivity=sens, epsilon=eps, delta=delta))
     trees = build(jax.random.split(jax.random.key(3), m))
     exact = DPTree.build(jax.random.key(0), jnp.asarray(x), sensitivity=sens, epsilon=INF, delta=delta)
@@ -54,7 +54,7 @@ def test_range_sums_unbiased_and_bounded_with_noise():
     L = exact.depth
     assert np.all(np.abs(noise) <= truncated_laplace_bound(sensitivity=sens, epsilon=eps / L, delta=delta / L) + 1e-4)
     std = trees.node_noise_std
-    assert np.std(noise) == pytest.approx(std, rel=0.03)
+    assert np.std(noise) == pytest.approx(std, rel=0.04)
     lo = jnp.array([0, 0, 3, 5, 10])
     hi = jnp.array([11, 1, 9, 6, 11])
     got = np.asarray(jax.vmap(lambda t: t.range_sum(lo, hi))(trees))
@@ -148,7 +148,7 @@ def test_distance_clips_and_reports():
 def test_distance_unbiased_with_noise():
     rng = np.random.default_rng(5)
     x, w = rng.uniform(0, 1, 30), rng.uniform(-1, 1, 30)
-    m = 3000
+    m = 1500
     build = jax.vmap(lambda k: DPTreeDistance.build(k, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                                                     lo=0.0, hi=1.0, weight_bound=1.0, epsilon=3.0, delta=1e-4,
                                                     n_bins=8))
