@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import grain
+import numpy as np
 
 from jaxmm.ops._checks import check_positive, fail
 
@@ -95,6 +96,35 @@ def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(read_options=options))
+
+
+def eval_batches(source, *, batch_size: int, transforms: Sequence[Callable[[Any], Any]] = (),
+                 num_examples: int | None = None, shard_index: int = 0, shard_count: int = 1) -> list[dict]:
+    """Fixed-shape batches over the first `num_examples` of `source` (all by default), in order, for eval.
+
+    Every batch has `batch_size` rows; the last is filled up with copies of its first row, and the int32 field
+    "valid" [batch_size] marks real rows (so jitted eval steps see one shape and metrics can skip fillers).
+    `shard_index` / `shard_count` split the examples across processes as `make_loader` does.
+    """
+    check_positive("batch_size", batch_size)
+    if not 0 <= shard_index < shard_count:
+        fail("shard_index", f"an integer in [0, {shard_count})", shard_index)
+    n = len(source) if num_examples is None else min(int(num_examples), len(source))
+    examples = []
+    for i in range(shard_index, n, shard_count):
+        ex = source[i]
+        for t in transforms:
+            ex = t(ex)
+        examples.append(ex)
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start:start + batch_size]
+        valid = [1] * len(rows) + [0] * (batch_size - len(rows))
+        rows = rows + [rows[0]] * (batch_size - len(rows))
+        batch = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+        batch["valid"] = np.asarray(valid, np.int32)
+        batches.append(batch)
+    return batches
 
 
 def take(iterator: Iterable, n: int) -> list:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxmm.data.conversation import ConversationFormatter
-from jaxmm.data.pipeline import CachedSource, make_loader, take
+from jaxmm.data.pipeline import CachedSource, eval_batches, make_loader, take
 from jaxmm.data.textvqa import TextVQA
 from jaxmm.data.tokenizers import ByteTokenizer
 
@@ -125,3 +125,16 @@ def test_cached_source_gives_the_same_batches_and_reads_each_example_once():
                                               shard_index=0, shard_count=1, num_threads=0)]  # no read race
     np.testing.assert_array_equal(np.stack(plain), np.stack(cached))
     assert Counting.calls == 8
+
+
+def test_eval_batches_have_one_shape_and_mark_fillers():
+    batches = eval_batches(Indices(10), batch_size=4)
+    assert [b["index"].shape for b in batches] == [(4,)] * 3
+    np.testing.assert_array_equal(np.concatenate([b["index"][b["valid"] == 1] for b in batches]), np.arange(10))
+    np.testing.assert_array_equal(batches[-1]["valid"], [1, 1, 0, 0])
+    halves = [eval_batches(Indices(10), batch_size=4, shard_index=i, shard_count=2) for i in range(2)]
+    got = [set(np.concatenate([b["index"][b["valid"] == 1] for b in h]).tolist()) for h in halves]
+    assert got[0] | got[1] == set(range(10)) and not got[0] & got[1]
+    fmt = ConversationFormatter(ByteTokenizer(), max_len=48, eval=True, max_answer_len=4)
+    b = eval_batches(TextVQA(3), batch_size=2, transforms=[fmt])[1]
+    assert b["prompt_ids"].shape == (2, 48) and b["answer"][0] == TextVQA(3)[2]["answer"]
