@@ -155,7 +155,8 @@ def _key_blocks(k, v, mask, *, b, h, hkv, lq, block_k):
     pad = nblk * block_k - lk
     kp = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
     vp = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], nblk, block_k, *x.shape[2:]), 1, 0)
+    # [B, Lk, Hkv, d] -> [nblk, B, Hkv, bk, d]: contiguous batched matmuls inside the scan
+    split = lambda x: x.reshape(x.shape[0], nblk, block_k, *x.shape[2:]).transpose(1, 0, 3, 2, 4)
     mk = None
     if mask is not None:
         m5 = _broadcast_mask(mask, b, h, hkv, lq, lk)
@@ -183,13 +184,13 @@ def flash_attention_xla(q, k, v, *, is_causal=False, scale=None, mask=None, bloc
     b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, mask=mask)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g, block_k = h // hkv, max(1, min(block_k, lk))
-    qg = q.astype(jnp.float32).reshape(b, lq, hkv, g, d) * scale
+    qg = (q.astype(jnp.float32) * scale).reshape(b, lq, hkv, g, d).transpose(0, 2, 3, 1, 4)   # [B, Hkv, G, Lq, d]
     kb, vb, mk, starts = _key_blocks(k, v, mask, b=b, h=h, hkv=hkv, lq=lq, block_k=block_k)
 
     def step(carry, xs):
         m, l, acc = carry
         kj, vj, start, mj = xs
-        s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kj.astype(jnp.float32))
+        s = jnp.einsum("bhgqd,bhkd->bhgqk", qg, kj.astype(jnp.float32))
         allowed = _block_allowed(start, mj, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
         s = jnp.where(allowed, s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, -1))
@@ -197,7 +198,7 @@ def flash_attention_xla(q, k, v, *, is_causal=False, scale=None, mask=None, bloc
         p = jnp.exp(s - m_safe[..., None])
         alpha = jnp.exp(m - m_safe)
         l = alpha * l + jnp.sum(p, -1)
-        acc = alpha[..., None] * acc + jnp.einsum("bhgqk,bkhd->bhgqd", p, vj.astype(jnp.float32))
+        acc = alpha[..., None] * acc + jnp.einsum("bhgqk,bhkd->bhgqd", p, vj.astype(jnp.float32))
         return (m_new, l, acc), None
 
     init = (jnp.full((b, hkv, g, lq), -jnp.inf), jnp.zeros((b, hkv, g, lq)), jnp.zeros((b, hkv, g, lq, d)))
@@ -215,9 +216,9 @@ def flash_attention_xla_bwd(q, k, v, out, lse, do, *, is_causal=False, scale=Non
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g, block_k = h // hkv, max(1, min(block_k, lk))
     f32 = lambda x: x.astype(jnp.float32)
-    to5 = lambda x: f32(x).reshape(b, lq, hkv, g, d)
+    to5 = lambda x: f32(x).reshape(b, lq, hkv, g, d).transpose(0, 2, 3, 1, 4)    # [B, Hkv, G, Lq, d]
     qg, dog = to5(q), to5(do)
-    delta = jnp.sum(to5(out) * dog, -1).transpose(0, 2, 3, 1)           # [B, Hkv, G, Lq]
+    delta = jnp.sum(to5(out) * dog, -1)                                  # [B, Hkv, G, Lq]
     lse5 = lse.reshape(b, lq, hkv, g).transpose(0, 2, 3, 1)
     lse5 = jnp.where(jnp.isneginf(lse5), jnp.inf, lse5)                 # empty rows: P = 0
     kb, vb, mk, starts = _key_blocks(k, v, mask, b=b, h=h, hkv=hkv, lq=lq, block_k=block_k)
@@ -225,19 +226,19 @@ def flash_attention_xla_bwd(q, k, v, out, lse, do, *, is_causal=False, scale=Non
     def step(dq, xs):
         kj, vj, start, mj = xs
         kj, vj = f32(kj), f32(vj)
-        s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kj) * scale
+        s = jnp.einsum("bhgqd,bhkd->bhgqk", qg, kj) * scale
         allowed = _block_allowed(start, mj, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
         p = jnp.where(allowed, jnp.exp(s - lse5[..., None]), 0.0)
-        dp = jnp.einsum("bqhgd,bkhd->bhgqk", dog, vj)
+        dp = jnp.einsum("bhgqd,bhkd->bhgqk", dog, vj)
         ds = p * (dp - delta[..., None]) * scale
-        dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds, kj)
-        dk = jnp.einsum("bhgqk,bqhgd->bkhd", ds, qg)
-        dv = jnp.einsum("bhgqk,bqhgd->bkhd", p, dog)
+        dq = dq + jnp.einsum("bhgqk,bhkd->bhgqd", ds, kj)
+        dk = jnp.einsum("bhgqk,bhgqd->bhkd", ds, qg)
+        dv = jnp.einsum("bhgqk,bhgqd->bhkd", p, dog)
         return dq, (dk, dv)
 
     dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qg), (kb, vb, starts, mk))
-    unsplit = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, -1, hkv, d)[:, :lk]
-    return (dq.reshape(b, lq, h, d).astype(q.dtype), unsplit(dk).astype(k.dtype), unsplit(dv).astype(v.dtype))
+    unsplit = lambda x: x.transpose(1, 0, 3, 2, 4).reshape(b, -1, hkv, d)[:, :lk]   # [nblk,B,Hkv,bk,d] ->
+    return (dq.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q.dtype), unsplit(dk).astype(k.dtype), unsplit(dv).astype(v.dtype))
 
 
 # ------------------------------------------------------------------------------- NTK, XLA fast path
