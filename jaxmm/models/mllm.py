@@ -112,7 +112,5 @@ def mllm_loss(model: MLLM, params, batch, *, deterministic: bool = True, rngs=No
 def generate(model: MLLM, params, prompt_ids, prompt_mask, media, **kwargs):
     """Generate answers: prefill with the spliced multimodal embeddings (left-padded prompts), then decode.
     kwargs go to `jaxmm.models.llm.generate` (max_new_tokens, temperature, top_k, top_p, eos_id, rng)."""
-    embeds, mask, _, n = model.apply({"params": params}, prompt_ids, media, prompt_mask, method=MLLM.embed_inputs)
-    ids = jnp.zeros(mask.shape, prompt_ids.dtype)  # placeholder ids for the spliced positions (never embedded)
-    llm = LLM(model.config.llm)
-    return llm_generate(llm, params["llm"], ids, mask, prefill_embeds=embeds, **kwargs)
+    embeds, mask, _, _ = model.apply({"params": params}, prompt_ids, media, prompt_mask, method=MLLM.embed_inputs)
+    return llm_generate(LLM(model.config.llm), params["llm"], None, mask, prefill_embeds=embeds, **kwargs)
