@@ -1,0 +1,275 @@
+"""DP NTK regression sweep (2407.13621): accuracy vs log₁₀ε with the non-private line (configs/dp_ntk.py).
+
+Writes into the workdir: results.json (every run), results.md (table with the published numbers beside ours),
+dp_ntk_<variant>.png (the published figure's style), metrics.jsonl, privacy_reports.json (one report per ε and
+arm, repeat 0; all are printed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxmm.ops._checks import fail
+from jaxmm.privacy import dp_ntk
+from train.tasks import register
+
+# Published private test accuracy, CIFAR-10 ResNet-18 features, log₁₀ε = 0.5 … 1.5 (10-class: per-release ε, the
+# paper's x axis is log₁₀2ε = 0.8 … 1.8); PAPERS.md §4.
+PUBLISHED = {
+    "cifar10_2class": {"acc": [.7705, .8025, .8630, .9180, .9085, .9545, .9790, .9690, .9795, .9805, .9815],
+                       "nonprivate": 0.98, "label": "published CIFAR-10 airplane vs cat (n=1000)"},
+    "cifar10_10class": {"acc": [.4048, .4602, .5220, .5278, .5982, .6264, .7132, .7444, .7766, .7816, .7934],
+                        "nonprivate": 0.838, "label": "published CIFAR-10 10-class (n=10^4, total 2ε)"},
+}
+PUBLISHED_GRID = [round(0.5 + 0.1 * i, 1) for i in range(11)]
+ARMS = {
+    "paper": {},
+    "h_only": {"private_features": False},
+    "gauss_features": {"feature_mechanism": "gaussian"},
+    "published_k": {"published_n": True},
+}
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _split(X, y, test_fraction, seed):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def _select_classes(X, y, classes):
+    if not classes:
+        return X, y
+    keep = np.isin(y, classes)
+    remap = {c: i for i, c in enumerate(classes)}
+    return X[keep], np.array([remap[int(v)] for v in y[keep]])
+
+
+def _take(X, y, n):
+    return (X[:n], y[:n]) if n else (X, y)
+
+
+def _load_npy(path, field):
+    if not path:
+        raise ValueError(f"config.data.{field}: expected a path to a .npy file, got {path!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.data.{field}: no such file {path!r}")
+    return np.load(path, allow_pickle=False)
+
+
+def _embed_images(images, embed, embed_dim, seed):
+    x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+    if embed == "pixels":
+        return x
+    # A FIXED random ReLU projection of the pixels (not the paper's ResNet-18 features).
+    proj = np.random.default_rng(seed).normal(size=(x.shape[1], embed_dim)).astype(np.float32)
+    return np.maximum((x - 0.5) @ proj / math.sqrt(x.shape[1]), 0.0)
+
+
+def _read_tfds(cfg, split, n, classes):
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(cfg.tfds_name, split=split, data_dir=cfg.tfds_data_dir)
+    images, labels = [], []
+    for i in range(len(source)):
+        ex = source[i]
+        label = int(ex["label"])
+        if classes and label not in classes:
+            continue
+        images.append(np.asarray(ex["image"]))
+        labels.append(label)
+        if n and len(labels) >= n:
+            break
+    if not labels:
+        raise ValueError(f"config.data: no examples of classes {tuple(classes)} in {cfg.tfds_name}:{split}")
+    X = _embed_images(np.stack(images), cfg.embed, cfg.embed_dim, seed=cfg.split_seed)
+    return _select_classes(X, np.asarray(labels), classes)
+
+
+def load_data(cfg):
+    """(X_train, y_train, X_test, y_test, num_classes) for `config.data` (labels remapped to 0..C-1)."""
+    classes = tuple(int(c) for c in cfg.classes)
+    if cfg.source == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X, y = _select_classes(X.astype(np.float32), y, classes)
+        if cfg.n_train:
+            Xtr, Xte, ytr, yte = _split(X, y, len(y) - cfg.n_train, cfg.split_seed)
+        else:
+            Xtr, Xte, ytr, yte = _split(X, y, cfg.test_fraction, cfg.split_seed)
+        Xte, yte = _take(Xte, yte, cfg.n_test)
+    elif cfg.source == "tfds":
+        if cfg.embed not in ("random_relu", "pixels"):
+            fail("config.data.embed", "'random_relu' or 'pixels'", repr(cfg.embed))
+        Xtr, ytr = _read_tfds(cfg, "train", cfg.n_train, classes)
+        Xte, yte = _read_tfds(cfg, "test", cfg.n_test, classes)
+    elif cfg.source == "npy":
+        X = _load_npy(cfg.train_features, "train_features").astype(np.float32)
+        y = _load_npy(cfg.train_labels, "train_labels").astype(np.int64)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            fail("config.data.train_features/train_labels", "[n, d] features and [n] labels",
+                 f"shapes {X.shape} and {y.shape}")
+        if cfg.test_features or cfg.test_labels:
+            Xte = _load_npy(cfg.test_features, "test_features").astype(np.float32)
+            yte = _load_npy(cfg.test_labels, "test_labels").astype(np.int64)
+            Xtr, ytr = X, y
+        else:
+            Xtr, Xte, ytr, yte = _split(X, y, cfg.test_fraction, cfg.split_seed)
+        if classes:
+            Xtr, ytr = _select_classes(Xtr, ytr, classes)
+            Xte, yte = _select_classes(Xte, yte, classes)
+        Xtr, ytr = _take(Xtr, ytr, cfg.n_train)
+        Xte, yte = _take(Xte, yte, cfg.n_test)
+    else:
+        fail("config.data.source", "'digits', 'tfds' or 'npy'", repr(cfg.source))
+    num_classes = len(classes) if classes else int(max(ytr.max(), yte.max()) + 1)
+    return Xtr, ytr, Xte, yte, num_classes
+
+
+# ------------------------------------------------------------------------------------------------- sweep
+def _check_config(config):
+    unknown = [a for a in config.sweep.arms if a not in ARMS]
+    if unknown or not config.sweep.arms:
+        fail("config.sweep.arms", f"a non-empty subset of {tuple(ARMS)}", tuple(config.sweep.arms))
+    if config.sweep.published not in PUBLISHED:
+        fail("config.sweep.published", f"one of {tuple(PUBLISHED)}", repr(config.sweep.published))
+    if config.privacy.k_zero not in dp_ntk.K_ZERO_POLICIES:
+        fail("config.privacy.k_zero", f"one of {dp_ntk.K_ZERO_POLICIES}", repr(config.privacy.k_zero))
+    if config.privacy.sampler not in dp_ntk.SAMPLERS:
+        fail("config.privacy.sampler", f"one of {dp_ntk.SAMPLERS}", repr(config.privacy.sampler))
+    if config.sweep.repeats < 1:
+        fail("config.sweep.repeats", "a positive integer", config.sweep.repeats)
+
+
+def _stats(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+@register("dp_ntk.sweep")
+def run(config, workdir: str) -> dict:
+    _check_config(config)
+    from tqdm import tqdm
+
+    t0 = time.time()
+    Xtr, ytr, Xte, yte, num_classes = load_data(config.data)
+    print(f"[dp_ntk] {config.variant}: n_train={len(ytr)} n_test={len(yte)} d={Xtr.shape[1]} classes={num_classes}")
+    common = dict(num_classes=num_classes, m=config.model.m, lam=config.model.lam,
+                  block_size=config.model.block_size)
+    priv = dict(delta=config.privacy.delta, eta=config.privacy.eta, beta=config.privacy.beta,
+                published_n=config.privacy.published_n, k_zero=config.privacy.k_zero,
+                feature_sensitivity=config.privacy.feature_sensitivity, sampler=config.privacy.sampler)
+    repeats, grid, arms = config.sweep.repeats, list(config.sweep.log10_eps), list(config.sweep.arms)
+    root = jax.random.key(config.seed)
+    runs, reports = [], []
+    total = repeats * (1 + len(grid) * len(arms))
+    metrics = open(os.path.join(workdir, "metrics.jsonl"), "w")
+    with tqdm(total=total, desc="dp_ntk", unit="run") as bar:
+        for r in range(repeats):
+            key = jax.random.fold_in(root, r)  # same W for every ε/arm of a repeat; fresh noise per run
+            pred, _ = dp_ntk.fit_predict(key, Xtr, ytr, Xte, epsilon=None, **common)
+            runs.append({"arm": "nonprivate", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
+            bar.update(1)
+            for i, le in enumerate(grid):
+                for a, arm in enumerate(arms):
+                    kwargs = {**priv, **ARMS[arm]}
+                    run_key = jax.random.fold_in(key, 1 + i * len(arms) + a)
+                    pred, rep = dp_ntk.fit_predict(run_key, Xtr, ytr, Xte, epsilon=10.0**le, **common, **kwargs)
+                    acc = None if pred is None else float((pred == yte).mean())
+                    runs.append({"arm": arm, "log10_eps": le, "repeat": r, "accuracy": acc, "k": rep["k"],
+                                 "total_epsilon": rep.get("total_epsilon")})
+                    metrics.write(json.dumps(runs[-1]) + "\n")
+                    if r == 0:
+                        print(f"--- arm={arm} log10_eps={le}\n" + dp_ntk.format_privacy_report(rep))
+                        reports.append({"arm": arm, "log10_eps": le, **rep})
+                    bar.set_postfix(arm=arm, log10_eps=le, acc=acc)
+                    bar.update(1)
+    metrics.close()
+    summary = _write_outputs(config, workdir, runs, reports, grid, arms, len(ytr), len(yte), num_classes)
+    summary["seconds"] = time.time() - t0
+    return summary
+
+
+def _write_outputs(config, workdir, runs, reports, grid, arms, n_train, n_test, num_classes):
+    pub = PUBLISHED[config.sweep.published]
+    nonpriv = _stats([r["accuracy"] for r in runs if r["arm"] == "nonprivate"])
+    table = {}
+    for arm in arms:
+        for le in grid:
+            sel = [r for r in runs if r["arm"] == arm and r["log10_eps"] == le]
+            mean, std = _stats([r["accuracy"] for r in sel])
+            table[(arm, le)] = {"mean": mean, "std": std, "k": sel[0]["k"], "total_epsilon": sel[0]["total_epsilon"]}
+    with open(os.path.join(workdir, "privacy_reports.json"), "w") as f:
+        json.dump(reports, f, indent=2, default=float)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"variant": config.variant, "n_train": n_train, "n_test": n_test, "num_classes": num_classes,
+                   "nonprivate": {"mean": nonpriv[0], "std": nonpriv[1]}, "published": pub,
+                   "table": [{"arm": a, "log10_eps": le, **v} for (a, le), v in table.items()], "runs": runs},
+                  f, indent=2)
+
+    def cell(v):
+        if v["mean"] is None:
+            return "k=0 not releasable"
+        return f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+    head = "| log10 ε | " + " | ".join(f"{a}: k | {a}: total ε | {a}: acc (mean ± std)" for a in arms)
+    head += " | published (CIFAR-10) |"
+    lines = [f"Variant `{config.variant}`: n_train={n_train}, n_test={n_test}, classes={num_classes}, "
+             f"m={config.model.m}, λ={config.model.lam}, δ={config.privacy.delta}, η={config.privacy.eta}, "
+             f"β={config.privacy.beta}, {config.sweep.repeats} repeats.", "",
+             head, "|" + "---|" * (2 + 3 * len(arms))]
+    for le in grid:
+        p = pub["acc"][PUBLISHED_GRID.index(le)] if le in PUBLISHED_GRID else None
+        row = [f"{le:.1f}"]
+        for a in arms:
+            v = table[(a, le)]
+            tot = "—" if v["total_epsilon"] is None else f"{v['total_epsilon']:.3g}"
+            row += [str(v["k"]), tot, cell(v)]
+        row.append("—" if p is None else f"{p:.4f}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append(f"| non-private | " + " | ".join(["", "", f"{nonpriv[0]:.4f} ± {nonpriv[1]:.4f}"] +
+                                                  ["", "", ""] * (len(arms) - 1)) + f" | {pub['nonprivate']} |")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    png = os.path.join(workdir, f"dp_ntk_{config.variant}.png")
+    _plot(png, config, table, grid, arms, nonpriv, pub, num_classes)
+    summary = {"nonprivate_accuracy": nonpriv[0], "png": png}
+    for a in arms:
+        last = table[(a, grid[-1])]["mean"]
+        first = table[(a, grid[0])]["mean"]
+        summary[f"{a}_acc_at_max_eps"] = last
+        summary[f"{a}_acc_at_min_eps"] = first
+    return summary
+
+
+def _plot(path, config, table, grid, arms, nonpriv, pub, num_classes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in arms:
+        xs = [le for le in grid if table[(a, le)]["mean"] is not None]
+        ax.errorbar(xs, [table[(a, le)]["mean"] for le in xs], yerr=[table[(a, le)]["std"] for le in xs],
+                    marker="o", capsize=3, label=f"private ({a})")
+    ax.axhline(nonpriv[0], color="k", linestyle="--", label="non-private (ours)")
+    ax.plot(PUBLISHED_GRID, pub["acc"], color="gray", marker="x", linestyle=":", label=pub["label"])
+    ax.axhline(pub["nonprivate"], color="gray", linestyle="-.", linewidth=0.8, label="published non-private")
+    ax.set_xlabel("log10 ε (per release; the 10-class total is 2ε)" if num_classes > 2 else "log10 ε")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"DP NTK regression ({config.variant})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
