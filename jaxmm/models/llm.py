@@ -86,8 +86,8 @@ class _DecodeState(nn.Module):
     tokens), next_position [B] and index (slots filled). Returns (key_mask after this call, positions, index)."""
 
     @nn.compact
-    def __call__(self, new_mask, positions, max_length):
-        b, length = new_mask.shape
+    def __call__(self, new_mask, positions, max_length, length: int):
+        b = new_mask.shape[0]
         if max_length is None and not self.has_variable("cache", "key_mask"):
             fail("max_length", "the cache size on the first decode call", None)
         key_mask = self.variable("cache", "key_mask", jnp.zeros, (b, max_length or 0), jnp.bool_)
@@ -162,7 +162,7 @@ class LLM(nn.Module):
                 check_positive("max_length", max_length)
                 self._check_window(max_length)
             new = jnp.ones((b, length), jnp.bool_) if attention_mask is None else attention_mask
-            key_mask, positions, index = self.decode_state(new, positions, max_length)
+            key_mask, positions, index = self.decode_state(new, positions, max_length, length)
             slots = key_mask.shape[1]
             causal = jnp.arange(slots)[None, :] <= (index + jnp.arange(length))[:, None]  # [L, slots]
             mask = key_mask[:, None, None, :] & causal[None, None]
