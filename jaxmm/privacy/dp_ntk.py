@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, check_rank, fail
+from jaxmm.ops._checks import check_positive, check_rank, check_shape, fail
 from jaxmm.privacy import gaussian, ntk_regression as nr
 from jaxmm.privacy.mechanisms import truncated_laplace, truncated_laplace_bound
 
@@ -77,12 +77,13 @@ def fit_predict(key, X_train, y_train, X_test, *, num_classes: int, epsilon: flo
                 delta: float = 1e-3, m: int = 256, lam: float = 10.0, eta: float = 7e-3, beta: float = 1e-6,
                 published_n: bool = False, k_zero: str = "skip", private_features: bool | None = None,
                 feature_mechanism: str = "truncated_laplace", feature_sensitivity: float | None = None,
-                sampler: str = "auto", normalize: bool = True, block_size: int = 1024):
+                sampler: str = "auto", normalize: bool = True, block_size: int = 1024, W=None):
     """Train NTK ridge regression on (X_train, y_train) and predict X_test: (predictions or None, report).
 
     epsilon=None: the non-private baseline. Otherwise the Gaussian sampling mechanism at (ε, δ) with the
     paper's k; `private_features` (default: True iff num_classes > 2, as in the paper) also privatises the
-    query-time training features. Predictions are None when k = 0 and k_zero="skip".
+    query-time training features. Predictions are None when k = 0 and k_zero="skip". `W` [m, d]: the
+    first-layer weights (default: drawn N(0, I) from `key`).
     """
     check_rank("X_train", X_train, 2, "[n, d]")
     check_rank("X_test", X_test, 2, "[n_test, d]")
@@ -105,7 +106,11 @@ def fit_predict(key, X_train, y_train, X_test, *, num_classes: int, epsilon: flo
     if normalize:
         Xtr, Xte = nr.l2_normalize(Xtr), nr.l2_normalize(Xte)
     k_w, k_s, k_f = jax.random.split(key, 3)
-    W = jax.random.normal(k_w, (m, d), dtype=jnp.float32)
+    if W is None:
+        W = jax.random.normal(k_w, (m, d), dtype=jnp.float32)
+    else:
+        check_shape("W", W, (m, d), "[m, d]")
+        W = jnp.asarray(W, jnp.float32)
     report = {"n": int(n), "d": int(d), "m": int(m), "lam": float(lam), "num_classes": int(num_classes)}
 
     if epsilon is None:

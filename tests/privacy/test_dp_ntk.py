@@ -1,0 +1,349 @@
+"""DP NTK regression (2407.13621): kernel vs definition (float64), Gaussian sampling mechanism law and rate,
+sample budget, ridge vs numpy, an empirical privacy audit, the sweep config path at toy size."""
+import json
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxmm.privacy import dp_ntk, gaussian as gm, ntk_regression as nr
+
+
+def _unit_rows(rng, n, d):
+    X = rng.normal(size=(n, d))
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _features_np(X, W):
+    """G_i = concat_r(⟨w_r,x_i⟩ x_i)/√m in numpy float64 (written from the definition)."""
+    m = W.shape[0]
+    return np.stack([np.concatenate([(W[r] @ x) * x for r in range(m)]) for x in X]) / np.sqrt(m)
+
+
+# ------------------------------------------------------------------------------------------------ kernel
+def test_kernel_equals_definition_float64():
+    rng = np.random.default_rng(0)
+    X, Y, W = _unit_rows(rng, 7, 5), _unit_rows(rng, 4, 5), rng.normal(size=(6, 5))
+    ref = np.zeros((7, 4))
+    for i in range(7):
+        for j in range(4):
+            ref[i, j] = (X[i] @ Y[j]) * sum((W[r] @ X[i]) * (W[r] @ Y[j]) for r in range(6)) / 6
+    ref_xx = np.array([[(a @ b) * np.mean([(w @ a) * (w @ b) for w in W]) for b in X] for a in X])
+    with jax.enable_x64(True):
+        H = nr.quadratic_ntk(X, W, Y, block_size=3)  # 7 rows in blocks of 3: a ragged last block
+        Hxx = nr.quadratic_ntk(X, W, block_size=2)
+        lim = nr.quadratic_ntk_limit(X, Y)
+        G = nr.ntk_features(X, W)
+        assert H.dtype == jnp.float64
+        assert np.abs(np.asarray(H) - ref).max() <= 1e-10
+        assert np.abs(np.asarray(Hxx) - ref_xx).max() <= 1e-10
+        assert np.abs(np.asarray(lim) - (X @ Y.T) ** 2).max() <= 1e-12
+        assert np.abs(np.asarray(G) - _features_np(X, W)).max() <= 1e-12
+        assert np.abs(np.asarray(G @ G.T) - ref_xx).max() <= 1e-10
+    assert jnp.asarray(1.0).dtype == jnp.float32  # the x64 scope did not leak
+
+
+def test_kernel_approaches_limit_and_checks_arguments():
+    rng = np.random.default_rng(1)
+    X = _unit_rows(rng, 5, 4).astype(np.float32)
+    W = rng.normal(size=(20000, 4)).astype(np.float32)
+    err = np.abs(np.asarray(nr.quadratic_ntk(X, W)) - np.asarray(nr.quadratic_ntk_limit(X))).max()
+    assert err < 0.05  # (1/m)Σ⟨w,x⟩⟨w,y⟩ → ⟨x,y⟩ at rate ~1/√m = 0.007
+    with pytest.raises(ValueError, match="W"):
+        nr.quadratic_ntk(X, W[:, :3])
+    with pytest.raises(ValueError, match="block_size"):
+        nr.quadratic_ntk(X, W[:8], block_size=0)
+    with pytest.raises(ValueError, match="Y"):
+        nr.quadratic_ntk(X, W[:8], X[:, :2])
+
+
+# ------------------------------------------------------------------------------------- sampling mechanism
+def _rand_psd(rng, n, p):
+    G = rng.normal(size=(n, p))
+    return G, G @ G.T
+
+
+def _batched(fn, n_draws, seed):
+    return np.asarray(jax.jit(jax.vmap(fn))(jax.random.split(jax.random.key(seed), n_draws)), np.float64)
+
+
+def test_mean_converges_at_inverse_sqrt_k():
+    rng = np.random.default_rng(2)
+    _, H = _rand_psd(rng, 5, 7)
+    Hj = jnp.asarray(H, jnp.float32)
+    rms = {}
+    for k in (4, 16):
+        draws = _batched(lambda key: gm.gaussian_sampling_mechanism(key, Hj, k, method="samples"), 4000, k)
+        rms[k] = np.sqrt(np.mean(np.sum((draws - H) ** 2, axis=(1, 2))))
+        # exact: E‖H̃ − H‖_F² = (tr(H)² + ‖H‖_F²)/k for Gaussian g
+        exact = np.sqrt((np.trace(H) ** 2 + np.sum(H * H)) / k)
+        assert abs(rms[k] / exact - 1) < 0.06, (k, rms[k], exact)
+        # unbiased: the mean of 4000 draws is H within 4.5 standard errors, entrywise
+        se = np.sqrt((np.outer(np.diag(H), np.diag(H)) + H * H) / (k * 4000))
+        assert np.all(np.abs(draws.mean(0) - H) < 4.5 * se)
+    assert 1.8 < rms[4] / rms[16] < 2.2  # 4x the samples, half the error
+
+
+def _wishart_cov(H, k):
+    n = H.shape[0]
+    iu = np.triu_indices(n)
+    pairs = list(zip(*iu))
+    return np.array([[(H[i, a] * H[j, b] + H[i, b] * H[j, a]) / k for (a, b) in pairs] for (i, j) in pairs]), iu
+
+
+def test_factor_dense_bartlett_and_ntk_samplers_share_the_law():
+    rng = np.random.default_rng(3)
+    X = _unit_rows(rng, 4, 3)
+    W = rng.normal(size=(5, 3))
+    G = _features_np(X, W)
+    H = G @ G.T
+    k, N = 6, 20000
+    cov, iu = _wishart_cov(H, k)
+    Gj, Hj = jnp.asarray(G, jnp.float32), jnp.asarray(H, jnp.float32)
+    Xj, Wj = jnp.asarray(X, jnp.float32), jnp.asarray(W, jnp.float32)
+    samplers = {
+        "dense": lambda key: gm.gaussian_sampling_mechanism(key, Hj, k, method="samples"),
+        "factor": lambda key: gm.gaussian_sampling_mechanism_factor(key, Gj, k),
+        "bartlett": lambda key: gm.gaussian_sampling_mechanism(key, Hj, k, method="bartlett"),
+        "ntk_implicit": lambda key: (lambda S: S @ S.T / k)(nr.ntk_gaussian_samples(key, Xj, Wj, k)),
+    }
+    for i, (name, fn) in enumerate(samplers.items()):
+        d = _batched(fn, N, 10 + i)
+        v = d[:, iu[0], iu[1]]
+        se = np.sqrt(np.diag(cov) / N)
+        assert np.all(np.abs(v.mean(0) - H[iu]) < 4.5 * se), name
+        emp = np.cov(v, rowvar=False)
+        assert np.linalg.norm(emp - cov) / np.linalg.norm(cov) < 0.1, name
+    # the chunked factor-form release (k >= n) against its mean and variance, cheaply
+    d = np.asarray(nr.ntk_gaussian_sampling_mechanism(jax.random.key(0), Xj, Wj, 40000, chunk=10000))
+    assert np.all(np.abs(d - H) < 5 * np.sqrt((np.outer(np.diag(H), np.diag(H)) + H * H) / 40000))
+
+
+def test_sampler_argument_errors():
+    H = jnp.eye(3)
+    with pytest.raises(ValueError, match="k"):
+        gm.gaussian_sampling_mechanism(jax.random.key(0), H, 0)
+    with pytest.raises(ValueError, match="H"):
+        gm.gaussian_sampling_mechanism(jax.random.key(0), jnp.ones((3, 2)), 2)
+    with pytest.raises(ValueError, match="k"):
+        gm.gaussian_sampling_mechanism(jax.random.key(0), H, 2, method="bartlett")
+    with pytest.raises(ValueError, match="method"):
+        gm.gaussian_sampling_mechanism(jax.random.key(0), H, 2, method="chol")
+
+
+# ------------------------------------------------------------------------------------------ sample budget
+def test_samples_for_budget_matches_published_k():
+    # PAPERS.md §4: k = 8 … 886 over log10 ε = 0.5 … 1.5 at n = 1000, η = 7e-3, β = 1e-6, δ = 1e-3
+    ks = [gm.samples_for_budget(10**le, 1e-3, 1000, 7e-3, 1e-6) for le in (0.5, 1.5)]
+    assert ks == [8, 886]
+    grid = [gm.samples_for_budget(10 ** (0.5 + 0.1 * i), 1e-3, 1000, 7e-3, 1e-6) for i in range(11)]
+    assert grid == sorted(grid)
+    # true n = 10⁴: 100x fewer samples; k = 0 at the small end
+    assert gm.samples_for_budget(10**0.5, 1e-3, 10000, 7e-3, 1e-6) == 0
+    assert gm.samples_for_budget(10**1.5, 1e-3, 10000, 7e-3, 1e-6) == 8
+    with pytest.warns(UserWarning, match="does NOT hold"):
+        assert gm.samples_for_budget(10**1.5, 1e-3, 10000, 7e-3, 1e-6, published_n=True) == 886
+    with pytest.warns(UserWarning, match="conservative"):
+        gm.samples_for_budget(10.0, 1e-3, 250, 7e-3, 1e-6, published_n=True)
+    # inverse: k = 1 needs ε = Δ·sqrt(8 ln(1/δ))
+    eps1 = gm.epsilon_for_samples(1, 1e-3, gm.ntk_sensitivity(10000, 7e-3, 1e-6))
+    assert gm.samples_for_budget(eps1 * 1.0001, 1e-3, 10000, 7e-3, 1e-6) == 1
+    assert gm.samples_for_budget(eps1 * 0.9999, 1e-3, 10000, 7e-3, 1e-6) == 0
+    for kw, name in [(dict(epsilon=0.0), "epsilon"), (dict(delta=1.5), "delta"), (dict(n=0), "n"),
+                     (dict(eta=-1.0), "eta"), (dict(beta=0.0), "beta")]:
+        args = {**dict(epsilon=1.0, delta=1e-3, n=100, eta=7e-3, beta=1e-6), **kw}
+        with pytest.raises(ValueError, match=name):
+            gm.samples_for_budget(**args)
+
+
+# ------------------------------------------------------------------------------------------- regression
+def test_ridge_equals_numpy_closed_form():
+    rng = np.random.default_rng(4)
+    n, nt, d, m, lam = 12, 5, 4, 7, 0.3
+    X, Z, W = _unit_rows(rng, n, d), _unit_rows(rng, nt, d), rng.normal(size=(m, d))
+    Y = nr.pm1_targets(rng.integers(0, 3, n), 3)
+    G, Gz = _features_np(X, W), _features_np(Z, W)
+    alpha_ref = np.linalg.solve(G @ G.T + lam * np.eye(n), Y)
+    S = rng.normal(size=(n, 5))
+    with jax.enable_x64(True):
+        alpha = nr.ridge_fit(nr.quadratic_ntk(X, W), Y, lam)
+        assert np.abs(np.asarray(alpha) - alpha_ref).max() < 1e-9
+        assert np.abs(np.asarray(nr.ntk_predict(Z, X, W, alpha)) - Gz @ G.T @ alpha_ref).max() < 1e-9
+        for kk in (5, 20):  # Woodbury (k < n) and k > n against the dense solve of H̃ = S Sᵀ/k
+            S = rng.normal(size=(n, kk))
+            ref = np.linalg.solve(S @ S.T / kk + lam * np.eye(n), Y)
+            assert np.abs(np.asarray(nr.ridge_fit_from_samples(S, Y, lam)) - ref).max() < 1e-9
+
+
+def test_fit_predict_noise_off_equals_numpy_pipeline():
+    rng = np.random.default_rng(5)
+    n, nt, d, m, lam = 30, 10, 6, 8, 10.0
+    Xtr, Xte = rng.uniform(size=(n, d)) * 3, rng.uniform(size=(nt, d))
+    ytr = rng.integers(0, 2, n)
+    W = rng.normal(size=(m, d))
+    pred, rep = dp_ntk.fit_predict(jax.random.key(0), Xtr, ytr, Xte, num_classes=2, m=m, lam=lam, W=W)
+    A, B = Xtr / np.linalg.norm(Xtr, axis=1, keepdims=True), Xte / np.linalg.norm(Xte, axis=1, keepdims=True)
+    G, Gz = _features_np(A, W), _features_np(B, W)
+    scores = Gz @ G.T @ np.linalg.solve(G @ G.T + lam * np.eye(n), np.where(ytr == 1, 1.0, -1.0))
+    assert np.array_equal(pred, (scores > 0).astype(int)) and rep["mechanism"].startswith("none")
+
+
+def test_fit_predict_private_reports_and_k_zero():
+    rng = np.random.default_rng(6)
+    Xtr, Xte, ytr = rng.uniform(size=(40, 5)), rng.uniform(size=(9, 5)), rng.integers(0, 3, 40)
+    kw = dict(num_classes=3, m=4, epsilon=1.0, eta=7e-3, beta=1e-6)
+    pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **kw)
+    assert pred.shape == (9,) and rep["k"] == gm.samples_for_budget(1.0, 1e-3, 40, 7e-3, 1e-6)
+    assert rep["feature_release"]["mechanism"] == "truncated_laplace"
+    assert rep["feature_release"]["sensitivity"] == pytest.approx(2 * np.sqrt(5))
+    assert rep["total_epsilon"] == pytest.approx(2.0) and rep["total_delta"] == pytest.approx(2e-3)
+    # k = 0 (β large): skip reports "not releasable", clamp uses k = 1 and reports the ε it costs
+    pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **{**kw, "beta": 1e-3})
+    assert pred is None and not rep["releasable"] and "not releasable" in rep["notes"][-1]
+    with pytest.warns(UserWarning, match="clamped"):
+        pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, k_zero="clamp", **{**kw, "beta": 1e-3})
+    assert rep["k"] == 1 and rep["epsilon_effective"] == pytest.approx(
+        gm.epsilon_for_samples(1, 1e-3, 40 * 1e-3 / 7e-3))
+    text = dp_ntk.format_privacy_report(rep)
+    assert "k=1" in text and "total" in text
+    with pytest.raises(ValueError, match="k_zero"):
+        dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, k_zero="zero", **kw)
+    with pytest.raises(ValueError, match="labels"):
+        dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr + 5, Xte, **kw)
+
+
+def test_privatize_features_bounds():
+    X = jnp.zeros((50, 4))
+    Xt, rep = dp_ntk.privatize_features(jax.random.key(0), X, epsilon=2.0, delta=1e-3)
+    assert np.abs(np.asarray(Xt)).max() <= rep["bound_B0"] and rep["sensitivity"] == pytest.approx(4.0)
+    Xg, rep = dp_ntk.privatize_features(jax.random.key(0), X, epsilon=2.0, delta=1e-3, mechanism="gaussian")
+    from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
+
+    assert get_epsilon_gaussian(rep["sigma"] / 2.0, 1e-3) == pytest.approx(2.0, rel=1e-6)
+    assert abs(np.asarray(Xg).std() / rep["sigma"] - 1) < 0.1
+    with pytest.raises(ValueError, match="mechanism"):
+        dp_ntk.privatize_features(jax.random.key(0), X, epsilon=2.0, delta=1e-3, mechanism="laplace")
+
+
+# --------------------------------------------------------------------------------------- privacy audit
+def _clopper_pearson(x, n, alpha):
+    lo = stats.beta.ppf(alpha, x, n - x + 1) if x > 0 else 0.0
+    hi = stats.beta.ppf(1 - alpha, x + 1, n - x) if x < n else 1.0
+    return lo, hi
+
+
+def _audit_epsilon_lower_bound(G, G2, k, delta, n_draws=10000, seed=0):
+    """A 95%-confidence lower bound on the ε the release H̃ really has on this neighbouring pair.
+
+    Statistic T = tr((H'⁻¹ − H⁻¹) H̃): the Wishart log-likelihood ratio is affine in T, so threshold events on
+    T are the Neyman–Pearson tests. The threshold and direction are picked on the first half of the draws and
+    evaluated on the second half (Clopper–Pearson, each one-sided 97.5%): ε_lb = ln((p̂₁_lo − δ)/p̂₂_hi).
+    """
+    H, H2 = G @ G.T, G2 @ G2.T
+    A = np.linalg.inv(H2) - np.linalg.inv(H)
+    draw = lambda Gx, s: _batched(lambda key: gm.gaussian_sampling_mechanism_factor(  # noqa: E731
+        key, jnp.asarray(Gx, jnp.float32), k), n_draws, s)
+    T1 = np.einsum("ij,nji->n", A, draw(G, seed))
+    T2 = np.einsum("ij,nji->n", A, draw(G2, seed + 1))
+    h = n_draws // 2
+    best = (-np.inf, None)
+    for P, Q in ((T1, T2), (T2, T1)):
+        for sign in (1.0, -1.0):
+            taus = np.quantile(sign * P[:h], np.linspace(0.005, 0.995, 199))
+            p1 = (sign * P[:h, None] > taus).mean(0)
+            p2 = np.maximum((sign * Q[:h, None] > taus).mean(0), 1.0 / h)
+            e = np.log(np.maximum(p1 - delta, 1e-12) / p2)
+            i = int(np.argmax(e))
+            if e[i] > best[0]:
+                best = (e[i], (P, Q, sign, taus[i]))
+    P, Q, sign, tau = best[1]
+    lo, _ = _clopper_pearson(int((sign * P[h:] > tau).sum()), n_draws - h, 0.025)
+    _, hi = _clopper_pearson(int((sign * Q[h:] > tau).sum()), n_draws - h, 0.025)
+    return np.log(max(lo - delta, 1e-300) / hi)
+
+
+def test_empirical_privacy_audit_neighbouring_datasets():
+    rng = np.random.default_rng(0)
+    X, W, u = _unit_rows(rng, 4, 4), rng.normal(size=(8, 4)), rng.normal(size=4)
+
+    def neighbour(scale):  # one training row changed
+        X2 = X.copy()
+        X2[0] = (X[0] + scale * u) / np.linalg.norm(X[0] + scale * u)
+        return _features_np(X2, W)
+
+    G = _features_np(X, W)
+    eps, delta = 1.0, 1e-3
+    G_near = neighbour(0.01)
+    sens = gm.relative_sensitivity(G @ G.T, G_near @ G_near.T)
+    k = gm.samples_for_sensitivity(eps, delta, sens)  # the lemma's k for this pair's Δ
+    assert k >= 3
+    eps_lb = _audit_epsilon_lower_bound(G, G_near, k, delta)
+    assert eps_lb <= eps, (eps_lb, k, sens)
+    # Power: the same k on a pair that differs ~100x more (Δ ≫ the budgeted one) is caught violating ε.
+    G_far = neighbour(1.0)
+    assert gm.relative_sensitivity(G @ G.T, G_far @ G_far.T) > 20 * sens
+    assert _audit_epsilon_lower_bound(G, G_far, k, delta, seed=5) > eps
+
+
+# --------------------------------------------------------------------------------------- config / task
+def _tiny_config(**data):
+    from configs.dp_ntk import get_config
+
+    c = get_config("tiny")
+    c.sweep.log10_eps = (0.5,)
+    c.sweep.repeats = 1
+    c.sweep.arms = ("paper", "published_k")
+    for key, value in data.items():
+        setattr(c.data, key, value)
+    return c
+
+
+def test_sweep_smoke_digits(tmp_path):
+    from train.main import run
+
+    summary = run(_tiny_config(), str(tmp_path))
+    res = json.load(open(tmp_path / "results.json"))
+    assert res["n_train"] == 60 and res["num_classes"] == 2
+    rows = {r["arm"]: r for r in res["table"]}
+    assert rows["paper"]["k"] == gm.samples_for_budget(10**0.5, 1e-3, 60, 7e-3, 1e-6)
+    assert rows["published_k"]["k"] == 8
+    assert 0.5 <= summary["nonprivate_accuracy"] <= 1.0
+    md = open(tmp_path / "results.md").read()
+    assert "0.7705" in md and "non-private" in md
+    assert os.path.getsize(tmp_path / "dp_ntk_tiny.png") > 1000
+    assert json.load(open(tmp_path / "privacy_reports.json"))[0]["mechanism"].startswith("gaussian_sampling")
+
+
+def test_npy_variant_paths(tmp_path):
+    from train.main import run
+
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        run(_tiny_config(source="npy", train_features=str(tmp_path / "missing.npy"),
+                         train_labels=str(tmp_path / "l.npy")), str(tmp_path / "a"))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f.npy", rng.uniform(size=(50, 6)).astype(np.float32))
+    np.save(tmp_path / "l.npy", rng.integers(0, 2, 50))
+    c = _tiny_config(source="npy", train_features=str(tmp_path / "f.npy"), train_labels=str(tmp_path / "l.npy"),
+                     classes=(), n_train=0, n_test=0)
+    run(c, str(tmp_path / "b"))
+    res = json.load(open(tmp_path / "b" / "results.json"))
+    assert res["n_train"] == 35 and res["n_test"] == 15
+
+
+def test_cifar_variant_with_mock_tfds(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from configs.dp_ntk import get_config
+    from train.tasks.dp_ntk import load_data
+
+    cfg = get_config("cifar2").data
+    cfg.n_train, cfg.n_test, cfg.embed_dim = 12, 6, 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with tfds.testing.mock_data(num_examples=80, policy=tfds.testing.MockPolicy.USE_CODE):
+            Xtr, ytr, Xte, yte, c = load_data(cfg)
+    assert Xtr.shape == (12, 16) and Xte.shape == (6, 16) and c == 2
+    assert set(np.unique(ytr)) <= {0, 1} and np.all(Xtr >= 0)  # random ReLU embedding of the pixels
