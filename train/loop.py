@@ -193,32 +193,36 @@ def train(config, workdir: str, task, return_state: bool = False):
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
 
     # 6. the jitted step
-    def loss_and_grads(params, batch, rng):
+    # a task whose loss reads its hook state (CoMMIT's aux loss) sets `loss_uses_extra` and gets `extra=`
+    uses_extra = getattr(task, "loss_uses_extra", False)
+
+    def loss_and_grads(params, batch, rng, extra):
+        loss_fn = ((lambda p: task.loss_fn(model, p, batch, rng, extra=extra)) if uses_extra
+                   else (lambda p: task.loss_fn(model, p, batch, rng)))
         with nn.logical_axis_rules(rules):
-            (loss, aux), grads = jax.value_and_grad(
-                lambda p: task.loss_fn(model, p, batch, rng), has_aux=True)(params)
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, aux, grads
 
-    def accumulated(params, batch, rng):
+    def accumulated(params, batch, rng, extra):
         k = tc.grad_accum
         if k == 1:
-            return loss_and_grads(params, batch, rng)
+            return loss_and_grads(params, batch, rng, extra)
         # micro-batch i = rows i, i+k, ...: each device keeps its own rows
         micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(carry, xs):
             mb, i = xs
-            loss, aux, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i))
+            loss, aux, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i), extra)
             return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-        zero = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), rng)
+        zero = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), rng, extra)
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
         total, _ = jax.lax.scan(body, zero, (micro, jnp.arange(k)))
         return jax.tree.map(lambda x: x / k, total)
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        loss, aux, grads = accumulated(state.params, batch, rng)
+        loss, aux, grads = accumulated(state.params, batch, rng, state.extra)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         norms = optim.group_norms(grads, labels, groups)
@@ -233,7 +237,7 @@ def train(config, workdir: str, task, return_state: bool = False):
     step_fn = None  # compiled on the first batch (its shapes give the batch shardings)
 
     def proposed(state, params, batch):
-        _, _, grads = loss_and_grads(params, batch, jax.random.fold_in(state.rng, state.step))
+        _, _, grads = loss_and_grads(params, batch, jax.random.fold_in(state.rng, state.step), state.extra)
         updates, _ = tx.update(grads, state.opt_state, params)
         return updates
 

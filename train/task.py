@@ -17,7 +17,9 @@ init_variables(model, batch, rng) -> variables (default `model.init(rng, **self.
     traced under `jax.eval_shape` and `jax.jit`; only the `params` collection is trained.
 model_inputs(batch) -> dict of keyword arguments for `model.apply` / `model.init` (default: the batch).
 loss_fn(model, params, batch, rng) -> (scalar loss, dict of scalar metrics); traced inside the jitted step
-    (with gradient accumulation it runs once per micro-batch; losses and metrics are averaged).
+    (with gradient accumulation it runs once per micro-batch; losses and metrics are averaged). A task that
+    sets `loss_uses_extra = True` is called `loss_fn(model, params, batch, rng, extra=state.extra)` (its hook
+    state, e.g. CoMMIT's κ̄ and parameter snapshot for the auxiliary loss).
 eval_metrics(model, params, batch) -> dict name -> per-row array [rows]; jitted; the loop averages over all
     eval rows and logs `eval_<name>` (e.g. `loss`, `accuracy` from `model.generate`).
 evaluate(ctx: EvalContext) -> dict: override for a fully custom evaluation (default: eval_metrics over the
@@ -48,6 +50,7 @@ class Hook:
 
 class Task:
     metric: str = "eval_loss"
+    loss_uses_extra: bool = False
 
     def default_config(self) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(dict(model={}, data={}, task_args={}))
