@@ -1,0 +1,79 @@
+"""Linen cross-attention over a PRIVATE context (system prompt, retrieved documents) with (ε, δ)-DP
+(2407.14717; maths in jaxmm.privacy.dp_cross_attention).
+
+The query side is public (the model's own tokens); the context's keys/values are projected, bounded and
+released once per context through ``dp_cross_attention_init``; all query tokens read only that release.
+
+Privacy accounting of the layer. One context = one private dataset whose rows are its tokens; neighbouring
+contexts differ in one token. Each head releases its own feature sums, so the layer splits (ε, δ) evenly over
+the heads (basic composition): every head gets (ε/h, δ/h). The key/value projections are parameters: they must
+be trained on PUBLIC data (or with DP training) — this layer privatises inference over the context only.
+Bounds: with ``squash=True`` (default) the projected keys/values pass through R·tanh(·/R) so the bounds hold
+by construction; with ``squash=False`` they are clipped at init and the counts are sown into the
+"intermediates" collection ("n_clipped_k", "n_clipped_v"), never silently.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmm.privacy.dp_cross_attention import dp_cross_attention, dp_cross_attention_init
+
+
+class DPCrossAttention(nn.Module):
+    """x [batch, lq, features] (public) × context [batch, n, context_features] (private) -> [batch, lq, out].
+
+    Attributes: num_heads, head_dim; epsilon (math.inf = no noise: the polynomial-attention model, NOT
+    private), delta; bound_qk (R, keys and queries), bound_v (R_w); degree (Taylor degree g); method
+    ("release" = one-shot feature sums, "tree" = DPTreeSoftmax); scale (default 1/head_dim, PAPERS.md §3).
+    The PRNG for the release comes from the "dp" stream (``apply(..., rngs={"dp": key})``).
+    """
+
+    num_heads: int = 1
+    head_dim: int = 8
+    out_features: int | None = None
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    bound_qk: float = 1.0
+    bound_v: float = 1.0
+    degree: int = 2
+    method: str = "release"
+    scale: float | None = None
+    squash: bool = True
+    n_bins: int | None = None
+
+    @nn.compact
+    def __call__(self, x, context):
+        if x.ndim != 3 or context.ndim != 3 or x.shape[0] != context.shape[0]:
+            raise ValueError(f"x, context: expected [batch, lq, features] and [batch, n, context_features] with "
+                             f"the same batch, got shapes {x.shape} and {context.shape}")
+        h, hd = self.num_heads, self.head_dim
+        dense = lambda name: nn.DenseGeneral((h, hd), name=name)  # noqa: E731
+        q = dense("query")(x)  # [b, lq, h, hd]
+        k = dense("key")(context)  # [b, n, h, hd]
+        v = dense("value")(context)
+        # public queries: keep them inside the same bound the accuracy guarantee assumes (not a privacy step)
+        q = self.bound_qk * jnp.tanh(q / self.bound_qk)
+        if self.squash:
+            k = self.bound_qk * jnp.tanh(k / self.bound_qk)
+            v = self.bound_v * jnp.tanh(v / self.bound_v)
+        eps = self.epsilon / h if math.isfinite(self.epsilon) else math.inf
+        delta = self.delta / h
+        b = x.shape[0]
+        rng = self.make_rng("dp") if math.isfinite(self.epsilon) else jax.random.key(0)
+        keys = jax.random.split(rng, b * h).reshape(b, h)
+
+        def one(key, kk, vv, qq):  # kk [n, hd], vv [n, hd], qq [lq, hd]
+            st = dp_cross_attention_init(key, kk, vv, epsilon=eps, delta=delta, bound_qk=self.bound_qk,
+                                         bound_v=self.bound_v, degree=self.degree, scale=self.scale,
+                                         method=self.method, n_bins=self.n_bins)
+            return dp_cross_attention(st, qq), st.n_clipped_k, st.n_clipped_v
+
+        per_head = jax.vmap(one, in_axes=(0, 1, 1, 1), out_axes=(1, 0, 0))  # over heads
+        out, ck, cv = jax.vmap(per_head)(keys, k, v, q)  # out [b, lq, h, hd]
+        self.sow("intermediates", "n_clipped_k", jnp.sum(ck))
+        self.sow("intermediates", "n_clipped_v", jnp.sum(cv))
+        return nn.DenseGeneral(self.out_features or x.shape[-1], axis=(-2, -1), name="out")(out)
