@@ -72,10 +72,32 @@ def _fit(spec: P, shape, mesh) -> P:
     return P(*out)
 
 
+def logical_to_mesh_spec(logical: P, rules) -> P:
+    """Map logical dimension names to mesh axes with the first matching rule whose mesh axes this array does
+    not use yet (like `nn.logical_to_mesh_axes`, but a name may repeat: ("embed", "embed") shards only the
+    first dimension)."""
+    used, out = set(), []
+    for name in tuple(logical):
+        assigned = None
+        for rule_name, axes in rules:
+            if rule_name != name:
+                continue
+            if axes is None:
+                break
+            group = axes if isinstance(axes, tuple) else (axes,)
+            if used.isdisjoint(group):
+                assigned = axes
+                used.update(group)
+            break
+        out.append(assigned)
+    return P(*out)
+
+
 def param_shardings(abstract_boxed, mesh, rules):
     """NamedShardings for a (boxed, abstract) variable tree from its Linen logical annotations."""
     logical = nn.get_partition_spec(abstract_boxed)
-    mesh_specs = nn.logical_to_mesh(logical, rules)
+    mesh_specs = jax.tree.map(lambda spec: logical_to_mesh_spec(spec, rules), logical,
+                              is_leaf=lambda s: isinstance(s, P))
     unboxed = nn.meta.unbox(abstract_boxed)
     return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)), mesh_specs, unboxed,
                         is_leaf=lambda s: isinstance(s, P))
