@@ -39,19 +39,18 @@ def multi_indices(d: int, degree: int) -> np.ndarray:
 
 
 def monomials(x, exponents: np.ndarray):
-    """x^α for every row α of `exponents`: x [..., d] -> [..., r]. Built degree by degree from products of
-    lower monomials, so no power of a negative number is taken with a float exponent."""
+    """x^α for every row α of `exponents`: x [..., d] -> [..., r]. Powers x^0..x^g come from repeated products
+    (no power of a negative number is taken with a float exponent); each monomial gathers one power per
+    coordinate and multiplies them: a handful of ops whatever r is (cheap to trace and to differentiate)."""
     exps = np.asarray(exponents)
     if x.shape[-1] != exps.shape[1]:
         fail("x", f"last dimension {exps.shape[1]} (the exponents' d)", f"shape {x.shape}")
-    feats = []
-    for alpha in exps:
-        term = jnp.ones(x.shape[:-1], dtype=x.dtype)
-        for l, p in enumerate(alpha):
-            for _ in range(int(p)):
-                term = term * x[..., l]
-        feats.append(term)
-    return jnp.stack(feats, axis=-1)
+    pows = [jnp.ones_like(x)]
+    for _ in range(int(exps.max(initial=0))):
+        pows.append(pows[-1] * x)
+    table = jnp.stack(pows, axis=-1)  # [..., d, g+1]
+    picked = table[..., np.arange(exps.shape[1])[None, :], exps]  # [..., r, d]
+    return jnp.prod(picked, axis=-1)
 
 
 def multinomial_weights(exponents: np.ndarray, scale: float) -> np.ndarray:

@@ -89,3 +89,22 @@ def test_argument_checks():
         multi_indices(3, -1)
     with pytest.raises(ValueError, match="x"):
         monomials(jnp.ones((2, 3)), multi_indices(2, 2))
+
+
+def test_gradient_vs_float64_analytic_including_zeros():
+    """d/dx_l Σ_α c_α U_α(x) = Σ_α c_α sqrt(w_α) α_l x^{α − e_l}; x has exact zeros and negatives."""
+    import jax
+
+    x = np.array([[0.0, 1.0, -2.0], [0.5, 0.0, 3.0], [-0.7, 0.2, 0.0]])
+    g, s = 4, 0.5
+    a = multi_indices(3, g)
+    c = np.random.default_rng(0).normal(size=a.shape[0])
+    sw = np.sqrt(multinomial_weights(a, s))
+    got = jax.grad(lambda z: jnp.sum(polynomial_features(z, g, s) * jnp.asarray(c, jnp.float32)))(
+        jnp.asarray(x, jnp.float32))
+    ref = np.zeros_like(x)
+    for l in range(3):
+        lower = a.copy()
+        lower[:, l] = np.maximum(a[:, l] - 1, 0)
+        ref[:, l] = np.sum(c * sw * a[:, l] * np.prod(x[:, None, :] ** lower[None], -1), -1)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-4)

@@ -211,7 +211,7 @@ def test_linen_layer_matches_exact_attention_reference_and_reports_clipping():
     m = DPCrossAttention(num_heads=2, head_dim=4, epsilon=INF, degree=6, squash=False, bound_qk=10.0,
                          bound_v=10.0)
     p = m.init(jax.random.key(2), x, c)
-    y, inter = m.apply(p, x, c, mutable=["intermediates"])
+    y, inter = jax.jit(lambda pp: m.apply(pp, x, c, mutable=["intermediates"]))(p)
     P = jax.tree_util.tree_map(np.asarray, p["params"])
     proj = lambda a, n: np.einsum("bld,dhk->blhk", np.asarray(a), P[n]["kernel"]) + P[n]["bias"]  # noqa: E731
     q, k, v = 10 * np.tanh(proj(x, "query") / 10), proj(c, "key"), proj(c, "value")
@@ -223,8 +223,9 @@ def test_linen_layer_matches_exact_attention_reference_and_reports_clipping():
     assert int(inter["intermediates"]["n_clipped_k"][0]) == 0
     # tight bounds without squashing: entries get clipped and the counts come out
     tight = DPCrossAttention(num_heads=2, head_dim=4, epsilon=1.0, squash=False, bound_qk=0.1, bound_v=0.1)
-    _, inter = tight.apply(p, x, c, rngs={"dp": jax.random.key(3)}, mutable=["intermediates"])
+    _, inter = jax.jit(lambda pp: tight.apply(pp, x, c, rngs={"dp": jax.random.key(3)},
+                                              mutable=["intermediates"]))(p)
     assert int(inter["intermediates"]["n_clipped_k"][0]) > 0 and int(inter["intermediates"]["n_clipped_v"][0]) > 0
     # gradients flow through the (noise-free) layer
-    g = jax.grad(lambda pp: jnp.sum(m.apply(pp, x, c) ** 2))(p)
+    g = jax.jit(jax.grad(lambda pp: jnp.sum(m.apply(pp, x, c) ** 2)))(p)
     assert all(np.all(np.isfinite(np.asarray(t))) for t in jax.tree_util.tree_leaves(g))
