@@ -128,7 +128,7 @@ class Attention(nn.Module):
                 mask = mask & (jnp.arange(k.shape[1])[None, :] <= qpos[:, None])[None, None]
                 is_causal = False
         out = self.attend(q, k, v, mask=mask, is_causal=is_causal)
-        return cfg.dense("o", h * d, cfg.out_bias, ("heads", "embed"))(out.reshape(b, length, h * d), deterministic)
+        return cfg.dense("o", cfg.d_model, cfg.out_bias, ("heads", "embed"))(out.reshape(b, length, h * d), deterministic)
 
     def attend(self, q, k, v, *, mask, is_causal):
         cfg = self.config

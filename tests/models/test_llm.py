@@ -14,8 +14,8 @@ from jaxmm.models.llm import LLM, LLMConfig, generate, sample_logits, tiny_llm_c
 from jaxmm.nn.layers import merge_lora
 from jaxmm.ops.losses import masked_cross_entropy
 
-CFG = LLMConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
-                rope_theta=10000.0)
+CFG = LLMConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=12, mlp_dim=64,
+                rope_theta=10000.0)  # heads·head_dim = 48 != d_model: the o projection maps 48 -> 32
 
 
 def redraw(params, seed):
