@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxmm.models.llm import convert_tensors, param_shapes
+from jaxmm.models.llm import add_fresh_lora, convert_tensors, param_shapes
 from jaxmm.models.vit import ViT, ViTConfig
 from jaxmm.ops._checks import fail
 
@@ -81,4 +81,4 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
     model = ViT(cfg)
     shapes = param_shapes(model, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32))
     params = convert_tensors(_name_map(cfg, prefix), tensors, ignore=_dropped, expected_shapes=shapes, dtype=dtype)
-    return model, params
+    return model, add_fresh_lora(params, shapes, dtype=dtype)

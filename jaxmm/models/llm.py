@@ -424,6 +424,27 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
     shapes = param_shapes(model, jnp.zeros((1, 1), jnp.int32))
     params = convert_tensors(_hf_name_map(cfg), tensors, ignore=lambda n: bool(re.search(r"rotary_emb\.inv_freq$", n)),
                              expected_shapes=shapes, dtype=dtype)
-    if set(shapes) != {p for p, _ in _hf_name_map(cfg).values()}:
-        fail("params", f"the param paths {sorted(shapes)}", sorted(p for p, _ in _hf_name_map(cfg).values()))
-    return model, params
+    return model, add_fresh_lora(params, shapes, dtype=dtype)
+
+
+def add_fresh_lora(params: dict, shapes: dict, *, dtype=jnp.float32, seed: int = 0) -> dict:
+    """Give imported params the LoRA pairs their module declares (`shapes` from param_shapes) as Dense
+    initialises them: lora_a ~ N(0, 1/rank), lora_b = 0, so the model still computes the checkpoint's function.
+    Any other param the checkpoint lacks is an error naming it."""
+    mapped = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    absent = sorted(p for p in shapes if p not in mapped)
+    if any(p[-1] not in ("lora_a", "lora_b") for p in absent):
+        fail("params", "every non-LoRA param of the module in the checkpoint",
+             f"no tensor for {['/'.join(p) for p in absent if p[-1] not in ('lora_a', 'lora_b')]}")
+    key = jax.random.key(seed)
+    for i, path in enumerate(absent):
+        shape = shapes[path]
+        if path[-1] == "lora_a":
+            value = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32) * shape[1] ** -0.5
+        else:
+            value = jnp.zeros(shape, jnp.float32)
+        node = params
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value.astype(dtype)
+    return params

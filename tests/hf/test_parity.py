@@ -164,3 +164,13 @@ def test_bf16_import_is_close_to_float32():
     assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
     scale = np.abs(ref["logits"]).max()
     assert max_err(logits, ref["logits"]) < 0.05 * scale  # bf16 has 8 mantissa bits
+
+
+def test_lora_on_an_imported_model_starts_as_the_checkpoint():
+    _, _, ref = loaded("qwen2_tied")
+    model, params = from_pretrained(os.path.join(HF, "qwen2_tied"), lora_rank=4, lora_targets=("q", "v", "up"))
+    attn = params["layers_1"]["attn"]
+    assert attn["q"]["lora_a"].shape == (32, 4) and not np.any(np.asarray(attn["v"]["lora_b"]))
+    assert np.asarray(attn["q"]["lora_a"]).std() > 0.1
+    logits = model.apply({"params": params}, jnp.asarray(ref["input_ids"]))
+    assert max_err(logits, ref["logits"]) < TOL
