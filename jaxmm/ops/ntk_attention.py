@@ -86,12 +86,18 @@ def combine(o, lse, c, w):
     """Exact merge of a flash result (o [B, L, H, d], lse [B, L, H]) with the virtual prefix key (c, w).
     Returns (out float32, lse' [B, L, H]). Rows with lse' = −inf (every key masked and w = 0) give 0."""
     log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
-    lse2 = jnp.logaddexp(lse, log_w)
-    finite = jnp.isfinite(lse2)
-    safe = jnp.where(finite, lse2, 0.0)
-    a = jnp.where(finite & jnp.isfinite(lse), jnp.exp(lse - safe), 0.0)
-    e = jnp.where(finite, jnp.exp(-safe), 0.0)
-    out = a[..., None] * o.astype(jnp.float32) + e[..., None] * c
+    # shift by the (constant) augmented lse; w and c then enter linearly, so autodiff through this function is
+    # also exact at w = 0 (zero-initialised k), where d log(w) would be cut off
+    shift = jax.lax.stop_gradient(jnp.logaddexp(lse, log_w))
+    finite = jnp.isfinite(shift)
+    shift = jnp.where(finite, shift, 0.0)
+    a = jnp.where(jnp.isfinite(lse), jnp.exp(lse - shift), 0.0)
+    e = jnp.exp(-shift)
+    den = a + e * w                                                    # = 1 in value where finite
+    ok = finite & (den > 0)
+    den = jnp.where(ok, den, 1.0)
+    out = jnp.where(ok[..., None], (a[..., None] * o.astype(jnp.float32) + e[..., None] * c) / den[..., None], 0.0)
+    lse2 = jnp.where(ok, shift + jnp.log(den), -jnp.inf)
     return out, lse2
 
 
