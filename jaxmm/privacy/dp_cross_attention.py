@@ -228,21 +228,23 @@ def empirical_epsilon(scores_d, scores_dprime, *, delta: float, alpha: float = 0
     a1, a2, b1, b2 = a[:ha], a[ha:], b[:hb], b[hb:]
 
     def eps_at(t, x, y):
+        """(ln((TPR − δ)/FPR) for "D when ≥ t", ln((TNR − δ)/FNR) for "D' when < t")."""
         tpr, fpr = np.mean(x >= t), np.mean(y >= t)
         tnr, fnr = 1 - fpr, 1 - tpr
         e1 = np.log(max(tpr - delta, 1e-300) / fpr) if fpr > 0 else (np.inf if tpr > delta else -np.inf)
         e2 = np.log(max(tnr - delta, 1e-300) / fnr) if fnr > 0 else (np.inf if tnr > delta else -np.inf)
-        return max(e1, e2), (e1 >= e2)
+        return e1, e2
 
     cands = np.quantile(np.concatenate([a1, b1]), np.linspace(0.005, 0.995, 199))
-    # keep thresholds with ≥ 20 first-half hits on each side so the selection is not a fluke of 1 sample
+    # a threshold counts only if the side it bets on has ≥ 20 first-half hits (no selection on 1-sample flukes);
+    # the other error rate may be 0 (its Clopper–Pearson upper bound is then ≈ 3.7/m)
     best, best_t, best_dir = -np.inf, cands[0], True
     for t in cands:
-        if min(np.sum(a1 >= t), np.sum(b1 >= t), np.sum(a1 < t), np.sum(b1 < t)) < 20:
-            continue
-        e, upper_tail = eps_at(t, a1, b1)
-        if e > best:
-            best, best_t, best_dir = e, t, upper_tail
+        e1, e2 = eps_at(t, a1, b1)
+        if np.sum(a1 >= t) >= 20 and e1 > best:
+            best, best_t, best_dir = e1, t, True
+        if np.sum(b1 < t) >= 20 and e2 > best:
+            best, best_t, best_dir = e2, t, False
     if best_dir:  # "D when score ≥ t"
         k_pos, k_neg = int(np.sum(a2 >= best_t)), int(np.sum(b2 >= best_t))
     else:  # "D' when score < t"
