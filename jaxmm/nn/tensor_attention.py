@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmm.nn.transformer import BlockConfig
-from jaxmm.ops import tensor_attention as ta
+from jaxmm.ops.tensor_attention import tensor_attention
 from jaxmm.ops._checks import check_rank, fail
 
 
@@ -59,7 +59,7 @@ class TensorAttention(nn.Module):
         qb, kb, vb = cfg.biases
         proj = {name: cfg.dense(name, h * d, bias, ("embed", "heads"))(x, deterministic).reshape(b, length, h, d)
                 for name, bias in (("q", qb), ("k1", kb), ("k2", kb), ("v1", vb), ("v2", vb))}
-        out = ta.tensor_attention(proj["q"], proj["k1"], proj["k2"], proj["v1"], proj["v2"], scale=scale,
+        out = tensor_attention(proj["q"], proj["k1"], proj["k2"], proj["v1"], proj["v2"], scale=scale,
                                   method=method, degree=degree if method == "poly" else None,
                                   is_causal=is_causal, key_mask=_key_mask(mask, b, length),
                                   implementation=getattr(cfg, "tensor_implementation", None))

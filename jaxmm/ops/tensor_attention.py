@@ -438,7 +438,7 @@ def taylor_error_bound(beta, degree: int):
 # ----------------------------------------------------------------------------------------------------------------
 def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: str = "exact",
                      degree: int | None = None, is_causal: bool = False, key_mask=None,
-                     implementation: str | None = None, block_q: int = 256, block_k: int = 32,
+                     implementation: str | None = None, block_q: int = 64, block_k: int = 64,
                      interpret: bool | None = None):
     """Tensor attention O_i = Σ_jk softmax_jk(s·Σ_l Q_il K1_jl K2_kl) V1_j∘V2_k (see the module docstring).
 
