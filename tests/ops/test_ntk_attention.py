@@ -168,3 +168,19 @@ def test_bad_arguments_name_the_argument():
         prefix_attention(q, k, v, jnp.zeros((1, 4, 3, 8)), jnp.zeros((1, 4, 3, 8)))
     with pytest.raises(ValueError, match=r"^v_prefix: expected"):
         prefix_attention(q, k, v, jnp.zeros((1, 4, 2, 8)), jnp.zeros((1, 5, 2, 8)))
+
+
+def test_combine_autodiff_exact_at_zero_kvec():
+    # training code may differentiate `combine` directly (no custom VJP): it must stay exact where w = 0
+    from jaxmm.ops.ntk_attention import combine, prefix_terms
+    q, k, v, z, kvec = _inputs(b=1, l=8, h=2, hkv=2, d=4)
+    o, lse = flash_attention_xla(q, k, v)
+    ct = jax.random.normal(jax.random.key(1), q.shape)
+    via_parts = lambda zz, kk: jnp.sum(combine(o, lse, *prefix_terms(q, zz, kk))[0] * ct)
+    via_ref = lambda zz, kk: jnp.sum(ntk_attention_reference(q, k, v, zz, kk) * ct)
+    zero = jnp.zeros_like(kvec)
+    got = jax.jit(jax.grad(via_parts, argnums=(0, 1)))(z, zero)
+    want = jax.jit(jax.grad(via_ref, argnums=(0, 1)))(z, zero)
+    assert float(jnp.abs(want[1]).max()) > 1e-3
+    for a, b in zip(got, want):
+        assert npref.rel_err(a, b) <= 1e-5
