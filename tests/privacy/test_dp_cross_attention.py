@@ -167,6 +167,31 @@ def test_privacy_audit_stays_within_epsilon_and_has_power():
     assert bad["eps_lower"] > eps
 
 
+def test_audit_catches_an_unnoised_denominator():
+    """Neighbours that differ in a key move the denominator sums; leaving them un-noised is caught."""
+    eps, delta = 1.0, 1e-5
+    K, V, _ = _data(4, 1, 1, seed=3)
+    K[0], V[0] = 1.0, 0.0
+    K2 = K.copy()
+    K2[0] = -1.0
+    sens = release_sensitivity(1, 1, degree=2, scale=1.0, bound_qk=1.0, bound_v=1.0)
+
+    def release(k, KK, VV, e, noise_den):
+        w = jnp.concatenate([jnp.asarray(VV), jnp.ones((VV.shape[0], 1))], 1)
+        phi = polynomial_features(jnp.asarray(KK), 2, 1.0)
+        out = release_feature_sums(k, phi, w, sensitivity=sens, epsilon=e, delta=delta)
+        return jnp.ravel(out if noise_den else out.at[:, -1].set((phi.T @ w)[:, -1]))
+
+    for noise_den, caught in ((True, False), (False, True)):
+        fn = lambda k, KK, VV, e: release(k, KK, VV, e, noise_den)  # noqa: E731
+        mu, mu2 = np.asarray(fn(None, K, V, INF)), np.asarray(fn(None, K2, V, INF))
+        f = jax.jit(jax.vmap(lambda k, kk: fn(k, kk, V, eps), in_axes=(0, None)))
+        keys = jax.random.split(jax.random.key(9), 8000)
+        r = empirical_epsilon(llr_scores(np.asarray(f(keys[:4000], K)), mu, mu2),
+                              llr_scores(np.asarray(f(keys[4000:], K2)), mu, mu2), delta=delta)
+        assert (r["eps_lower"] > eps) == caught, r
+
+
 def test_clopper_pearson_covers_and_matches_beta_quantiles():
     lo, hi = clopper_pearson(5, 100)
     assert lo == pytest.approx(0.016431879182052, rel=1e-6) and hi == pytest.approx(0.112834911102963, rel=1e-6)
