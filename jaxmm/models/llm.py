@@ -139,7 +139,13 @@ class LLM(nn.Module):
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
                  decode: bool = False, max_length: int | None = None, deterministic: bool = True,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, last_only: bool = False):
+        """input_ids [B, L] int, or inputs_embeds [B, L, D]; attention_mask [B, L] (1 = real token; when decoding:
+        the new tokens' [B, L] mask or the whole [B, max_length] mask over the cache slots); positions [B, L]
+        (default cumsum(mask) − 1, continuing from the cache when decoding). decode: use / fill the "cache"
+        collection (pass mutable=["cache"]; `max_length` slots on the first call). last_only: logits of the last
+        position only, [B, 1, vocab] (a prefill needs no more). Returns float32 logits [B, L, vocab]
+        (with return_hidden: (logits, hidden states) as in the class docstring)."""
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             fail("input_ids", "exactly one of input_ids and inputs_embeds", "both" if input_ids is not None
@@ -182,7 +188,7 @@ class LLM(nn.Module):
         h, hidden = self.stack(x, mask=mask, positions=positions, is_causal=is_causal, deterministic=deterministic,
                                decode=decode, max_length=max_length, return_hidden=True)
         h = self.final_norm(h)
-        logits = self.logits(h)
+        logits = self.logits(h[:, -1:] if last_only else h)
         if return_hidden:
             return logits, [*hidden[:-1], h]
         return logits
@@ -195,40 +201,47 @@ class LLM(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def sample_logits(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
-    """logits [B, V] -> token ids [B]. temperature 0: argmax; otherwise softmax(logits/temperature) restricted to
-    the top_k largest (0: all) and to the smallest set whose probability reaches top_p (nucleus)."""
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Set to the float32 minimum every logit [B, V] outside the top_k largest (0: off) and then outside the
+    smallest set of most likely tokens whose probability reaches top_p (1: off), as HF's TopK/TopP warpers do.
+    top_k and top_p may be traced (one compile serves every setting); one sort, skipped when both are off."""
     logits = logits.astype(jnp.float32)
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
     neg = jnp.finfo(jnp.float32).min
-    if top_k and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, neg, logits)
-    if top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
+    v = logits.shape[-1]
+    top_k, top_p = jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32)
+
+    def apply(logits):
+        desc = -jnp.sort(-logits, axis=-1)
+        k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+        in_k = jnp.arange(v) < k
+        probs = jax.nn.softmax(jnp.where(in_k, desc, neg), axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
-        keep_sorted = before < top_p  # always keeps the most likely token
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep, logits, neg)
+        keep = in_k & ((before < top_p) | (top_p >= 1.0))  # always keeps the most likely token
+        n_keep = jnp.sum(keep, axis=-1, keepdims=True)
+        threshold = jnp.take_along_axis(desc, n_keep - 1, axis=-1)
+        return jnp.where(logits < threshold, neg, logits)
+
+    return jax.lax.cond((top_k > 0) | (top_p < 1.0), apply, lambda x: x, logits)
+
+
+def sample_logits(logits, rng, *, temperature=0.0, top_k=0, top_p=1.0):
+    """logits [B, V] -> token ids [B]. temperature == 0 (a Python number): argmax; otherwise a draw from
+    softmax(logits / temperature) restricted by `filter_logits(top_k, top_p)`. temperature, top_k, top_p may be
+    traced when sampling."""
+    logits = logits.astype(jnp.float32)
+    if isinstance(temperature, (int, float)) and temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / jnp.asarray(temperature, jnp.float32), top_k, top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id",
-                                             "pad_id"))
-def _generate(model, params, prompt_ids, prompt_mask, prefill_embeds, rng, *, max_new_tokens, temperature, top_k,
-              top_p, eos_id, pad_id):
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "eos_id", "pad_id"))
+def _generate(model, params, prompt_ids, prompt_mask, prefill_embeds, rng, temperature, top_k, top_p, *,
+              max_new_tokens, greedy, eos_id, pad_id):
     b, lp = prompt_mask.shape
-    variables = {"params": params}
-    if prefill_embeds is not None:
-        logits, state = model.apply(variables, inputs_embeds=prefill_embeds, attention_mask=prompt_mask, decode=True,
-                                    max_length=lp + max_new_tokens, mutable=["cache"])
-    else:
-        logits, state = model.apply(variables, prompt_ids, attention_mask=prompt_mask, decode=True,
-                                    max_length=lp + max_new_tokens, mutable=["cache"])
+    prompt = {"inputs_embeds": prefill_embeds} if prefill_embeds is not None else {"input_ids": prompt_ids}
+    logits, state = model.apply({"params": params}, **prompt, attention_mask=prompt_mask, decode=True,
+                                max_length=lp + max_new_tokens, last_only=True, mutable=["cache"])
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
 
     def cond(carry):
@@ -238,7 +251,7 @@ def _generate(model, params, prompt_ids, prompt_mask, prefill_embeds, rng, *, ma
     def body(carry):
         i, cache, last, out, done, rng = carry
         rng, sub = jax.random.split(rng)
-        tok = sample_logits(last, sub, temperature=temperature, top_k=top_k, top_p=top_p)
+        tok = sample_logits(last, sub, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
         tok = jnp.where(done, pad_id, tok)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
         new_mask = ~done  # tokens after a row's EOS are pads: hidden from later keys
@@ -261,6 +274,7 @@ def generate(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens
     prefill_embeds [B, Lp, D]: prefill from these embeddings instead of prompt_ids (an MLLM's spliced
       multimodal sequence; prompt_ids may then be None); decoding continues from token ids.
     temperature 0: greedy; else sampling with temperature, top_k (0: off) and top_p (1: off); rng required.
+      These three are traced: changing them does not recompile (greedy vs sampling does).
     eos_id: a row stops after emitting it; later slots hold pad_id; the loop ends when every row is done.
     Returns new ids [B, max_new_tokens] (with return_sequences: (new ids, [B, Lp + max_new_tokens] prompt + new)).
     """
@@ -282,10 +296,12 @@ def generate(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens
     if temperature > 0 and rng is None:
         fail("rng", "a PRNG key when temperature > 0", None)
     rng = jax.random.key(0) if rng is None else rng
+    if top_k < 0:
+        fail("top_k", "an integer >= 0 (0: off)", top_k)
     new = _generate(model, params, None if prompt_ids is None else jnp.asarray(prompt_ids), prompt_mask,
-                    prefill_embeds, rng, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                    top_k=int(top_k), top_p=float(top_p), eos_id=None if eos_id is None else int(eos_id),
-                    pad_id=int(pad_id))
+                    prefill_embeds, rng, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
+                    max_new_tokens=int(max_new_tokens), greedy=temperature == 0,
+                    eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id))
     if return_sequences:
         if prompt_ids is None:
             fail("prompt_ids", "the prompt ids when return_sequences=True", None)

@@ -177,13 +177,21 @@ def test_generate_sampling_options():
     model, params = model_and_params()
     ids, mask = batch(seed=3, length=7, pads=(0, 4))
     greedy = np.asarray(generate(model, params, ids, mask, max_new_tokens=8))  # compiled by the test above
-    k1 = generate(model, params, ids, mask, max_new_tokens=8, temperature=1.3, top_k=1, rng=jax.random.key(1))
-    np.testing.assert_array_equal(np.asarray(k1), greedy)
-    s1 = generate(model, params, ids, mask, max_new_tokens=8, temperature=1.0, rng=jax.random.key(7))
-    s2 = generate(model, params, ids, mask, max_new_tokens=8, temperature=1.0, rng=jax.random.key(7))
-    s3 = generate(model, params, ids, mask, max_new_tokens=8, temperature=1.0, rng=jax.random.key(8))
-    np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
-    assert not np.array_equal(np.asarray(s1), np.asarray(s3))  # 16 draws at temperature 1: a tie is ~impossible
+    sample = functools.partial(generate, model, params, ids, mask, max_new_tokens=8)
+    np.testing.assert_array_equal(np.asarray(sample(temperature=1.3, top_k=1, rng=jax.random.key(1))), greedy)
+    compiled = _generate_cache_size()
+    np.testing.assert_array_equal(np.asarray(sample(temperature=1.0, top_p=1e-6, rng=jax.random.key(1))), greedy)
+    s1, s2, s3 = (np.asarray(sample(temperature=1.0, rng=jax.random.key(k))) for k in (7, 7, 8))
+    np.testing.assert_array_equal(s1, s2)
+    assert not np.array_equal(s1, s3)  # 16 draws at temperature 1: equal paths are ~impossible
+    assert not np.array_equal(s1, greedy)
+    assert _generate_cache_size() == compiled  # temperature / top_k / top_p changes do not recompile
+
+
+def _generate_cache_size():
+    from jaxmm.models import llm
+
+    return llm._generate._cache_size()
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 3, 1.0), (1.5, 0, 0.75)])
