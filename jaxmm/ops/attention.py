@@ -120,6 +120,8 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = Fa
             from jaxmm.kernels.flash_attention import flash_attention
 
             return flash_attention(q, k, v, is_causal=is_causal, scale=scale)
+    if impl == "cudnn" and implementation is None and q.dtype not in (jnp.float16, jnp.bfloat16):
+        impl = "xla"  # automatic choice: cuDNN's fused attention takes only fp16/bf16 (float32 models use XLA)
     if impl == "cudnn":
         if is_causal and lq != lk:  # jax.nn's causal mask is top-left aligned; ours is bottom-right
             cm = causal_mask(lq, lk)[None, None]
