@@ -82,7 +82,7 @@ def get_config(variant: str | None = None):
     c.privacy.published_n = False
     c.privacy.k_zero = "skip"  # skip ("k=0 not releasable") | clamp (k=1, reports the ε it costs)
     c.privacy.feature_sensitivity = config_dict.placeholder(float)  # None: 2√d (L1) / 2 (L2)
-    c.privacy.sampler = "auto"  # auto (factor while k < n, else eigh) | factor (g = G z, no Cholesky) | eigh
+    c.privacy.sampler = "auto"  # auto (the cheaper) | factor (g = G z, no Cholesky) | eigh (+ Bartlett for k >= n)
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.log10_eps = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))

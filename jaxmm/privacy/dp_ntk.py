@@ -15,6 +15,9 @@ per-coordinate truncation bands add up to at most δ because the TLap density de
 published code's sensitivity is not known to us. `feature_mechanism="gaussian"` is our alternative (not the
 paper's): the analytic Gaussian mechanism of `dp_accounting` with L2 sensitivity 2.
 
+Samplers (same law, tested): "factor" draws g = G z without forming G or H (O(k·n·m·d)); "eigh" factors H
+once (O(n³)) and, for k ≥ n, draws the Wishart matrix directly (Bartlett); "auto" picks the cheaper.
+
 k = 0 (small ε on a large n): `k_zero="skip"` (default) releases nothing and reports "k=0 not releasable" with
 the smallest ε that allows k = 1; `k_zero="clamp"` uses k = 1 and reports the ε that k = 1 actually costs.
 
@@ -143,8 +146,8 @@ def fit_predict(key, X_train, y_train, X_test, *, num_classes: int, epsilon: flo
                                f"not the requested {epsilon:.4g}")
         report.update(k=1, epsilon_effective=eps_k1)
         k = 1
-    if sampler == "auto":  # factor form while k < n (cheap, never factors H); eigh + Bartlett once k >= n
-        sampler = "factor" if k < n else "eigh"
+    if sampler == "auto":  # the cheaper of: factor form O(k·n·m·d), eigh of H O(n³ + n²·min(k, n))
+        sampler = "factor" if k * n * m * d < n**3 + n * n * min(k, n) else "eigh"
     report["sampler"] = sampler
     if sampler == "factor" and k < n:
         alpha = nr.ridge_fit_from_samples(nr.ntk_gaussian_samples(k_s, Xtr, W, k), Y, lam)

@@ -347,3 +347,17 @@ def test_cifar_variant_with_mock_tfds(tmp_path):
             Xtr, ytr, Xte, yte, c = load_data(cfg)
     assert Xtr.shape == (12, 16) and Xte.shape == (6, 16) and c == 2
     assert set(np.unique(ytr)) <= {0, 1} and np.all(Xtr >= 0)  # random ReLU embedding of the pixels
+
+
+@pytest.mark.slow
+def test_n_1e4_within_4gb(tmp_path):
+    """The issue's claim, measured by bench/dp_ntk_memory.py (one subprocess per stage, peak RSS)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "mem.json"
+    bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "dp_ntk_memory.py")
+    subprocess.run([sys.executable, bench, "--n", "10000", "--stages", "kernel_blocked", "private", "nonprivate",
+                    "--json", str(out)], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    rows = json.load(open(out))
+    assert len(rows) == 3 and all(r["peak_rss_gb"] < 4.0 for r in rows), rows

@@ -33,6 +33,12 @@ ARMS = {
     "gauss_features": {"feature_mechanism": "gaussian"},
     "published_k": {"published_n": True},
 }
+ARM_LABELS = {
+    "paper": "private: paper's mechanism, k with the true n",
+    "h_only": "private: only H~ (raw features at query time)",
+    "gauss_features": "private: features via analytic Gaussian (ours)",
+    "published_k": "private: k with n=1000 (published code)",
+}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -257,11 +263,11 @@ def _plot(path, config, table, grid, arms, nonpriv, pub, num_classes):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     for a in arms:
         xs = [le for le in grid if table[(a, le)]["mean"] is not None]
         ax.errorbar(xs, [table[(a, le)]["mean"] for le in xs], yerr=[table[(a, le)]["std"] for le in xs],
-                    marker="o", capsize=3, label=f"private ({a})")
+                    marker="o", capsize=3, label=ARM_LABELS[a])
     ax.axhline(nonpriv[0], color="k", linestyle="--", label="non-private (ours)")
     ax.plot(PUBLISHED_GRID, pub["acc"], color="gray", marker="x", linestyle=":", label=pub["label"])
     ax.axhline(pub["nonprivate"], color="gray", linestyle="-.", linewidth=0.8, label="published non-private")
@@ -269,7 +275,7 @@ def _plot(path, config, table, grid, arms, nonpriv, pub, num_classes):
     ax.set_ylabel("test accuracy")
     ax.set_title(f"DP NTK regression ({config.variant})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
