@@ -15,7 +15,8 @@ method="exact": flash-style. Queries in blocks; for each block an online softmax
 method="poly": the degree-g Taylor expansion exp(s·Σ_l q_l a_l b_l) ≈ Σ_{|α|≤g} s^{|α|}/α! q^α a^α b^α gives
   feature maps U1 (queries), U2 (K1), U3 (K2) of rank r = C(d+g, g), and the Khatri–Rao identity
   (A⊘B)ᵀ(C⊘D) = (AᵀC)∘(BᵀD) gives  z = U1((U2ᵀ1)∘(U3ᵀ1)),  O = diag(z)⁻¹ U1 ((U2ᵀV1)∘(U3ᵀV2)):
-  O(n·r·d) time and memory forward and backward (custom VJP; causal: prefix sums over j, k ≤ i).
+  O(n·r·d) time and memory forward and backward (custom VJP of the Khatri–Rao core; the feature maps are
+  differentiated through their gather construction; causal: prefix sums over j, k ≤ i).
   Its relative error per score is at most ε = e^{2β} β^{g+1}/(g+1)! with β = max|S_ijk| (Lagrange remainder),
   so |O_poly − O| ≤ 2ε/(1−ε) · max|V1∘V2|; with entries bounded by B, β ≤ s·d·B³ = B³ for s = 1/d, which is the
   paper's phase transition: tiny error for B³ ≪ g, blow-up beyond.
@@ -272,32 +273,25 @@ def _exact_xla(q, k1, k2, v1, v2, key_mask, scale, causal, block_q, block_k):
 @functools.lru_cache(maxsize=64)
 def _feature_tables(d: int, degree: int):
     """[local helper beside jaxmm.ops.polynomial] Index tables to build all monomials x^α (|α| ≤ g, in
-    `multi_indices` order) degree by degree with one gather-multiply per degree, and their derivatives.
-
-    parent[α] = index of α − e_{l(α)}, var[α] = l(α) (the first l with α_l > 0); lower[l, α] = index of α − e_l
-    (0 where α_l = 0, weighted by α_l = 0 then)."""
+    `multi_indices` order) degree by degree with one gather-multiply per degree: parent[α] = index of α − e_l,
+    var[α] = l, for l the first index with α_l > 0; starts[t] = first row of total degree t."""
     exps = polynomial.multi_indices(d, degree)
     index = {tuple(a): i for i, a in enumerate(exps)}
-    r = exps.shape[0]
-    parent = np.zeros(r, np.int32)
-    var = np.zeros(r, np.int32)
-    lower = np.zeros((d, r), np.int32)
+    parent = np.zeros(exps.shape[0], np.int32)
+    var = np.zeros(exps.shape[0], np.int32)
     for i, a in enumerate(exps):
         nz = np.nonzero(a)[0]
-        for l in nz:
-            b = a.copy()
-            b[l] -= 1
-            lower[l, i] = index[tuple(b)]
         if len(nz):
-            var[i] = nz[0]
-            parent[i] = lower[nz[0], i]
+            b = a.copy()
+            b[nz[0]] -= 1
+            var[i], parent[i] = nz[0], index[tuple(b)]
     starts = [int(np.searchsorted(exps.sum(1), t)) for t in range(degree + 2)]
-    return exps, parent, var, lower, starts
+    return parent, var, starts
 
 
 def _monomials(x, degree):
     """x [..., d] -> x^α [..., r] for all |α| ≤ degree (same order as polynomial.monomials), O(r) ops."""
-    exps, parent, var, _, starts = _feature_tables(x.shape[-1], degree)
+    parent, var, starts = _feature_tables(x.shape[-1], degree)
     out = [jnp.ones(x.shape[:-1] + (1,), x.dtype)]
     for t in range(1, degree + 1):
         lo, hi = starts[t], starts[t + 1]
@@ -306,34 +300,16 @@ def _monomials(x, degree):
     return jnp.concatenate(out, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _features(x, degree, weight_power):
-    """U = c ∘ x^α with c = (1/α!)^{weight_power}, x [..., d] -> [..., r] (the scale s^{|α|} is folded into x
-    by the caller). Custom VJP: dx_l = Σ_α dU_α c_α α_l x^{α−e_l}, one gather: O(n·r·d)."""
-    return _features_fwd(x, degree, weight_power)[0]
-
-
 def _feature_weights(d, degree, weight_power):
     return polynomial.multinomial_weights(polynomial.multi_indices(d, degree), 1.0) ** weight_power
 
 
-def _features_fwd(x, degree, weight_power):
-    mono = _monomials(x, degree)
-    c = jnp.asarray(_feature_weights(x.shape[-1], degree, weight_power), x.dtype)
-    return mono * c, (mono, jnp.zeros((x.shape[-1], 0), x.dtype))
-
-
-def _features_bwd(degree, weight_power, res, du):
-    mono, d_holder = res
-    d = d_holder.shape[0]
-    exps, _, _, lower, _ = _feature_tables(d, degree)
-    g = du * jnp.asarray(_feature_weights(d, degree, weight_power), du.dtype)  # [..., r]
-    lowered = jnp.take(mono, lower.reshape(-1), axis=-1).reshape(mono.shape[:-1] + lower.shape)  # [..., d, r]
-    dx = jnp.sum(lowered * (g[..., None, :] * jnp.asarray(exps.T, du.dtype)), axis=-1)
-    return (dx,)
-
-
-_features.defvjp(_features_fwd, _features_bwd)
+def _features(x, degree, weight_power):
+    """U = c ∘ x^α with c = (1/α!)^{weight_power}, x [..., d] -> [..., r] (the scale s^{|α|} is folded into x
+    by the caller). Differentiated by JAX through the gather construction of `_monomials`: the transpose of
+    each degree's gather is a scatter-add, so the backward is O(n·r) like the forward (measured 5-40x faster
+    on CPU than a hand-written dx_l = Σ_α dU_α c_α α_l x^{α−e_l}, which is O(n·r·d))."""
+    return _monomials(x, degree) * jnp.asarray(_feature_weights(x.shape[-1], degree, weight_power), x.dtype)
 
 
 def _prefix(x, causal):
@@ -392,11 +368,14 @@ def _poly_core_bwd(causal, res, do):
     da, db = dc * b, dc * a
     if causal:
         dA, dB, da, db = (_prefix_adjoint(g, True) for g in (dA, dB, da, db))
-    # rows of A = P(u2 ⊗ v1): dU2_j = Σ_e dA_j·e V1_je + da_j, dV1_j = Σ_r dA_jr· U2_jr (broadcast if non-causal)
-    du2 = jnp.einsum("jre,je->jr", jnp.broadcast_to(dA, u2.shape + (v1.shape[-1],)), v1) + da
-    dv1 = jnp.einsum("jre,jr->je", jnp.broadcast_to(dA, u2.shape + (v1.shape[-1],)), u2)
-    du3 = jnp.einsum("kre,ke->kr", jnp.broadcast_to(dB, u3.shape + (v2.shape[-1],)), v2) + db
-    dv2 = jnp.einsum("kre,kr->ke", jnp.broadcast_to(dB, u3.shape + (v2.shape[-1],)), u3)
+    # rows of A = P(u2 ⊗ v1): dU2_j = Σ_e dA_j·e V1_je + da_j, dV1_j = Σ_r dA_jr· U2_jr (one shared dA if
+    # non-causal: plain matmuls)
+    if causal:
+        du2, dv1 = jnp.einsum("jre,je->jr", dA, v1) + da, jnp.einsum("jre,jr->je", dA, u2)
+        du3, dv2 = jnp.einsum("kre,ke->kr", dB, v2) + db, jnp.einsum("kre,kr->ke", dB, u3)
+    else:
+        du2, dv1 = v1 @ dA[0].T + da, u2 @ dA[0]
+        du3, dv2 = v2 @ dB[0].T + db, u3 @ dB[0]
     return du1, du2, du3, dv1, dv2
 
 
@@ -407,8 +386,7 @@ def _poly_head(q, k1, k2, v1, v2, kmask, *, scale, causal, degree):
     """One head of the poly path; the weights s^{|α|}/α! are split evenly over the three factors
     (U_t = (s^{|α|}/α!)^{1/3} x^α) so the three feature maps have comparable magnitude in float32."""
     cs = scale ** (1.0 / 3.0)
-    f = functools.partial(_features, degree=degree, weight_power=1.0 / 3.0)
-    u1, u2, u3 = f(q * cs), f(k1 * cs), f(k2 * cs)
+    u1, u2, u3 = (_features(x * cs, degree, 1.0 / 3.0) for x in (q, k1, k2))
     km = kmask[:, None].astype(u2.dtype)
     return _poly_core(u1, u2 * km, u3 * km, v1, v2, causal)
 
@@ -588,8 +566,7 @@ def _loss_poly(a1, a2, a3, a4, a5, x1, x2, x3, y, e, scale, degree):
     n, d = a1.shape
     a1, a2, a3, a4, a5, y, e = (x.astype(f32) for x in (a1, a2, a3, a4, a5, y, e))
     cs = scale ** (1.0 / 3.0)
-    feats = functools.partial(_features, degree=degree, weight_power=1.0 / 3.0)
-    u1, u2, u3 = feats(a1 @ x1.astype(f32) * cs), feats(a2 @ x2.astype(f32) * cs), feats(a3 @ x3.astype(f32) * cs)
+    u1, u2, u3 = (_features(a @ x.astype(f32) * cs, degree, 1.0 / 3.0) for a, x in ((a1, x1), (a2, x2), (a3, x3)))
     z = u1 @ (u2.sum(0) * u3.sum(0))
     u1n = u1 / z[:, None]
     p2 = jnp.einsum("jr,jb,jx->rbx", u2, a4, a2)  # Σ_j U2_jα A4_jb A2_jx

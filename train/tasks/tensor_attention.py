@@ -75,7 +75,7 @@ def poly_error(config, workdir):
     lines = [f"# Poly tensor attention error (n = {n}, d = {d}, s = 1/d, q/k1/k2 entries uniform in [−B, B], "
              f"v ~ N(0, 1), max over {config.seeds} seeds)", "",
              "Relative error max|O_poly − O| / max|O| against the float64 definition; β = max|S| observed "
-             "(≤ B³); the Taylor bound column is 2ε/(1−ε) with ε = e^{2β}β^{g+1}/(g+1)! at the largest g (≥ 1: vacuous).",
+             "(≤ B³). An error near 1 means the output is unrelated to the true one (z has lost its sign or scale).",
              "", "| B | B³ | β | " + " | ".join(f"g={g} (r={poly_rank(d, g)})" for g in config.degrees) + " |",
              "|---|---|---|" + "---|" * len(config.degrees)]
     for B in config.bounds:
