@@ -104,7 +104,13 @@ class HookContext:
         return {g: float(v) for g, v in optim.lr_scales(self.state.opt_state, self.groups).items()}
 
     def set_lr_scales(self, scales: dict) -> None:
+        """Effective LR of each named group from the next step on = its schedule x the given multiplier."""
         self.state = self.state.replace(opt_state=optim.set_lr_scales(self.state.opt_state, scales))
+
+    def set_lrs(self, lrs: dict) -> None:
+        """Set absolute LRs for the next step (the multiplier becomes lr / the schedule's latest value)."""
+        base = optim.group_base_lrs(self.state.opt_state, list(lrs))
+        self.set_lr_scales({g: lr / max(float(base[g]), 1e-30) for g, lr in lrs.items()})
 
     def proposed_updates(self, params=None, batch=None):
         """The update the optimizer would apply for `batch` at `params` (defaults: current state and batch),

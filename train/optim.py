@@ -129,6 +129,12 @@ def group_lrs(opt_state, groups) -> dict:
     return out
 
 
+def group_base_lrs(opt_state, groups) -> dict:
+    """{group: the schedule's value at the latest update} (without the lr_scale multiplier)."""
+    inner = _multi_state(opt_state).inner_states
+    return {g: inner[g].inner_state.hyperparams["learning_rate"] for g in groups}
+
+
 def lr_scales(opt_state, groups) -> dict:
     inner = _multi_state(opt_state).inner_states
     return {g: inner[g].inner_state.hyperparams["lr_scale"] for g in groups

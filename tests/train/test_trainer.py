@@ -127,7 +127,8 @@ def test_group_schedules_logged_match_closed_form(tmp_path):
 
 
 class _ScaleHook(type(TASK)):
-    """Halves the head's LR multiplier at step 2 and records the proposed head update's norm."""
+    """Halves the head's LR multiplier and sets the LoRA LR to 0.01 at step 2; records the proposed head
+    update's norm."""
 
     def hooks(self, config):
         def fn(ctx):
@@ -136,6 +137,7 @@ class _ScaleHook(type(TASK)):
             u = ctx.proposed_updates()
             head_only = ctx.group_updates(u, "head")
             ctx.set_lr_scales({"head": 0.5})
+            ctx.set_lrs({"lora": 0.01})
             return {"head_update_norm": float(optax.global_norm(head_only)),
                     "enc_in_head_update": float(optax.global_norm(head_only["encoder"]))}
         return [Hook(1, fn)]
@@ -147,6 +149,7 @@ def test_hook_rewrites_group_lr_and_sees_proposed_updates(tmp_path):
     lr = toy.config().optim.lr
     assert [r["lr/head"] for r in recs] == pytest.approx([lr, lr, lr / 2, lr / 2], rel=1e-6)
     assert [r["lr/encoder"] for r in recs] == pytest.approx([lr] * 4, rel=1e-6)
+    assert [r["lr/lora"] for r in recs] == pytest.approx([lr, lr, 0.01, 0.01], rel=1e-6)
     assert recs[1]["head_update_norm"] > 0 and recs[1]["enc_in_head_update"] == 0.0
 
 
