@@ -154,30 +154,46 @@ def ntk_attention_reference(q, k, v, z, kvec, *, is_causal=False, scale=None, ma
 
 
 # --------------------------------------------------------------- blocked flash attention in plain JAX
+# Internal layout: queries as [B, Hkv, R, d] with R = G·Lq rows (the G query heads of a kv head stacked), keys as
+# [nblk, B, Hkv, bk, d]: every product is a canonical batched matmul, which XLA:CPU runs much faster than einsums
+# with several free dimensions.
+def _rows(x, b, lq, hkv, g):
+    """[B, Lq, H, ...] -> [B, Hkv, G·Lq, ...]."""
+    x = x.reshape(b, lq, hkv, g, *x.shape[3:])
+    return jnp.moveaxis(x, 1, 3).reshape(b, hkv, g * lq, *x.shape[4:])
+
+
+def _unrows(x, b, lq, hkv, g):
+    """[B, Hkv, G·Lq, ...] -> [B, Lq, H, ...]."""
+    x = x.reshape(b, hkv, g, lq, *x.shape[3:])
+    return jnp.moveaxis(x, 3, 1).reshape(b, lq, hkv * g, *x.shape[4:])
+
+
 def _key_blocks(k, v, mask, *, b, h, hkv, lq, block_k):
     """Pad keys to a multiple of block_k and split into blocks along a leading axis (for lax.scan)."""
     lk = k.shape[1]
+    g = h // hkv
     nblk = -(-lk // block_k)
     pad = nblk * block_k - lk
     kp = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
     vp = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    # [B, Lk, Hkv, d] -> [nblk, B, Hkv, bk, d]: contiguous batched matmuls inside the scan
     split = lambda x: x.reshape(x.shape[0], nblk, block_k, *x.shape[2:]).transpose(1, 0, 3, 2, 4)
     mk = None
     if mask is not None:
-        m5 = _broadcast_mask(mask, b, h, hkv, lq, lk)
-        m5 = jnp.pad(m5, ((0, 0),) * 4 + ((0, pad),))
-        mk = jnp.moveaxis(m5.reshape(*m5.shape[:4], nblk, block_k), 4, 0)
+        m5 = _broadcast_mask(mask, b, h, hkv, lq, lk)                       # [B|1, Hkv|1, G|1, Lq|1, Lk]
+        m5 = jnp.broadcast_to(m5, (*m5.shape[:2], g, lq, lk)).reshape(*m5.shape[:2], g * lq, lk)
+        m5 = jnp.pad(m5, ((0, 0), (0, 0), (0, 0), (0, pad)))
+        mk = jnp.moveaxis(m5.reshape(*m5.shape[:3], nblk, block_k), 3, 0)   # [nblk, B|1, Hkv|1, R, bk]
     starts = jnp.arange(nblk) * block_k
     return split(kp), split(vp), mk, starts
 
 
-def _block_allowed(start, mblk, *, lq, lk, block_k, is_causal):
+def _block_allowed(start, mblk, *, rows, lq, lk, block_k, is_causal):
     cols = start + jnp.arange(block_k)
-    allowed = jnp.broadcast_to(cols < lk, (lq, block_k))
+    allowed = jnp.broadcast_to(cols < lk, (rows, block_k))
     if is_causal:
-        allowed = allowed & (cols[None, :] <= jnp.arange(lq)[:, None])
-    allowed = allowed[None, None, None]                                  # [1, 1, 1, Lq, bk]
+        allowed = allowed & (cols[None, :] <= (jnp.arange(rows) % lq)[:, None])
+    allowed = allowed[None, None]                                         # [1, 1, R, bk]
     if mblk is not None:
         allowed = allowed & mblk
     return allowed
@@ -190,29 +206,30 @@ def flash_attention_xla(q, k, v, *, is_causal=False, scale=None, mask=None, bloc
     b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, mask=mask)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g, block_k = h // hkv, max(1, min(block_k, lk))
-    qg = (q.astype(jnp.float32) * scale).reshape(b, lq, hkv, g, d).transpose(0, 2, 3, 1, 4)   # [B, Hkv, G, Lq, d]
+    rows = g * lq
+    qr = _rows(q.astype(jnp.float32) * scale, b, lq, hkv, g)               # [B, Hkv, R, d]
     kb, vb, mk, starts = _key_blocks(k, v, mask, b=b, h=h, hkv=hkv, lq=lq, block_k=block_k)
+    allowed_fn = functools.partial(_block_allowed, rows=rows, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
 
     def step(carry, xs):
         m, l, acc = carry
         kj, vj, start, mj = xs
-        s = jnp.einsum("bhgqd,bhkd->bhgqk", qg, kj.astype(jnp.float32))
-        allowed = _block_allowed(start, mj, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
-        s = jnp.where(allowed, s, -jnp.inf)
+        s = jnp.einsum("bhrd,bhkd->bhrk", qr, kj.astype(jnp.float32))
+        if is_causal or mj is not None or lk % block_k:
+            s = jnp.where(allowed_fn(start, mj), s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, -1))
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
         p = jnp.exp(s - m_safe[..., None])
         alpha = jnp.exp(m - m_safe)
         l = alpha * l + jnp.sum(p, -1)
-        acc = alpha[..., None] * acc + jnp.einsum("bhgqk,bhkd->bhgqd", p, vj.astype(jnp.float32))
+        acc = alpha[..., None] * acc + jnp.einsum("bhrk,bhkd->bhrd", p, vj.astype(jnp.float32))
         return (m_new, l, acc), None
 
-    init = (jnp.full((b, hkv, g, lq), -jnp.inf), jnp.zeros((b, hkv, g, lq)), jnp.zeros((b, hkv, g, lq, d)))
+    init = (jnp.full((b, hkv, rows), -jnp.inf), jnp.zeros((b, hkv, rows)), jnp.zeros((b, hkv, rows, d)))
     (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, starts, mk))
     o = acc / jnp.where(l > 0, l, 1.0)[..., None]
     lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)
-    o = o.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d)
-    return o, lse.transpose(0, 3, 1, 2).reshape(b, lq, h)
+    return _unrows(o, b, lq, hkv, g), _unrows(lse, b, lq, hkv, g)
 
 
 def flash_attention_xla_bwd(q, k, v, out, lse, do, *, is_causal=False, scale=None, mask=None, block_k=512):
@@ -221,30 +238,31 @@ def flash_attention_xla_bwd(q, k, v, out, lse, do, *, is_causal=False, scale=Non
     b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, mask=mask)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g, block_k = h // hkv, max(1, min(block_k, lk))
-    f32 = lambda x: x.astype(jnp.float32)
-    to5 = lambda x: f32(x).reshape(b, lq, hkv, g, d).transpose(0, 2, 3, 1, 4)    # [B, Hkv, G, Lq, d]
-    qg, dog = to5(q), to5(do)
-    delta = jnp.sum(to5(out) * dog, -1)                                  # [B, Hkv, G, Lq]
-    lse5 = lse.reshape(b, lq, hkv, g).transpose(0, 2, 3, 1)
-    lse5 = jnp.where(jnp.isneginf(lse5), jnp.inf, lse5)                 # empty rows: P = 0
+    rows = g * lq
+    to_rows = lambda x: _rows(x.astype(jnp.float32), b, lq, hkv, g)
+    qr, dor = to_rows(q), to_rows(do)
+    delta = jnp.sum(to_rows(out) * dor, -1)                                 # [B, Hkv, R]
+    lser = to_rows(lse)
+    lser = jnp.where(jnp.isneginf(lser), jnp.inf, lser)                    # empty rows: P = 0
     kb, vb, mk, starts = _key_blocks(k, v, mask, b=b, h=h, hkv=hkv, lq=lq, block_k=block_k)
+    allowed_fn = functools.partial(_block_allowed, rows=rows, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
 
     def step(dq, xs):
         kj, vj, start, mj = xs
-        kj, vj = f32(kj), f32(vj)
-        s = jnp.einsum("bhgqd,bhkd->bhgqk", qg, kj) * scale
-        allowed = _block_allowed(start, mj, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
-        p = jnp.where(allowed, jnp.exp(s - lse5[..., None]), 0.0)
-        dp = jnp.einsum("bhgqd,bhkd->bhgqk", dog, vj)
+        kj, vj = kj.astype(jnp.float32), vj.astype(jnp.float32)
+        p = jnp.exp(jnp.einsum("bhrd,bhkd->bhrk", qr, kj) * scale - lser[..., None])
+        if is_causal or mj is not None or lk % block_k:
+            p = jnp.where(allowed_fn(start, mj), p, 0.0)
+        dp = jnp.einsum("bhrd,bhkd->bhrk", dor, vj)
         ds = p * (dp - delta[..., None]) * scale
-        dq = dq + jnp.einsum("bhgqk,bhkd->bhgqd", ds, kj)
-        dk = jnp.einsum("bhgqk,bhgqd->bhkd", ds, qg)
-        dv = jnp.einsum("bhgqk,bhgqd->bhkd", p, dog)
+        dq = dq + jnp.einsum("bhrk,bhkd->bhrd", ds, kj)
+        dk = jnp.einsum("bhrk,bhrd->bhkd", ds, qr)
+        dv = jnp.einsum("bhrk,bhrd->bhkd", p, dor)
         return dq, (dk, dv)
 
-    dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qg), (kb, vb, starts, mk))
-    unsplit = lambda x: x.transpose(1, 0, 3, 2, 4).reshape(b, -1, hkv, d)[:, :lk]   # [nblk,B,Hkv,bk,d] ->
-    return (dq.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q.dtype), unsplit(dk).astype(k.dtype), unsplit(dv).astype(v.dtype))
+    dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qr), (kb, vb, starts, mk))
+    unsplit = lambda x: x.transpose(1, 0, 3, 2, 4).reshape(b, -1, hkv, d)[:, :lk]   # [nblk, B, Hkv, bk, d] ->
+    return (_unrows(dq, b, lq, hkv, g).astype(q.dtype), unsplit(dk).astype(k.dtype), unsplit(dv).astype(v.dtype))
 
 
 # ------------------------------------------------------------------------------- NTK, XLA fast path
@@ -272,11 +290,12 @@ def _ntk_xla_bwd(scale, is_causal, block_k, res, do):
 _ntk_xla.defvjp(_ntk_xla_fwd, _ntk_xla_bwd)
 
 
-def _default_implementation(mask):
-    platform = jax.default_backend()
-    if platform == "gpu" and mask is None:
+def _default_implementation(mask, dtype, head_dim):
+    # cuDNN flash attention: NVIDIA, fp16/bf16, head_dim a multiple of 8 up to 128; no general mask here
+    if (jax.default_backend() == "gpu" and mask is None and dtype in (jnp.bfloat16, jnp.float16)
+            and head_dim % 8 == 0 and head_dim <= 128):
         return "cudnn"
-    return "xla"   # CPU; TPU until the Pallas kernel's Mosaic-TPU lowering has been run on a TPU
+    return "xla"   # CPU, other GPU cases; TPU until the Pallas kernel's Mosaic-TPU lowering has run on a TPU
 
 
 def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, implementation=None,
@@ -286,13 +305,13 @@ def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, i
     q [B, L, H, d]; k, v [B, L', Hkv, d] (Hkv divides H: grouped-query attention); z [H, d, d]; kvec [H, d];
     is_causal: causal mask on the real keys (the prefix is visible to every query); scale: default 1/√d;
     mask: optional boolean, broadcastable to [B, H, L, L'] (True = attend). Returns [B, L, H, d] in q.dtype.
-    implementation: None (GPU without mask: "cudnn"; otherwise "xla"), or one of IMPLEMENTATIONS.
+    implementation: None (NVIDIA GPU, bf16/fp16, no mask: "cudnn"; otherwise "xla"), or one of IMPLEMENTATIONS.
     """
     b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, mask=mask)
     _check_prefix_params(z, kvec, h, d)
     if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
         fail("mask", "a boolean array (True = attend)", f"dtype {jnp.asarray(mask).dtype}")
-    impl = _default_implementation(mask) if implementation is None else implementation
+    impl = _default_implementation(mask, q.dtype, d) if implementation is None else implementation
     if impl not in IMPLEMENTATIONS:
         fail("implementation", f"None or one of {IMPLEMENTATIONS}", repr(implementation))
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
