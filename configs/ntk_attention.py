@@ -13,9 +13,9 @@ machine under load ~16; less on an idle machine.
 
 Variants:
 - sec44: the paper's d = 64, L = 128 with m = 2, 4, …, 2^14 (the paper goes to 2^18), one head, frozen random
-  projections, Adam lr 1e-3 on (Z, k)/m [reconstruction of everything else: N(0, I) inputs and prefix tokens, N(0, 1/d)
-  projections, MSE loss, Z = k = 0 init, 1500 steps of batch 32 on a fixed pool of 512 inputs, error on 128
-  held-out inputs — sized for minutes on 2 CPU cores].
+  projections, Adam lr 1e-3 on (Z, k)/m [reconstruction of everything else: N(0, I) inputs and prefix
+  tokens, N(0, 1/d) projections, MSE loss, Z = k = 0 init, 1500 steps of batch 32 on a fixed pool of 512
+  inputs, error on 128 held-out inputs — sized for minutes on 2 CPU cores].
 - tiny: d = 16, L = 32, m = 2 … 64, 60 steps (the config path's smoke test).
 """
 from __future__ import annotations
