@@ -183,6 +183,7 @@ def run(config, workdir: str) -> dict:
             key = jax.random.fold_in(root, r)  # same W for every ε/arm of a repeat; fresh noise per run
             pred, _ = dp_ntk.fit_predict(key, Xtr, ytr, Xte, epsilon=None, **common)
             runs.append({"arm": "nonprivate", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
+            metrics.write(json.dumps(runs[-1]) + "\n")
             bar.update(1)
             for i, le in enumerate(grid):
                 for a, arm in enumerate(arms):
@@ -193,6 +194,7 @@ def run(config, workdir: str) -> dict:
                     runs.append({"arm": arm, "log10_eps": le, "repeat": r, "accuracy": acc, "k": rep["k"],
                                  "total_epsilon": rep.get("total_epsilon")})
                     metrics.write(json.dumps(runs[-1]) + "\n")
+                    metrics.flush()
                     if r == 0:
                         print(f"--- arm={arm} log10_eps={le}\n" + dp_ntk.format_privacy_report(rep))
                         reports.append({"arm": arm, "log10_eps": le, **rep})
