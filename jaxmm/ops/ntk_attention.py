@@ -248,16 +248,18 @@ def flash_attention_xla_bwd(q, k, v, out, lse, do, *, is_causal=False, scale=Non
     allowed_fn = functools.partial(_block_allowed, rows=rows, lq=lq, lk=lk, block_k=block_k, is_causal=is_causal)
 
     def step(dq, xs):
+        # keys-as-rows orientation (Pᵀ, dSᵀ [bk, R]): dK = dSᵀQ and dV = PᵀdO become plain matmuls; only dQ
+        # contracts over the leading axis (measured ~1.4x faster than the [R, bk] orientation on XLA:CPU)
         kj, vj, start, mj = xs
         kj, vj = kj.astype(jnp.float32), vj.astype(jnp.float32)
-        p = jnp.exp(jnp.einsum("bhrd,bhkd->bhrk", qr, kj) * scale - lser[..., None])
+        pt = jnp.exp(jnp.einsum("bhkd,bhrd->bhkr", kj, qr) * scale - lser[:, :, None, :])
         if is_causal or mj is not None or lk % block_k:
-            p = jnp.where(allowed_fn(start, mj), p, 0.0)
-        dp = jnp.einsum("bhrd,bhkd->bhrk", dor, vj)
-        ds = p * (dp - delta[..., None]) * scale
-        dq = dq + jnp.einsum("bhrk,bhkd->bhrd", ds, kj)
-        dk = jnp.einsum("bhrk,bhrd->bhkd", ds, qr)
-        dv = jnp.einsum("bhrk,bhrd->bhkd", p, dor)
+            pt = jnp.where(jnp.swapaxes(allowed_fn(start, mj), -1, -2), pt, 0.0)
+        dpt = jnp.einsum("bhkd,bhrd->bhkr", vj, dor)
+        dst = pt * (dpt - delta[:, :, None, :]) * scale
+        dq = dq + jnp.einsum("bhkr,bhkd->bhrd", dst, kj)
+        dk = jnp.einsum("bhkr,bhrd->bhkd", dst, qr)
+        dv = jnp.einsum("bhkr,bhrd->bhkd", pt, dor)
         return dq, (dk, dv)
 
     dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qr), (kb, vb, starts, mk))
