@@ -181,7 +181,10 @@ def _distance_leaves(x, w, lo, hi, wb, n_bins):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DPTreeDistance:
-    """Private 1-D weighted distance F(y) = Σ_i w_i |y − x_i| (see module docstring for the derivation)."""
+    """Private 1-D weighted distance F(y) = Σ_i w_i |y − x_i| (see module docstring for the derivation).
+
+    Memory (2P − 1)·2c floats (P = n_bins padded to a power of two); build O(n·c + P·c); query O(L·c).
+    """
 
     tree: DPTree  # leaves [N, 2c]: Σw per bin, Σw·u per bin
     lo: jax.Array
@@ -241,7 +244,10 @@ class DPTreeDistance:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DPTreeHighDim:
-    """Σ_i w_i ‖y − x_i‖₁: per-coordinate DPTreeDistance trees stacked on a leading axis [d]."""
+    """Σ_i w_i ‖y − x_i‖₁: per-coordinate DPTreeDistance trees stacked on a leading axis [d].
+
+    Memory d·(2P − 1)·2c floats; build O(d·(n + P)·c); query O(d·L·c).
+    """
 
     trees: DPTreeDistance
 
