@@ -391,7 +391,6 @@ def model(c, wd):
     y_i = [σ·x_i1 > 0]. Without the context the answer is a coin flip (σ is per context). Trained with the
     noise off (ε = ∞: polynomial attention) on public synthetic contexts, evaluated with private contexts
     at each ε."""
-    import flax.linen as nn
     import optax
 
     from jaxmm.nn.dp_cross_attention import DPCrossAttention
