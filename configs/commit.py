@@ -1,0 +1,132 @@
+"""CoMMIT (arXiv 2407.20454): balanced instruction tuning of a tiny MLLM, vision or audio, LLM full or LoRA.
+
+    .venv/bin/python -m train --config configs/commit.py:vision --workdir runs/commit_vision
+    .venv/bin/python -m train --config configs/commit.py:audio_lora --workdir runs/commit_audio_lora \
+        --config.task_args.method=constant        # constant | feature_cd | language_cd | commit | commit_clr
+
+Expected (2-core CPU, shared machine): `vision` = the demo model (ViT 48px/8 + MLP projector + 2-layer
+Llama, width 64) on the embedded text-rich image QA, 900 steps in ~6-9 min, eval exact match ~0.5-0.8,
+mean κ ~0.3-0.5; `audio` (Whisper-style encoder on DTMF log-mels) similar size and time. `*_lora` freeze the
+(randomly initialised) LLM and train rank-8 LoRA in it + encoder + projector: they learn far less (no
+pretrained LLM exists here). The run ends with `[summary] ... eval_accuracy=... kappa_mean=...` and writes
+kappa.png, loss.png, lr.png, eval.png, metrics.jsonl into the workdir.
+
+Variants: `<vision|audio>[_lora][_small|_tiny]` (`_small`: the experiments' size, ~1 min a run; `_tiny`: a
+smoke run in seconds), and the experiments (each writes a Markdown table + PNGs into --workdir):
+    .venv/bin/python -m train --config configs/commit.py:sweep_imbalance   --workdir runs/commit_imbalance
+    .venv/bin/python -m train --config configs/commit.py:sweep_convergence --workdir runs/commit_convergence
+    .venv/bin/python -m train --config configs/commit.py:sweep_overhead    --workdir runs/commit_overhead
+(results and their run times: docs/results/commit.md). The κ formula, LR rule/clip, aux weight, divergence
+and snapshot are [reconstruction]s, each a `task_args` key (train/tasks/commit.py).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from train import config as config_lib
+from train.tasks.commit import TASK
+
+
+def run_config(modality: str = "image", lora: bool = False, size: str = "full") -> ml_collections.ConfigDict:
+    c = config_lib.defaults()
+    task = TASK.default_config()
+    c.task = "commit.train"
+    c.model, c.data, c.task_args = task.model, task.data, task.task_args
+    c.model.modality = modality
+    c.data.source = "textvqa" if modality == "image" else "audioqa"
+
+    # model: the demo's ViT 48x48/8 (36 features) or a Whisper-style audio encoder (100 frames -> 50 features)
+    # -> 2-layer MLP projector -> 2-layer GQA Llama, width 64, trained from scratch
+    c.model.vit.update(dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
+    c.model.audio.update(dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2))
+    c.model.llm.update(dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
+    c.data.train_examples, c.data.eval_examples = 6000, 256
+    c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 8
+
+    c.train.steps = 900
+    c.train.batch_size = 32
+    c.train.log_every = 10
+    c.train.eval_every = 300
+    c.train.eval_batch_size = 128
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-3
+    c.optim.schedule = "constant"  # the methods shape the LRs (lr_scale); the base is constant
+    c.optim.weight_decay = 0.01
+    c.checkpoint.every = 300
+    c.checkpoint.keep = 2
+
+    # CoMMIT: κ every 10 steps on 16 probe examples, LRs rewritten every L_lr = 50 steps
+    c.task_args.method = "commit"
+    c.task_args.measure_every, c.task_args.lr_every, c.task_args.probe_size = 10, 50, 16
+
+    if lora:  # freeze the LLM, rank-8 LoRA on its q/v projections
+        c.model.llm.lora_rank = 8
+        c.optim.groups.llm = config_lib.group(frozen=True)
+
+    if size == "small":  # the experiments: ~0.1 s a step
+        c.model.vit.update(dict(image_size=32, patch_size=8, d_model=48, num_layers=1, num_heads=4, mlp_dim=96))
+        c.model.audio.update(dict(max_frames=50, d_model=48, num_layers=1, num_heads=4, mlp_dim=96))
+        c.model.llm.update(dict(num_layers=2, d_model=48, num_heads=4, num_kv_heads=2, mlp_dim=96))
+        c.data.textvqa.update(dict(max_words=2, kinds=("read", "count"), font_sizes=(14, 18)))
+        c.data.audioqa.update(dict(max_digits=2, duration=0.5, kinds=("digit", "count")))
+        c.data.train_examples, c.data.eval_examples = 2000, 64
+        c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 6
+        c.train.steps, c.train.batch_size, c.train.eval_every, c.train.eval_batch_size = 150, 16, 0, 64
+        c.train.log_every = 5
+        c.train.progress = False
+        c.checkpoint.every = 0
+        c.task_args.lr_every = 30  # 3 measurements per window
+    elif size == "tiny":  # smoke run
+        c.model.vit.update(dict(image_size=16, patch_size=8, d_model=32, num_layers=1, num_heads=2, mlp_dim=64))
+        c.model.audio.update(dict(max_frames=50, d_model=32, num_layers=1, num_heads=2, mlp_dim=64))
+        c.model.llm.update(dict(num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64))
+        c.data.textvqa.update(dict(max_words=1, kinds=("read",), font_sizes=(10, 12)))
+        c.data.audioqa.update(dict(max_digits=1, duration=0.5, kinds=("digit",)))
+        c.data.train_examples, c.data.eval_examples = 64, 16
+        c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 4
+        c.train.steps, c.train.batch_size, c.train.log_every = 8, 16, 1
+        c.train.eval_every, c.train.eval_batch_size, c.train.progress = 0, 16, False
+        c.checkpoint.every, c.checkpoint.async_save = 0, False
+        c.task_args.measure_every, c.task_args.lr_every, c.task_args.probe_size = 2, 4, 8
+    elif size != "full":
+        raise ValueError(f"size: expected 'full', 'small' or 'tiny', got {size!r}")
+    return c
+
+
+def sweep_config(kind: str) -> ml_collections.ConfigDict:
+    """The experiment drivers (task commit.sweep): every run is `run_config(..., size="small")` + overrides."""
+    c = ml_collections.ConfigDict()
+    c.task = "commit.sweep"
+    c.seed = 0
+    c.sweep = ml_collections.ConfigDict(dict(kind=kind, modalities=("image", "audio"), lora=False))
+    c.sweep.base_image = run_config("image", size="small")
+    c.sweep.base_audio = run_config("audio", size="small")
+    if kind == "imbalance":  # constant LR with the encoder side's LR x1, x10, x0.1; κ every 5 steps
+        c.sweep.modalities = ("image",)
+        c.sweep.encoder_lr_factors = (1.0, 10.0, 0.1)
+        c.sweep.seeds = (0,)
+    elif kind == "convergence":  # 5 methods x LR sweep x 3 seeds x 2 modalities
+        c.sweep.methods = ("constant", "feature_cd", "language_cd", "commit", "commit_clr")
+        c.sweep.lrs = (1e-3, 3e-3)
+        c.sweep.seeds = (0, 1, 2)
+        c.sweep.target_loss = {"image": 1.0, "audio": 1.0}
+    elif kind == "overhead":  # constant without κ, constant with κ every 10 steps, commit (κ + aux loss)
+        c.sweep.modalities = ("image",)
+        c.sweep.measure_every = (0, 10)
+        c.sweep.seeds = (0,)
+    else:
+        raise ValueError(f"kind: expected imbalance, convergence or overhead, got {kind!r}")
+    return c
+
+
+def get_config(variant: str | None = None):
+    variant = variant or "vision"
+    if variant.startswith("sweep_"):
+        return sweep_config(variant[len("sweep_"):])
+    parts = variant.split("_")
+    names = {"vision": "image", "audio": "audio"}
+    if parts[0] not in names or any(p not in ("lora", "small", "tiny") for p in parts[1:]):
+        raise ValueError(f"variant: expected <vision|audio>[_lora][_small|_tiny] or sweep_<imbalance|convergence|"
+                         f"overhead>, got {variant!r}")
+    size = "small" if "small" in parts else "tiny" if "tiny" in parts else "full"
+    return run_config(names[parts[0]], lora="lora" in parts, size=size)

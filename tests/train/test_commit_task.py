@@ -1,0 +1,152 @@
+"""CoMMIT as a task of the shared trainer (train/tasks/commit.py), at toy size through `train.main.run`:
+κ / D_S / D_T logged at the measurement steps, the scheduler's per-group LRs read back from metrics.jsonl and
+checked against the rule recomputed here from the logged κ, the cosine-decay baselines decaying only their
+side, CoMMIT-CLR keeping the LRs constant, and kill-and-resume repeating the run exactly."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from train.main import run
+from train.metrics import read
+from train.tasks.commit import group_sides
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("commit_config", ROOT / "configs" / "commit.py")
+commit_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(commit_config)
+
+LR = 2e-3
+TIMING = ("examples_per_s", "tokens_per_s", "kappa_time_s")
+
+
+def tiny(method, steps=8, **over):
+    c = commit_config.get_config("vision_tiny")
+    c.task_args.method = method
+    c.task_args.eval_generate = False
+    c.train.steps, c.train.plots = steps, False
+    c.mesh.shape = (1, 1, 1)
+    c.optim.lr = LR
+    c.checkpoint.update(dict(every=0, keep=3, async_save=False))
+    for k, v in over.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def _records(workdir):
+    return {r["step"]: r for r in read(os.path.join(workdir, "metrics.jsonl")) if "loss" in r}
+
+
+def test_commit_logs_kappa_and_scheduler_follows_rule_and_resume_is_exact(tmp_path):
+    cfg = tiny("commit", **{"checkpoint.every": 4})  # κ every 2 steps, LRs rewritten every 4
+    wd = str(tmp_path / "commit")
+    summary = run(cfg, wd)
+    recs = _records(wd)
+    assert sorted(recs) == list(range(1, 9))
+    lo, hi = cfg.task_args.lr_clip
+    for s in (2, 4, 6, 8):
+        r = recs[s]
+        assert r["d_s"] >= 0 and r["d_t"] > 0
+        assert r["kappa"] == pytest.approx(r["d_s"] / (r["d_s"] + r["d_t"]), rel=1e-5)
+        assert {"lr/encoder", "lr/projector", "lr/llm", "grad_norm/encoder", "grad_norm/llm"} <= set(r)
+    for s in (1, 3, 5, 7):
+        assert "kappa" not in recs[s]
+    # window means and the rule η_S = η0 clip(2(1−κ̄)), η_T = η0 clip(2κ̄), read back from the logged LRs
+    kbar4 = (recs[2]["kappa"] + recs[4]["kappa"]) / 2
+    kbar8 = (recs[6]["kappa"] + recs[8]["kappa"]) / 2
+    assert recs[4]["kappa_bar"] == pytest.approx(kbar4, rel=1e-6)
+    assert recs[8]["kappa_bar"] == pytest.approx(kbar8, rel=1e-6)
+    enc = LR * min(max(2 * (1 - kbar4), lo), hi)
+    llm = LR * min(max(2 * kbar4, lo), hi)
+    for s in range(1, 5):
+        assert recs[s]["lr/encoder"] == pytest.approx(LR, rel=1e-6)
+        assert recs[s]["lr/llm"] == pytest.approx(LR, rel=1e-6)
+    for s in range(5, 9):
+        assert recs[s]["lr/encoder"] == pytest.approx(enc, rel=1e-5)
+        assert recs[s]["lr/projector"] == pytest.approx(enc, rel=1e-5)
+        assert recs[s]["lr/llm"] == pytest.approx(llm, rel=1e-5)
+    assert abs(kbar4 - 0.5) > 1e-3  # otherwise the check above cannot tell the rule from a constant LR
+    # aux loss: zero while κ̄ = 0.5 (no lagging side); once κ̄ departs from 0.5 it is negative (a reward for
+    # moving the output away from the snapshot taken at the last measurement) — zero right after a snapshot
+    for s in range(1, 5):
+        assert recs[s]["aux_loss"] == 0.0
+    for s in (5, 7):  # params = the snapshot of steps 4 / 6
+        assert abs(recs[s]["aux_loss"]) < 1e-9
+    for s in (6, 8):
+        assert recs[s]["aux_loss"] < -1e-9
+    for s in range(5, 9):
+        assert recs[s]["loss"] == pytest.approx(recs[s]["ce_loss"] + recs[s]["aux_loss"], rel=1e-5, abs=1e-7)
+    assert summary["kappa_mean"] == pytest.approx(np.mean([recs[s]["kappa"] for s in (2, 4, 6, 8)]), rel=1e-6)
+    assert summary["kappa_measurements"] == 4
+
+    # kill after step 4's checkpoint (drop the newest one) and re-run: κ, κ̄ window, snapshot and LRs resume
+    shutil.rmtree(os.path.join(wd, "checkpoints", "8"))
+    again = run(cfg, wd)
+    assert again["resumed_from"] == 4
+    resumed = _records(wd)
+    assert sorted(resumed) == list(range(1, 9))
+    for s in range(1, 9):
+        a = {k: v for k, v in recs[s].items() if k not in TIMING}
+        b = {k: v for k, v in resumed[s].items() if k not in TIMING}
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), (s, k)
+
+
+@pytest.mark.parametrize("method,decayed,constant", [("feature_cd", ("encoder", "projector"), ("llm",)),
+                                                     ("language_cd", ("llm",), ("encoder", "projector"))])
+def test_cosine_decay_baselines_decay_only_their_side(tmp_path, method, decayed, constant):
+    steps = 6
+    cfg = tiny(method, steps=steps, **{"task_args.measure_every": 0, "task_args.cd_min_ratio": 0.1})
+    run(cfg, str(tmp_path / method))
+    recs = _records(str(tmp_path / method))
+    for s in range(1, steps + 1):
+        # update s uses the factor set after step s−1: 0.1 + 0.9·½(1 + cos(π (s−1)/T))
+        factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / steps))
+        for g in decayed:
+            assert recs[s][f"lr/{g}"] == pytest.approx(LR * factor, rel=1e-5), (s, g)
+        for g in constant:
+            assert recs[s][f"lr/{g}"] == pytest.approx(LR, rel=1e-6), (s, g)
+        assert "kappa" not in recs[s]
+
+
+def test_commit_clr_keeps_lrs_constant_and_adds_the_aux_loss(tmp_path):
+    run(tiny("commit_clr"), str(tmp_path / "clr"))
+    recs = _records(str(tmp_path / "clr"))
+    for s in range(1, 9):
+        for g in ("encoder", "projector", "llm"):
+            assert recs[s][f"lr/{g}"] == pytest.approx(LR, rel=1e-6)
+    kbar = recs[4]["kappa_bar"]
+    assert kbar == pytest.approx((recs[2]["kappa"] + recs[4]["kappa"]) / 2, rel=1e-6)
+    assert all(recs[s]["aux_loss"] < -1e-9 for s in (6, 8)) and "lr_scale/encoder_side" not in recs[4]
+
+
+def test_config_typos_and_bad_switches_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"config\.task_args\.method"):
+        run(tiny("comit"), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"config\.task_args\.measure_every"):
+        run(tiny("commit", **{"task_args.measure_every": 0}), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"config\.task_args\.lr_clip"):
+        run(tiny("commit", **{"task_args.lr_clip": (2.0, 0.1)}), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"variant"):
+        commit_config.get_config("video")
+
+
+def test_group_sides_follow_the_parameter_paths():
+    labels = {"encoder": {"w": "encoder"}, "projector": {"w": "projector"},
+              "llm": {"w": "llm", "q": {"lora_a": "lora"}}}
+    side = {"encoder": {"w": True}, "projector": {"w": True}, "llm": {"w": False, "q": {"lora_a": False}}}
+    assert group_sides(labels, side) == {"encoder": "encoder_side", "projector": "encoder_side",
+                                         "llm": "llm_side", "lora": "llm_side"}
+    labels["encoder"]["lora_b"], side["encoder"]["lora_b"] = "lora", True
+    assert group_sides(labels, side)["lora"] == "mixed"
