@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from jaxmm.ops._checks import check_positive, fail
@@ -16,7 +17,9 @@ def truncated_laplace_bound(*, sensitivity: float, epsilon: float, delta: float)
     if not 0.0 < delta < 1.0:
         fail("delta", "a number in (0, 1)", delta)
     b = sensitivity / epsilon
-    return b * math.log1p(math.expm1(epsilon) / (2.0 * delta))
+    # ln(1 + (e^ε − 1)/(2δ)) in log space (no overflow for large ε): ln x = ε + ln(1 − e^{−ε}) − ln(2δ)
+    log_x = epsilon + math.log(-math.expm1(-epsilon)) - math.log(2.0 * delta)
+    return b * float(np.logaddexp(0.0, log_x))
 
 
 def truncated_laplace(key, shape, *, sensitivity: float, epsilon: float, delta: float, dtype=jnp.float32):
@@ -28,8 +31,16 @@ def truncated_laplace(key, shape, *, sensitivity: float, epsilon: float, delta: 
     """
     b = sensitivity / epsilon
     bound = truncated_laplace_bound(sensitivity=sensitivity, epsilon=epsilon, delta=delta)
+    try:
+        shape = tuple(int(s) for s in ((shape,) if isinstance(shape, int) else shape))
+    except TypeError:
+        fail("shape", "a tuple of non-negative ints", repr(shape))
+    if any(s < 0 for s in shape):
+        fail("shape", "a tuple of non-negative ints", shape)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        fail("dtype", "a floating dtype", dtype)
     k_mag, k_sign = jax.random.split(key)
-    u = jax.random.uniform(k_mag, shape, dtype=jnp.float32)
+    u = jax.random.uniform(k_mag, shape, dtype=dtype)
     # |z| = −b·ln(1 − u·(1 − e^{−B₀/b})), u ~ U[0,1): inverse CDF of Exp(1/b) conditioned on [0, B₀].
     mag = -b * jnp.log1p(-u * (-math.expm1(-bound / b)))
     sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, shape), 1.0, -1.0)
