@@ -72,3 +72,15 @@ def test_argument_errors(kwargs, name):
         truncated_laplace(jax.random.key(0), (2,), **kwargs)
     with pytest.raises(ValueError, match=name):
         truncated_laplace_bound(**kwargs)
+
+
+def test_bound_in_log_space_for_large_epsilon():
+    import math
+
+    from jaxmm.privacy.mechanisms import truncated_laplace_bound
+
+    for eps in (0.3, 5.0, 50.0):  # agrees with the direct formula where it does not overflow
+        direct = (1.0 / eps) * math.log1p(math.expm1(eps) / (2 * 1e-4))
+        assert truncated_laplace_bound(sensitivity=1.0, epsilon=eps, delta=1e-4) == pytest.approx(direct, rel=1e-12)
+    big = truncated_laplace_bound(sensitivity=1.0, epsilon=1000.0, delta=1e-4)
+    assert big == pytest.approx((1000.0 - math.log(2e-4)) / 1000.0, rel=1e-9)
