@@ -197,17 +197,24 @@ def scaling(config, workdir):
 
 
 # ------------------------------------------------------------------------------------------------ 3. Match3
-def match3_labels(x, modulus):
-    """x [..., n] ints in [0, M): label_i = 1 iff x_i + x_j + x_k ≡ 0 (mod M) for some positions j, k."""
+def match3_labels(x, modulus, distinct=True):
+    """x [..., n] ints in [0, M): label_i = 1 iff x_i + x_j + x_k ≡ 0 (mod M) for some positions j, k
+    (distinct=True: i, j, k pairwise different, so no pair or single-token shortcut exists). NumPy or JAX."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    n = x.shape[-1]
     s = (x[..., :, None, None] + x[..., None, :, None] + x[..., None, None, :]) % modulus
-    return np.any(s == 0, axis=(-1, -2)).astype(np.int32)
+    hit = s == 0
+    if distinct:
+        i, j, k = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
+        hit = hit & xp.asarray((i != j) & (j != k) & (i != k))
+    return xp.any(hit, axis=(-1, -2)).astype(xp.int32)
 
 
-def pick_modulus(n, rng, target=0.5):
+def pick_modulus(n, rng, distinct, target=0.5):
     """Smallest M whose positive rate is at or below `target` (estimated on 2000 random sequences)."""
     for m in range(3, 10 * n * n):
         x = rng.integers(0, m, size=(2000, n))
-        if match3_labels(x, m).mean() <= target:
+        if match3_labels(x, m, distinct).mean() <= target:
             return m
     raise AssertionError("no modulus found")
 
@@ -231,7 +238,8 @@ def _match3_model(kind, config, modulus):
                 h = h + Attention(cfg, name="attn")(a)
             else:
                 method = "poly" if kind == "tensor_poly" else "exact"
-                h = h + TensorAttention(cfg, method=method, degree=config.poly_degree, name="attn")(a)
+                h = h + TensorAttention(cfg, method=method, degree=config.poly_degree, scale=config.tensor_scale,
+                                        name="attn")(a)
             h = h + MLP(cfg, name="mlp")(nn.LayerNorm(name="mlp_norm")(h))
             return nn.Dense(1, name="head")(nn.LayerNorm(name="out_norm")(h))[..., 0]
 
@@ -257,8 +265,7 @@ def _train_match3(kind, seed, config, modulus, eval_x, eval_y, log):
     @jax.jit
     def step(p, s, key):
         x = jax.random.randint(key, (config.batch_size, n), 0, modulus)
-        sums = (x[:, :, None, None] + x[:, None, :, None] + x[:, None, None, :]) % modulus
-        y = jnp.any(sums == 0, axis=(-1, -2)).astype(jnp.float32)
+        y = match3_labels(x, modulus, config.distinct).astype(jnp.float32)
         (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
         upd, s = opt.update(g, s, p)
         return optax.apply_updates(p, upd), s, loss, jnp.mean((logits > 0) == (y > 0))
@@ -289,9 +296,9 @@ def _train_match3(kind, seed, config, modulus, eval_x, eval_y, log):
 def match3(config, workdir):
     rng = np.random.default_rng(config.seed)
     n = config.seq_len
-    modulus = config.modulus or pick_modulus(n, rng)
+    modulus = config.modulus or pick_modulus(n, rng, config.distinct)
     eval_x = rng.integers(0, modulus, size=(config.eval_sequences, n))
-    eval_y = match3_labels(eval_x, modulus)
+    eval_y = match3_labels(eval_x, modulus, config.distinct)
     base = max(eval_y.mean(), 1 - eval_y.mean())
     print(f"[match3] n={n} M={modulus} positive rate {eval_y.mean():.3f} (majority baseline {base:.3f})", flush=True)
     metrics = open(os.path.join(workdir, "metrics.jsonl"), "w")
@@ -311,7 +318,7 @@ def match3(config, workdir):
             results[(kind, seed)] = _train_match3(kind, seed, config, modulus, ex, ey, log)
     metrics.close()
 
-    lines = [f"# Match3 (n = {n}, M = {modulus}, positive rate {eval_y.mean():.3f}; majority baseline {base:.3f})",
+    lines = [f"# Match3 (n = {n}, M = {modulus}, {'distinct i, j, k' if config.distinct else 'any j, k'}, positive rate {eval_y.mean():.3f}; majority baseline {base:.3f})",
              "", f"One layer (pre-norm residual attention + MLP), width {config.width}, {config.heads} heads, "
              f"{config.steps} steps × {config.batch_size} fresh sequences, AdamW {config.learning_rate}; per-token "
              f"accuracy on {config.eval_sequences} held-out sequences.", "",
