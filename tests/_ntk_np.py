@@ -11,7 +11,7 @@ def phi(x, d):
 def _allowed(b, h, lq, lk, is_causal, mask):
     allowed = np.ones((b, h, lq, lk), bool)
     if is_causal:
-        allowed &= np.tril(np.ones((lq, lk), bool))
+        allowed &= np.tril(np.ones((lq, lk), bool), k=lk - lq)   # bottom-right aligned
     if mask is not None:
         allowed &= np.broadcast_to(np.asarray(mask, bool), allowed.shape)
     return allowed

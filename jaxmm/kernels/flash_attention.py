@@ -118,7 +118,7 @@ def _blocks(lq, lk, block_q, block_k):
 
 def flash_forward(q, k, v, *, scale, is_causal, block_q, block_k, interpret, z=None, kvec=None):
     """Pallas forward: (o [B, Lq, H, d] in q.dtype, lse [B, H, Lq] float32). With z, kvec: NTK epilogue."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal)
+    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     g = h // hkv
     interpret = _interpret_default(interpret)
     bq, bk, lq_p, lk_p = _blocks(lq, lk, block_q, block_k)
@@ -197,7 +197,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
 def flash_backward(q, k, v, out, lse, do, *, scale, is_causal, block_q, block_k, interpret, dlse=None):
     """Standard flash backward given (out, lse [B, H, Lq]) and the output cotangent `do` (plus an optional
     lse cotangent `dlse` [B, H, Lq]). Returns dq, dk, dv in the input dtypes."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal)
+    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     g = h // hkv
     interpret = _interpret_default(interpret)
     bq, bk, lq_p, lk_p = _blocks(lq, lk, block_q, block_k)
@@ -270,7 +270,7 @@ def flash_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, b
     Returns o [B, L, H, d] (q.dtype), and with return_lse=True also lse [B, L, H] (float32, natural log of the
     scaled logits; differentiable). interpret: None = interpret mode on CPU, compiled elsewhere.
     """
-    check_attention_args(q, k, v, is_causal=is_causal)
+    check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     if not jnp.issubdtype(q.dtype, jnp.floating):
         fail("q", "a floating-point array", f"dtype {q.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -35,8 +35,11 @@ IMPLEMENTATIONS = ("reference", "xla", "pallas", "cudnn")
 
 
 # ----------------------------------------------------------------------------------------------- checks
-def check_attention_args(q, k, v, *, is_causal=False, mask=None, q_name="q", k_name="k", v_name="v"):
-    """Validate [B, L, H, d] attention tensors with GQA; returns (B, Lq, H, d, Lk, Hkv)."""
+def check_attention_args(q, k, v, *, is_causal=False, mask=None, q_name="q", k_name="k", v_name="v",
+                         causal_equal_lengths=False):
+    """Validate [B, L, H, d] attention tensors with GQA; returns (B, Lq, H, d, Lk, Hkv). With is_causal and
+    different lengths the causal rule is bottom-right aligned (query i sees keys j <= i + Lk − Lq, as
+    `jaxmm.ops.attention.causal_mask`); `causal_equal_lengths=True` (the Pallas kernels) requires Lq = Lk."""
     check_rank(q_name, q, 4, "[batch, length, heads, head_dim]")
     check_rank(k_name, k, 4, "[batch, length, kv_heads, head_dim]")
     check_rank(v_name, v, 4, "[batch, length, kv_heads, head_dim]")
@@ -48,7 +51,7 @@ def check_attention_args(q, k, v, *, is_causal=False, mask=None, q_name="q", k_n
     lk, hkv = k.shape[1], k.shape[2]
     if h % hkv:
         fail(k_name, f"a number of kv heads dividing the {h} query heads", f"{hkv} kv heads")
-    if is_causal and lq != lk:
+    if is_causal and causal_equal_lengths and lq != lk:
         fail(k_name, f"length {lq} (= query length, is_causal=True)", f"length {lk}")
     if mask is not None:
         shape = tuple(getattr(mask, "shape", ()))
@@ -135,7 +138,7 @@ def ntk_attention_reference(q, k, v, z, kvec, *, is_causal=False, scale=None, ma
     s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, f32(k)) * scale
     allowed = jnp.ones((1, 1, 1, lq, lk), bool)
     if is_causal:
-        allowed = allowed & jnp.tril(jnp.ones((lq, lk), bool))
+        allowed = allowed & jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)      # bottom-right aligned
     if mask is not None:
         allowed = allowed & _broadcast_mask(mask, b, h, hkv, lq, lk)
     s = jnp.where(allowed, s, -jnp.inf)
@@ -192,7 +195,7 @@ def _block_allowed(start, mblk, *, rows, lq, lk, block_k, is_causal):
     cols = start + jnp.arange(block_k)
     allowed = jnp.broadcast_to(cols < lk, (rows, block_k))
     if is_causal:
-        allowed = allowed & (cols[None, :] <= (jnp.arange(rows) % lq)[:, None])
+        allowed = allowed & (cols[None, :] <= (jnp.arange(rows) % lq + (lk - lq))[:, None])
     allowed = allowed[None, None]                                         # [1, 1, R, bk]
     if mblk is not None:
         allowed = allowed & mblk
@@ -305,7 +308,8 @@ def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, i
     """NTK-Attention (2406.14036): ( exp(S)V + φ(Q)Z ) / ( exp(S)1 + φ(Q)|k| ), S = QKᵀ·scale.
 
     q [B, L, H, d]; k, v [B, L', Hkv, d] (Hkv divides H: grouped-query attention); z [H, d, d]; kvec [H, d];
-    is_causal: causal mask on the real keys (the prefix is visible to every query); scale: default 1/√d;
+    is_causal: causal mask on the real keys, bottom-right aligned when L' != L (query i sees keys
+    j <= i + L' − L); the prefix is visible to every query; scale: default 1/√d;
     mask: optional boolean, broadcastable to [B, H, L, L'] (True = attend). Returns [B, L, H, d] in q.dtype.
     implementation: None (NVIDIA GPU, bf16/fp16, no mask: "cudnn"; otherwise "xla"), or one of IMPLEMENTATIONS.
     """
@@ -313,7 +317,9 @@ def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, i
     _check_prefix_params(z, kvec, h, d)
     if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
         fail("mask", "a boolean array (True = attend)", f"dtype {jnp.asarray(mask).dtype}")
-    impl = _default_implementation(mask, q.dtype, d) if implementation is None else implementation
+    impl = implementation
+    if impl is None:
+        impl = "xla" if (is_causal and lq != lk) else _default_implementation(mask, q.dtype, d)
     if impl not in IMPLEMENTATIONS:
         fail("implementation", f"None or one of {IMPLEMENTATIONS}", repr(implementation))
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -349,7 +355,7 @@ def prefix_attention(q, k, v, k_prefix, v_prefix, *, is_causal=False, scale=None
     vv = jnp.concatenate([bcast(v_prefix), v], axis=1)
     mask = None
     if is_causal:
-        real = jnp.tril(jnp.ones((lq, lk), bool))
+        real = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
         mask = jnp.concatenate([jnp.ones((lq, m), bool), real], axis=1)[None, None]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     return jax.nn.dot_product_attention(q, kk, vv, scale=scale, mask=mask)
