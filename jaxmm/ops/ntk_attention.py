@@ -115,6 +115,21 @@ def prefix_vjp(q, z, kvec, out, lse2, do):
     return dq, dz.astype(z.dtype), dk.astype(kvec.dtype)
 
 
+def low_rank_z(factors, heads: int, head_dim: int):
+    """Z = Z_A Z_B from (z_a [H, d, s], z_b [H, s, d])."""
+    if len(factors) != 2:
+        fail("z", "an array [H, d, d] or a pair (z_a [H, d, s], z_b [H, s, d])", f"{len(factors)} arrays")
+    z_a, z_b = factors
+    check_rank("z_a", z_a, 3, "[heads, head_dim, rank]")
+    if z_a.shape[:2] != (heads, head_dim):
+        fail("z_a", f"shape ({heads}, {head_dim}, s) [heads, head_dim, rank]", f"shape {z_a.shape}")
+    s = z_a.shape[2]
+    check_rank("z_b", z_b, 3, "[heads, rank, head_dim]")
+    if z_b.shape != (heads, s, head_dim):
+        fail("z_b", f"shape ({heads}, {s}, {head_dim}) [heads, rank, head_dim]", f"shape {z_b.shape}")
+    return jnp.einsum("hds,hse->hde", z_a, z_b)
+
+
 def _broadcast_mask(mask, b, h, hkv, lq, lk):
     """Boolean mask broadcastable to [B, H, Lq, Lk] -> [B|1, Hkv|1, G|1, Lq|1, Lk] (True = attend)."""
     mask = jnp.asarray(mask).astype(bool)
@@ -307,13 +322,16 @@ def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, i
                   block_k=512):
     """NTK-Attention (2406.14036): ( exp(S)V + φ(Q)Z ) / ( exp(S)1 + φ(Q)|k| ), S = QKᵀ·scale.
 
-    q [B, L, H, d]; k, v [B, L', Hkv, d] (Hkv divides H: grouped-query attention); z [H, d, d]; kvec [H, d];
-    is_causal: causal mask on the real keys, bottom-right aligned when L' != L (query i sees keys
+    q [B, L, H, d]; k, v [B, L', Hkv, d] (Hkv divides H: grouped-query attention); z [H, d, d] or the rank-s
+    factors (z_a [H, d, s], z_b [H, s, d]) with Z = Z_A Z_B (the paper's later low-rank version; formed here,
+    O(H d² s), and differentiated through); kvec [H, d]; is_causal: causal mask on the real keys, bottom-right aligned when L' != L (query i sees keys
     j <= i + L' − L); the prefix is visible to every query; scale: default 1/√d;
     mask: optional boolean, broadcastable to [B, H, L, L'] (True = attend). Returns [B, L, H, d] in q.dtype.
     implementation: None (NVIDIA GPU, bf16/fp16, no mask: "cudnn"; otherwise "xla"), or one of IMPLEMENTATIONS.
     """
     b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, mask=mask)
+    if isinstance(z, (tuple, list)):
+        z = low_rank_z(z, h, d)
     _check_prefix_params(z, kvec, h, d)
     if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
         fail("mask", "a boolean array (True = attend)", f"dtype {jnp.asarray(mask).dtype}")

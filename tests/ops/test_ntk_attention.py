@@ -198,3 +198,16 @@ def test_combine_autodiff_exact_at_zero_kvec():
     assert float(jnp.abs(want[1]).max()) > 1e-3
     for a, b in zip(got, want):
         assert npref.rel_err(a, b) <= 1e-5
+
+
+def test_low_rank_z_factors():
+    q, k, v, _, kvec = _inputs(b=1, l=10, h=2, hkv=2, d=8)
+    ks = jax.random.split(jax.random.key(11), 2)
+    z_a, z_b = jax.random.normal(ks[0], (2, 8, 3)), jax.random.normal(ks[1], (2, 3, 8))
+    z = np.einsum("hds,hse->hde", np.asarray(z_a, np.float64), np.asarray(z_b, np.float64))
+    want, _ = npref.attention(q, k, v, is_causal=True, z=z, kvec=kvec)
+    got = jax.jit(lambda *a: ntk_attention(a[0], a[1], a[2], (a[3], a[4]), a[5], is_causal=True))(
+        q, k, v, z_a, z_b, kvec)
+    assert npref.rel_err(got, want) <= 1e-5
+    with pytest.raises(ValueError, match=r"^z_b: expected shape \(2, 3, 8\)"):
+        ntk_attention(q, k, v, (z_a, z_b[:, :2]), kvec)
