@@ -13,7 +13,8 @@ Single runs (a pre-train variant writes the backbone params file that the adapt 
     python -m train --config configs/peft.py:vit_ntk --workdir /tmp/peft/vit/ntk_seed0       # ~30 s
     python -m train --config configs/peft.py:llm_pretrain --workdir /tmp/peft/llm/pretrain   # ~2–4 min
     python -m train --config configs/peft.py:llm_lora --workdir /tmp/peft/llm/lora_seed0
-  variants: {vit,llm}_pretrain, {vit,llm}_{full,lora,prefix,ntk}, table; the adapt variants read the params
+  variants: {vit,llm}_pretrain, {vit,llm}_{full,lora,prefix,ntk,head}, table, extra (after table: the
+  linear-probe control and P-Tuning v2 / NTK-Attention at lr 1e-2, reusing /tmp/peft's backbones); the adapt variants read the params
   file from /tmp/peft/<arch>/pretrain/backbone.msgpack (edit `PRETRAINED` to move it).
 
 ViT: scikit-learn 8×8 digits, 2×2 patches, width 64, 2 layers, 4 heads; pre-trained on digits 0–4, adapted to
@@ -32,7 +33,12 @@ def get_config(variant: str = "table"):
         c = ml_collections.ConfigDict()
         c.task = "peft.table"
         c.table = dict(archs=("vit", "llm"), methods=peft.METHODS, seeds=(0, 1, 2), size="default",
-                       timing_rounds=5, timing_steps=10, lr=1e-3)
+                       timing_rounds=5, timing_steps=10, lr=1e-3, lrs={}, pretrained_from="")
+        return c
+    if variant == "extra":  # controls: the linear probe, and P-Tuning v2 / NTK-Attention at lr 1e-2
+        c = get_config("table")
+        c.table.update(methods=("head", "prefix", "ntk"), lrs={"prefix": 1e-2, "ntk": 1e-2},
+                       pretrained_from="/tmp/peft")
         return c
     arch, _, stage = variant.partition("_")
     if stage == "pretrain":

@@ -73,6 +73,7 @@ def test_load_backbone_refuses_a_mismatched_file(llm_backbone, tmp_path):
         train(cfg, str(tmp_path / "run2"), tasks.get(cfg.task))
 
 
+@pytest.mark.slow  # three more trainer runs and the timing: the smoke test of configs/peft.py:table
 def test_table_experiment_writes_the_table(tmp_path):
     import ml_collections
 

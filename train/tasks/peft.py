@@ -41,6 +41,7 @@ from train.task import Hook, Task
 from train.tasks import register
 
 METHODS = ("full", "lora", "prefix", "ntk")
+ALL_METHODS = (*METHODS, "head")  # "head": the linear-probe control (frozen backbone, only the head trains)
 PEFT_GROUPS = {"lora": "lora", "prefix": "prefix", "ntk": "ntk"}
 
 
@@ -227,8 +228,8 @@ class PeftTask(Task):
 
     def build_model(self, config):
         m = config.model
-        if m.method not in METHODS:
-            raise ValueError(f"config.model.method: expected one of {METHODS}, got {m.method!r}")
+        if m.method not in ALL_METHODS:
+            raise ValueError(f"config.model.method: expected one of {ALL_METHODS}, got {m.method!r}")
         if m.objective not in ("classify", "lm") or (m.objective == "lm" and self.arch == "vit"):
             raise ValueError(f"config.model.objective: expected 'classify'{' or lm' * (self.arch == 'llm')}, "
                              f"got {m.objective!r}")
@@ -326,8 +327,8 @@ def make_config(arch: str, stage: str, method: str = "full", *, seed: int = 0, i
     `init_from`, a new head, `method` (METHODS); PEFT methods freeze the `backbone` group."""
     from train import config as config_lib
 
-    if arch not in ("vit", "llm") or stage not in ("pretrain", "adapt") or method not in METHODS:
-        raise ValueError(f"make_config: expected arch vit|llm, stage pretrain|adapt, method in {METHODS}; got "
+    if arch not in ("vit", "llm") or stage not in ("pretrain", "adapt") or method not in ALL_METHODS:
+        raise ValueError(f"make_config: expected arch vit|llm, stage pretrain|adapt, method in {ALL_METHODS}; got "
                          f"{arch!r}, {stage!r}, {method!r}")
     task = PeftTask(arch).default_config()
     c = config_lib.defaults()
@@ -347,7 +348,7 @@ def make_config(arch: str, stage: str, method: str = "full", *, seed: int = 0, i
         c.model.objective = "lm" if stage == "pretrain" else "classify"
         c.data.seed = 1 if stage == "pretrain" else 0
     if size == "toy":
-        c.model.update(d_model=16, num_heads=2, mlp_dim=32)
+        c.model.update(d_model=16, num_heads=2, mlp_dim=32, num_layers=1)
         if arch == "llm":
             c.model.num_kv_heads = 1
             c.data.update(train_examples=32, eval_examples=16, max_len=40)
@@ -404,7 +405,9 @@ def time_steps(configs: dict, *, rounds: int = 5, steps: int = 10) -> dict:
 # ----------------------------------------------------------------------------------------------- the table
 def run_table(config, workdir: str) -> dict:
     """Pre-train (once; reused when its params file exists), adapt every method × seed, time the steps; write
-    table.md and table.json. config.table: archs, methods, seeds, size, timing_rounds, timing_steps, lr."""
+    table.md and table.json. config.table: archs, methods, seeds, size, timing_rounds, timing_steps, lr, and
+    optionally lrs ({method: lr} overrides) and pretrained_from (a directory holding <arch>/pretrain/backbone.msgpack
+    of an earlier table run, instead of this workdir)."""
     from train import config as config_lib
     from train.main import run
 
@@ -412,7 +415,8 @@ def run_table(config, workdir: str) -> dict:
     rows, summary = [], {}
     for arch in t.archs:
         base = os.path.join(workdir, arch)
-        pre_params = os.path.join(base, "pretrain", "backbone.msgpack")
+        pre_dir = t.get("pretrained_from", "") or workdir
+        pre_params = os.path.join(pre_dir, arch, "pretrain", "backbone.msgpack")
         if not os.path.isfile(pre_params):
             pre = run(make_config(arch, "pretrain", size=t.size, save_params=pre_params, lr=t.lr),
                       os.path.join(base, "pretrain"))
@@ -421,7 +425,8 @@ def run_table(config, workdir: str) -> dict:
         for method in t.methods:
             accs, times, count = [], [], None
             for seed in t.seeds:
-                cfg = make_config(arch, "adapt", method, seed=seed, init_from=pre_params, size=t.size, lr=t.lr)
+                lr = dict(t.get("lrs", {}) or {}).get(method, t.lr)
+                cfg = make_config(arch, "adapt", method, seed=seed, init_from=pre_params, size=t.size, lr=lr)
                 out = run(cfg, os.path.join(base, f"{method}_seed{seed}"))
                 accs.append(out["eval_accuracy"])
                 times.append(out["train_time_s"])
@@ -433,7 +438,7 @@ def run_table(config, workdir: str) -> dict:
             count = trainable_count(shapes, frozen_groups(merged))
             total = trainable_count(shapes, ())
             timing_cfgs[f"{arch}/{method}"] = cfg
-            rows.append(dict(arch=arch, method=method, accuracy=accs, mean=float(np.mean(accs)),
+            rows.append(dict(arch=arch, method=method, lr=lr, accuracy=accs, mean=float(np.mean(accs)),
                              std=float(np.std(accs)), trainable=count, total=total,
                              train_time_s=float(np.mean(times))))
         step = time_steps(timing_cfgs, rounds=t.timing_rounds, steps=t.timing_steps)
@@ -441,12 +446,12 @@ def run_table(config, workdir: str) -> dict:
             if r["arch"] == arch:
                 r["step_ms"] = 1e3 * step[f"{arch}/{r['method']}"]
     names = {"full": "full fine-tuning", "lora": "LoRA (r=8, α=16; q, v)", "prefix": "P-Tuning v2 (m=10)",
-             "ntk": "NTK-Attention (Z, k zero-init)"}
-    lines = ["| model | method | accuracy (mean ± std, seeds) | trainable params | step time (ms) |",
-             "|---|---|---|---|---|"]
+             "ntk": "NTK-Attention (Z, k zero-init)", "head": "head only (linear probe)"}
+    lines = ["| model | method | lr | accuracy (mean ± std, seeds) | trainable params | step time (ms) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         seeds = ", ".join(f"{a:.3f}" for a in r["accuracy"])
-        lines.append(f"| {r['arch']} | {names[r['method']]} | {r['mean']:.3f} ± {r['std']:.3f} ({seeds}) | "
+        lines.append(f"| {r['arch']} | {names[r['method']]} | {r['lr']:g} | {r['mean']:.3f} ± {r['std']:.3f} ({seeds}) | "
                      f"{r['trainable']:,} / {r['total']:,} | {r['step_ms']:.1f} |")
         summary[f"{r['arch']}/{r['method']}/accuracy"] = r["mean"]
         summary[f"{r['arch']}/{r['method']}/trainable"] = r["trainable"]
