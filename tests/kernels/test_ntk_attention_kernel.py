@@ -65,17 +65,20 @@ def test_bad_arguments_name_the_argument():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiled kernels need an NVIDIA GPU")
+@pytest.mark.parametrize("impl", ["cudnn", "pallas"])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_cudnn_composite_on_gpu(is_causal):
+def test_compiled_on_gpu(impl, is_causal):
     q, k, v, z, kvec = _inputs(b=2, l=256, h=4, hkv=4, d=64)
     q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
     ct = jax.random.normal(jax.random.key(5), q.shape)
-    loss = lambda fn: lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * ct)
-    got_o = ntk_attention_cudnn(q, k, v, z, kvec, is_causal=is_causal)
-    ref = lambda *a: ntk_attention_reference(*a, is_causal=is_causal)
-    assert npref.rel_err(got_o.astype(jnp.float32), ref(q, k, v, z, kvec).astype(jnp.float32)) <= 2e-2
-    got = jax.grad(loss(lambda *a: ntk_attention_cudnn(*a, is_causal=is_causal)), argnums=(0, 1, 2, 3, 4))(
-        q, k, v, z, kvec)
+    fn = {"cudnn": lambda *a: ntk_attention_cudnn(*a, is_causal=is_causal),
+          "pallas": lambda *a: ntk_attention_pallas(*a, is_causal=is_causal, block_q=64, block_k=64,
+                                                    interpret=False)}[impl]
+    ref = lambda *a: ntk_attention_reference(*(x.astype(jnp.float32) for x in a[:3]), *a[3:], is_causal=is_causal)
+    loss = lambda f: lambda *a: jnp.sum(f(*a).astype(jnp.float32) * ct)
+    assert npref.rel_err(jax.jit(fn)(q, k, v, z, kvec).astype(jnp.float32), ref(q, k, v, z, kvec)) <= 2e-2
+    got = jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2, 3, 4)))(q, k, v, z, kvec)
     want = jax.grad(loss(ref), argnums=(0, 1, 2, 3, 4))(q, k, v, z, kvec)
     for name, a, b in zip("q k v z kvec".split(), got, want):
         assert npref.rel_err(a.astype(jnp.float32), b.astype(jnp.float32)) <= 3e-2, name
