@@ -14,7 +14,7 @@ Expected (measured, docs/results/tensor_attention.md):
 - scaling: exact forward+backward slope 3.1 in log-log (n³), poly 0.9–1.0 (n·r); poly faster from n = 64 (g = 2)
   / 128 (g = 3); exact memory constant (tiles), poly memory linear.
 - match3 (n = 6, M = 15): one-layer tensor attention 99.98–100% per-token accuracy over 3 seeds; one-layer
-  standard attention of the same width 59–61%; see the results file for the poly variant.
+  standard attention of the same width 59–61%; poly tensor attention (g = 3) 53–58%.
 
 Variants:
 - poly_error: n = 64, d = 4, degrees 1…8, B ∈ {0.25 … 3}, 3 seeds (max error over seeds); plus ∇_X of the
