@@ -592,6 +592,8 @@ def tensor_attention_loss_grad(a1, a2, a3, a4, a5, x1, x2, x3, y, e, *, method: 
         ∇_X L = A1ᵀ F (A2⊗A3),  F = s[P∘(G Vᵀ) − diag(rowsum(O∘G)) P],  G = O − E,  V = (A4⊗A5)Y,
 
     evaluated at the X given by its factors (so Q = A1X1, K1 = A2X2, K2 = A3X3: the scores are tensor attention's).
+    [reconstruction: Y is taken as a general [d², dv] matrix (the Khatri–Rao case Y = Y1⊘Y2 included) and X is
+    passed by its factors, which is what the polynomial method needs.]
     a1..a5: [n, d]; x1, x2, x3: [d, k]; y: [d², dv]; e: [n, dv]. Returns (loss, grad [d, d²]) with grad's column
     b·d + c ↔ (A2⊗A3)'s column (b, c) (b outer).
     method "exact": Lemma 4.1 in flash-style tiles, O(n³d²) time, O(n·d² + tiles) memory;
