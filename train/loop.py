@@ -164,6 +164,8 @@ def train(config, workdir: str, task, return_state: bool = False):
 
     # 3. data and model
     train_ds, eval_ds = task.datasets(config)
+    if eval_ds is not None:
+        eval_ds[0]  # a formatting error in the eval data surfaces now, not after the first training stretch
     model = task.build_model(config)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     example = _example_batch(train_ds)

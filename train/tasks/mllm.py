@@ -35,7 +35,7 @@ def _defaults() -> ml_collections.ConfigDict:
         audio=dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2,
                    lora_rank=0))
     c.data = dict(
-        source="textvqa", train_examples=4000, eval_examples=256, max_len=48, max_prompt_len=40,
+        source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
         max_answer_len=8, cache=True, tokenizer="",
         textvqa=dict(max_words=3, kinds=("read", "red", "top", "count"), font_sizes=(12, 18)),
         audioqa=dict(max_digits=4, duration=1.0, kinds=("digit", "count", "sequence"), noise=0.02),
@@ -101,6 +101,7 @@ class MLLMQATask(Task):
         # eval settings used by eval_metrics (the loop builds the model once per run)
         self._tok, self._max_new_tokens = tok, config.task_args.max_new_tokens
         self._generate = config.task_args.eval_generate
+        self._kind_names = self._kinds(config)
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
         common = dict(dtype=dtype, remat=config.train.remat)
         llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
@@ -129,12 +130,27 @@ class MLLMQATask(Task):
         train_src, eval_src = _sources(config)
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
+        kinds = self._kinds(config)
         fmt_eval = ConversationFormatter(tok, max_len=d.max_len, eval=True, max_prompt_len=d.max_prompt_len,
-                                         max_answer_len=d.max_answer_len)
+                                         max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
         wrap = CachedSource if d.cache else (lambda s: s)
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
-        evals = None if eval_src is None else grain.MapDataset.source(wrap(eval_src)).map(fmt_eval).map(_numeric)
+        if eval_src is None:
+            return train, None
+        with_kind = (lambda ex: {**ex, "kind_id": np.int32(kinds.index(ex["kind"]))}) if kinds else (lambda ex: ex)
+        evals = grain.MapDataset.source(wrap(eval_src)).map(with_kind).map(fmt_eval).map(_numeric)
         return train, evals
+
+    @staticmethod
+    def _kinds(config) -> tuple:
+        """Question kinds of the embedded sets (eval accuracy is also reported per kind)."""
+        if config.data.source == "textvqa":
+            from jaxmm.data.textvqa import KINDS
+        elif config.data.source == "audioqa":
+            from jaxmm.data.audioqa import KINDS
+        else:
+            return ()
+        return tuple(KINDS)
 
     # ------------------------------------------------------------------ loss and eval
     def token_losses(self, model, params, batch, rng=None):
@@ -157,7 +173,18 @@ class MLLMQATask(Task):
         per_row, _ = self.token_losses(model, params, batch)
         out = {"loss": per_row}
         if self._generate and "prompt_ids" in batch:
-            out["accuracy"] = self.exact_match(model, params, batch)
+            out["accuracy"] = hit = self.exact_match(model, params, batch)
+            for i, kind in enumerate(self._kind_names if "kind_id" in batch else ()):
+                is_kind = (batch["kind_id"] == i).astype(jnp.float32)
+                out[f"_hit/{kind}"], out[f"_n/{kind}"] = hit * is_kind, is_kind
+        return out
+
+    def evaluate(self, ctx):
+        out = ctx.default_evaluate()
+        for kind in self._kind_names:  # per-kind accuracy from the row sums
+            hit, n = out.pop(f"eval__hit/{kind}", None), out.pop(f"eval__n/{kind}", 0.0)
+            if n:
+                out[f"eval_accuracy/{kind}"] = hit / n
         return out
 
     def exact_match(self, model, params, batch):
