@@ -4,12 +4,14 @@
     .venv/bin/python -m train --config configs/commit.py:audio_lora --workdir runs/commit_audio_lora \
         --config.task_args.method=constant        # constant | feature_cd | language_cd | commit | commit_clr
 
-Expected (2-core CPU, shared machine): `vision` = the demo model (ViT 48px/8 + MLP projector + 2-layer
-Llama, width 64) on the embedded text-rich image QA, 900 steps in ~6-9 min, eval exact match ~0.5-0.8,
-mean κ ~0.3-0.5; `audio` (Whisper-style encoder on DTMF log-mels) similar size and time. `*_lora` freeze the
-(randomly initialised) LLM and train rank-8 LoRA in it + encoder + projector: they learn far less (no
-pretrained LLM exists here). The run ends with `[summary] ... eval_accuracy=... kappa_mean=...` and writes
-kappa.png, loss.png, lr.png, eval.png, metrics.jsonl into the workdir.
+Expected: `vision` is the demo's model (ViT 48 px / patch 16 + MLP projector + 2-layer Llama, width 64) on the
+embedded text-rich image QA, 900 steps; `audio` the same LLM behind a Whisper-style encoder on DTMF log-mels.
+Neither full variant was timed end to end here (the machine was overloaded, load ~15); the demo (configs/
+demo.py = this task, method commit, 1500 steps) is the measured reference — see its docstring. `*_lora`
+freeze the (randomly initialised) LLM and train rank-8 LoRA in it + encoder + projector: expect them to learn
+far less (no pretrained LLM exists here). A run ends with `[summary] ... eval_accuracy=... kappa_mean=...`
+and writes kappa.png, loss.png, lr.png, eval.png, metrics.jsonl into the workdir. Measured small-scale
+results (the `_small` variants, 150 steps): docs/results/commit.md.
 
 Variants: `<vision|audio>[_lora][_small|_tiny]` (`_small`: the experiments' size, ~1 min a run; `_tiny`: a
 smoke run in seconds), and the experiments (each writes a Markdown table + PNGs into --workdir):
@@ -35,13 +37,13 @@ def run_config(modality: str = "image", lora: bool = False, size: str = "full") 
     c.model.modality = modality
     c.data.source = "textvqa" if modality == "image" else "audioqa"
 
-    # model: the demo's ViT 48x48/8 (36 features) or a Whisper-style audio encoder (100 frames -> 50 features)
+    # model: the demo's ViT 48x48/16 (9 features) or a Whisper-style audio encoder (100 frames -> 50 features)
     # -> 2-layer MLP projector -> 2-layer GQA Llama, width 64, trained from scratch
-    c.model.vit.update(dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
+    c.model.vit.update(dict(image_size=48, patch_size=16, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
     c.model.audio.update(dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2))
     c.model.llm.update(dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
     c.data.train_examples, c.data.eval_examples = 6000, 256
-    c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 8
+    c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 56, 48, 8
 
     c.train.steps = 900
     c.train.batch_size = 32
