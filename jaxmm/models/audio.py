@@ -35,6 +35,7 @@ class AudioConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
+    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs
     dtype: Any = None
     remat: bool = False
 
@@ -46,7 +47,7 @@ class AudioConfig:
                            norm="layer", norm_eps=self.norm_eps, qkv_bias=(True, False, True), out_bias=True,
                            mlp_bias=True, rope_theta=None, attention=self.attention, lora_rank=self.lora_rank,
                            lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, dtype=self.dtype,
-                           remat=self.remat)
+                           remat=self.remat, **dict(self.block_extra))
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

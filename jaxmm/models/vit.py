@@ -40,6 +40,7 @@ class ViTConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
+    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. prefix_length, ntk_init)
     dtype: Any = None
     remat: bool = False
 
@@ -57,7 +58,7 @@ class ViTConfig:
                            norm="layer", norm_eps=self.norm_eps, qkv_bias=True, out_bias=True, mlp_bias=True,
                            rope_theta=None, attention=self.attention, lora_rank=self.lora_rank,
                            lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, dtype=self.dtype,
-                           remat=self.remat)
+                           remat=self.remat, **dict(self.block_extra))
 
 
 class ViT(nn.Module):

@@ -22,7 +22,6 @@ params, written by a pre-train run with `task_args.save_params`); the method's p
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -133,20 +132,13 @@ class PeftModel(nn.Module):
 def _vit_config(m, dtype, remat):
     from jaxmm.models.vit import ViTConfig
 
-    @dataclasses.dataclass(frozen=True)
-    class PeftViTConfig(ViTConfig):  # ViTConfig passes no prefix_length / ntk_init to its blocks: add them
-        prefix_length: int = 10
-        ntk_init: str = "zeros"
-
-        def block(self):
-            return dataclasses.replace(super().block(), prefix_length=self.prefix_length, ntk_init=self.ntk_init)
-
     method = m.method
-    return PeftViTConfig(image_size=m.image_size, patch_size=m.patch_size, num_channels=1, d_model=m.d_model,
-                         num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim, mlp="gelu",
-                         attention=method if method in ("ntk", "prefix") else "softmax",
-                         lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
-                         prefix_length=m.prefix_length, ntk_init=m.ntk_init, dtype=dtype, remat=remat)
+    return ViTConfig(image_size=m.image_size, patch_size=m.patch_size, num_channels=1, d_model=m.d_model,
+                     num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim, mlp="gelu",
+                     attention=method if method in ("ntk", "prefix") else "softmax",
+                     lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
+                     block_extra=(("prefix_length", m.prefix_length), ("ntk_init", m.ntk_init)), dtype=dtype,
+                     remat=remat)
 
 
 def _llm_config(m, dtype, remat):
