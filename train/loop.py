@@ -155,6 +155,7 @@ def train(config, workdir: str, task, return_state: bool = False):
     tc = config.train
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
+        _claim_workdir(workdir)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
@@ -317,7 +318,33 @@ def train(config, workdir: str, task, return_state: bool = False):
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=str)
+        if os.path.exists(os.path.join(workdir, "RUNNING.pid")):
+            os.remove(os.path.join(workdir, "RUNNING.pid"))
     return (summary, state) if return_state else summary
+
+
+def _claim_workdir(workdir: str) -> None:
+    """Refuse to share a workdir with another live run (two runs appending to one metrics.jsonl and racing
+    on checkpoints corrupt both). The pid file survives a SIGKILL; a dead pid does not block the rerun."""
+    path = os.path.join(workdir, "RUNNING.pid")
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if alive:
+            raise RuntimeError(f"workdir {workdir}: another run (pid {pid}) is using it; wait for it or use "
+                               f"another --workdir (remove {path} if that process is not a run)")
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
 
 
 def _with_rules(rules, fn, *args):

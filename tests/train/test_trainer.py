@@ -203,3 +203,21 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path):
     assert second["resumed_from"] == 5
     assert second["eval_accuracy"] == first["eval_accuracy"]
     assert len(_losses(tmp_path / "r")) == 5
+
+
+def test_workdir_in_use_by_a_live_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(tmp_path / "busy")
+        (tmp_path / "busy" / "RUNNING.pid").write_text(str(other.pid))
+        with pytest.raises(RuntimeError, match=f"pid {other.pid}"):
+            loop.train(toy.config(), str(tmp_path / "busy"), TASK)
+    finally:
+        other.kill()
+        other.wait()
+    # the process is gone: its stale pid file does not block a rerun
+    summary = loop.train(toy.config(**{"train.steps": 2, "mesh.shape": (1, 1, 1)}), str(tmp_path / "busy"), TASK)
+    assert summary["steps"] == 2 and not (tmp_path / "busy" / "RUNNING.pid").exists()
