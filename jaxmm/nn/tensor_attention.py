@@ -34,8 +34,9 @@ def _key_mask(mask, b, length):
 class TensorAttention(nn.Module):
     """Tensor attention with `config.num_heads` heads of size `config.dim_head`.
 
-    method / degree / scale: "exact" (default) or "poly" with Taylor degree `degree`; scale default 1/d. A
-    BlockConfig field `tensor_method` / `tensor_degree` / `tensor_scale`, if the config has it, overrides these.
+    method / degree / scale: "exact" (default) or "poly" with Taylor degree `degree`; scale default 1/d. Inside a
+    transformer `Block` (BlockConfig.attention = "tensor") they come from BlockConfig.tensor_method /
+    tensor_degree / tensor_scale.
     """
 
     config: BlockConfig
@@ -51,9 +52,7 @@ class TensorAttention(nn.Module):
         check_rank("x", x, 3, "[batch, length, d_model]")
         if decode:
             fail("decode", "False (tensor attention keeps no KV cache)", decode)
-        method = getattr(cfg, "tensor_method", self.method)
-        degree = getattr(cfg, "tensor_degree", self.degree)
-        scale = getattr(cfg, "tensor_scale", self.scale)
+        method, degree, scale = self.method, self.degree, self.scale
         b, length, _ = x.shape
         h, d = cfg.num_heads, cfg.dim_head
         qb, kb, vb = cfg.biases
@@ -62,6 +61,6 @@ class TensorAttention(nn.Module):
         out = tensor_attention(proj["q"], proj["k1"], proj["k2"], proj["v1"], proj["v2"], scale=scale,
                                   method=method, degree=degree if method == "poly" else None,
                                   is_causal=is_causal, key_mask=_key_mask(mask, b, length),
-                                  implementation=getattr(cfg, "tensor_implementation", None))
+                                  implementation=cfg.tensor_implementation)
         return cfg.dense("o", cfg.d_model, cfg.out_bias, ("heads", "embed"))(out.reshape(b, length, h * d),
                                                                           deterministic)

@@ -43,6 +43,10 @@ class BlockConfig:
     lora_targets: tuple[str, ...] = ("q", "v")  # any of q, k, v, o, gate, up, down, fc1, fc2
     prefix_length: int = 10  # P-Tuning v2 prefix (attention="prefix")
     ntk_init: str = "zeros"  # NTK-Attention Z, k init (attention="ntk")
+    tensor_method: str = "exact"  # tensor attention (attention="tensor"): "exact" | "poly"
+    tensor_degree: int = 2  # Taylor degree of the "poly" method
+    tensor_scale: float | None = None  # None: 1/d (the paper)
+    tensor_implementation: str | None = None  # None: Pallas kernel on GPU, XLA elsewhere
     dtype: Any = None  # compute dtype (None = input dtype)
     remat: bool = False
 
@@ -163,7 +167,8 @@ def attention_module(cfg: BlockConfig, name: str):
     if cfg.attention == "tensor":
         from jaxmm.nn.tensor_attention import TensorAttention
 
-        return TensorAttention(cfg, name=name)
+        return TensorAttention(cfg, method=cfg.tensor_method, degree=cfg.tensor_degree, scale=cfg.tensor_scale,
+                               name=name)
     return Attention(cfg, name=name)
 
 

@@ -90,3 +90,15 @@ def test_layer_argument_errors():
         layer.apply(params, x, decode=True)
     with pytest.raises(ValueError, match="^x:"):
         layer.apply(params, x[0])
+
+
+def test_block_selects_tensor_attention_by_config():
+    cfg = dataclasses.replace(CFG, attention="tensor")
+    x = jax.random.normal(jax.random.key(3), (2, 5, CFG.d_model))
+    params = Block(cfg).init(jax.random.key(4), x)
+    assert set(params["params"]["attn"]) == {"q", "k1", "k2", "v1", "v2", "o"}
+    params = jax.tree.map(lambda a: a * 4.0, nn.unbox(params))  # logits of order 1: the degree matters
+    exact = Block(cfg).apply(params, x, is_causal=True)
+    poly = lambda g: Block(dataclasses.replace(cfg, tensor_method="poly", tensor_degree=g)).apply(params, x, is_causal=True)
+    err = lambda g: float(np.abs(np.asarray(exact - poly(g))).max())
+    assert err(1) > 10 * err(6) and err(6) > 0
