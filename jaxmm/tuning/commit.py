@@ -93,16 +93,33 @@ def balance_coefficient(logits_fn, params, updates, probe_batch, side_mask, *, f
     return {"d_s": d_s, "d_t": d_t, "kappa": kappa_from(d_s, d_t, formula)}
 
 
+RULES = ("symmetric", "boost_lagging")
+
+
 def scheduled_learning_rates(kappa_bar, base_lr_encoder: float, base_lr_llm: float,
-                             clip: tuple[float, float] = (0.1, 2.0)):
-    """η_S = η₀_S·2(1−κ̄), η_T = η₀_T·2κ̄, each clipped to [clip[0]·η₀, clip[1]·η₀]. [reconstruction]"""
+                             clip: tuple[float, float] = (0.1, 2.0), rule: str = "symmetric"):
+    """Per-side learning rates from the window mean κ̄. [reconstruction]
+
+    rule="symmetric":     η_S = η₀_S·2(1−κ̄), η_T = η₀_T·2κ̄, each clipped to [clip[0]·η₀, clip[1]·η₀]
+                          (slows the leading side as much as it speeds up the lagging one);
+    rule="boost_lagging": η_S = η₀_S·clip((1−κ̄)/κ̄, 1, clip[1]), η_T = η₀_T·clip(κ̄/(1−κ̄), 1, clip[1])
+                          (only the lagging side is sped up; the leading side keeps its base rate).
+    Both have the constant-LR fixed point κ̄ = 0.5.
+    """
     lo, hi = clip
     if not 0 <= lo <= hi:
         fail("clip", "0 <= lo <= hi", clip)
     k = jnp.clip(jnp.asarray(kappa_bar, jnp.float32), 0.0, 1.0)
-    lr_s = jnp.clip(base_lr_encoder * 2 * (1 - k), lo * base_lr_encoder, hi * base_lr_encoder)
-    lr_t = jnp.clip(base_lr_llm * 2 * k, lo * base_lr_llm, hi * base_lr_llm)
-    return lr_s, lr_t
+    if rule == "symmetric":
+        lr_s = jnp.clip(base_lr_encoder * 2 * (1 - k), lo * base_lr_encoder, hi * base_lr_encoder)
+        lr_t = jnp.clip(base_lr_llm * 2 * k, lo * base_lr_llm, hi * base_lr_llm)
+        return lr_s, lr_t
+    if rule == "boost_lagging":
+        eps = 1e-6
+        lr_s = base_lr_encoder * jnp.clip((1 - k) / jnp.maximum(k, eps), 1.0, max(hi, 1.0))
+        lr_t = base_lr_llm * jnp.clip(k / jnp.maximum(1 - k, eps), 1.0, max(hi, 1.0))
+        return lr_s, lr_t
+    fail("rule", f"one of {RULES}", repr(rule))
 
 
 def aux_weights(kappa_bar):

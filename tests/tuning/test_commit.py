@@ -101,3 +101,13 @@ def test_divergences_against_numpy_and_window():
     assert w.mean() == pytest.approx(0.3) and w.ema == pytest.approx(0.3)
     w.reset()
     assert w.mean() == 0.5
+
+
+@pytest.mark.parametrize("kbar", [0.05, 0.25, 0.5, 0.75, 0.99])
+def test_boost_lagging_rule_only_speeds_up_the_lagging_side(kbar):
+    lr_s, lr_t = commit.scheduled_learning_rates(kbar, 1e-3, 2e-3, clip=(0.1, 4.0), rule="boost_lagging")
+    np.testing.assert_allclose(lr_s, 1e-3 * np.clip((1 - kbar) / kbar, 1, 4), rtol=1e-5)
+    np.testing.assert_allclose(lr_t, 2e-3 * np.clip(kbar / (1 - kbar), 1, 4), rtol=1e-5)
+    assert float(lr_s) >= 1e-3 and float(lr_t) >= 2e-3  # nobody is slowed down
+    with pytest.raises(ValueError, match="rule"):
+        commit.scheduled_learning_rates(kbar, 1e-3, 1e-3, rule="cosine")

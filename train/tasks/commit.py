@@ -37,7 +37,7 @@ and the snapshot's (stop-gradient), routed only through the lagging side. It rea
 answer-position mask, never the targets (the answer tokens are teacher-forced context, as in the CE loss).
 
 Every formula here is our [reconstruction] (PAPERS.md §1); each is a `task_args` switch: `kappa_formula`
-(share | ratio), `lr_clip`, `aux_weight`, `aux_divergence`, `aux_snapshot`, `measure_every`, `lr_every`.
+(share | ratio), `lr_clip`, `lr_rule` (symmetric | boost_lagging), `aux_weight`, `aux_divergence`, `aux_snapshot`, `measure_every`, `lr_every`.
 """
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ def check_task_args(a) -> None:
     lo, hi = tuple(a.lr_clip)
     if not 0 <= lo <= hi:
         _fail("lr_clip", "(lo, hi) with 0 <= lo <= hi", tuple(a.lr_clip))
+    if a.lr_rule not in C.RULES:
+        _fail("lr_rule", f"one of {C.RULES}", a.lr_rule)
     if a.measure_every < 0 or a.lr_every < 1 or a.cd_every < 1:
         _fail("measure_every/lr_every/cd_every", "measure_every >= 0, lr_every >= 1, cd_every >= 1",
               (a.measure_every, a.lr_every, a.cd_every))
@@ -109,6 +111,7 @@ class CommitTask(MLLMQATask):
         c.task_args.update(dict(
             method="commit", encoder_side=("encoder", "projector"),
             measure_every=10, lr_every=50, probe_size=16, kappa_formula="share", lr_clip=(0.1, 2.0),
+            lr_rule="symmetric",
             aux_weight=0.1, aux_divergence="js", aux_snapshot="measure",
             cd_every=1, cd_min_ratio=0.0))
         return c
@@ -269,7 +272,7 @@ class CommitTask(MLLMQATask):
             ctx.state = ctx.state.replace(extra=extra)
             record = {"kappa_bar": kbar}
             if a.method in SCHEDULED:
-                s, t = C.scheduled_learning_rates(kbar, 1.0, 1.0, (lo, hi))
+                s, t = C.scheduled_learning_rates(kbar, 1.0, 1.0, (lo, hi), rule=a.lr_rule)
                 self._scale_sides(ctx, {"encoder_side": float(s), "llm_side": float(t)})
                 record.update({"lr_scale/encoder_side": float(s), "lr_scale/llm_side": float(t)})
             return record
