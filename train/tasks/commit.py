@@ -37,7 +37,8 @@ and the snapshot's (stop-gradient), routed only through the lagging side. It rea
 answer-position mask, never the targets (the answer tokens are teacher-forced context, as in the CE loss).
 
 Every formula here is our [reconstruction] (PAPERS.md §1); each is a `task_args` switch: `kappa_formula`
-(share | ratio), `lr_clip`, `lr_rule` (symmetric | boost_lagging), `aux_weight`, `aux_divergence`, `aux_snapshot`, `measure_every`, `lr_every`.
+(share | ratio), `lr_clip`, `lr_rule` (symmetric | boost_lagging), `aux_weight`, `aux_divergence`,
+`aux_snapshot`, `measure_every`, `lr_every`.
 """
 from __future__ import annotations
 
