@@ -172,3 +172,14 @@ def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_co
         out[section] = merged
     out.lock()
     return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Set dotted keys in place, e.g. {"train.steps": 5, "optim.lr": 1e-3} (the Python form of --config.a.b=v)."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from train import config as config_lib
 from train.main import run
 from train.metrics import read
 from train.tasks.commit import group_sides
@@ -34,13 +35,7 @@ def tiny(method, steps=8, **over):
     c.mesh.shape = (1, 1, 1)
     c.optim.lr = LR
     c.checkpoint.update(dict(every=0, keep=3, async_save=False))
-    for k, v in over.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return config_lib.apply_overrides(c, over)
 
 
 def _records(workdir):

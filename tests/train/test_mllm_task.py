@@ -30,13 +30,7 @@ def tiny(**overrides):
     c.train.update(dict(steps=5, batch_size=16, log_every=1, eval_batch_size=16, progress=False, plots=False))
     c.optim.update(dict(lr=3e-3, schedule="constant"))
     c.checkpoint.update(dict(every=0, async_save=False))
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return config_lib.apply_overrides(c, overrides)
 
 
 def _losses(workdir):

@@ -130,10 +130,4 @@ def config(**overrides) -> ml_collections.ConfigDict:
     c.optim.lr = 3e-2
     c.optim.schedule = "constant"
     c.checkpoint.every = 5
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return config_lib.apply_overrides(c, overrides)
