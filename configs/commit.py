@@ -4,10 +4,10 @@
     .venv/bin/python -m train --config configs/commit.py:audio_lora --workdir runs/commit_audio_lora \
         --config.task_args.method=constant        # constant | feature_cd | language_cd | commit | commit_clr
 
-Expected: `vision` is the demo's model (ViT 48 px / patch 16 + MLP projector + 2-layer Llama, width 64) on the
-embedded text-rich image QA, 900 steps; `audio` the same LLM behind a Whisper-style encoder on DTMF log-mels.
+Expected: `vision` is the demo's model and data (ViT 32 px / patch 4 + MLP projector + 2-layer Llama, width 64;
+1-2 words, count/colour/read questions), 900 steps, constant base LR 2e-3; `audio` the same LLM behind a Whisper-style encoder on DTMF log-mels.
 Neither full variant was timed end to end here (the machine was overloaded, load ~15); the demo (configs/
-demo.py = this task, method commit, 1500 steps) is the measured reference — see its docstring. `*_lora`
+demo.py = this task, method commit, 1000 steps, warmup-cosine base LR) is the measured reference — see its docstring. `*_lora`
 freeze the (randomly initialised) LLM and train rank-8 LoRA in it + encoder + projector: expect them to learn
 far less (no pretrained LLM exists here). A run ends with `[summary] ... eval_accuracy=... kappa_mean=...`
 and writes kappa.png, loss.png, lr.png, eval.png, metrics.jsonl into the workdir. Measured small-scale
@@ -37,9 +37,10 @@ def run_config(modality: str = "image", lora: bool = False, size: str = "full") 
     c.model.modality = modality
     c.data.source = "textvqa" if modality == "image" else "audioqa"
 
-    # model: the demo's ViT 48x48/16 (9 features) or a Whisper-style audio encoder (100 frames -> 50 features)
+    # model: the demo's ViT 32x32/4 (64 features) or a Whisper-style audio encoder (100 frames -> 50 features)
     # -> 2-layer MLP projector -> 2-layer GQA Llama, width 64, trained from scratch
-    c.model.vit.update(dict(image_size=48, patch_size=16, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
+    c.model.vit.update(dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
+    c.data.textvqa.update(dict(max_words=2, kinds=("count", "color", "read"), font_sizes=(10, 14)))
     c.model.audio.update(dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2))
     c.model.llm.update(dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
     c.data.train_examples, c.data.eval_examples = 6000, 256
