@@ -5,7 +5,7 @@ text-rich image QA set.
     make demo        # = JAX_PLATFORMS=cpu .venv/bin/python -m train --config configs/demo.py --workdir runs/demo
 
 Should reach (measured on this 2-core CPU, 2026-11-26, load average ~2): 1000 steps, 3 min 44 s wall for the
-whole command (training loop 217 s, peak RSS 1.3 GB); final eval exact match **0.613** on 256 held-out
+whole command (training loop 217 s, peak RSS 1.3 GB; 4 min 21 s on a fresh clone); final eval exact match **0.613** on 256 held-out
 questions against chance 0.255 (uniform over each kind's answers: 1/2, 1/5, 1/12) — count 0.925,
 colour of word <w> 0.793, read the word 0.119 (reading is NOT learned in this budget: docs/results/trainer.md
 shows why and what does learn it). Mean κ 0.45 over 100 measurements. Ends with
