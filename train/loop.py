@@ -156,8 +156,7 @@ def train(config, workdir: str, task, return_state: bool = False):
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         _claim_workdir(workdir)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        metrics_lib.write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     # 2. mesh and logical-axis rules
     mesh = shard_lib.make_mesh(config.mesh.shape)
@@ -316,8 +315,7 @@ def train(config, workdir: str, task, return_state: bool = False):
     if tc.plots and jax.process_index() == 0 and records:
         metrics_lib.plot(writer.path, workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        metrics_lib.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
         if os.path.exists(os.path.join(workdir, "RUNNING.pid")):
             os.remove(os.path.join(workdir, "RUNNING.pid"))
     return (summary, state) if return_state else summary

@@ -24,6 +24,7 @@ _PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's i
 
 def run(config, workdir: str) -> dict:
     """Run one config in `workdir`; returns the task's summary dict. Usable from Python and tests."""
+    from train.metrics import write_atomic
     from train.task import Task
 
     task = tasks.get(config.task)
@@ -32,12 +33,10 @@ def run(config, workdir: str) -> dict:
 
         return loop.train(config, workdir, task)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     runner = task if callable(task) else getattr(task, "run")
     summary = runner(config, workdir)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
 
 

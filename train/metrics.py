@@ -13,6 +13,14 @@ import jax
 import numpy as np
 
 
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temporary file beside it, then one rename (a kill leaves the old file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _clean(v):
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v.tolist()
@@ -34,10 +42,7 @@ class MetricsWriter:
                         continue
                     if rec.get("step", math.inf) <= resume_step:
                         kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_atomic(path, "".join(kept))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.active:

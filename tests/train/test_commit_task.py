@@ -19,9 +19,17 @@ from train.metrics import read
 from train.tasks.commit import group_sides
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("commit_config", ROOT / "configs" / "commit.py")
-commit_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(commit_config)
+
+
+def _config_module(name: str):
+    """configs/<name>.py as a module (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+commit_config = _config_module("commit")
 
 LR = 2e-3
 TIMING = ("examples_per_s", "tokens_per_s", "kappa_time_s")
@@ -150,9 +158,7 @@ def test_group_sides_follow_the_parameter_paths():
 def test_demo_config_is_commit_and_runs(tmp_path):
     """configs/demo.py (`make demo`) stays a valid CoMMIT config: its :tiny variant trains, measures κ and ends
     with the per-kind eval accuracies the docstring promises."""
-    spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _config_module("demo")
     full = demo.get_config()
     assert full.task == "commit.train" and full.task_args.method == "commit"
     assert (full.model.vit.image_size, full.model.vit.patch_size) == (32, 4)

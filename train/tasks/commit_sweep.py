@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from train import config as config_lib
-from train.metrics import read
+from train.metrics import read, write_atomic
 
 SWEEP_KEYS = ("kind", "modalities", "lora", "base_image", "base_audio", "encoder_lr_factors", "seeds", "methods",
               "lrs", "target_loss", "measure_every")
@@ -40,18 +40,11 @@ def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f), read(os.path.join(out, "metrics.jsonl"))
-    c = _copy(base)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c = config_lib.apply_overrides(_copy(base), overrides)
     t0 = time.perf_counter()
     summary = run(c, out)
     summary["wall_s"] = time.perf_counter() - t0
-    with open(done, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_atomic(done, json.dumps(summary, indent=2, default=str))  # a half-written cache would block the rerun
     print(f"[sweep] {name}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()
                                        if isinstance(v, float)), flush=True)
     return summary, read(os.path.join(out, "metrics.jsonl"))

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from train.metrics import write_atomic
 from train.task import Hook, Task
 from train.tasks import register
 
@@ -291,8 +292,7 @@ class PeftTask(Task):
             if ctx.step == config.train.steps and jax.process_index() == 0:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                 backbone = jax.device_get(ctx.state.params["backbone"])
-                with open(path, "wb") as f:
-                    f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, backbone)))
+                write_atomic(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, backbone)))
             return {}
 
         return [Hook(config.train.steps, save, name="save_params")]
