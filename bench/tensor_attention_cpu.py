@@ -53,7 +53,7 @@ def case_compare(n, d, degrees, scale):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmm.ops.tensor_attention import poly_rank, tensor_attention
+    from jaxmm.ops.tensor import poly_rank, tensor_attention
 
     args, w = _inputs(n, d, scale)
     rows = []
@@ -84,7 +84,7 @@ def case_big(n, d, backward, scale):
     import jax
     import jax.numpy as jnp
 
-    from jaxmm.ops.tensor_attention import tensor_attention
+    from jaxmm.ops.tensor import tensor_attention
 
     args, w = _inputs(n, d, scale)
     jax.block_until_ready(args)

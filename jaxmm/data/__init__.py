@@ -14,7 +14,7 @@ from jaxmm.data.conversation import ConversationFormatter
 from jaxmm.data.llava_json import LlavaJsonSource, llava_json_dataset, write_llava_folder
 from jaxmm.data.pipeline import CachedSource, as_map_dataset, eval_batches, make_loader, take
 from jaxmm.data.textvqa import TextVQA, textvqa_dataset
-from jaxmm.data.tfds_source import TFDSSource, tfds_source
+from jaxmm.data.tfds import TFDSSource, tfds_source
 from jaxmm.data.tokenizers import ByteTokenizer, HFTokenizer
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "ConversationFormatter", "TextVQA", "textvqa_dataset", "AudioQA",

@@ -1,7 +1,7 @@
 """Flash attention in Pallas (forward + backward) that returns the log-sum-exp; causal and grouped-query.
 
 Layout [B, L, H, d] (k, v: [B, L', Hkv, d], Hkv divides H; query head h reads kv head h // (H / Hkv)).
-Reference: `jaxmm.ops.ntk_attention.flash_attention_xla` (and plain softmax attention).
+Reference: `jaxmm.ops.ntk.flash_attention_xla` (and plain softmax attention).
 
 Forward (grid B × H × query blocks): online softmax over key blocks; causal runs stop at the diagonal. An
 optional prefix epilogue merges NTK-Attention's virtual prefix key (c = φ(q)Z, w = φ(q)·|k|) into the running
@@ -25,7 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxmm.ops._checks import check_positive, fail
-from jaxmm.ops.ntk_attention import check_attention_args
+from jaxmm.ops.ntk import check_attention_args
 
 _NEG = -1e30   # finite "minus infinity" for masked logits: every row sees key 0 first, so no row is all-masked
 
@@ -48,7 +48,9 @@ def _masked(s, q_start, k_start, *, block_q, block_k, is_causal, lk, pad_k):
 def _num_k_blocks(i, *, block_q, block_k, nk, is_causal):
     if not is_causal:
         return nk
-    return jnp.minimum(nk, pl.cdiv((i + 1) * block_q, block_k))
+    # int32 throughout: under jax_enable_x64 a Python int becomes int64 and pl.cdiv's lax.div rejects the mix
+    i = jnp.asarray(i, jnp.int32)
+    return jnp.minimum(jnp.int32(nk), ((i + 1) * jnp.int32(block_q) + jnp.int32(block_k - 1)) // jnp.int32(block_k))
 
 
 # --------------------------------------------------------------------------------------------- forward

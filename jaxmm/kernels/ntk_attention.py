@@ -1,4 +1,4 @@
-"""NTK-Attention kernels (2406.14036); maths and reference in `jaxmm.ops.ntk_attention`.
+"""NTK-Attention kernels (2406.14036); maths and reference in `jaxmm.ops.ntk`.
 
 `ntk_attention_pallas`: the Pallas flash forward with the prefix epilogue (the virtual key c = φ(q)Z,
 w = φ(q)·|k| merged into the online softmax state in-kernel) and, as custom VJP, the Pallas flash backward fed
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmm.kernels.flash_attention import flash_backward, flash_forward
-from jaxmm.ops.ntk_attention import (_check_prefix_params, check_attention_args, combine, prefix_terms,
+from jaxmm.ops.ntk import (_check_prefix_params, check_attention_args, combine, prefix_terms,
                                      prefix_vjp)
 
 

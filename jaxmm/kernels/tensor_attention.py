@@ -48,7 +48,7 @@ def _fwd_kernel(q_ref, k1_ref, k2_ref, v1_ref, v2_ref, o_ref, lse_ref, *, scale,
     q = q_ref[...].astype(f32) * scale
     rows = qi * bq + jnp.arange(bq)
     j_end = _causal_end(qi, bq, n_valid, causal)
-    kb_end = lax.div(j_end + bk - 1, bk)
+    kb_end = (j_end + bk - 1) // bk   # jnp, not lax.div: int32 with Python ints under x64 too
     dv = v1_ref.shape[-1]
 
     def jbody(j, carry):
@@ -90,7 +90,7 @@ def _dq_kernel(q_ref, k1_ref, k2_ref, v1_ref, v2_ref, do_ref, lse_ref, delta_ref
     lse, delta = lse_ref[...], delta_ref[...]
     rows = qi * bq + jnp.arange(bq)
     j_end = _causal_end(qi, bq, n_valid, causal)
-    kb_end = lax.div(j_end + bk - 1, bk)
+    kb_end = (j_end + bk - 1) // bk   # jnp, not lax.div: int32 with Python ints under x64 too
 
     def jbody(j, dq):
         k1j = k1_ref[pl.ds(j, 1), :].astype(f32)
@@ -130,7 +130,7 @@ def _dkv_kernel(q_ref, ka_ref, kb_ref, va_ref, vb_ref, do_ref, lse_ref, delta_re
     def jbody(j, carry):
         kaj = ka_ref[pl.ds(j, 1), :].astype(f32)
         vaj = va_ref[pl.ds(j, 1), :].astype(f32)
-        qb_start = lax.div(jnp.maximum(j, k0), bq) if causal else 0
+        qb_start = jnp.maximum(j, k0) // bq if causal else 0
 
         def qbody(qb, carry):
             dk, dv = carry

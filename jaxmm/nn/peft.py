@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxmm.nn.transformer import ATTENTION_KINDS
 from jaxmm.ops import attention as attn_ops
-from jaxmm.ops import ntk_attention as ntk_ops
+from jaxmm.ops import ntk as ntk_ops
 from jaxmm.ops._checks import check_positive, fail
 
 NTK_INITS = {"zeros": nn.initializers.zeros, "normal": nn.initializers.normal(stddev=0.02)}

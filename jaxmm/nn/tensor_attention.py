@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmm.nn.transformer import BlockConfig
-from jaxmm.ops.tensor_attention import tensor_attention
+from jaxmm.ops.tensor import tensor_attention
 from jaxmm.ops._checks import check_rank, fail
 
 

@@ -7,8 +7,8 @@ _EXPORTS = {
     "rms_norm": "norms", "layer_norm": "norms",
     "masked_cross_entropy": "losses",
     "polynomial_features": "polynomial", "multi_indices": "polynomial",
-    "ntk_attention": "ntk_attention", "prefix_attention": "ntk_attention",
-    "tensor_attention": "tensor_attention", "tensor_attention_loss_grad": "tensor_attention",
+    "ntk_attention": "ntk", "prefix_attention": "ntk",
+    "tensor_attention": "tensor", "tensor_attention_loss_grad": "tensor",
     "log_mel_spectrogram": "audio",
 }
 __all__ = sorted(_EXPORTS)

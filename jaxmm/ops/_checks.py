@@ -1,7 +1,10 @@
 """Argument checks shared by every op: errors name the argument, what was expected and what came."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
+
+import jax
 
 
 def fail(name: str, expected: str, got) -> None:
@@ -26,3 +29,14 @@ def check_shape(name: str, x, expected: Sequence[int | None], layout: str | None
 def check_positive(name: str, value) -> None:
     if not value > 0:
         fail(name, "a positive number", value)
+
+
+def check_scale(scale, name: str = "scale"):
+    """A softmax temperature: finite and > 0 when concrete (a traced value passes unchecked). Returns it."""
+    try:
+        value = float(scale)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return scale                       # traced inside jit: cannot be inspected here
+    if not (math.isfinite(value) and value > 0):
+        fail(name, "a finite number > 0 (default 1/sqrt(head_dim))", value)
+    return scale

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.ops._checks import check_rank, check_scale, fail
 
 IMPLEMENTATIONS = (None, "xla", "cudnn", "pallas")
 
@@ -16,6 +16,9 @@ def _check_qkv(q, k, v):
     check_rank("q", q, 4, "[batch, q_length, heads, head_dim]")
     check_rank("k", k, 4, "[batch, kv_length, kv_heads, head_dim]")
     check_rank("v", v, 4, "[batch, kv_length, kv_heads, head_dim]")
+    for name, x in (("q", q), ("k", k), ("v", v)):   # integer inputs would silently give all-zero attention
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            fail(name, "a floating-point array (float32, bfloat16, float16, ...)", f"dtype {x.dtype}")
     b, _, h, d = q.shape
     if k.shape[0] != b or k.shape[3] != d:
         fail("k", f"batch {b} and head_dim {d} like q {q.shape}", f"shape {k.shape}")
@@ -87,9 +90,10 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = Fa
 
     q: [B, Lq, H, d]; k, v: [B, Lk, Hkv, d] (Hkv divides H: MHA, GQA, MQA). Returns [B, Lq, H, d].
     bias: broadcastable to [B, H, Lq, Lk] (float, added to the logits).
-    mask: boolean, True = attend; [B, Lk] key padding, [Lq, Lk], [B, Lq, Lk] or [B, 1|H, Lq, Lk].
+    mask: boolean, True = attend; [B, Lk] key padding, [Lq, Lk], [B, Lq, Lk] or [B, 1|H, Lq, Lk]. A float
+      mask is refused (an additive 0/−inf mask goes in `bias`). q, k, v must be floating point.
     is_causal: query i sees keys j <= i + (Lk - Lq) (bottom-right aligned, which is what a KV cache needs).
-    scale: default 1/sqrt(d).
+    scale: default 1/sqrt(d); a given scale must be finite and > 0.
     implementation: None (best for the backend), "xla" (portable; logits and softmax in float32), "cudnn"
       (`jax.nn.dot_product_attention` cuDNN path; NVIDIA GPUs, fp16/bf16), "pallas" (jaxmm's flash kernel on
       GPU/TPU; on CPU it runs in interpret mode, slowly, for testing).
@@ -100,8 +104,11 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = Fa
         fail("implementation", f"one of {IMPLEMENTATIONS}", repr(implementation))
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    scale = d ** -0.5 if scale is None else scale
+    scale = d ** -0.5 if scale is None else check_scale(scale)
     if mask is not None:
+        if jnp.asarray(mask).dtype != jnp.bool_:   # a 0/-inf float mask read as boolean would invert it
+            fail("mask", "a boolean array (True = attend); pass additive float masks as `bias`",
+                 f"dtype {jnp.asarray(mask).dtype}")
         mask = _broadcast_mask(mask, b, h, lq, lk, "mask")
     if bias is not None:
         bias = jnp.asarray(bias)

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds  # the `data` extra, which `make test` instal
 
 from jaxmm.data.conversation import ConversationFormatter
 from jaxmm.data.pipeline import make_loader
-from jaxmm.data.tfds_source import TFDSSource
+from jaxmm.data.tfds import TFDSSource
 from jaxmm.data.tokenizers import ByteTokenizer
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxmm.kernels.tensor_attention import tensor_attention_pallas
-from jaxmm.ops.tensor_attention import tensor_attention, tensor_attention_reference
+from jaxmm.ops.tensor import tensor_attention, tensor_attention_reference
 
 
 def np_tensor_attention(q, k1, k2, v1, v2, scale, causal):

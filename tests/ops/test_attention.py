@@ -79,3 +79,23 @@ def test_shape_errors_name_the_argument():
         dot_product_attention(q, q, q, mask=jnp.ones((3, 3), bool))
     with pytest.raises(ValueError, match="implementation"):
         dot_product_attention(q, q, q, implementation="flash")
+
+
+def test_rejects_float_mask_integer_inputs_and_bad_scale():
+    """Issue 25.5: a 0/−inf additive mask read as boolean gave anti-causal attention; integer q/k/v gave
+    zeros; scale 0 or NaN was accepted."""
+    q, k, v = rand((1, 4, 2, 8), 0), rand((1, 4, 2, 8), 1), rand((1, 4, 2, 8), 2)
+    additive = np.where(np.tril(np.ones((4, 4), bool)), 0.0, -np.inf).astype(np.float32)
+    with pytest.raises(ValueError, match=r"mask: expected a boolean array.*bias.*float32"):
+        dot_product_attention(q, k, v, mask=additive)
+    # the same additive mask as `bias` is the causal attention
+    np.testing.assert_allclose(dot_product_attention(q, k, v, bias=additive),
+                               dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+    with pytest.raises(ValueError, match=r"k: expected a floating-point array.*int32"):
+        dot_product_attention(q, jnp.ones((1, 4, 2, 8), jnp.int32), v)
+    for bad in (0.0, float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match=r"scale: expected a finite number > 0"):
+            dot_product_attention(q, k, v, scale=bad)
+    # a traced scale cannot be inspected and is passed through
+    out = jax.jit(lambda s: dot_product_attention(q, k, v, scale=s))(0.5)
+    np.testing.assert_allclose(out, np_attention(q, k, v, scale=0.5), atol=2e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import _ntk_np as npref
-from jaxmm.ops.ntk_attention import (flash_attention_xla, ntk_attention, ntk_attention_reference,
+from jaxmm.ops.ntk import (flash_attention_xla, ntk_attention, ntk_attention_reference,
                                      prefix_attention)
 
 
@@ -186,7 +186,7 @@ def test_bad_arguments_name_the_argument():
 
 def test_combine_autodiff_exact_at_zero_kvec():
     # training code may differentiate `combine` directly (no custom VJP): it must stay exact where w = 0
-    from jaxmm.ops.ntk_attention import combine, prefix_terms
+    from jaxmm.ops.ntk import combine, prefix_terms
     q, k, v, z, kvec = _inputs(b=1, l=8, h=2, hkv=2, d=4)
     o, lse = flash_attention_xla(q, k, v)
     ct = jax.random.normal(jax.random.key(1), q.shape)

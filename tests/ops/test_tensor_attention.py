@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxmm.ops import polynomial
-from jaxmm.ops.tensor_attention import (_monomials, taylor_error_bound, tensor_attention,
+from jaxmm.ops.tensor import (_monomials, taylor_error_bound, tensor_attention,
                                         tensor_attention_loss_grad, tensor_attention_reference)
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmm.ops.ntk_attention import (combine, flash_attention_xla, ntk_attention, prefix_attention,
+from jaxmm.ops.ntk import (combine, flash_attention_xla, ntk_attention, prefix_attention,
                                      prefix_terms)
 from train.tasks import register
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops.tensor_attention import poly_rank, tensor_attention, tensor_attention_loss_grad
+from jaxmm.ops.tensor import poly_rank, tensor_attention, tensor_attention_loss_grad
 from train.tasks import register
 
 

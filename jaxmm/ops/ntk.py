@@ -29,7 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.ops._checks import check_rank, check_scale, fail
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas", "cudnn")
 
@@ -43,6 +43,9 @@ def check_attention_args(q, k, v, *, is_causal=False, mask=None, q_name="q", k_n
     check_rank(q_name, q, 4, "[batch, length, heads, head_dim]")
     check_rank(k_name, k, 4, "[batch, length, kv_heads, head_dim]")
     check_rank(v_name, v, 4, "[batch, length, kv_heads, head_dim]")
+    for name, x in ((q_name, q), (k_name, k), (v_name, v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            fail(name, "a floating-point array (float32, bfloat16, float16, ...)", f"dtype {x.dtype}")
     b, lq, h, d = q.shape
     if k.shape[0] != b or k.shape[3] != d:
         fail(k_name, f"shape ({b}, *, *, {d}) (batch and head_dim of {q_name})", f"shape {k.shape}")
@@ -87,31 +90,31 @@ def prefix_terms(q, z, kvec):
 
 def combine(o, lse, c, w):
     """Exact merge of a flash result (o [B, L, H, d], lse [B, L, H]) with the virtual prefix key (c, w).
-    Returns (out float32, lse' [B, L, H]). Rows with lse' = −inf (every key masked and w = 0) give 0."""
-    log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
+    Returns (out float32, lse' [B, L, H]). Rows with lse' = −inf (every key masked and w = 0) give 0; a NaN
+    anywhere in a row's inputs stays NaN (it is not mistaken for an empty row)."""
+    log_w = jnp.where(w == 0, -jnp.inf, jnp.log(jnp.where(w == 0, 1.0, w)))     # w >= 0; NaN stays NaN
     # shift by the (constant) augmented lse; w and c then enter linearly, so autodiff through this function is
     # also exact at w = 0 (zero-initialised k), where d log(w) would be cut off
     shift = jax.lax.stop_gradient(jnp.logaddexp(lse, log_w))
-    finite = jnp.isfinite(shift)
-    shift = jnp.where(finite, shift, 0.0)
-    a = jnp.where(jnp.isfinite(lse), jnp.exp(lse - shift), 0.0)
+    empty = jnp.isneginf(shift)
+    shift = jnp.where(empty, 0.0, shift)
+    a = jnp.where(jnp.isneginf(lse), 0.0, jnp.exp(lse - shift))
     e = jnp.exp(-shift)
-    den = a + e * w                                                    # = 1 in value where finite
-    ok = finite & (den > 0)
-    den = jnp.where(ok, den, 1.0)
-    out = jnp.where(ok[..., None], (a[..., None] * o.astype(jnp.float32) + e[..., None] * c) / den[..., None], 0.0)
-    lse2 = jnp.where(ok, shift + jnp.log(den), -jnp.inf)
+    den = jnp.where(empty, 1.0, a + e * w)                             # = 1 in value where not empty
+    out = jnp.where(empty[..., None], 0.0, (a[..., None] * o.astype(jnp.float32) + e[..., None] * c) / den[..., None])
+    lse2 = jnp.where(empty, -jnp.inf, shift + jnp.log(den))
     return out, lse2
 
 
 def prefix_vjp(q, z, kvec, out, lse2, do):
     """Cotangents of the prefix path (through φ(q), Z and |k|) given the NTK output and lse'."""
+    lse2 = lse2.astype(jnp.float32)   # every cotangent below is float32, whatever jax_enable_x64 says
     finite = jnp.isfinite(lse2)
     e = jnp.where(finite, jnp.exp(-jnp.where(finite, lse2, 0.0)), 0.0)
     do32 = do.astype(jnp.float32)
     delta = jnp.sum(do32 * out.astype(jnp.float32), -1)
     _, pull = jax.vjp(prefix_terms, q, z, kvec)
-    dq, dz, dk = pull((do32 * e[..., None], -delta * e))
+    dq, dz, dk = pull(((do32 * e[..., None]).astype(jnp.float32), (-delta * e).astype(jnp.float32)))
     return dq, dz.astype(z.dtype), dk.astype(kvec.dtype)
 
 
@@ -243,10 +246,11 @@ def flash_attention_xla(q, k, v, *, is_causal=False, scale=None, mask=None, bloc
         acc = alpha[..., None] * acc + jnp.einsum("bhrk,bhkd->bhrd", p, vj.astype(jnp.float32))
         return (m_new, l, acc), None
 
-    init = (jnp.full((b, hkv, rows), -jnp.inf), jnp.zeros((b, hkv, rows)), jnp.zeros((b, hkv, rows, d)))
+    f32 = jnp.float32   # explicit: under jax_enable_x64 a bare jnp.zeros is float64 and would leak into the VJP
+    init = (jnp.full((b, hkv, rows), -jnp.inf, f32), jnp.zeros((b, hkv, rows), f32), jnp.zeros((b, hkv, rows, d), f32))
     (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, starts, mk))
-    o = acc / jnp.where(l > 0, l, 1.0)[..., None]
-    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)
+    o = acc / jnp.where(l == 0, 1.0, l)[..., None]
+    lse = jnp.where(l == 0, -jnp.inf, m + jnp.log(jnp.where(l == 0, 1.0, l)))   # a NaN row stays NaN
     return _unrows(o, b, lq, hkv, g), _unrows(lse, b, lq, hkv, g)
 
 
@@ -340,7 +344,7 @@ def ntk_attention(q, k, v, z, kvec, *, is_causal=False, scale=None, mask=None, i
         impl = "xla" if (is_causal and lq != lk) else _default_implementation(mask, q.dtype, d)
     if impl not in IMPLEMENTATIONS:
         fail("implementation", f"None or one of {IMPLEMENTATIONS}", repr(implementation))
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(check_scale(scale))
     if impl == "reference":
         return ntk_attention_reference(q, k, v, z, kvec, is_causal=is_causal, scale=scale, mask=mask)
     if impl == "xla":
@@ -368,6 +372,7 @@ def prefix_attention(q, k, v, k_prefix, v_prefix, *, is_causal=False, scale=None
     if v_prefix.shape != k_prefix.shape:
         fail("v_prefix", f"the shape of k_prefix {k_prefix.shape}", f"shape {getattr(v_prefix, 'shape', None)}")
     m = k_prefix.shape[1]
+    scale = check_scale(scale) if scale is not None else None
     bcast = lambda x: jnp.broadcast_to(x, (b, m, hkv, d)).astype(k.dtype)
     kk = jnp.concatenate([bcast(k_prefix), k], axis=1)
     vv = jnp.concatenate([bcast(v_prefix), v], axis=1)
