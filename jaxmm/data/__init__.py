@@ -18,5 +18,5 @@ from jaxmm.data.tfds_source import TFDSSource, tfds_source
 from jaxmm.data.tokenizers import ByteTokenizer, HFTokenizer
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "ConversationFormatter", "TextVQA", "textvqa_dataset", "AudioQA",
-           "audioqa_dataset", "LlavaJsonSource", "BadRecordError", "llava_json_dataset", "write_llava_folder", "TFDSSource",
-           "tfds_source", "CachedSource", "make_loader", "eval_batches", "as_map_dataset", "take"]
+           "audioqa_dataset", "LlavaJsonSource", "BadRecordError", "llava_json_dataset", "write_llava_folder",
+           "TFDSSource", "tfds_source", "CachedSource", "make_loader", "eval_batches", "as_map_dataset", "take"]
