@@ -11,12 +11,12 @@ Sources (random access, dict examples with "conversations" and "image"/"audio"):
 """
 from jaxmm.data.audioqa import AudioQA, audioqa_dataset
 from jaxmm.data.conversation import ConversationFormatter
-from jaxmm.data.llava_json import LlavaJsonSource, llava_json_dataset, write_llava_folder
+from jaxmm.data.llava_json import BadRecordError, LlavaJsonSource, llava_json_dataset, write_llava_folder
 from jaxmm.data.pipeline import CachedSource, as_map_dataset, eval_batches, make_loader, take
 from jaxmm.data.textvqa import TextVQA, textvqa_dataset
 from jaxmm.data.tfds import TFDSSource, tfds_source
 from jaxmm.data.tokenizers import ByteTokenizer, HFTokenizer
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "ConversationFormatter", "TextVQA", "textvqa_dataset", "AudioQA",
-           "audioqa_dataset", "LlavaJsonSource", "llava_json_dataset", "write_llava_folder", "TFDSSource",
-           "tfds_source", "CachedSource", "make_loader", "eval_batches", "as_map_dataset", "take"]
+           "audioqa_dataset", "LlavaJsonSource", "BadRecordError", "llava_json_dataset", "write_llava_folder",
+           "TFDSSource", "tfds_source", "CachedSource", "make_loader", "eval_batches", "as_map_dataset", "take"]

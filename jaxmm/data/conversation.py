@@ -11,7 +11,8 @@ Source examples (what `TextVQA`, `AudioQA`, `LlavaJsonSource`, `tfds_source` ret
   input_ids      int32 [max_len]  [bos] + per turn: role_prefix(role) + tokens(text) (+ [eos] after an
                                   assistant turn), right-padded with `pad_id` (padding on the right for training);
   loss_mask      int32 [max_len]  1 where input_ids[t] is a token of an assistant turn or the eos closing it,
-                                  0 elsewhere (prompt, role prefixes, placeholders, padding). The loss at t is
+                                  0 elsewhere (prompt, role prefixes, placeholders even inside an assistant
+                                  turn, padding). The loss at t is
                                   the prediction of input_ids[t] from the logits at t-1, i.e.
                                   CE(logits[:, :-1], input_ids[:, 1:]) weighted by loss_mask[:, 1:];
   attention_mask int32 [max_len]  1 on real tokens, 0 on padding;
@@ -128,24 +129,44 @@ class ConversationFormatter:
             if role == "assistant":
                 last_answer_start, last_answer = len(ids), text
                 body = body + [self.tok.eos_id]
-                mask += [1] * len(body)
+                placeholders = {getattr(self.tok, f"{m}_id") for m in MODALITIES}
+                mask += [0 if t in placeholders else 1 for t in body]  # features, not targets
             else:
                 mask += [0] * len(body)
             ids += body
         return ids, mask, last_answer_start, last_answer
 
+    def length_problem(self, example: dict) -> str | None:
+        """Why `example` cannot be formatted at these lengths ("prompt of N tokens + 1 answer token exceeds
+        max_len M", ...), or None. Reads only "conversations" and the modality flags (images are not
+        decoded), so a source can check every record when it is built."""
+        ids, mask, answer_start, _ = self.tokenize(example)
+        problem = self._length_problem(ids, mask, answer_start, _present(example))
+        return problem and problem[1]
+
+    def _length_problem(self, ids, mask, answer_start, modalities) -> tuple[str, str] | None:
+        """(the length argument at fault, the reason) or None."""
+        n, cap = len(ids), self.max_len
+        if n > cap:
+            if not self.truncate:
+                return "max_len", f"conversation of {n} tokens exceeds max_len {cap} (truncate=False)"
+            first_answer = mask.index(1) if any(mask) else n
+            if first_answer >= cap:
+                return "max_len", f"prompt of {first_answer} tokens + 1 answer token exceeds max_len {cap}"
+            for m in modalities:
+                pos = ids.index(getattr(self.tok, f"{m}_id"))
+                if pos >= cap:
+                    return "max_len", f"{MODALITIES[m]} placeholder at token {pos} is cut by max_len {cap}"
+        if self.eval and answer_start > self.max_prompt_len:
+            return "max_prompt_len", f"prompt of {answer_start} tokens exceeds max_prompt_len {self.max_prompt_len}"
+        return None
+
     def __call__(self, example: dict) -> dict[str, Any]:
         full_ids, full_mask, answer_start, answer_text = self.tokenize(example)
-        ids, mask = full_ids, full_mask
-        if len(ids) > self.max_len:
-            if not self.truncate:
-                fail("max_len", f">= the tokenized length {len(ids)}", self.max_len)
-            ids, mask = ids[:self.max_len], mask[:self.max_len]
-            needed = _present(example)
-            lost = [m for m in needed if getattr(self.tok, f"{m}_id") not in ids]
-            if lost or not any(mask):
-                fail("max_len", f"room for the placeholders and an answer token (need {answer_start + 1})",
-                     self.max_len)
+        problem = self._length_problem(full_ids, full_mask, answer_start, _present(example))
+        if problem:
+            fail(problem[0], "a length that holds the example", problem[1])
+        ids, mask = full_ids[:self.max_len], full_mask[:self.max_len]
         out: dict[str, Any] = {
             "input_ids": _pad(ids, self.max_len, self.tok.pad_id),
             "loss_mask": _pad(mask, self.max_len, 0),
@@ -159,8 +180,6 @@ class ConversationFormatter:
         if self.eval:
             prompt = full_ids[:answer_start]
             answer = self.tok.encode(answer_text)
-            if len(prompt) > self.max_prompt_len:
-                fail("max_prompt_len", f">= the prompt length {len(prompt)}", self.max_prompt_len)
             answer = answer[:self.max_answer_len]
             out["prompt_ids"] = _pad(prompt, self.max_prompt_len, self.tok.pad_id, left=True)
             out["prompt_mask"] = _pad([1] * len(prompt), self.max_prompt_len, 0, left=True)

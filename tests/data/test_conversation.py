@@ -77,3 +77,29 @@ def test_errors_and_truncation():
     assert out["attention_mask"].sum() == 8 and out["loss_mask"].sum() == 4
     with pytest.raises(ValueError, match="max_len"):
         ConversationFormatter(TOK, max_len=4)(_example([("user", "question"), ("assistant", "a")]))
+
+
+def test_placeholder_in_an_assistant_turn_is_not_a_target():
+    # the docs: loss_mask is 0 on placeholders; an <image> written inside the answer must not be trained on
+    ex = _example([("user", "draw it"), ("assistant", "<image>ok")], image=IMAGE)
+    out = ConversationFormatter(TOK, max_len=32)(ex)
+    ids, mask = out["input_ids"], out["loss_mask"]
+    assert (ids == TOK.image_id).sum() == 1 and mask[ids == TOK.image_id].sum() == 0
+    assert TOK.decode(ids[mask == 1], skip_special=False) == "ok<eos>"
+
+
+def test_length_problem_names_the_prompt_length_without_formatting():
+    ex = _example([("user", "<image>" + "q" * 20), ("assistant", "a")], image=IMAGE)
+    # bos, user, image, 20 bytes, assistant = 24 prompt tokens before the first answer token
+    assert ConversationFormatter(TOK, max_len=24).length_problem(ex) == \
+        "prompt of 24 tokens + 1 answer token exceeds max_len 24"
+    assert ConversationFormatter(TOK, max_len=25).length_problem(ex) is None
+    assert ConversationFormatter(TOK, max_len=25, truncate=False).length_problem(ex) == \
+        "conversation of 26 tokens exceeds max_len 25 (truncate=False)"
+    late = _example([("user", "q" * 20), ("assistant", "a"), ("user", "<image>"), ("assistant", "b")], image=IMAGE)
+    assert ConversationFormatter(TOK, max_len=26).length_problem(late) == \
+        "<image> placeholder at token 26 is cut by max_len 26"
+    fmt = ConversationFormatter(TOK, max_len=64, eval=True, max_prompt_len=10)
+    assert fmt.length_problem(ex) == "prompt of 24 tokens exceeds max_prompt_len 10"
+    with pytest.raises(ValueError, match="max_prompt_len: .*prompt of 24 tokens"):
+        fmt(ex)

@@ -100,9 +100,40 @@ def test_llava_json_folder_trains(tmp_path):
 
     src = TextVQA(40, image_size=16, max_words=1, kinds=("read",), font_sizes=(10, 12))
     path = write_llava_folder(src, tmp_path / "llava", 32)
+    _add_bad_records(path)
     c = tiny(**{"data.source": "llava_json", "mesh.shape": (1, 1, 1), "train.steps": 4})
-    c.data.llava_json.update(dict(train_json=path, eval_json=path, image_folder=str(tmp_path / "llava")))
-    summary = loop.train(c, str(tmp_path / "lj"), TASK)
+    c.data.llava_json.update(dict(train_json=path, eval_json=path, image_folder=str(tmp_path / "llava"),
+                                  skip_bad_records=True))
+    with pytest.warns(UserWarning, match="skipped 2 of 34 bad records"):
+        summary = loop.train(c, str(tmp_path / "lj"), TASK)
     losses = _losses(tmp_path / "lj")
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert "eval_accuracy" in summary
+    # the two bad records were dropped and counted in the summary, per split and per reason
+    assert summary["data_skipped/train"] == summary["data_skipped/eval"] == 2
+    assert summary["data_skipped/train/too_long"] == summary["data_skipped/train/no_assistant_turn"] == 1
+
+
+def _add_bad_records(path):
+    import json
+
+    with open(path) as f:
+        records = json.load(f)
+    long = [{"from": "human", "value": "x" * 60}, {"from": "gpt", "value": "a"}]
+    mute = [{"from": "human", "value": "hi"}]
+    records += [{"id": "long", "conversations": long}, {"id": "mute", "conversations": mute}]
+    with open(path, "w") as f:
+        json.dump(records, f)
+
+
+def test_bad_llava_record_stops_the_run_before_compiling(tmp_path):
+    from jaxmm.data import BadRecordError, TextVQA, write_llava_folder
+
+    path = write_llava_folder(TextVQA(2, image_size=16, max_words=1, kinds=("read",)), tmp_path / "llava", 2)
+    _add_bad_records(path)
+    c = tiny(**{"data.source": "llava_json"})
+    c.data.llava_json.update(dict(train_json=path, image_folder=str(tmp_path / "llava")))
+    # bos, user, 60 bytes, assistant = 63 prompt tokens; data.max_len is 48
+    with pytest.raises(BadRecordError, match=r"record 2 \(id 'long'\): prompt of 63 tokens \+ 1 answer token "
+                                             r"exceeds max_len 48 \[2 of 4 records are bad"):
+        TASK.datasets(c)

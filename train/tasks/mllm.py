@@ -7,6 +7,10 @@ for `"audio"`; LoRA in the LLM with `model.llm.lora_rank > 0`). Its param groups
 Data (`config.data.source`): the embedded text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`),
 a LLaVA conversation JSON + image folder (`llava_json`), or a prepared TFDS dataset (`tfds`), all tokenised by
 `jaxmm.data.ConversationFormatter` with the byte tokenizer (or an HF tokenizer via `data.tokenizer`).
+LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`, images
+against `data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
+reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted in summary.json
+(`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; written with the eval results).
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
@@ -39,7 +43,8 @@ def _defaults() -> ml_collections.ConfigDict:
         max_answer_len=8, cache=True, tokenizer="",
         textvqa=dict(max_words=3, kinds=("read", "red", "top", "count"), font_sizes=(12, 18)),
         audioqa=dict(max_digits=4, duration=1.0, kinds=("digit", "count", "sequence"), noise=0.02),
-        llava_json=dict(train_json="", eval_json="", image_folder=""),
+        llava_json=dict(train_json="", eval_json="", image_folder="", skip_bad_records=False,
+                        max_aspect_ratio=20.0, max_pixels=64_000_000),
         tfds=dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
                   question="What is shown in the image?", answer_key="label"))
     c.task_args = dict(eval_generate=True, max_new_tokens=0)
@@ -57,7 +62,8 @@ def _numeric(example: dict) -> dict:
     return {k: v for k, v in example.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
-def _sources(config):
+def _sources(config, fmt=None, fmt_eval=None):
+    """(train, eval or None) sources; `fmt` / `fmt_eval` let the LLaVA-JSON source check record lengths."""
     from jaxmm import data as D
 
     d, m = config.data, config.model
@@ -71,9 +77,11 @@ def _sources(config):
                 D.AudioQA(d.eval_examples, seed=config.seed, split="eval", **kw))
     if d.source == "llava_json":
         j = d.llava_json
-        kw = dict(image_size=m.vit.image_size)
-        train = D.LlavaJsonSource(j.train_json, j.image_folder or None, **kw)
-        evals = D.LlavaJsonSource(j.eval_json, j.image_folder or None, **kw) if j.eval_json else None
+        kw = dict(image_size=m.vit.image_size, skip_bad_records=j.skip_bad_records,
+                  max_aspect_ratio=j.max_aspect_ratio, max_pixels=j.max_pixels)
+        train = D.LlavaJsonSource(j.train_json, j.image_folder or None, formatter=fmt, **kw)
+        evals = (D.LlavaJsonSource(j.eval_json, j.image_folder or None, formatter=fmt_eval, **kw)
+                 if j.eval_json else None)
         return train, evals
     if d.source == "tfds":
         t = d.tfds
@@ -127,12 +135,13 @@ class MLLMQATask(Task):
 
         from jaxmm.data import CachedSource, ConversationFormatter
 
-        train_src, eval_src = _sources(config)
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
         kinds = self._kinds(config)
         fmt_eval = ConversationFormatter(tok, max_len=d.max_len, eval=True, max_prompt_len=d.max_prompt_len,
                                          max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
+        train_src, eval_src = _sources(config, fmt, fmt_eval)
+        self._skipped = self.skipped_records(train_src, eval_src)
         wrap = CachedSource if d.cache else (lambda s: s)
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
         if eval_src is None:
@@ -140,6 +149,17 @@ class MLLMQATask(Task):
         with_kind = (lambda ex: {**ex, "kind_id": np.int32(kinds.index(ex["kind"]))}) if kinds else (lambda ex: ex)
         evals = grain.MapDataset.source(wrap(eval_src)).map(with_kind).map(fmt_eval).map(_numeric)
         return train, evals
+
+    @staticmethod
+    def skipped_records(train_src, eval_src) -> dict:
+        """Bad records a source dropped (LLaVA-JSON with `skip_bad_records`), as summary fields:
+        `data_skipped/train` (count) and `data_skipped/train/<reason kind>`, the same for eval."""
+        out = {}
+        for split, src in (("train", train_src), ("eval", eval_src)):
+            if hasattr(src, "skipped"):
+                out[f"data_skipped/{split}"] = float(src.num_skipped)
+                out.update({f"data_skipped/{split}/{k}": float(n) for k, n in src.skipped.items()})
+        return out
 
     @staticmethod
     def _kinds(config) -> tuple:
@@ -181,6 +201,7 @@ class MLLMQATask(Task):
 
     def evaluate(self, ctx):
         out = ctx.default_evaluate()
+        out.update(getattr(self, "_skipped", {}))  # reaches summary.json (the loop's summary holds eval_out)
         for kind in self._kind_names:  # per-kind accuracy from the row sums
             hit, n = out.pop(f"eval__hit/{kind}", None), out.pop(f"eval__n/{kind}", 0.0)
             if n:
