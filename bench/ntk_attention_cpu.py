@@ -20,7 +20,8 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxmm.ops.ntk import ntk_attention, prefix_attention  # noqa: E402
+from jaxmm.attention import ntk_attention
+from jaxmm.ops.attention import prefix_attention  # noqa: E402
 
 
 def _timed_round_robin(fns, reps):

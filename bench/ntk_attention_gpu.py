@@ -30,7 +30,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmm.kernels.ntk_attention import ntk_attention_cudnn, ntk_attention_pallas  # noqa: E402
-from jaxmm.ops.ntk import ntk_attention, ntk_attention_reference  # noqa: E402
+from jaxmm.attention import ntk_attention
+from jaxmm.ops.ntk import ntk_attention_reference  # noqa: E402
 
 
 def _bench(fn, *args, reps):

@@ -24,7 +24,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmm.kernels.tensor_attention import tensor_attention_pallas  # noqa: E402
-from jaxmm.ops.tensor import tensor_attention, tensor_attention_reference  # noqa: E402
+from jaxmm.attention import tensor_attention
+from jaxmm.ops.tensor import tensor_attention_reference  # noqa: E402
 
 SMALL = "--small" in sys.argv
 INTERPRET = jax.default_backend() == "cpu"

@@ -9,7 +9,7 @@ import pytest
 
 import jaxmm
 
-PACKAGES = ["jaxmm.ops", "jaxmm.privacy", "jaxmm.nn", "jaxmm.data", "jaxmm.hf", "jaxmm.models", "jaxmm.tuning",
+PACKAGES = ["jaxmm.ops", "jaxmm.attention", "jaxmm.privacy", "jaxmm.nn", "jaxmm.data", "jaxmm.hf", "jaxmm.models", "jaxmm.tuning",
             "jaxmm.kernels"]
 
 

@@ -1,7 +1,7 @@
 """Flash attention in Pallas (forward + backward) that returns the log-sum-exp; causal and grouped-query.
 
 Layout [B, L, H, d] (k, v: [B, L', Hkv, d], Hkv divides H; query head h reads kv head h // (H / Hkv)).
-Reference: `jaxmm.ops.ntk.flash_attention_xla` (and plain softmax attention).
+Reference: `jaxmm.ops.flash.flash_attention_xla` (and `jaxmm.ops.attention.dot_product_attention`).
 
 Forward (grid B × H × query blocks): online softmax over key blocks; causal runs stop at the diagonal. An
 optional prefix epilogue merges NTK-Attention's virtual prefix key (c = φ(q)Z, w = φ(q)·|k|) into the running
@@ -11,8 +11,9 @@ blocks; GQA groups summed afterwards) — driven by (out, lse, do), plus an lse 
 dS = P ∘ (dP − δ + dlse). With out = NTK output and lse = lse' this is also NTK-Attention's real-key backward.
 
 Lengths that are not multiples of the blocks are zero-padded; padded keys are masked in the kernel.
-Runs with interpret=True anywhere (the CPU tests); compiled through the Pallas Triton lowering on NVIDIA GPUs.
-[Mosaic TPU: not yet compiled on a TPU — jaxmm does not dispatch it there by default.]
+Runs with interpret=True anywhere (the CPU tests); compiled through the Pallas Triton lowering on NVIDIA GPUs
+(lowered for an abstract H100 in tests/kernels/test_lowering.py). Not for TPU: its blocks do not satisfy Mosaic
+TPU's (8, 128) tiling; `jaxmm.attention` uses JAX's own Pallas TPU flash attention there.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxmm.ops._checks import check_positive, fail
-from jaxmm.ops.ntk import check_attention_args
+from jaxmm.ops.attention import check_qkv
 
 _NEG = -1e30   # finite "minus infinity" for masked logits: every row sees key 0 first, so no row is all-masked
 
@@ -99,8 +100,9 @@ def _interpret_default(interpret):
 
 
 def _compiler_params(head_dim, interpret):
-    if interpret or jax.default_backend() != "gpu":
+    if interpret:
         return None
+    # compiled means the Triton (GPU) lowering: also when lowering for CUDA from a CPU host
     from jax.experimental.pallas import triton as pltriton
     return pltriton.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
 
@@ -120,7 +122,7 @@ def _blocks(lq, lk, block_q, block_k):
 
 def flash_forward(q, k, v, *, scale, is_causal, block_q, block_k, interpret, z=None, kvec=None):
     """Pallas forward: (o [B, Lq, H, d] in q.dtype, lse [B, H, Lq] float32). With z, kvec: NTK epilogue."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
+    b, lq, h, d, lk, hkv = check_qkv(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     g = h // hkv
     interpret = _interpret_default(interpret)
     bq, bk, lq_p, lk_p = _blocks(lq, lk, block_q, block_k)
@@ -199,7 +201,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
 def flash_backward(q, k, v, out, lse, do, *, scale, is_causal, block_q, block_k, interpret, dlse=None):
     """Standard flash backward given (out, lse [B, H, Lq]) and the output cotangent `do` (plus an optional
     lse cotangent `dlse` [B, H, Lq]). Returns dq, dk, dv in the input dtypes."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
+    b, lq, h, d, lk, hkv = check_qkv(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     g = h // hkv
     interpret = _interpret_default(interpret)
     bq, bk, lq_p, lk_p = _blocks(lq, lk, block_q, block_k)
@@ -272,7 +274,7 @@ def flash_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, b
     Returns o [B, L, H, d] (q.dtype), and with return_lse=True also lse [B, L, H] (float32, natural log of the
     scaled logits; differentiable). interpret: None = interpret mode on CPU, compiled elsewhere.
     """
-    check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
+    check_qkv(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
     if not jnp.issubdtype(q.dtype, jnp.floating):
         fail("q", "a floating-point array", f"dtype {q.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

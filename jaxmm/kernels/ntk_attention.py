@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxmm.kernels.flash_attention import flash_backward, flash_forward
-from jaxmm.ops.ntk import (_check_prefix_params, check_attention_args, combine, prefix_terms,
-                                     prefix_vjp)
+from jaxmm.ops.attention import check_qkv
+from jaxmm.ops.ntk import check_prefix_params, combine, prefix_terms, prefix_vjp
 
 
 def _lse_blh(lse_bhl):
@@ -54,8 +54,8 @@ def ntk_attention_pallas(q, k, v, z, kvec, *, is_causal=False, scale=None, block
                          interpret=None):
     """NTK-Attention through the Pallas flash kernels (shapes as `jaxmm.ops.ntk_attention`; no general mask).
     interpret: None = interpret mode on CPU, compiled (Triton lowering) on GPU."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
-    _check_prefix_params(z, kvec, h, d)
+    b, lq, h, d, lk, hkv = check_qkv(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
+    check_prefix_params(z, kvec, h, d)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     return _ntk_pallas(q, k, v, z, kvec, scale, bool(is_causal), int(block_q), int(block_k), interpret)
 
@@ -125,8 +125,8 @@ def cudnn_backward_available() -> bool:
 def ntk_attention_cudnn(q, k, v, z, kvec, *, is_causal=False, scale=None, backward=None):
     """NTK-Attention on NVIDIA GPUs from cuDNN flash attention (fp16/bf16 inputs). backward: "cudnn" (default
     when jax's private cuDNN backward rule is importable) or "pallas" (the Triton flash backward)."""
-    b, lq, h, d, lk, hkv = check_attention_args(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
-    _check_prefix_params(z, kvec, h, d)
+    b, lq, h, d, lk, hkv = check_qkv(q, k, v, is_causal=is_causal, causal_equal_lengths=True)
+    check_prefix_params(z, kvec, h, d)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if backward is None:
         backward = "cudnn" if cudnn_backward_available() else "pallas"

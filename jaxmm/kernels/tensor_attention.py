@@ -1,5 +1,5 @@
 """Pallas kernel for exact tensor attention (2405.16411), forward and backward; the reference is
-`jaxmm.ops.tensor_attention(method="exact")` (same maths, see its docstring).
+`jaxmm.ops.tensor.tensor_attention(method="exact")` (same maths, see its docstring).
 
 Every step is a 2-D tile, so the kernel lowers like a flash-attention kernel: for a block of queries and one key
 j of K1, the scores against a block of K2 are S = (s·Q_blk ∘ K1_j) K2_blkᵀ ([block_q, block_k], one matmul), and
@@ -12,8 +12,8 @@ Backward (Δ_i = ⟨dO_i, O_i⟩ and the forward's log-sum-exp as residuals):
     dK1, dV1 come from the same kernel with the roles swapped.
 FLOPs: 4·n³·d forward (d = dv), 6·n³·d for dQ and 2 × 8·n³·d for the key sides.
 
-Dispatch: `jaxmm.ops.tensor_attention` calls this on GPU (Triton lowering); on CPU run it with interpret=True
-(tests). TPU lowering is not verified: the op uses its pure-JAX path there.
+Dispatch: `jaxmm.attention.tensor_attention` calls this on NVIDIA GPUs (Triton lowering); on CPU run it with
+interpret=True (tests). No Mosaic TPU variant: the dispatch uses the XLA path of `jaxmm.ops.tensor` on TPU.
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ class AudioConfig:
     mlp_dim: int = 128
     norm_eps: float = 1e-5
     pool: int = 1
-    attention: str = "softmax"
+    attention: str = "softmax"  # an attention kind (jaxmm.nn.ATTENTION_KINDS)
+    attention_args: tuple = ()  # that kind's arguments as (name, value) pairs, e.g. (("length", 10),)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
@@ -45,8 +46,9 @@ class AudioConfig:
     def block(self) -> BlockConfig:
         return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim, mlp="gelu",
                            norm="layer", norm_eps=self.norm_eps, qkv_bias=(True, False, True), out_bias=True,
-                           mlp_bias=True, rope_theta=None, attention=self.attention, lora_rank=self.lora_rank,
-                           lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, dtype=self.dtype,
+                           mlp_bias=True, rope_theta=None, attention=self.attention,
+                           attention_args=self.attention_args, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                           lora_targets=self.lora_targets, dtype=self.dtype,
                            remat=self.remat, **dict(self.block_extra))
 
 

@@ -51,14 +51,15 @@ class LLMConfig:
     mlp_bias: bool = False
     tie_embeddings: bool = False
     sliding_window: int | None = None  # Mistral: only None or >= the lengths used is supported (checked)
-    attention: str = "softmax"
+    attention: str = "softmax"  # an attention kind (jaxmm.nn.ATTENTION_KINDS)
+    attention_args: tuple = ()  # that kind's arguments as (name, value) pairs, e.g. (("length", 10),)
     attention_fn: Callable | None = None
     implementation: str | None = None
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q", "v")
-    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. prefix_length, ntk_init)
+    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. implementation)
     dtype: Any = None  # compute dtype (None: the params' / embeddings' dtype)
     remat: bool = False
 
@@ -67,8 +68,9 @@ class LLMConfig:
                            num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, mlp="swiglu", norm="rms",
                            norm_eps=self.norm_eps, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
                            mlp_bias=self.mlp_bias, rope_theta=self.rope_theta, rope_scaling=self.rope_scaling,
-                           attention=self.attention, attention_fn=self.attention_fn,
-                           implementation=self.implementation, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                           attention=self.attention, attention_args=self.attention_args,
+                           attention_fn=self.attention_fn, implementation=self.implementation,
+                           lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                            lora_dropout=self.lora_dropout, lora_targets=self.lora_targets, dtype=self.dtype,
                            remat=self.remat, **dict(self.block_extra))
 

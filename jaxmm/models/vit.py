@@ -36,11 +36,12 @@ class ViTConfig:
     feature_layer: int = -2  # LLaVA's choice: the penultimate layer
     drop_cls: bool = True
     projection_dim: int | None = None
-    attention: str = "softmax"
+    attention: str = "softmax"  # an attention kind (jaxmm.nn.ATTENTION_KINDS)
+    attention_args: tuple = ()  # that kind's arguments as (name, value) pairs, e.g. (("length", 10),)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
-    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. prefix_length, ntk_init)
+    block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. implementation)
     dtype: Any = None
     remat: bool = False
 
@@ -56,8 +57,9 @@ class ViTConfig:
     def block(self) -> BlockConfig:
         return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim, mlp=self.mlp,
                            norm="layer", norm_eps=self.norm_eps, qkv_bias=True, out_bias=True, mlp_bias=True,
-                           rope_theta=None, attention=self.attention, lora_rank=self.lora_rank,
-                           lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, dtype=self.dtype,
+                           rope_theta=None, attention=self.attention, attention_args=self.attention_args,
+                           lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_targets=self.lora_targets,
+                           dtype=self.dtype,
                            remat=self.remat, **dict(self.block_extra))
 
 

@@ -1,6 +1,10 @@
-"""Flax Linen layers (thin wrappers around jaxmm.ops)."""
+"""Flax Linen layers (thin wrappers around jaxmm.ops and jaxmm.attention)."""
 from jaxmm.nn.layers import Dense, Embed, LayerNorm, RMSNorm, merge_lora
-from jaxmm.nn.transformer import MLP, Attention, Block, BlockConfig, Stack
+from jaxmm.nn.transformer import (ATTENTION_KINDS, MLP, Attention, Block, BlockConfig, Stack,
+                                  register_attention_kind)
 
-__all__ = ["Dense", "Embed", "LayerNorm", "RMSNorm", "merge_lora", "MLP", "Attention", "Block", "BlockConfig", "Stack"]
-from jaxmm.nn import peft  # noqa: E402,F401  registers the "ntk" and "prefix" attention kinds
+__all__ = ["ATTENTION_KINDS", "Dense", "Embed", "LayerNorm", "RMSNorm", "merge_lora", "MLP", "Attention", "Block",
+           "BlockConfig", "Stack", "register_attention_kind"]
+# the modules that register the other attention kinds ("ntk", "prefix", "tensor")
+from jaxmm.nn import peft  # noqa: E402,F401
+from jaxmm.nn import tensor_attention  # noqa: E402,F401

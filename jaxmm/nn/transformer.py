@@ -1,8 +1,10 @@
 """Attention, MLP and the pre-norm transformer block, configured by one frozen `BlockConfig`.
 
-The attention inside a block is chosen by `BlockConfig.attention`:
-  "softmax" — standard (jaxmm.ops.dot_product_attention, or `attention_fn` if given);
-  further kinds ("ntk", "prefix", "tensor") are registered in `ATTENTION_KINDS` by the modules that implement them.
+The attention inside a block is chosen by name, `BlockConfig.attention`, from the registry `ATTENTION_KINDS`,
+with that kind's arguments in `BlockConfig.attention_args`. "softmax" (standard attention through
+`jaxmm.attention.dot_product_attention`, or `attention_fn` if given) is registered here; "ntk" and "prefix" by
+jaxmm/nn/peft.py, "tensor" by jaxmm/nn/tensor_attention.py; a new kind calls `register_attention_kind` (no edit
+here). Backend choice is not made here: `BlockConfig.implementation` goes to `jaxmm.attention`.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmm import attention as attention_ops
 from jaxmm.nn.layers import ACTIVATIONS, Dense, make_norm
-from jaxmm.ops import attention as attn_ops
 from jaxmm.ops import rope
 from jaxmm.ops._checks import check_rank, fail
 
@@ -34,28 +36,26 @@ class BlockConfig:
     mlp_bias: bool = False
     rope_theta: float | None = 10000.0  # None: no rotary embedding (ViT, Whisper)
     rope_scaling: tuple | None = None  # HF rope_scaling dict as sorted items (hashable)
-    attention: str = "softmax"
-    attention_fn: Callable | None = None  # user attention with dot_product_attention's signature
-    implementation: str | None = None  # dispatch for dot_product_attention
+    attention: str = "softmax"  # a name in ATTENTION_KINDS
+    attention_args: tuple = ()  # the kind's arguments as (name, value) pairs (a dict is accepted), e.g.
+    #   "prefix": length (10); "ntk": init ("zeros"); "tensor": method ("exact"), degree (2), scale (None: 1/d)
+    attention_fn: Callable | None = None  # user attention with dot_product_attention's signature ("softmax")
+    implementation: str | None = None  # jaxmm.attention vocabulary: None, "xla", "reference", "cudnn", "pallas"
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q", "v")  # any of q, k, v, o, gate, up, down, fc1, fc2
-    prefix_length: int = 10  # P-Tuning v2 prefix (attention="prefix")
-    ntk_init: str = "zeros"  # NTK-Attention Z, k init (attention="ntk")
-    tensor_method: str = "exact"  # tensor attention (attention="tensor"): "exact" | "poly"
-    tensor_degree: int = 2  # Taylor degree of the "poly" method
-    tensor_scale: float | None = None  # None: 1/d (the paper)
-    tensor_implementation: str | None = None  # None: Pallas kernel on GPU, XLA elsewhere
     dtype: Any = None  # compute dtype (None = input dtype)
     remat: bool = False
 
     @property
-    def kv_heads(self) -> int:
+    def resolved_num_kv_heads(self) -> int:
+        """num_kv_heads, or num_heads when it is None (MHA)."""
         return self.num_kv_heads or self.num_heads
 
     @property
-    def dim_head(self) -> int:
+    def resolved_head_dim(self) -> int:
+        """head_dim, or d_model // num_heads when it is None."""
         return self.head_dim or self.d_model // self.num_heads
 
     @property
@@ -64,8 +64,24 @@ class BlockConfig:
         return (b, b, b) if isinstance(b, bool) else tuple(b)
 
     def __post_init__(self):
-        if self.num_heads % self.kv_heads:
+        if self.num_heads % self.resolved_num_kv_heads:
             fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}", self.num_kv_heads)
+        args = self.attention_args
+        if isinstance(args, dict):
+            args = tuple(sorted(args.items()))
+        object.__setattr__(self, "attention_args", tuple((str(k), v) for k, v in args))
+        if self.attention in ATTENTION_KINDS:   # kinds registered later are checked when the layer runs
+            self.kind_args()
+
+    def kind_args(self) -> dict:
+        """The attention kind's arguments: its defaults updated by `attention_args` (unknown names fail)."""
+        kind = attention_kind(self.attention)
+        given = dict(self.attention_args)
+        unknown = sorted(set(given) - set(kind.defaults))
+        if unknown:
+            fail("attention_args", f"names among {sorted(kind.defaults)} for attention={self.attention!r}",
+                 unknown)
+        return {**kind.defaults, **given}
 
     def dense(self, name: str, features: int, use_bias: bool, axes) -> Dense:
         lora = name in self.lora_targets and self.lora_rank > 0
@@ -78,8 +94,48 @@ def rope_scaling_items(scaling: dict | None) -> tuple | None:
     return None if not scaling else tuple(sorted(scaling.items()))
 
 
-# attention kind -> callable(module, q, k, v, *, mask, is_causal, scale) -> out; q/k/v already projected.
-ATTENTION_KINDS: dict[str, Callable] = {}
+@dataclasses.dataclass(frozen=True)
+class AttentionKind:
+    """A registered attention kind. Exactly one of
+    attend: (module, q, k, v, *, mask, is_causal) -> out, called inside `Attention` on the projected, rotated and
+      cached q [B, L, H, d], k, v [B, Lk, Hkv, d] (the kind may create params in `module`);
+    module: (config, name) -> a Linen module with `Attention`'s call signature (kinds with their own projections).
+    defaults: the kind's arguments (BlockConfig.attention_args) and their default values."""
+    name: str
+    attend: Callable | None = None
+    module: Callable | None = None
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+ATTENTION_KINDS: dict[str, AttentionKind] = {}
+
+
+def register_attention_kind(name: str, attend: Callable | None = None, *, module: Callable | None = None,
+                            defaults: dict | None = None) -> AttentionKind:
+    """Register attention kind `name` for `BlockConfig(attention=name, attention_args=...)`."""
+    if (attend is None) == (module is None):
+        fail("register_attention_kind", "exactly one of attend= or module=", f"attend={attend}, module={module}")
+    kind = AttentionKind(name, attend, module, dict(defaults or {}))
+    ATTENTION_KINDS[name] = kind
+    return kind
+
+
+def attention_kind(name: str) -> AttentionKind:
+    if name not in ATTENTION_KINDS:
+        fail("attention", f"one of {sorted(ATTENTION_KINDS)}", repr(name))
+    return ATTENTION_KINDS[name]
+
+
+def softmax_attend(module, q, k, v, *, mask, is_causal):
+    """ATTENTION_KINDS["softmax"]: `attention_fn` if given, else jaxmm.attention.dot_product_attention."""
+    cfg = module.config
+    if cfg.attention_fn is not None:
+        return cfg.attention_fn(q, k, v, mask=mask, is_causal=is_causal)
+    return attention_ops.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                               implementation=cfg.implementation)
+
+
+register_attention_kind("softmax", softmax_attend)
 
 
 class Attention(nn.Module):
@@ -101,7 +157,7 @@ class Attention(nn.Module):
         cfg = self.config
         check_rank("x", x, 3, "[batch, length, d_model]")
         b, length, _ = x.shape
-        h, hkv, d = cfg.num_heads, cfg.kv_heads, cfg.dim_head
+        h, hkv, d = cfg.num_heads, cfg.resolved_num_kv_heads, cfg.resolved_head_dim
         qb, kb, vb = cfg.biases
         q = cfg.dense("q", h * d, qb, ("embed", "heads"))(x, deterministic).reshape(b, length, h, d)
         k = cfg.dense("k", hkv * d, kb, ("embed", "heads"))(x, deterministic).reshape(b, length, hkv, d)
@@ -135,14 +191,11 @@ class Attention(nn.Module):
         return cfg.dense("o", cfg.d_model, cfg.out_bias, ("heads", "embed"))(out.reshape(b, length, h * d), deterministic)
 
     def attend(self, q, k, v, *, mask, is_causal):
-        cfg = self.config
-        if cfg.attention == "softmax":
-            fn = cfg.attention_fn or attn_ops.dot_product_attention
-            kwargs = {} if cfg.attention_fn else {"implementation": cfg.implementation}
-            return fn(q, k, v, mask=mask, is_causal=is_causal, **kwargs)
-        if cfg.attention not in ATTENTION_KINDS:
-            fail("attention", f"one of {['softmax', *ATTENTION_KINDS]}", repr(cfg.attention))
-        return ATTENTION_KINDS[cfg.attention](self, q, k, v, mask=mask, is_causal=is_causal)
+        kind = attention_kind(self.config.attention)
+        if kind.attend is None:
+            fail("attention", f"a kind that attends inside `Attention` ({self.config.attention!r} is a module; use "
+                              "`Block` or `attention_module`)", repr(self.config.attention))
+        return kind.attend(self, q, k, v, mask=mask, is_causal=is_causal)
 
 
 class MLP(nn.Module):
@@ -164,12 +217,10 @@ class MLP(nn.Module):
 
 
 def attention_module(cfg: BlockConfig, name: str):
-    if cfg.attention == "tensor":
-        from jaxmm.nn.tensor_attention import TensorAttention
-
-        return TensorAttention(cfg, method=cfg.tensor_method, degree=cfg.tensor_degree, scale=cfg.tensor_scale,
-                               name=name)
-    return Attention(cfg, name=name)
+    """The attention layer of a block: the kind's own module, or `Attention` (which calls the kind's attend)."""
+    kind = attention_kind(cfg.attention)
+    cfg.kind_args()
+    return kind.module(cfg, name=name) if kind.module is not None else Attention(cfg, name=name)
 
 
 class Block(nn.Module):

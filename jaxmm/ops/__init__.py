@@ -1,13 +1,16 @@
-"""Pure JAX functions (no Flax, no parameters): the maths of every method. Names resolve lazily."""
+"""Pure JAX functions (no Flax, no parameters): the maths of every method, in plain XLA. Names resolve lazily.
+
+The attention functions here are the reference maths; `jaxmm.attention` holds the same names with the backend
+dispatch (cuDNN, Pallas) and its `implementation=` argument. `jaxmm.ops` never imports `jaxmm.kernels`."""
 import importlib
 
 _EXPORTS = {
-    "dot_product_attention": "attention", "causal_mask": "attention",
+    "dot_product_attention": "attention", "causal_mask": "attention", "prefix_attention": "attention",
     "rope_frequencies": "rope", "apply_rope": "rope",
     "rms_norm": "norms", "layer_norm": "norms",
     "masked_cross_entropy": "losses",
     "polynomial_features": "polynomial", "multi_indices": "polynomial",
-    "ntk_attention": "ntk", "prefix_attention": "ntk",
+    "ntk_attention": "ntk",
     "tensor_attention": "tensor", "tensor_attention_loss_grad": "tensor",
     "log_mel_spectrogram": "audio",
 }

@@ -1,6 +1,8 @@
-"""Scaled dot-product attention with backend dispatch.
+"""Scaled dot-product attention: the reference maths, and the one q/k/v check, mask normaliser and causal rule
+that every attention op, kernel and layer in jaxmm uses.
 
 Layout everywhere: q [B, Lq, H, d], k and v [B, Lk, Hkv, d] with Hkv dividing H (MHA: Hkv = H; GQA; MQA: Hkv = 1).
+Backend choice (cuDNN, Pallas) lives one layer up, in `jaxmm.attention`; this module is plain XLA maths.
 """
 from __future__ import annotations
 
@@ -9,23 +11,32 @@ import jax.numpy as jnp
 
 from jaxmm.ops._checks import check_rank, check_scale, fail
 
-IMPLEMENTATIONS = (None, "xla", "cudnn", "pallas")
 
+# ------------------------------------------------------------------------------------------- shared checks
+def check_qkv(q, k, v, *, is_causal: bool = False, causal_equal_lengths: bool = False,
+              names: tuple[str, str, str] = ("q", "k", "v")):
+    """Validate [B, L, H, d] attention tensors (GQA allowed); returns (B, Lq, H, d, Lk, Hkv).
 
-def _check_qkv(q, k, v):
-    check_rank("q", q, 4, "[batch, q_length, heads, head_dim]")
-    check_rank("k", k, 4, "[batch, kv_length, kv_heads, head_dim]")
-    check_rank("v", v, 4, "[batch, kv_length, kv_heads, head_dim]")
-    for name, x in (("q", q), ("k", k), ("v", v)):   # integer inputs would silently give all-zero attention
+    With is_causal and different lengths the causal rule is bottom-right aligned (`causal_mask`);
+    `causal_equal_lengths=True` (the Pallas kernels) requires Lq = Lk when is_causal."""
+    qn, kn, vn = names
+    check_rank(qn, q, 4, "[batch, q_length, heads, head_dim]")
+    check_rank(kn, k, 4, "[batch, kv_length, kv_heads, head_dim]")
+    check_rank(vn, v, 4, "[batch, kv_length, kv_heads, head_dim]")
+    for name, x in ((qn, q), (kn, k), (vn, v)):   # integer inputs would silently give all-zero attention
         if not jnp.issubdtype(x.dtype, jnp.floating):
             fail(name, "a floating-point array (float32, bfloat16, float16, ...)", f"dtype {x.dtype}")
-    b, _, h, d = q.shape
+    b, lq, h, d = q.shape
     if k.shape[0] != b or k.shape[3] != d:
-        fail("k", f"batch {b} and head_dim {d} like q {q.shape}", f"shape {k.shape}")
-    if v.shape[:3] != k.shape[:3]:
-        fail("v", f"[batch, kv_length, kv_heads] = {k.shape[:3]} like k", f"shape {v.shape}")
-    if h % k.shape[2]:
-        fail("k", f"a number of kv heads dividing the {h} query heads", f"{k.shape[2]} kv heads")
+        fail(kn, f"shape ({b}, *, *, {d}) (batch and head_dim of {qn})", f"shape {k.shape}")
+    if v.shape != k.shape:
+        fail(vn, f"the shape of {kn} {k.shape}", f"shape {v.shape}")
+    lk, hkv = k.shape[1], k.shape[2]
+    if h % hkv:
+        fail(kn, f"a number of kv heads dividing the {h} query heads", f"{hkv} kv heads")
+    if is_causal and causal_equal_lengths and lq != lk:
+        fail(kn, f"length {lq} (= query length, is_causal=True)", f"length {lk}")
+    return b, lq, h, d, lk, hkv
 
 
 def causal_mask(q_len: int, kv_len: int, q_offset=None):
@@ -39,21 +50,48 @@ def causal_mask(q_len: int, kv_len: int, q_offset=None):
     return kj[None] <= qi[None] + jnp.asarray(offset)[:, None, None]
 
 
-def _broadcast_mask(mask, b, h, lq, lk, name):
-    """Accept [Lq, Lk], [B, Lk] (key padding), [B, 1|H, Lq, Lk] or [B, Lq, Lk]; return [B, 1|H, Lq, Lk]."""
+def attention_mask(mask, b: int, h: int, lq: int, lk: int, name: str = "mask", *, bias_hint: bool = True):
+    """The one mask normaliser. Accepts None or a boolean mask (True = attend) of shape [B, Lk] (key padding),
+    [Lq, Lk], [B, Lq, Lk] or [B|1, 1|H, Lq|1, Lk]; returns None or a boolean [B|1, 1|H, Lq|1, Lk] array.
+    A float mask is refused: a 0/−inf additive mask read as boolean would invert it."""
+    if mask is None:
+        return None
     mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        hint = "; pass additive float masks as `bias`" if bias_hint else ""
+        fail(name, f"a boolean array (True = attend){hint}", f"dtype {mask.dtype}")
     if mask.ndim == 2 and mask.shape == (b, lk) and (lq, lk) != (b, lk):
         mask = mask[:, None, None, :]
     elif mask.ndim == 2:
         mask = mask[None, None]
     elif mask.ndim == 3:
         mask = mask[:, None]
-    if mask.ndim != 4 or mask.shape[-2:] not in ((lq, lk), (1, lk)) or mask.shape[1] not in (1, h):
+    if (mask.ndim != 4 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, h)
+            or mask.shape[-2:] not in ((lq, lk), (1, lk))):
         fail(name, f"a mask broadcastable to [batch={b}, heads={h}, q_length={lq}, kv_length={lk}] "
                    f"(or a [batch, kv_length] key-padding mask)", f"shape {mask.shape}")
     return mask
 
 
+def _attention_bias(bias, lq, lk):
+    if bias is None:
+        return None
+    bias = jnp.asarray(bias)
+    if bias.ndim == 2:
+        bias = bias[None, None]
+    if bias.ndim != 4:
+        fail("bias", f"an array broadcastable to [batch, heads, {lq}, {lk}]", f"shape {bias.shape}")
+    return bias
+
+
+def prepare(q, k, v, *, bias=None, mask=None, is_causal=False, scale=None):
+    """Check every argument once; returns (mask [B|1, 1|H, Lq|1, Lk] or None, bias or None, scale)."""
+    b, lq, h, d, lk, _ = check_qkv(q, k, v)
+    scale = d ** -0.5 if scale is None else check_scale(scale)
+    return attention_mask(mask, b, h, lq, lk), _attention_bias(bias, lq, lk), scale
+
+
+# ------------------------------------------------------------------------------------------- reference maths
 def _xla_attention(q, k, v, bias, mask, scale):
     b, lq, h, d = q.shape
     hkv = k.shape[2]
@@ -73,20 +111,17 @@ def _xla_attention(q, k, v, bias, mask, scale):
     return out.reshape(b, lq, h, d).astype(q.dtype)
 
 
-def default_implementation() -> str:
-    """The best attention that runs on the current default backend: cuDNN on NVIDIA, Pallas on TPU, XLA else."""
-    backend = jax.default_backend()
-    if backend == "gpu":
-        kind = str(getattr(jax.devices()[0], "device_kind", "")).lower()
-        return "xla" if ("amd" in kind or "radeon" in kind or "instinct" in kind) else "cudnn"
-    if backend == "tpu":
-        return "pallas"
-    return "xla"
+def xla_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale=None):
+    """`dot_product_attention` on already prepared arguments (mask normalised, scale set): no checks."""
+    lq, lk = q.shape[1], k.shape[1]
+    if is_causal:
+        cm = causal_mask(lq, lk)[None, None]
+        mask = cm if mask is None else mask & cm
+    return _xla_attention(q, k, v, bias, mask, scale)
 
 
-def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale: float | None = None,
-                          implementation: str | None = None):
-    """softmax(q kᵀ·scale + bias, masked) v.
+def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale: float | None = None):
+    """softmax(q kᵀ·scale + bias, masked) v, in plain XLA (logits and softmax in float32).
 
     q: [B, Lq, H, d]; k, v: [B, Lk, Hkv, d] (Hkv divides H: MHA, GQA, MQA). Returns [B, Lq, H, d].
     bias: broadcastable to [B, H, Lq, Lk] (float, added to the logits).
@@ -94,48 +129,46 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = Fa
       mask is refused (an additive 0/−inf mask goes in `bias`). q, k, v must be floating point.
     is_causal: query i sees keys j <= i + (Lk - Lq) (bottom-right aligned, which is what a KV cache needs).
     scale: default 1/sqrt(d); a given scale must be finite and > 0.
-    implementation: None (best for the backend), "xla" (portable; logits and softmax in float32), "cudnn"
-      (`jax.nn.dot_product_attention` cuDNN path; NVIDIA GPUs, fp16/bf16), "pallas" (jaxmm's flash kernel on
-      GPU/TPU; on CPU it runs in interpret mode, slowly, for testing).
-    A query row that sees no key returns zeros.
+    A query row that sees no key returns zeros. The backend-dispatching version (cuDNN, Pallas) with the same
+    signature plus `implementation=` is `jaxmm.attention.dot_product_attention`.
     """
-    _check_qkv(q, k, v)
-    if implementation not in IMPLEMENTATIONS:
-        fail("implementation", f"one of {IMPLEMENTATIONS}", repr(implementation))
-    b, lq, h, d = q.shape
-    lk = k.shape[1]
-    scale = d ** -0.5 if scale is None else check_scale(scale)
-    if mask is not None:
-        if jnp.asarray(mask).dtype != jnp.bool_:   # a 0/-inf float mask read as boolean would invert it
-            fail("mask", "a boolean array (True = attend); pass additive float masks as `bias`",
-                 f"dtype {jnp.asarray(mask).dtype}")
-        mask = _broadcast_mask(mask, b, h, lq, lk, "mask")
-    if bias is not None:
-        bias = jnp.asarray(bias)
-        if bias.ndim == 2:
-            bias = bias[None, None]
-        if bias.ndim != 4:
-            fail("bias", f"an array broadcastable to [batch, heads, {lq}, {lk}]", f"shape {bias.shape}")
-    impl = implementation or default_implementation()
-    if impl == "pallas":
-        if bias is not None or mask is not None or lq != lk:
-            if implementation == "pallas":
-                fail("implementation", "'pallas' only without bias/mask and with q_length == kv_length "
-                     "(use 'xla' or 'cudnn')", f"bias={bias is not None}, mask={mask is not None}, {lq=}, {lk=}")
-            impl = "xla"  # automatic choice: the kernel does not cover this case
-        else:
-            from jaxmm.kernels.flash_attention import flash_attention
+    mask, bias, scale = prepare(q, k, v, bias=bias, mask=mask, scale=scale)
+    return xla_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
 
-            return flash_attention(q, k, v, is_causal=is_causal, scale=scale)
-    if impl == "cudnn" and implementation is None and q.dtype not in (jnp.float16, jnp.bfloat16):
-        impl = "xla"  # automatic choice: cuDNN's fused attention takes only fp16/bf16 (float32 models use XLA)
-    if impl == "cudnn":
-        if is_causal and lq != lk:  # jax.nn's causal mask is top-left aligned; ours is bottom-right
-            cm = causal_mask(lq, lk)[None, None]
-            mask, is_causal = (cm if mask is None else mask & cm), False
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
-                                            implementation="cudnn")
+
+# ------------------------------------------------------------------------------------------- prefix attention
+def prefix_keys(q, k, v, k_prefix, v_prefix, *, mask=None, is_causal: bool = False):
+    """Prepend a key/value prefix visible to every query: returns (keys [B, m + Lk, Hkv, d], values, mask
+    [B|1, 1|H, Lq, m + Lk] or None). `mask` and `is_causal` (bottom-right aligned) apply to the real keys only.
+    k_prefix, v_prefix: [m, Hkv, d] or [B or 1, m, Hkv, d]."""
+    b, lq, h, d, lk, hkv = check_qkv(q, k, v, is_causal=is_causal)
+    if getattr(k_prefix, "ndim", None) == 3:
+        k_prefix = k_prefix[None]
+    if getattr(v_prefix, "ndim", None) == 3:
+        v_prefix = v_prefix[None]
+    check_rank("k_prefix", k_prefix, 4, "[batch or 1, prefix_len, kv_heads, head_dim]")
+    if k_prefix.shape[0] not in (1, b) or k_prefix.shape[2:] != (hkv, d):
+        fail("k_prefix", f"shape ({b} or 1, m, {hkv}, {d})", f"shape {k_prefix.shape}")
+    if getattr(v_prefix, "shape", None) != k_prefix.shape:
+        fail("v_prefix", f"the shape of k_prefix {k_prefix.shape}", f"shape {getattr(v_prefix, 'shape', None)}")
+    m = k_prefix.shape[1]
+    kk = jnp.concatenate([jnp.broadcast_to(k_prefix, (b, m, hkv, d)).astype(k.dtype), k], axis=1)
+    vv = jnp.concatenate([jnp.broadcast_to(v_prefix, (b, m, hkv, d)).astype(v.dtype), v], axis=1)
+    real = attention_mask(mask, b, h, lq, lk)
     if is_causal:
         cm = causal_mask(lq, lk)[None, None]
-        mask = cm if mask is None else mask & cm
-    return _xla_attention(q, k, v, bias, mask, scale)
+        real = cm if real is None else real & cm
+    if real is None:
+        return kk, vv, None
+    real = jnp.broadcast_to(real, (real.shape[0], real.shape[1], lq, lk))
+    return kk, vv, jnp.concatenate([jnp.ones((*real.shape[:3], m), bool), real], axis=-1)
+
+
+def prefix_attention(q, k, v, k_prefix, v_prefix, *, mask=None, is_causal: bool = False, scale=None):
+    """Explicit prefix attention (P-Tuning v2; what NTK-Attention replaces): softmax attention over
+    [prefix keys; keys], the m prefix keys visible to every query; `mask` and `is_causal` apply to the real keys.
+
+    q [B, L, H, d]; k, v [B, L', Hkv, d]; k_prefix, v_prefix [m, Hkv, d] or [B or 1, m, Hkv, d].
+    Returns [B, L, H, d]; cost O(L (m + L') d)."""
+    kk, vv, full = prefix_keys(q, k, v, k_prefix, v_prefix, mask=mask, is_causal=is_causal)
+    return dot_product_attention(q, kk, vv, mask=full, scale=scale)

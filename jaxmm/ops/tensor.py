@@ -11,7 +11,8 @@ method="exact": flash-style. Queries in blocks; for each block an online softmax
   tiles and applies the closed-form per-tensor gradients (Δ_i = ⟨dO_i, O_i⟩):
     dP_ijk = ⟨dO_i, V1_j∘V2_k⟩, dS = P∘(dP − Δ), dQ_i = s Σ_jk dS_ijk K1_j∘K2_k, dK1_j = s Σ_ik dS_ijk Q_i∘K2_k,
     dK2_k = s Σ_ij dS_ijk Q_i∘K1_j, dV1_j = Σ_ik P_ijk dO_i∘V2_k, dV2_k = Σ_ij P_ijk dO_i∘V1_j.
-  On GPU the Pallas kernel in jaxmm.kernels.tensor_attention runs instead (same maths).
+  The Pallas kernel in jaxmm.kernels.tensor_attention computes the same maths; `jaxmm.attention.tensor_attention`
+  chooses between them per platform.
 method="poly": the degree-g Taylor expansion exp(s·Σ_l q_l a_l b_l) ≈ Σ_{|α|≤g} s^{|α|}/α! q^α a^α b^α gives
   feature maps U1 (queries), U2 (K1), U3 (K2) of rank r = C(d+g, g), and the Khatri–Rao identity
   (A⊘B)ᵀ(C⊘D) = (AᵀC)∘(BᵀD) gives  z = U1((U2ᵀ1)∘(U3ᵀ1)),  O = diag(z)⁻¹ U1 ((U2ᵀV1)∘(U3ᵀV2)):
@@ -37,14 +38,13 @@ from jaxmm.ops import polynomial
 from jaxmm.ops._checks import check_rank, check_shape, fail
 
 METHODS = ("exact", "poly")
-IMPLEMENTATIONS = (None, "xla", "pallas")
 _NEG = -1e30  # finite "minus infinity" for masked scores (avoids inf − inf)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # argument checks and layout
 # ----------------------------------------------------------------------------------------------------------------
-def _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal):
+def check_tensor_inputs(q, k1, k2, v1, v2, key_mask, is_causal):
     check_rank("q", q, 4, "[batch, n, heads, d]")
     b, n, h, d = q.shape
     check_rank("k1", k1, 4, "[batch, m, heads, d]")
@@ -85,7 +85,7 @@ def _pad_rows(x, multiple):
 # ----------------------------------------------------------------------------------------------------------------
 def tensor_attention_reference(q, k1, k2, v1, v2, *, scale=None, is_causal=False, key_mask=None):
     """Naive Θ(n³d) evaluation materialising the [B, H, n, m, m] scores (tests, small n, the XLA peer in bench)."""
-    b, n, m, h, d, dv = _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
+    b, n, m, h, d, dv = check_tensor_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
     s = 1.0 / d if scale is None else scale
     logits = jnp.einsum("bihl,bjhl,bkhl->bhijk", q, k1, k2, preferred_element_type=jnp.float32) * s
     valid = jnp.ones((b, 1, n, m, m), bool)
@@ -414,10 +414,26 @@ def taylor_error_bound(beta, degree: int):
 # ----------------------------------------------------------------------------------------------------------------
 # public entry point
 # ----------------------------------------------------------------------------------------------------------------
+def check_tensor_options(d: int, *, method, degree, scale, block_q, block_k) -> float:
+    """Check method / degree / scale / tile sizes; returns the scale s (default 1/d)."""
+    if method not in METHODS:
+        fail("method", f"one of {METHODS}", repr(method))
+    s = 1.0 / d if scale is None else float(scale)
+    if not s > 0:
+        fail("scale", "a positive number", scale)
+    for name, v in (("block_q", block_q), ("block_k", block_k)):
+        if not (isinstance(v, int) and v > 0):
+            fail(name, "a positive int", v)
+    if method == "poly" and not (isinstance(degree, (int, np.integer)) and degree >= 0):
+        fail("degree", "a non-negative int for method='poly'", degree)
+    if method == "exact" and degree is not None:
+        fail("degree", "None for method='exact'", degree)
+    return s
+
+
 def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: str = "exact",
-                     degree: int | None = None, is_causal: bool = False, key_mask=None,
-                     implementation: str | None = None, block_q: int = 64, block_k: int = 64,
-                     interpret: bool | None = None):
+                     degree: int | None = None, is_causal: bool = False, key_mask=None, block_q: int = 64,
+                     block_k: int = 64):
     """Tensor attention O_i = Σ_jk softmax_jk(s·Σ_l Q_il K1_jl K2_kl) V1_j∘V2_k (see the module docstring).
 
     q, k1, k2: [B, n|m, H, d]; v1, v2: [B, m, H, dv]. Returns [B, n, H, dv] in q's dtype.
@@ -425,42 +441,16 @@ def tensor_attention(q, k1, k2, v1, v2, *, scale: float | None = None, method: s
     method: "exact" (flash-style tiles, custom VJP) or "poly" (degree-`degree` Taylor features, O(n·r·d)).
     is_causal: query i sees the pairs with j <= i and k <= i (needs n == m).
     key_mask: optional bool [B, m]; pairs with a masked j or k are left out (padding).
-    implementation (exact only): None = the Pallas kernel on GPU, pure JAX elsewhere; "xla"; "pallas" (on CPU it
-      runs in interpret mode: slow, for tests). block_q, block_k: tile sizes of the exact path.
+    block_q, block_k: tile sizes of the exact path. Plain XLA; the backend-dispatching version (Pallas kernel
+    on GPU) is `jaxmm.attention.tensor_attention`.
     """
-    b, n, m, h, d, dv = _check_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
-    if method not in METHODS:
-        fail("method", f"one of {METHODS}", repr(method))
-    if implementation not in IMPLEMENTATIONS:
-        fail("implementation", f"one of {IMPLEMENTATIONS}", repr(implementation))
-    s = 1.0 / d if scale is None else float(scale)
-    if not s > 0:
-        fail("scale", "a positive number", scale)
-    for name, v in (("block_q", block_q), ("block_k", block_k)):
-        if not (isinstance(v, int) and v > 0):
-            fail(name, "a positive int", v)
+    b, n, m, h, d, dv = check_tensor_inputs(q, k1, k2, v1, v2, key_mask, is_causal)
+    s = check_tensor_options(d, method=method, degree=degree, scale=scale, block_q=block_q, block_k=block_k)
     km = None if key_mask is None else jnp.repeat(jnp.asarray(key_mask, bool), h, axis=0)
     args = [_heads_first(x) for x in (q, k1, k2, v1, v2)]
     if method == "poly":
-        if not (isinstance(degree, (int, np.integer)) and degree >= 0):
-            fail("degree", "a non-negative int for method='poly'", degree)
-        if implementation == "pallas":
-            fail("implementation", "None or 'xla' for method='poly' (no kernel needed)", repr(implementation))
         out = _poly(*args, km, s, bool(is_causal), int(degree))
         return _heads_back(out, b, h)
-    if degree is not None:
-        fail("degree", "None for method='exact'", degree)
-    impl = implementation
-    if impl is None:
-        impl = "pallas" if (jax.default_backend() == "gpu" and key_mask is None and n == m) else "xla"
-    if impl == "pallas":
-        if key_mask is not None or n != m:
-            fail("implementation", "'pallas' only without key_mask and with n == m",
-                 f"key_mask={key_mask is not None}, {n=}, {m=}")
-        from jaxmm.kernels.tensor_attention import tensor_attention_pallas
-
-        itp = (jax.default_backend() == "cpu") if interpret is None else interpret
-        return tensor_attention_pallas(q, k1, k2, v1, v2, scale=s, is_causal=bool(is_causal), interpret=itp)
     out = _exact_xla(*args, km, s, bool(is_causal), block_q, block_k)
     return _heads_back(out, b, h)
 

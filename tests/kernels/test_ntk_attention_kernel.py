@@ -7,7 +7,8 @@ import pytest
 
 import _ntk_np as npref
 from jaxmm.kernels.ntk_attention import ntk_attention_cudnn, ntk_attention_pallas
-from jaxmm.ops.ntk import ntk_attention, ntk_attention_reference
+from jaxmm.attention import ntk_attention
+from jaxmm.ops.ntk import ntk_attention_reference
 
 
 def _inputs(b=1, l=24, h=4, hkv=2, d=16, seed=0, zero_kvec=False):

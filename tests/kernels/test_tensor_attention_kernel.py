@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxmm.kernels.tensor_attention import tensor_attention_pallas
-from jaxmm.ops.tensor import tensor_attention, tensor_attention_reference
+from jaxmm.attention import tensor_attention
+from jaxmm.ops.tensor import tensor_attention_reference
 
 
 def np_tensor_attention(q, k1, k2, v1, v2, scale, causal):
@@ -44,7 +45,7 @@ def test_kernel_forward_and_backward_match(causal):
 
 def test_op_dispatches_to_kernel_on_request():
     x = _inputs(n=6, seed=1)
-    via_op = tensor_attention(*x, implementation="pallas", interpret=True)
+    via_op = tensor_attention(*x, implementation="pallas")  # interpret mode on CPU
     xla = tensor_attention(*x, implementation="xla")
     np.testing.assert_allclose(via_op, xla, rtol=1e-5, atol=1e-6)
 

@@ -336,14 +336,18 @@ def test_shape_errors_name_the_argument():
         generate(model, params, ids, mask, max_new_tokens=2, top_p=0.0)
 
 
-def test_float32_llm_runs_where_the_automatic_attention_is_cudnn(monkeypatch):
+def test_float32_llm_lowers_for_cuda_without_cudnn_where_cudnn_is_available(monkeypatch):
     """On NVIDIA GPUs the automatic choice is cuDNN, which takes only fp16/bf16: a float32 model (the HF-import
-    default) must fall back to XLA instead of raising. Simulated on CPU by patching the backend's choice."""
-    from jaxmm.ops import attention
+    default) must take XLA instead of raising. Simulated on CPU: cuDNN reported available, the model lowered for
+    CUDA (the choice is made per lowering platform) has no cuDNN call, and runs on CPU unchanged."""
+    from jaxmm.attention import dispatch
 
     model, params = model_and_params()
     ids, mask = batch()
     ref = np.asarray(run(model, {"params": params}, ids, mask))
-    monkeypatch.setattr(attention, "default_implementation", lambda: "cudnn")
-    got = model.apply({"params": params}, ids[:, :9], attention_mask=mask[:, :9])  # eager: traced now
+    monkeypatch.setattr(dispatch, "cudnn_available", lambda: True)
+    fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, attention_mask=m))
+    text = fn.trace(params, ids[:, :9], mask[:, :9]).lower(lowering_platforms=("cuda",)).as_text()
+    assert "cudnn" not in text.lower()
+    got = fn(params, ids[:, :9], mask[:, :9])
     np.testing.assert_allclose(np.asarray(got), ref[:, :9], atol=1e-5)

@@ -19,9 +19,14 @@ from train.optim import group_labels
 B, L, D, H, HKV, DH = 2, 6, 16, 4, 2, 8
 
 
-def _cfg(kind, **kw):
+def _args(kind, ntk_init="zeros"):
+    """The kind's arguments (BlockConfig.attention_args): a 3-key prefix, the given NTK init."""
+    return {"ntk": {"init": ntk_init}, "prefix": {"length": 3}}.get(kind, {})
+
+
+def _cfg(kind, ntk_init="zeros", **kw):
     base = dict(d_model=D, num_heads=H, num_kv_heads=HKV, head_dim=DH, mlp_dim=32, rope_theta=None, qkv_bias=True,
-                out_bias=True, attention=kind, prefix_length=3)
+                out_bias=True, attention=kind, attention_args=_args(kind, ntk_init))
     base.update(kw)
     return BlockConfig(**base)
 
@@ -100,7 +105,7 @@ def test_prefix_layer_matches_explicit_attention_over_prefix_and_keys(is_causal)
 
 def _llm_cfg(kind, **kw):
     return LLMConfig(vocab_size=40, num_layers=2, d_model=D, num_heads=H, num_kv_heads=HKV, head_dim=DH,
-                     mlp_dim=32, attention=kind, block_extra=(("prefix_length", 3), ("ntk_init", "normal")), **kw)
+                     mlp_dim=32, attention=kind, attention_args=_args(kind, "normal"), **kw)
 
 
 def test_param_counts_and_groups():
@@ -147,7 +152,7 @@ def test_llm_kv_cache_decode_equals_full_forward(kind):
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(dec)[real], np.asarray(full)[real], rtol=2e-4, atol=2e-4)
     # the method changes the model: not the softmax LLM's logits
-    soft = LLM(dataclasses.replace(cfg, attention="softmax"))
+    soft = LLM(dataclasses.replace(cfg, attention="softmax", attention_args=()))
     base = dict(params)
     for layer in ("layers_0", "layers_1"):
         base[layer] = {**base[layer], "attn": {k: v for k, v in base[layer]["attn"].items()
@@ -158,5 +163,5 @@ def test_llm_kv_cache_decode_equals_full_forward(kind):
 
 def test_unknown_ntk_init_is_refused():
     x, _ = _inputs()
-    with pytest.raises(ValueError, match="ntk_init"):
+    with pytest.raises(ValueError, match="init"):
         Attention(_cfg("ntk", ntk_init="ones")).init(jax.random.key(0), x)

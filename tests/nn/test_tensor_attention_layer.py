@@ -18,7 +18,7 @@ def np_layer(params, x, causal=False, key_mask=None):
     x = np.asarray(x, np.float64)
     p = {k: np.asarray(v["kernel"], np.float64) for k, v in nn.unbox(params)["params"].items()}
     b, l, _ = x.shape
-    h, d = CFG.num_heads, CFG.dim_head
+    h, d = CFG.num_heads, CFG.resolved_head_dim
     q, k1, k2, v1, v2 = ((x @ p[n]).reshape(b, l, h, d) for n in ("q", "k1", "k2", "v1", "v2"))
     s = np.einsum("bihl,bjhl,bkhl->bhijk", q, k1, k2) / d
     ok = np.ones((b, 1, l, l, l), bool)
@@ -99,6 +99,7 @@ def test_block_selects_tensor_attention_by_config():
     assert set(params["params"]["attn"]) == {"q", "k1", "k2", "v1", "v2", "o"}
     params = jax.tree.map(lambda a: a * 4.0, nn.unbox(params))  # logits of order 1: the degree matters
     exact = Block(cfg).apply(params, x, is_causal=True)
-    poly = lambda g: Block(dataclasses.replace(cfg, tensor_method="poly", tensor_degree=g)).apply(params, x, is_causal=True)
+    poly = lambda g: Block(dataclasses.replace(cfg, attention_args={"method": "poly", "degree": g})).apply(
+        params, x, is_causal=True)
     err = lambda g: float(np.abs(np.asarray(exact - poly(g))).max())
     assert err(1) > 10 * err(6) and err(6) > 0

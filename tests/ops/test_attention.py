@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmm.ops.attention import causal_mask, dot_product_attention
+from jaxmm.attention import dot_product_attention  # the public entry point (dispatch over ops' maths)
+from jaxmm.ops.attention import causal_mask
 
 
 def np_attention(q, k, v, mask=None, scale=None):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import _ntk_np as npref
-from jaxmm.ops.ntk import (flash_attention_xla, ntk_attention, ntk_attention_reference,
-                                     prefix_attention)
+from jaxmm.attention import ntk_attention  # the public entry point (implementation=...)
+from jaxmm.ops.attention import prefix_attention
+from jaxmm.ops.flash import flash_attention_xla
+from jaxmm.ops.ntk import ntk_attention_reference
 
 
 def _inputs(b=2, l=24, h=4, hkv=2, d=8, seed=0, qk_scale=1.0):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxmm.ops import polynomial
-from jaxmm.ops.tensor import (_monomials, taylor_error_bound, tensor_attention,
+from jaxmm.attention import tensor_attention  # the public entry point (implementation=...)
+from jaxmm.ops.tensor import (_monomials, taylor_error_bound,
                                         tensor_attention_loss_grad, tensor_attention_reference)
 
 

@@ -30,8 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmm.ops.ntk import (combine, flash_attention_xla, ntk_attention, prefix_attention,
-                                     prefix_terms)
+from jaxmm.attention import ntk_attention
+from jaxmm.ops.attention import prefix_attention
+from jaxmm.ops.flash import flash_attention_xla
+from jaxmm.ops.ntk import combine, prefix_terms
 from train.tasks import register
 
 

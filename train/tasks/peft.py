@@ -130,6 +130,11 @@ class PeftModel(nn.Module):
         return Dense(self.num_classes, axes=("embed", None), name="head")(feats).astype(jnp.float32)
 
 
+def _kind_args(m):
+    """The attention kind's arguments (BlockConfig.attention_args) from the task's model config."""
+    return {"ntk": (("init", m.ntk_init),), "prefix": (("length", m.prefix_length),)}.get(m.method, ())
+
+
 def _vit_config(m, dtype, remat):
     from jaxmm.models.vit import ViTConfig
 
@@ -138,7 +143,7 @@ def _vit_config(m, dtype, remat):
                      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim, mlp="gelu",
                      attention=method if method in ("ntk", "prefix") else "softmax",
                      lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
-                     block_extra=(("prefix_length", m.prefix_length), ("ntk_init", m.ntk_init)), dtype=dtype,
+                     attention_args=_kind_args(m), dtype=dtype,
                      remat=remat)
 
 
@@ -151,7 +156,7 @@ def _llm_config(m, dtype, remat):
                      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, mlp_dim=m.mlp_dim, tie_embeddings=True,
                      attention=method if method in ("ntk", "prefix") else "softmax",
                      lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
-                     block_extra=(("prefix_length", m.prefix_length), ("ntk_init", m.ntk_init)), dtype=dtype,
+                     attention_args=_kind_args(m), dtype=dtype,
                      remat=remat)
 
 

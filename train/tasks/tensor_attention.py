@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops.tensor import poly_rank, tensor_attention, tensor_attention_loss_grad
+from jaxmm.attention import tensor_attention
+from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
 from train.tasks import register
 
 
