@@ -229,7 +229,7 @@ def test_argument_checks():
 
 
 def test_linen_layer_matches_exact_attention_reference_and_reports_clipping():
-    from jaxmm.nn.dp_cross_attention import DPCrossAttention
+    from jaxmm.privacy.layers import DPCrossAttention
 
     x = jax.random.normal(jax.random.key(0), (2, 5, 6))
     c = jax.random.normal(jax.random.key(1), (2, 7, 4))

@@ -393,7 +393,7 @@ def model(c, wd):
     at each ε."""
     import optax
 
-    from jaxmm.nn.dp_cross_attention import DPCrossAttention
+    from jaxmm.privacy.layers import DPCrossAttention
 
     def batch(rng, b, n, lq):
         sig = rng.choice([-1.0, 1.0], (b, 1))
