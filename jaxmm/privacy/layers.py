@@ -11,6 +11,9 @@ be trained on PUBLIC data (or with DP training) — this layer privatises infere
 Bounds: with ``squash=True`` (default) the projected keys/values pass through R·tanh(·/R) so the bounds hold
 by construction; with ``squash=False`` they are clipped at init and the counts are sown into the
 "intermediates" collection ("n_clipped_k", "n_clipped_v"), never silently.
+
+Importing this module also registers the attention kind "dp" (`DPSelfAttention`) for
+`BlockConfig(attention="dp", attention_args={...})`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmm.nn.transformer import BlockConfig, register_attention_kind
+from jaxmm.ops._checks import fail
 from jaxmm.privacy.dp_cross_attention import dp_cross_attention, dp_cross_attention_init
 
 
@@ -77,3 +82,33 @@ class DPCrossAttention(nn.Module):
         self.sow("intermediates", "n_clipped_k", jnp.sum(ck))
         self.sow("intermediates", "n_clipped_v", jnp.sum(cv))
         return nn.DenseGeneral(self.out_features or x.shape[-1], axis=(-2, -1), name="out")(out)
+
+
+DP_KIND_DEFAULTS = {"epsilon": 1.0, "delta": 1e-5, "bound_qk": 1.0, "bound_v": 1.0, "degree": 2, "method": "release",
+                    "scale": None, "squash": True, "n_bins": None}
+
+
+class DPSelfAttention(nn.Module):
+    """The attention kind "dp": every token reads an (ε, δ)-DP release of the block's own keys and values
+    (`DPCrossAttention` with context = x; arguments from BlockConfig.attention_args, defaults
+    `DP_KIND_DEFAULTS`; heads and head size from the BlockConfig). x [B, L, D] -> [B, L, D].
+
+    The release is one feature sum over all tokens: there is no causal rule, no pair mask and no KV cache, so
+    `is_causal`, `mask` and `decode` are refused (use it in encoder blocks, e.g. the ViT). The "dp" PRNG stream
+    is needed unless epsilon is infinite."""
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
+                 decode: bool = False, max_length: int | None = None):
+        del positions, deterministic, max_length
+        for name, value in (("is_causal", is_causal), ("decode", decode), ("mask", mask is not None)):
+            if value:
+                fail(name, "False/None for attention='dp' (one private release over all tokens)", value)
+        cfg = self.config
+        return DPCrossAttention(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, out_features=cfg.d_model,
+                                name="dp", **cfg.kind_args())(x, x)
+
+
+register_attention_kind("dp", module=lambda cfg, name: DPSelfAttention(cfg, name=name), defaults=DP_KIND_DEFAULTS)
