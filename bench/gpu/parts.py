@@ -162,6 +162,16 @@ def part_env(rec, smoke):
     except (OSError, subprocess.SubprocessError) as e:
         rec.data["nvidia_smi"] = f"unavailable: {type(e).__name__}"
     rec.row("device", d.device_kind, note=f"{jax.default_backend()}, jax {jax.__version__}")
+    # preflight: what the parts import, on this machine's packages (the GPU image is not the project's venv)
+    import importlib
+
+    for mod in ("flax", "optax", "pytest", "jaxmm.models.llm", "jaxmm.kernels.ntk_attention",
+                "jaxmm.kernels.tensor_attention", "jaxmm.ops.ntk", "jaxmm.ops.tensor"):
+        try:
+            m = importlib.import_module(mod)
+            rec.row(f"import {mod}", status="ok", note=getattr(m, "__version__", ""))
+        except Exception as e:  # recorded: the part that needs it will fail with the same error
+            rec.row(f"import {mod}", status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
 
 
 def part_ntk(rec, smoke):
@@ -250,9 +260,19 @@ def part_ntk(rec, smoke):
         args = qkv = ct = None
 
 
+def naive_tensor_attention(q, k1, k2, v1, v2):
+    """The XLA peer as the anchor measured it (shared/gpu/gpu_baseline.py): [B, H, n, n, n] scores in float32,
+    softmax over the n² pairs, probabilities in the input dtype, then two contractions. Scale 1/d."""
+    b, n, h, d = q.shape
+    s = jnp.einsum("bihl,bjhl,bkhl->bhijk", q, k1, k2, preferred_element_type=jnp.float32) / d
+    p = jax.nn.softmax(s.reshape(b, h, n, n * n), axis=-1).reshape(b, h, n, n, n).astype(q.dtype)
+    return jnp.einsum("bhijk,bjhe,bkhe->bihe", p, v1, v2)
+
+
 def part_tensor(rec, smoke):
     """Exact tensor attention (2405.16411): the Pallas kernel's TFLOP/s (4·n³·d per forward) against the naive
-    XLA path (the n³ scores materialised) and the bf16 matmul ceiling of this run."""
+    XLA path (the n³ scores materialised, as the anchor ran it) and the bf16 matmul ceiling of this run; every
+    candidate checked against jaxmm's float32 reference first."""
     from jaxmm.kernels.tensor_attention import tensor_attention_pallas
     from jaxmm.ops import tensor_attention
     from jaxmm.ops.tensor import tensor_attention_reference
@@ -280,7 +300,7 @@ def part_tensor(rec, smoke):
     fns = {"pallas kernel": jitted(lambda *a: tensor_attention_pallas(*a, block_q=blk, block_k=blk,
                                                                       interpret=not ON_GPU), 5),
            "xla tiled": jitted(lambda *a: tensor_attention(*a, implementation="xla"), 5),
-           "xla naive": jitted(lambda *a: tensor_attention_reference(*a), 5)}
+           "xla naive": jitted(naive_tensor_attention, 5)}
     ref = jitted(lambda *a: tensor_attention_reference(*(t.astype(jnp.float32) for t in a)), 5)
     args, ct = inputs(*check_shape, seed=7)
     checks = {name: check(rec, name, f, ref, args, ct, tol) for name, f in fns.items()}

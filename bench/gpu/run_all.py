@@ -202,6 +202,8 @@ def main():
            "PYTHONUNBUFFERED": "1"}
     if a.smoke:
         env["JAX_PLATFORMS"] = "cpu"
+    else:  # each part has the GPU to itself; the naive tensor attention at n=2048 needs ~90 GB
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
     t0 = time.perf_counter()
     res = {"smoke": a.smoke, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(shlex.quote(c) for c in sys.argv), "budget_s": budget, "env": {}, "parts": []}
