@@ -29,7 +29,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-ON_GPU = jax.default_backend() == "gpu"
+# JAXMM_BENCH_FAKE_GPU=1 (with --smoke, on CPU) walks the GPU-only branches: their cuDNN / compiled-Pallas calls
+# fail there and must be recorded as error rows, never crash a part
+ON_GPU = jax.default_backend() == "gpu" or os.environ.get("JAXMM_BENCH_FAKE_GPU") == "1"
 NEEDS_CUDA = "skipped: needs CUDA (no NVIDIA GPU in this run)"
 # dense bf16 peak (no sparsity) by device_kind substring, from NVIDIA's datasheets; first match wins
 PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("H800", 989e12), ("GH200", 989e12), ("A100", 312e12),

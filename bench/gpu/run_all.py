@@ -231,8 +231,7 @@ def main():
                 rec = {"part": name, "status": "skipped", "rows": [], "targets": [], "notes": [], "wall_s": 0.0,
                        "reason": f"time budget spent ({left:.0f} s left of {budget:.0f} s)"}
             elif name == "pytest":
-                on_gpu = res["env"].get("backend") == "gpu" or (not a.smoke and not res["env"])
-                rec = part_pytest(timeout, on_gpu, log, env, tmp)
+                rec = part_pytest(timeout, not a.smoke, log, env, tmp)  # a full run expects the GPU
             else:
                 rec = part_process(name, timeout, a.smoke, log, env, tmp)
             if name == "env":
