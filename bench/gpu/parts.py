@@ -77,7 +77,8 @@ class Record:
 
 
 def time_fn(fn, *args, reps):
-    """(median s, first call s): two untimed calls (compile, warm-up), then `reps` synchronised calls."""
+    """(median s, first call s, spread): two untimed calls (compile, warm-up), then `reps` synchronised calls;
+    spread = (slowest − fastest) / median, to tell a difference between rows from noise."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
@@ -87,18 +88,19 @@ def time_fn(fn, *args, reps):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), first
+    med = float(np.median(ts))
+    return med, first, float((max(ts) - min(ts)) / med)
 
 
 def timed_row(rec, name, shape, fn, args, *, flops, reps, peer_s=None, errs=None):
     """Time `fn(*args)` and record a row; an exception becomes an 'error' row. Returns the median or None."""
     try:
-        t, first = time_fn(fn, *args, reps=reps)
+        t, first, spread = time_fn(fn, *args, reps=reps)
     except Exception as e:  # one failing candidate must not hide the others
         traceback.print_exc(limit=3)
         rec.row(name, shape, "error", note=f"{type(e).__name__}: {str(e)[:300]}")
         return None
-    fields = dict(ms=t * 1e3, tflops=flops / t / 1e12 if flops else None, first_call_s=first,
+    fields = dict(ms=t * 1e3, tflops=flops / t / 1e12 if flops else None, first_call_s=first, spread=spread,
                   ratio=(t / peer_s) if peer_s else None)
     if errs:
         fields.update(errs)
@@ -407,6 +409,7 @@ def part_llm(rec, smoke):
     model_flops = 6 * (n_params - n_embed) * batch * seq + 12 * cfg.num_layers * batch * seq * seq * cfg.d_model / 2
     ok = all(np.isfinite(losses)) and losses[-1] < losses[0]
     rec.row("train step", shape, "ok" if ok else "incorrect", ms=t * 1e3, first_call_s=compile_s,
+            spread=(max(ts) - min(ts)) / t,
             tflops=flops / t / 1e12, tokens_per_s=batch * seq / t, n_params=n_params,
             cost_analysis_flops=flops, model_flops=model_flops,
             mfu_cost_analysis=(flops / t / peak) if peak else None,

@@ -165,13 +165,13 @@ def markdown(res) -> str:
             lines.append(f"| {t['name']} | {_fmt(t['value'], '%.3f')} | {t['threshold']} | {met} | {t['note']} |")
     lines += ["", "## Rows", "", "ratio: time / the peer's time in the same process (cuDNN attention for NTK); "
               "rel err: worst ‖got − ref‖/‖ref‖ over the output and every gradient against float32 maths; "
-              "TFLOP/s for fwd+bwd counts 3.5× the forward.", "",
+              "TFLOP/s for fwd+bwd counts 3.5× the forward; spread: (slowest − fastest) / median of the timed calls.", "",
               "| part | name | shape | status | ms | TFLOP/s | ratio | rel err | max abs err | note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for p in res["parts"]:
         for r in p.get("rows", []):
             note = r.get("note", "")
-            extra = []
+            extra = [f"spread {100 * r['spread']:.0f}%"] if r.get("spread") is not None else []
             if r.get("of_matmul_ceiling") is not None:
                 extra.append(f"{100 * r['of_matmul_ceiling']:.1f}% of matmul")
             for k in ("mfu_cost_analysis", "mfu_model"):
