@@ -1,0 +1,4 @@
+"""jaxmm.models: submodules load on first use (`jaxmm.models.<name>`)."""
+from jaxmm import lazy_submodules
+
+__getattr__ = lazy_submodules(__name__, __path__)
