@@ -3,6 +3,7 @@ and diffusion. Subpackages load on first use, so `import jaxmm; jaxmm.models.llm
 
     ops       pure maths (attention, NTK / tensor attention, RoPE, norms, losses, ...)
     kernels   Pallas kernels beside their references in ops
+    attention the attention functions with the backend chosen per platform (cuDNN / Pallas / XLA)
     nn        Flax Linen layers          models   assembled networks (llm, vit, audio, mllm, ...)
     data      tokenizers, datasets, loaders       hf  Hugging Face safetensors import
     privacy   DP mechanisms, DP-NTK, DP cross-attention          tuning  CoMMIT, PEFT helpers

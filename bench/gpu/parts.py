@@ -181,7 +181,7 @@ def part_env(rec, smoke):
 def part_ntk(rec, smoke):
     """NTK-Attention (2406.14036) fwd and fwd+bwd against cuDNN plain attention, full and causal."""
     from jaxmm.kernels.ntk_attention import ntk_attention_cudnn, ntk_attention_pallas
-    from jaxmm.ops import dot_product_attention, ntk_attention
+    from jaxmm.attention import dot_product_attention, ntk_attention
     from jaxmm.ops.ntk import ntk_attention_reference
 
     dtype = jnp.bfloat16 if ON_GPU else jnp.float32
@@ -278,7 +278,7 @@ def part_tensor(rec, smoke):
     XLA path (the n³ scores materialised, as the anchor ran it) and the bf16 matmul ceiling of this run; every
     candidate checked against jaxmm's float32 reference first."""
     from jaxmm.kernels.tensor_attention import tensor_attention_pallas
-    from jaxmm.ops import tensor_attention
+    from jaxmm.attention import tensor_attention
     from jaxmm.ops.tensor import tensor_attention_reference
 
     dtype = jnp.bfloat16 if ON_GPU else jnp.float32
