@@ -38,7 +38,8 @@ class BlockConfig:
     rope_scaling: tuple | None = None  # HF rope_scaling dict as sorted items (hashable)
     attention: str = "softmax"  # a name in ATTENTION_KINDS
     attention_args: tuple = ()  # the kind's arguments as (name, value) pairs (a dict is accepted), e.g.
-    #   "prefix": length (10); "ntk": init ("zeros"); "tensor": method ("exact"), degree (2), scale (None: 1/d)
+    #   "prefix": length (10); "ntk": init ("zeros"); "tensor": method ("exact"), degree (2), scale (None: 1/d);
+    #   "dp" (registered by jaxmm.privacy.layers): epsilon, delta, bounds, degree, method, ...
     attention_fn: Callable | None = None  # user attention with dot_product_attention's signature ("softmax")
     implementation: str | None = None  # jaxmm.attention vocabulary: None, "xla", "reference", "cudnn", "pallas"
     lora_rank: int = 0
@@ -66,6 +67,8 @@ class BlockConfig:
     def __post_init__(self):
         if self.num_heads % self.resolved_num_kv_heads:
             fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}", self.num_kv_heads)
+        if self.implementation not in attention_ops.IMPLEMENTATIONS:
+            fail("implementation", f"one of {attention_ops.IMPLEMENTATIONS}", repr(self.implementation))
         args = self.attention_args
         if isinstance(args, dict):
             args = tuple(sorted(args.items()))

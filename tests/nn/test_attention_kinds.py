@@ -19,6 +19,8 @@ def test_registered_kinds_and_their_arguments():
     hash(cfg)
     with pytest.raises(ValueError, match=r"^attention_args: expected names among \['length'\]"):
         BlockConfig(d_model=8, num_heads=2, mlp_dim=8, attention="prefix", attention_args={"init": "zeros"})
+    with pytest.raises(ValueError, match="^implementation: expected one of"):
+        BlockConfig(d_model=8, num_heads=2, mlp_dim=8, implementation="flash")
     with pytest.raises(ValueError, match="^attention: expected one of"):
         Block(BlockConfig(d_model=8, num_heads=2, mlp_dim=8, attention="nope")).init(
             jax.random.key(0), jnp.ones((1, 4, 8)))
