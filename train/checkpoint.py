@@ -8,7 +8,9 @@ One `ocp.CheckpointManager` under `<workdir>/checkpoints`, items saved together 
 
 Saves are asynchronous (Orbax writes into a temporary directory and renames it when complete, so a run killed
 mid-save leaves no half-visible step). `restore_latest` walks the steps newest first: a step that fails to
-restore (truncated or corrupt files) is reported with a warning and the previous one is used. Targets are
+restore (truncated or corrupt files) is reported with a warning, set aside as `corrupt_<step>` and the previous
+one is used; the data iterator is restored only together with a state that restored. A checkpoint whose array
+shapes differ from the current model is refused (a config change, not corruption). Targets are
 `jax.ShapeDtypeStruct`s carrying the *current* mesh's shardings, so a checkpoint written on one mesh restores
 onto another.
 """
@@ -50,28 +52,43 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def restore(self, step: int, target: dict, data_iterator):
-        items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    def restore(self, step: int, target: dict, make_iterator=None):
+        """(state, data iterator) of checkpoint `step`. The iterator is a fresh one from `make_iterator()`
+        restored only after the state restored, so a failed state never leaves it at that step's position."""
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                  meta=ocp.args.JsonRestore()))
         if int(out["meta"]["step"]) != step or int(out["state"]["step"]) != step:
             raise ValueError(f"checkpoint {step}: meta step {out['meta']['step']}, state step "
                              f"{int(out['state']['step'])}")
-        return out["state"]
+        data_iterator = None
+        if make_iterator is not None:
+            data_iterator = make_iterator()
+            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return out["state"], data_iterator
 
-    def restore_latest(self, target: dict, data_iterator):
-        """(step, state) of the newest checkpoint that restores, or (None, None) when there is none."""
+    def restore_latest(self, target: dict, make_iterator=None):
+        """(step, state, data iterator) of the newest checkpoint that restores; (None, None, a fresh iterator)
+        when none does. An unreadable step is set aside (`corrupt_<step>`) with a warning and the previous one
+        tried; a step whose arrays have other shapes than `target` is a changed model, not corruption: that
+        raises ValueError listing the differences (and sets nothing aside)."""
         for step in reversed(self.steps()):
             try:
-                return step, self.restore(step, target, data_iterator)
+                saved = self.manager.item_metadata(step)["state"]
+            except Exception:  # noqa: BLE001 - unreadable metadata: handled with the restore below
+                saved = None
+            if saved is not None:
+                check_same_shapes(saved, target, f"checkpoint {step} in {self.directory}")
+            try:
+                with _quiet_orbax():
+                    state, data_iterator = self.restore(step, target, make_iterator)
+                return step, state, data_iterator
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
                 msg = (f"checkpoint at step {step} in {self.directory} is unreadable "
                        f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one")
                 warnings.warn(msg)
                 log.warning(msg)
                 self._set_aside(step)
-        return None, None
+        return None, None, (make_iterator() if make_iterator is not None else None)
 
     def _set_aside(self, step: int) -> None:
         """Move an unreadable step out of the manager's view (kept as `corrupt_<step>` for inspection), so
@@ -94,6 +111,42 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _leaf_name(path) -> str:
+    """A leaf's name as Orbax writes it in the metadata (`params.encoder.kernel`, `opt_state.1.mu...`)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_same_shapes(saved_metadata, target: dict, where: str) -> None:
+    """Raise ValueError when the saved arrays' shapes or dtypes differ from the target's, or a parameter is
+    missing on one side: the model (or optimizer) changed since the checkpoint was written."""
+    def shapes(tree):
+        return {_leaf_name(p): (tuple(x.shape), str(x.dtype)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+                if hasattr(x, "shape")}
+
+    saved, want = shapes(saved_metadata), shapes(target)
+    diffs = [f"{k}: saved {saved[k][0]} {saved[k][1]}, now {want[k][0]} {want[k][1]}"
+             for k in sorted(saved.keys() & want.keys()) if saved[k] != want[k]]
+    diffs += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - want.keys()) if k.startswith("params.")]
+    diffs += [f"{k}: not in the checkpoint" for k in sorted(want.keys() - saved.keys()) if k.startswith("params.")]
+    if diffs:
+        more = f"\n  ... and {len(diffs) - 10} more" if len(diffs) > 10 else ""
+        raise ValueError(f"{where}: the model changed since this checkpoint was written ({len(diffs)} arrays "
+                         f"differ), so it cannot be resumed:\n  " + "\n  ".join(diffs[:10]) + more +
+                         "\nRestore the old model config, or train the new one in another --workdir.")
+
+
+class _quiet_orbax:
+    """Orbax logs every failed read with a traceback at ERROR; the caller reports the failure once."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("absl")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
 
 
 def abstract_target(state: dict, shardings: dict) -> dict:

@@ -174,6 +174,44 @@ def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_co
     return out
 
 
+# Keys a resumed run may change (nothing else): they do not change the maths of the steps already taken.
+# train.steps may only grow (a shorter run would have had another LR schedule).
+RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_examples", "train.eval_batch_size",
+                     "train.log_every", "train.progress", "train.plots", "checkpoint.every", "checkpoint.keep",
+                     "checkpoint.async_save", "mesh.shape", "mesh.rules")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The keys of `config` that a run resuming from a run with the (JSON) config `saved` may not change, as
+    "key: saved X, now Y" lines (RESUMABLE_CHANGES may change; train.steps only upwards)."""
+    import json
+
+    old, new = _flatten(saved), _flatten(json.loads(config.to_json_best_effort()))
+    diffs = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == b:
+            continue
+        if "<absent>" in (a, b) and key.split(".")[0] in ("model", "data", "task_args"):
+            continue  # a task default that one side's file lacks (a plain task saves the config unmerged)
+        if key == "train.steps" and isinstance(a, int) and isinstance(b, int) and b >= a:
+            continue
+        if key in RESUMABLE_CHANGES and key != "train.steps":
+            continue
+        diffs.append(f"{key}: saved {a!r}, now {b!r}")
+    return diffs
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
     """Set dotted keys in place, e.g. {"train.steps": 5, "optim.lr": 1e-3} (the Python form of --config.a.b=v)."""
     for key, value in overrides.items():

@@ -147,7 +147,11 @@ class EvalContext:
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-def train(config, workdir: str, task, return_state: bool = False):
+def train(config, workdir: str, task, return_state: bool = False, allow_config_change: bool = False):
+    """Train `task` with `config` in `workdir` (resuming what is there); returns the summary dict (and the final
+    TrainState with `return_state`). A workdir with checkpoints resumes only with the config it was started
+    with, up to `config_lib.RESUMABLE_CHANGES`; `allow_config_change=True` (`--allow_config_change`) allows any
+    change whose arrays still fit the checkpoint."""
     # 1. config: unknown or mistyped keys fail here, before any compilation
     task_schema = task.default_config()
     config_lib.check(config, task_schema)
@@ -155,7 +159,12 @@ def train(config, workdir: str, task, return_state: bool = False):
     tc = config.train
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        _claim_workdir(workdir)
+        claim_workdir(workdir)  # before anything is written: a refused run must not touch a live run's files
+        try:
+            check_resumable_config(workdir, config, allow_config_change)
+        except BaseException:
+            release_workdir(workdir)
+            raise
         metrics_lib.write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     # 2. mesh and logical-axis rules
@@ -190,11 +199,11 @@ def train(config, workdir: str, task, return_state: bool = False):
     del params
 
     # 5. resume from the newest readable checkpoint (a corrupt one falls back to the previous)
-    data_iter = train_iterator(train_ds, tc.batch_size, tc.steps, config.seed)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
                                  config.checkpoint.keep, config.checkpoint.async_save)
     target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
-    start, restored = ckpt.restore_latest(target, data_iter)
+    start, restored, data_iter = ckpt.restore_latest(
+        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed))
     if restored is not None:
         state = TrainState(**restored)
     start = int(start or 0)
@@ -316,12 +325,44 @@ def train(config, workdir: str, task, return_state: bool = False):
         metrics_lib.plot(writer.path, workdir)
     if jax.process_index() == 0:
         metrics_lib.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
-        if os.path.exists(os.path.join(workdir, "RUNNING.pid")):
-            os.remove(os.path.join(workdir, "RUNNING.pid"))
+        release_workdir(workdir)
     return (summary, state) if return_state else summary
 
 
-def _claim_workdir(workdir: str) -> None:
+def check_resumable_config(workdir: str, config, allow_change: bool = False) -> None:
+    """Refuse to resume a workdir's checkpoints with a config that changed (other than RESUMABLE_CHANGES):
+    ValueError listing each differing key with its saved and new value."""
+    directory, path = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "config.json")
+    if allow_change or not os.path.exists(path) or not os.path.isdir(directory):
+        return
+    if not any(name.isdigit() for name in os.listdir(directory)):
+        return  # nothing to resume
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable (written atomically, so only by hand): nothing to compare with
+    diffs = config_lib.resume_differences(saved, config)
+    if diffs:
+        raise ValueError(f"workdir {workdir}: its checkpoints were written with another config; resuming would "
+                         f"silently continue with new values. Differences (expected the saved value):\n  "
+                         + "\n  ".join(diffs) + "\nUse another --workdir, or pass --allow_config_change "
+                         f"(python: allow_config_change=True) to resume with the new values.")
+
+
+def release_workdir(workdir: str) -> None:
+    """Remove this process's claim (RUNNING.pid) on `workdir`, if it holds it."""
+    path = os.path.join(workdir, "RUNNING.pid")
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def claim_workdir(workdir: str) -> None:
     """Refuse to share a workdir with another live run (two runs appending to one metrics.jsonl and racing
     on checkpoints corrupt both). The pid file survives a SIGKILL; a dead pid does not block the rerun."""
     path = os.path.join(workdir, "RUNNING.pid")

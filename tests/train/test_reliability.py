@@ -1,0 +1,104 @@
+"""Faults and bad inputs the trainer must survive or refuse clearly (docs/RELIABILITY.md, "Trainer,
+checkpoints and configs"): unreadable checkpoints, a changed model, corrupt bytes, changed configs, a busy
+workdir, bad config values, a small eval set, a crash during an async save. All on the toy task (seconds)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from train import loop
+from train.metrics import read
+from train.tasks import get, toy
+
+TASK = get("toy.classify")
+SYNC = {"train.steps": 10, "checkpoint.every": 5, "checkpoint.keep": 3, "checkpoint.async_save": False,
+        "mesh.shape": (1, 1, 1)}
+
+
+def _losses(workdir):
+    return [(r["step"], r["loss"]) for r in read(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+
+
+def _truncate(directory):
+    for root, _, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "r+b") as fh:
+                fh.truncate(os.path.getsize(p) // 3)
+
+
+# ------------------------------------------------------------------------------------------- item 1
+def test_no_checkpoint_restores_restarts_from_scratch_with_a_fresh_iterator(tmp_path):
+    w = tmp_path / "w"
+    loop.train(toy.config(**SYNC), str(w), TASK)
+    expected = _losses(w)
+    for step in ("5", "10"):
+        _truncate(w / "checkpoints" / step / "state")
+    with pytest.warns(UserWarning, match="unreadable"):
+        summary = loop.train(toy.config(**SYNC), str(w), TASK)
+    assert summary["resumed_from"] == 0
+    assert _losses(w) == expected  # the batches of step 1.., not those after a failed checkpoint
+    names = sorted(os.listdir(w / "checkpoints"))
+    assert names == ["10", "5", "corrupt_10", "corrupt_5"], names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rerun resumes at the end: nothing unreadable any more
+        assert loop.train(toy.config(**SYNC), str(w), TASK)["resumed_from"] == 10
+
+
+def test_changed_model_shape_is_refused_not_set_aside(tmp_path):
+    w = tmp_path / "w"
+    loop.train(toy.config(**SYNC), str(w), TASK)
+    with pytest.raises(ValueError, match=r"model changed(.|\n)*params\.encoder\.kernel: saved \(8, 16\) float32, "
+                                         r"now \(8, 32\)"):
+        loop.train(toy.config(**SYNC, **{"model.hidden": 32}), str(w), TASK, allow_config_change=True)
+    assert sorted(os.listdir(w / "checkpoints")) == ["10", "5"]
+
+
+# ------------------------------------------------------------------------------------------- item 3
+@pytest.mark.parametrize("key,value", [("optim.lr", 0.1), ("train.steps", 5), ("model.dropout", 0.1)])
+def test_resume_with_a_changed_config_is_refused_naming_the_key(tmp_path, key, value):
+    w = tmp_path / "w"
+    loop.train(toy.config(**SYNC), str(w), TASK)
+    saved = (w / "config.json").read_text()
+    expected = rf"{key.replace('.', '[.]')}: saved .*, now {value!r}(.|\n)*--allow_config_change"
+    with pytest.raises(ValueError, match=expected):
+        loop.train(toy.config(**{**SYNC, key: value}), str(w), TASK)
+    assert (w / "config.json").read_text() == saved and not (w / "RUNNING.pid").exists()
+
+
+def test_resume_may_grow_steps_and_change_eval_and_mesh(tmp_path):
+    w = tmp_path / "w"
+    loop.train(toy.config(**SYNC), str(w), TASK)
+    grown = {**SYNC, "train.steps": 12, "train.eval_every": 6, "train.eval_batch_size": 16, "mesh.shape": (2, 1, 1)}
+    assert loop.train(toy.config(**grown), str(w), TASK)["resumed_from"] == 10
+    summary = loop.train(toy.config(**{**grown, "optim.lr": 0.1}), str(w), TASK, allow_config_change=True)
+    assert summary["resumed_from"] == 12
+
+
+# ------------------------------------------------------------------------------------------- item 4
+def test_refused_second_run_leaves_the_live_runs_files_alone(tmp_path):
+    import subprocess
+    import sys
+
+    from train.main import run
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        w = tmp_path / "w"
+        os.makedirs(w)
+        (w / "RUNNING.pid").write_text(str(live.pid))
+        (w / "config.json").write_text('{"live": true}')
+        c = toy.config()
+        c.task = "commit.sweep"  # a plain-function task (writes config.json itself)
+        with pytest.raises(RuntimeError, match=f"pid {live.pid}"):
+            run(c, str(w))
+        with pytest.raises(RuntimeError, match=f"pid {live.pid}"):
+            loop.train(toy.config(), str(w), TASK)
+        assert (w / "config.json").read_text() == '{"live": true}'
+        assert (w / "RUNNING.pid").read_text() == str(live.pid)
+    finally:
+        live.kill()
+        live.wait()
