@@ -137,11 +137,16 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
         for section in task_schema:
             schema[section] = task_schema[section]
     _check("", config, schema)
+    _check_values(config)
     if config.train.batch_size % config.train.grad_accum:
         raise ValueError(f"config.train.grad_accum: expected a divisor of train.batch_size="
                          f"{config.train.batch_size}, got {config.train.grad_accum}")
-    if len(tuple(config.mesh.shape)) != 3:
+    shape = tuple(config.mesh.shape)
+    if len(shape) != 3:
         raise ValueError(f"config.mesh.shape: expected 3 sizes (data, fsdp, tensor), got {config.mesh.shape}")
+    if any(not _is_int(n) or (n < 1 and n != -1) for n in shape) or shape.count(-1) > 1:
+        raise ValueError(f"config.mesh.shape: expected positive integer sizes (data, fsdp, tensor), at most one "
+                         f"-1 (= the remaining devices), got {shape}")
     for g in config.optim.groups:
         sched = config.optim.groups[g].get("schedule", config.optim.schedule)
         _check_schedule(f"optim.groups.{g}.schedule", sched)
@@ -151,6 +156,27 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
     if config.train.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.train.compute_dtype: expected 'float32' or 'bfloat16', "
                          f"got {config.train.compute_dtype!r}")
+
+
+# (key, smallest allowed value, must be an integer): checked before anything is built, so a bad value fails
+# naming its key instead of as a ZeroDivisionError or a data-loader error after compilation.
+_BOUNDS = (("train.steps", 0, True), ("train.batch_size", 1, True), ("train.grad_accum", 1, True),
+           ("train.log_every", 1, True), ("train.eval_every", 0, True), ("train.eval_examples", 0, True),
+           ("train.eval_batch_size", 1, True), ("train.grad_clip", 0, False), ("optim.lr", 0, False),
+           ("optim.warmup_steps", 0, True), ("checkpoint.every", 0, True), ("checkpoint.keep", 1, True))
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and float(v).is_integer()
+
+
+def _check_values(config) -> None:
+    for key, low, integer in _BOUNDS:
+        section, leaf = key.split(".")
+        v = config[section][leaf]
+        kind = "an integer" if integer else "a number"
+        if (integer and not _is_int(v)) or v < low:
+            raise ValueError(f"config.{key}: expected {kind} >= {low}, got {v!r}")
 
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear")

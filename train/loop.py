@@ -170,6 +170,7 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
     # 2. mesh and logical-axis rules
     mesh = shard_lib.make_mesh(config.mesh.shape)
     rules = shard_lib.rules_from_config(config.mesh.rules)
+    _check_batches_fit(config, mesh)
 
     # 3. data and model
     train_ds, eval_ds = task.datasets(config)
@@ -327,6 +328,17 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
         metrics_lib.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
         release_workdir(workdir)
     return (summary, state) if return_state else summary
+
+
+def _check_batches_fit(config, mesh) -> None:
+    """Batches are split over the data-parallel devices (mesh data x fsdp) and the processes: refuse sizes that
+    do not divide before any data is read or anything compiled."""
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    for key in ("batch_size", "eval_batch_size"):
+        for size, what in ((dp, f"data-parallel size {dp} (mesh.shape {tuple(mesh.shape.values())}: data x fsdp)"),
+                           (jax.process_count(), f"process count {jax.process_count()}")):
+            if config.train[key] % size:
+                raise ValueError(f"config.train.{key}: expected a multiple of the {what}, got {config.train[key]}")
 
 
 def check_resumable_config(workdir: str, config, allow_change: bool = False) -> None:

@@ -102,3 +102,26 @@ def test_refused_second_run_leaves_the_live_runs_files_alone(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# ------------------------------------------------------------------------------------------- item 7
+@pytest.mark.parametrize("key,value,expected", [
+    ("train.batch_size", 0, "an integer >= 1"), ("train.batch_size", -4, "an integer >= 1"),
+    ("train.steps", -1, "an integer >= 0"), ("train.grad_accum", 0, "an integer >= 1"),
+    ("train.log_every", 0, "an integer >= 1"), ("train.eval_batch_size", 0, "an integer >= 1"),
+    ("checkpoint.keep", 0, "an integer >= 1"), ("optim.lr", -1e-3, "a number >= 0"),
+    ("mesh.shape", (0, 1, 1), "positive integer sizes"), ("mesh.shape", (-2, 1, 1), "positive integer sizes"),
+    ("mesh.shape", (-1, -1, 1), "positive integer sizes .*, at most one -1"),
+    ("train.batch_size", 12, "a multiple of the data-parallel size 8"),
+    ("train.eval_batch_size", 4, "a multiple of the data-parallel size 8"),
+])
+def test_bad_config_values_fail_before_compute_naming_the_key(tmp_path, monkeypatch, key, value, expected):
+    import jax
+
+    datasets = []
+    monkeypatch.setattr(type(TASK), "datasets", lambda self, c: datasets.append(1))
+    c = toy.config(**{"mesh.shape": (8, 1, 1), key: value})
+    with pytest.raises(ValueError, match=rf"config\.{key.replace('.', '[.]')}: expected {expected}.*got"):
+        loop.train(c, str(tmp_path / "w"), TASK)
+    assert not datasets  # refused before any data was read or anything compiled
+    assert jax.device_count() == 8
