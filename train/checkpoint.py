@@ -4,7 +4,8 @@ One `ocp.CheckpointManager` under `<workdir>/checkpoints`, items saved together 
 
     state  params + optimizer state + step + RNG + task extra state (`StandardSave`, sharded arrays)
     data   the grain iterator state, one JSON file per process (`grain.checkpoint.CheckpointSave`)
-    meta   {"step": int} (`JsonSave`), checked against the directory's step on restore
+    meta   {"step": int, "checksums": {array: [sum, weighted sum]}} (`JsonSave`): the step is checked against
+           the directory's, the checksums against the restored arrays (a mismatch = corrupt, falls back)
 
 Saves are asynchronous (Orbax writes into a temporary directory and renames it when complete, so a run killed
 mid-save leaves no half-visible step). `restore_latest` walks the steps newest first: a step that fails to
@@ -23,6 +24,8 @@ import warnings
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,8 @@ class Checkpointer:
         return step == last_step or (self.every > 0 and step % self.every == 0)
 
     def save(self, step: int, state: dict, data_iterator) -> None:
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": int(step)}))
+        meta = {"step": int(step), "checksums": checksums(state)}
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -60,6 +64,8 @@ class Checkpointer:
         if int(out["meta"]["step"]) != step or int(out["state"]["step"]) != step:
             raise ValueError(f"checkpoint {step}: meta step {out['meta']['step']}, state step "
                              f"{int(out['state']['step'])}")
+        if "checksums" in out["meta"]:  # checkpoints written before checksums existed restore unverified
+            verify_checksums(out["state"], out["meta"]["checksums"], f"checkpoint {step}")
         data_iterator = None
         if make_iterator is not None:
             data_iterator = make_iterator()
@@ -147,6 +153,46 @@ class _quiet_orbax:
 
     def __exit__(self, *exc):
         self.logger.setLevel(self.level)
+
+
+def _words(x):
+    """The array's bits as uint32 words (a 2-byte element per word, 8-byte ones as two)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _sums(x):
+    """Two wrapping uint32 sums of the words: plain and position-weighted (odd weights 2i+1, so a changed word
+    always changes both and a swap of two words changes the second). Element-wise on the sharded array."""
+    w = _words(x)
+    index = jnp.zeros(w.shape, jnp.uint32)
+    for d, n in enumerate(w.shape):
+        index = index * jnp.uint32(n) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d)
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * (2 * index + 1), dtype=jnp.uint32)])
+
+
+_sums_jit = jax.jit(lambda tree: jax.tree.map(_sums, tree))
+
+
+def checksums(state: dict) -> dict:
+    """{array name: [sum, weighted sum]} of a (sharded) state tree, for the checkpoint's meta item; computed
+    on the devices (no gather), identical for any mesh the same values live on."""
+    sums = _sums_jit(state)
+    return {_leaf_name(p): [int(v) for v in np.asarray(x.addressable_data(0))]
+            for p, x in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def verify_checksums(state: dict, saved: dict, where: str) -> None:
+    """ValueError naming the arrays whose restored bits differ from the sums recorded at save time."""
+    now = checksums(state)
+    bad = sorted(k for k in saved if now.get(k) != list(saved[k]))
+    if bad:
+        raise ValueError(f"{where}: checksum mismatch (the files changed after they were written) in "
+                         f"{len(bad)} array(s): {', '.join(bad[:5])}")
 
 
 def abstract_target(state: dict, shardings: dict) -> dict:
