@@ -68,12 +68,16 @@ def train_iterator(dataset, batch_size: int, steps: int, seed: int):
 
 
 def eval_batches(dataset, batch_size: int, examples: int):
-    """This process's rows of the eval batches (first `examples` examples, in order, full batches only)."""
+    """(this process's rows, their `valid` flags) of each eval batch over the first `examples` examples (0 = all),
+    in order. The last batch is filled up with copies of its first example (one shape for the jitted eval);
+    `valid` is 0 on those rows, so they count nowhere."""
     n = len(dataset) if not examples else min(examples, len(dataset))
     rows = shard_lib.local_rows(batch_size)
-    for start in range(0, n - batch_size + 1, batch_size):
-        items = [dataset[i] for i in range(start + rows.start, start + rows.stop)]
-        yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+    for start in range(0, n, batch_size):
+        index = np.arange(start + rows.start, start + rows.stop)
+        valid = (index < n).astype(np.int32)
+        items = [dataset[int(i) if i < n else start] for i in index]
+        yield {k: np.stack([it[k] for it in items]) for k in items[0]}, valid
 
 
 def _example_batch(dataset):
@@ -133,17 +137,20 @@ class EvalContext:
     _eval_fn: Any = None
 
     def batches(self):
-        for local in eval_batches(self.eval_data, self.config.train.eval_batch_size, self.config.train.eval_examples):
-            yield shard_lib.global_batch(local, self.mesh)
+        """(global batch, valid) pairs: `valid` [eval_batch_size] int32 is 0 on the filler rows of the last batch."""
+        for local, valid in eval_batches(self.eval_data, self.config.train.eval_batch_size,
+                                         self.config.train.eval_examples):
+            yield shard_lib.global_batch(local, self.mesh), shard_lib.global_batch({"v": valid}, self.mesh)["v"]
 
     def default_evaluate(self) -> dict:
-        sums, count = {}, 0
-        for batch in self.batches():
-            out = self._eval_fn(self.state.params, batch)
+        """Mean of each `eval_metrics` output over the real eval rows; {} when there are none."""
+        sums, count = {}, 0.0
+        for batch, valid in self.batches():
+            out, rows = self._eval_fn(self.state.params, batch, valid)
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(jnp.sum(v))
-            count += next(iter(out.values())).shape[0] if out else 0
-        return {f"eval_{k}": v / max(count, 1) for k, v in sums.items()}
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += float(rows)
+        return {f"eval_{k}": v / count for k, v in sums.items()} if count else {}
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -174,7 +181,7 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
 
     # 3. data and model
     train_ds, eval_ds = task.datasets(config)
-    if eval_ds is not None:
+    if eval_ds is not None and len(eval_ds):
         eval_ds[0]  # a formatting error in the eval data surfaces now, not after the first training stretch
     model = task.build_model(config)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -260,7 +267,8 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
         return updates
 
     proposed_fn = jax.jit(proposed)
-    eval_fn = jax.jit(lambda p, b: _with_rules(rules, task.eval_metrics, model, p, b), out_shardings=repl)
+    eval_fn = jax.jit(lambda p, b, valid: _with_rules(rules, _masked_sums, task, model, p, b, valid),
+                      out_shardings=repl)
 
     def run_eval(state) -> dict:
         if eval_ds is None:
@@ -318,10 +326,15 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
         eval_out = run_eval(state)
     records = metrics_lib.read(writer.path) if jax.process_index() == 0 else []
     losses = [r["loss"] for r in records if "loss" in r]
-    summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else float("nan"), **eval_out,
+    # a value that was not computed is None (JSON null) with the reason, never a NaN that reads like a result
+    summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else None, **eval_out,
                "train_time_s": train_time, "resumed_from": start}
     summary["metric"] = task.metric
-    summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric, float("nan")))
+    summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric))
+    if summary[task.metric] is None:
+        summary["eval_skipped"] = ("no eval set" if eval_ds is None else
+                                   "the eval set is empty" if not len(eval_ds) else
+                                   f"the task's evaluation returned no {task.metric!r}")
     if tc.plots and jax.process_index() == 0 and records:
         metrics_lib.plot(writer.path, workdir)
     if jax.process_index() == 0:
@@ -396,6 +409,14 @@ def claim_workdir(workdir: str) -> None:
                                f"another --workdir (remove {path} if that process is not a run)")
     with open(path, "w") as f:
         f.write(str(os.getpid()))
+
+
+def _masked_sums(task, model, params, batch, valid):
+    """Sums of the task's per-row eval metrics over the valid rows, and the number of valid rows."""
+    out = task.eval_metrics(model, params, batch)
+    w = valid.astype(jnp.float32)
+    return ({k: jnp.sum(v * w.reshape(w.shape + (1,) * (v.ndim - 1))) for k, v in out.items()},
+            jnp.sum(w))
 
 
 def _with_rules(rules, fn, *args):

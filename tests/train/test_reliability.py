@@ -178,3 +178,30 @@ def test_checksums_see_one_changed_element_and_a_swap_on_any_mesh():
     for changed in (one, swap):
         with pytest.raises(ValueError, match="checksum mismatch .*1 array.*: a$"):
             ckpt_lib.verify_checksums(changed, base, "test")
+
+
+# ------------------------------------------------------------------------------------------- item 8
+@pytest.mark.parametrize("examples", [20, 40])  # smaller than one eval batch of 32; one full + one padded
+def test_eval_set_not_a_multiple_of_the_eval_batch_is_evaluated_whole(tmp_path, examples):
+    over = {"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1), "data.eval_examples": examples}
+    c = toy.config(**over)
+    summary, state = loop.train(c, str(tmp_path / "w"), TASK, return_state=True)
+    _, evals = TASK.datasets(c)
+    batch = {k: np.stack([evals[i][k] for i in range(examples)]) for k in ("x", "y")}
+    ref = TASK.eval_metrics(TASK.build_model(c), jax.device_get(state.params), batch)
+    assert summary["eval_accuracy"] == pytest.approx(float(np.mean(ref["accuracy"])), abs=1e-6)
+    assert summary["eval_loss"] == pytest.approx(float(np.mean(ref["loss"])), rel=1e-5)
+    assert "eval_skipped" not in summary
+
+
+class _NoEval(type(TASK)):
+    def datasets(self, config):
+        return super().datasets(config)[0], None
+
+
+def test_eval_not_run_is_reported_as_such_not_nan(tmp_path):
+    import json
+
+    summary = loop.train(toy.config(**{"train.steps": 2, "mesh.shape": (1, 1, 1)}), str(tmp_path / "w"), _NoEval())
+    assert summary["eval_accuracy"] is None and summary["eval_skipped"] == "no eval set"
+    assert json.loads((tmp_path / "w" / "summary.json").read_text())["eval_accuracy"] is None
