@@ -8,7 +8,8 @@ One `ocp.CheckpointManager` under `<workdir>/checkpoints`, items saved together 
            the directory's, the checksums against the restored arrays (a mismatch = corrupt, falls back)
 
 Saves are asynchronous (Orbax writes into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no half-visible step). `restore_latest` walks the steps newest first: a step that fails to
+mid-save leaves no half-visible step; such `<step>.orbax-checkpoint-tmp` leftovers are removed on the next start,
+and a run that fails waits for its pending save before it exits). `restore_latest` walks the steps newest first: a step that fails to
 restore (truncated or corrupt files) is reported with a warning, set aside as `corrupt_<step>` and the previous
 one is used; the data iterator is restored only together with a state that restored. A checkpoint whose array
 shapes differ from the current model is refused (a config change, not corruption). Targets are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import warnings
 
@@ -35,6 +37,7 @@ class Checkpointer:
     def __init__(self, directory: str, every: int, keep: int, async_save: bool = True):
         self.directory = os.path.abspath(directory)
         self.every = every
+        self._remove_unfinished_saves()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             save_interval_steps=1)  # we decide when to save
@@ -110,6 +113,30 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
         self.manager.reload()
+
+    def _remove_unfinished_saves(self) -> None:
+        """Delete `<step>.orbax-checkpoint-tmp*` directories: saves cut off by a kill or crash (never visible as
+        a step, so nothing refers to them; Orbax does not remove them itself)."""
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in sorted(os.listdir(self.directory)):
+                if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
+                    msg = f"removing an unfinished checkpoint save {os.path.join(self.directory, name)}"
+                    warnings.warn(msg)
+                    log.warning(msg)
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoint_remove_unfinished")
+
+    def close_after_error(self) -> None:
+        """On the way out of a failed run: let a pending async save finish (it holds a consistent state), then
+        close, so no half-written directory and no background-thread noise follow the real error."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.close()
+        except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
+            log.warning(f"closing checkpoints after an error: {type(e).__name__}: {e}")
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -159,6 +159,16 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
     TrainState with `return_state`). A workdir with checkpoints resumes only with the config it was started
     with, up to `config_lib.RESUMABLE_CHANGES`; `allow_config_change=True` (`--allow_config_change`) allows any
     change whose arrays still fit the checkpoint."""
+    on_error = []  # clean-ups for a run that fails midway (a pending async checkpoint save)
+    try:
+        return _train(config, workdir, task, return_state, allow_config_change, on_error)
+    except BaseException:
+        for fn in on_error:
+            fn()
+        raise
+
+
+def _train(config, workdir, task, return_state, allow_config_change, on_error):
     # 1. config: unknown or mistyped keys fail here, before any compilation
     task_schema = task.default_config()
     config_lib.check(config, task_schema)
@@ -209,6 +219,7 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
     # 5. resume from the newest readable checkpoint (a corrupt one falls back to the previous)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
                                  config.checkpoint.keep, config.checkpoint.async_save)
+    on_error.append(ckpt.close_after_error)  # a pending async save completes; no *.orbax-checkpoint-tmp left
     target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
     start, restored, data_iter = ckpt.restore_latest(
         target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed))
@@ -319,6 +330,7 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
     progress.update(tc.steps - last_step)
     progress.close()
     train_time = time.perf_counter() - t_start
+    on_error.clear()
     ckpt.close()
 
     # 8. summary and plots

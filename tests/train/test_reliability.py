@@ -12,6 +12,7 @@ import pytest
 
 from train import loop
 from train.metrics import read
+from train.task import Hook
 from train.tasks import get, toy
 
 TASK = get("toy.classify")
@@ -205,3 +206,28 @@ def test_eval_not_run_is_reported_as_such_not_nan(tmp_path):
     summary = loop.train(toy.config(**{"train.steps": 2, "mesh.shape": (1, 1, 1)}), str(tmp_path / "w"), _NoEval())
     assert summary["eval_accuracy"] is None and summary["eval_skipped"] == "no eval set"
     assert json.loads((tmp_path / "w" / "summary.json").read_text())["eval_accuracy"] is None
+
+
+# ------------------------------------------------------------------------------------------- item 10
+class _CrashAfterSave(type(TASK)):
+    """Raises right after step 5's (async) checkpoint save started."""
+
+    def hooks(self, config):
+        def crash(ctx):
+            if ctx.step == 6:
+                raise RuntimeError("crash at step 6")
+        return [Hook(1, crash, name="crash")]
+
+
+def test_crash_during_an_async_save_leaves_a_complete_checkpoint_and_a_resumable_run(tmp_path):
+    w = tmp_path / "w"
+    over = {**SYNC, "checkpoint.async_save": True}
+    with pytest.raises(RuntimeError, match="crash at step 6"):
+        loop.train(toy.config(**over), str(w), _CrashAfterSave())
+    assert sorted(os.listdir(w / "checkpoints")) == ["5"]  # finished, nothing half-written
+    # a save cut off by a kill (a leftover temporary directory) is cleaned on the next start
+    os.makedirs(w / "checkpoints" / "7.orbax-checkpoint-tmp-1234" / "state")
+    with pytest.warns(UserWarning, match="unfinished checkpoint save"):
+        summary = loop.train(toy.config(**over), str(w), TASK)
+    assert summary["resumed_from"] == 5
+    assert sorted(os.listdir(w / "checkpoints")) == ["10", "5"]
