@@ -137,7 +137,7 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
         for section in task_schema:
             schema[section] = task_schema[section]
     _check("", config, schema)
-    _check_values(config)
+    check_values(config)
     if config.train.batch_size % config.train.grad_accum:
         raise ValueError(f"config.train.grad_accum: expected a divisor of train.batch_size="
                          f"{config.train.batch_size}, got {config.train.grad_accum}")
@@ -170,7 +170,8 @@ def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and float(v).is_integer()
 
 
-def _check_values(config) -> None:
+def check_values(config) -> None:
+    """ValueError naming the first trainer key outside its range (also run by `check`)."""
     for key, low, integer in _BOUNDS:
         section, leaf = key.split(".")
         v = config[section][leaf]

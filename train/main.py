@@ -36,6 +36,10 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
         return loop.train(config, workdir, task, allow_config_change=allow_config_change)
     import jax
 
+    from train import config as config_lib
+
+    if all(section in config for section in ("train", "optim", "checkpoint")):
+        config_lib.check_values(config)  # a bad value is named as such, not as a change from the saved config
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if lead:

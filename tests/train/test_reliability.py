@@ -231,3 +231,17 @@ def test_crash_during_an_async_save_leaves_a_complete_checkpoint_and_a_resumable
         summary = loop.train(toy.config(**over), str(w), TASK)
     assert summary["resumed_from"] == 5
     assert sorted(os.listdir(w / "checkpoints")) == ["10", "5"]
+
+
+def test_bad_value_on_a_resumed_workdir_is_named_as_a_bad_value(tmp_path):
+    """Through `python -m train`'s entry for plain-function tasks (commit.train): the value check comes before
+    the comparison with the saved config."""
+    from train.main import run
+
+    w = tmp_path / "w"
+    os.makedirs(w / "checkpoints" / "5")
+    (w / "config.json").write_text(toy.config().to_json_best_effort())
+    c = toy.config(**{"train.batch_size": 0})
+    c.task = "commit.train"
+    with pytest.raises(ValueError, match=r"config\.train\.batch_size: expected an integer >= 1, got 0"):
+        run(c, str(w))
