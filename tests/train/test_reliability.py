@@ -148,17 +148,24 @@ def test_flipped_bytes_in_the_newest_checkpoint_fall_back(tmp_path):
 
 
 def test_an_array_whose_bits_changed_is_caught_by_its_checksum(tmp_path):
-    """The checksum path itself (the flipped-bytes test may also be caught by the decompressor): the recorded
-    sums of one array no longer match what the files hold."""
-    import json
+    """Silent corruption: the newest checkpoint's state files are valid Orbax files (they decode) but one
+    element differs from what was saved — what flipped bytes that still decompress give (the flipped-bytes
+    test above is caught earlier, by the decoder). Only the checksums see it."""
+    import shutil
+
+    import orbax.checkpoint as ocp
 
     w = tmp_path / "w"
     loop.train(toy.config(**SYNC), str(w), TASK)
-    meta = w / "checkpoints" / "10" / "meta" / "metadata"
-    rec = json.loads(meta.read_text())
-    rec["checksums"]["params.head.kernel"][1] += 1
-    meta.write_text(json.dumps(rec))
-    with pytest.warns(UserWarning, match=r"step 10 .*checksum mismatch .*params\.head\.kernel"):
+    state_dir = w / "checkpoints" / "10" / "state"
+    ckptr = ocp.StandardCheckpointer()
+    state = ckptr.restore(state_dir)
+    state["params"]["head"]["kernel"] = state["params"]["head"]["kernel"].at[0, 0].add(1.0)
+    ckptr.save(w / "rewritten", state)
+    ckptr.wait_until_finished()
+    shutil.rmtree(state_dir)
+    os.replace(w / "rewritten", state_dir)
+    with pytest.warns(UserWarning, match=r"step 10 .*checksum mismatch .*1 array.*params\.head\.kernel"):
         summary = loop.train(toy.config(**SYNC), str(w), TASK)
     assert summary["resumed_from"] == 5
 
