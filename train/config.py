@@ -35,6 +35,11 @@ checkpoint.every: int           save every N steps (and at the end); 0 = only at
 checkpoint.keep: int            keep the newest K
 checkpoint.async_save: bool     Orbax async saves
 ```
+
+Values are range-checked before anything is built (`check_values`: e.g. batch_size >= 1, steps >= 0, mesh sizes
+positive or one -1). A workdir with checkpoints resumes only with its saved config.json, except for
+`RESUMABLE_CHANGES` (train.steps growing, eval/logging/checkpoint/mesh settings); other changes need
+`--allow_config_change`.
 """
 from __future__ import annotations
 
