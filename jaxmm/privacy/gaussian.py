@@ -105,7 +105,9 @@ def gaussian_sampling_mechanism_factor(key, G, k: int):
 
 
 def _check_budget(epsilon, delta) -> None:
-    check_positive("epsilon", epsilon)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(epsilon) or not epsilon > 0:
+        fail("epsilon", "a finite positive number (ε = ∞ allows unboundedly many samples)", epsilon)
     if not 0.0 < delta < 1.0:
         fail("delta", "a number in (0, 1)", delta)
 

@@ -1,6 +1,7 @@
 """DP NTK regression (2407.13621): kernel vs definition (float64), Gaussian sampling mechanism law and rate,
 sample budget, ridge vs numpy, an empirical privacy audit, the sweep config path at toy size."""
 import json
+import math
 import os
 import warnings
 
@@ -361,3 +362,12 @@ def test_n_1e4_within_4gb(tmp_path):
                     "--json", str(out)], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     rows = json.load(open(out))
     assert len(rows) == 3 and all(r["peak_rss_gb"] < 4.0 for r in rows), rows
+
+
+@pytest.mark.parametrize("eps", [math.inf, 0.0, math.nan])
+def test_samples_for_budget_non_finite_epsilon_is_a_value_error(eps):
+    """Issue 25.9: samples_for_budget(inf, ...) used to raise OverflowError."""
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number"):
+        gm.samples_for_budget(eps, 1e-3, 100, 7e-3, 1e-6)
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number"):
+        gm.samples_for_sensitivity(eps, 1e-3, 0.1)
