@@ -77,8 +77,12 @@ def get_config(variant: str | None = None):
 
     c.privacy = ml_collections.ConfigDict()
     c.privacy.delta = 1e-3
-    c.privacy.eta = 7e-3
-    c.privacy.beta = 1e-6
+    # bounded mode (default, guarantee by construction): the ridge η added to H before sampling; None = the η that
+    # makes the relative sensitivity √(2n−1)·β/η equal 0.01 (β = σ_max(W)²/m is derived, not configured)
+    c.privacy.eta = config_dict.placeholder(float)
+    # paper mode (arms "paper*", "published_k"): the published ASSUMED λ_min(H) ≥ η and per-entry sensitivity β
+    c.privacy.paper_eta = 7e-3
+    c.privacy.paper_beta = 1e-6
     c.privacy.published_n = False
     c.privacy.k_zero = "skip"  # skip ("k=0 not releasable") | clamp (k=1, reports the ε it costs)
     c.privacy.feature_sensitivity = config_dict.placeholder(float)  # None: 2√d (L1) / 2 (L2)
@@ -86,9 +90,11 @@ def get_config(variant: str | None = None):
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.log10_eps = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))
-    c.sweep.repeats = 5
-    c.sweep.arms = {"digits2": ("paper", "published_k"), "digits10": ("paper", "h_only", "gauss_features"),
-                    "tiny": ("paper", "h_only", "gauss_features", "published_k")}.get(variant, ("paper", "h_only"))
+    c.sweep.repeats = {"digits10": 3}.get(variant, 5)
+    c.sweep.arms = {"digits2": ("bounded", "bounded_plain", "paper", "published_k"),
+                    "digits10": ("bounded", "bounded_h_only", "bounded_plain", "paper", "paper_h_only"),
+                    "tiny": ("bounded", "bounded_h_only", "bounded_plain", "gauss_features", "paper", "published_k"),
+                    }.get(variant, ("bounded", "bounded_h_only", "paper"))
     c.sweep.published = {"digits2": "cifar10_2class", "cifar2": "cifar10_2class", "tiny": "cifar10_2class"}.get(
         variant, "cifar10_10class")
 
