@@ -90,7 +90,7 @@ def get_config(variant: str | None = None):
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.log10_eps = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))
-    c.sweep.repeats = {"digits10": 3}.get(variant, 5)
+    c.sweep.repeats = {"digits10": 2}.get(variant, 5)
     c.sweep.arms = {"digits2": ("bounded", "bounded_plain", "paper", "published_k"),
                     "digits10": ("bounded", "bounded_h_only", "bounded_plain", "paper", "paper_h_only"),
                     "tiny": ("bounded", "bounded_h_only", "bounded_plain", "gauss_features", "paper", "published_k"),

@@ -127,7 +127,8 @@ def check_paper_assumptions(X, W, *, eta: float, beta: float, n_rows: int = 48, 
     """Measure what the paper's setting assumes, on this data (float64 numpy; X rows already normalised).
 
     λ_min(H) against η; the largest entry change of H over replacements of one row i by a far point c
-    (−x_i, ±M's top eigenvector, the training row least aligned with x_i, a random unit vector), all rows i;
+    (a unit vector ⊥ x_i, ±M's top eigenvector, the training row least aligned with x_i, a random unit
+    vector; not −x_i: H is even in each row), all rows i;
     and the relative sensitivity ‖H^{-½} H' H^{-½} − I‖_F for `n_rows` rows (random) × those candidates, via
     E = e_i uᵀ + u e_iᵀ: ‖B E B‖_F² = 2‖b‖²‖w‖² + 2(b·w)², b = B e_i, w = B u, B = H^{-½}. These are values
     found by a search, i.e. LOWER bounds on the worst case. Returns a dict with `held` and the measurements.
@@ -141,7 +142,9 @@ def check_paper_assumptions(X, W, *, eta: float, beta: float, n_rows: int = 48, 
     top = np.linalg.eigh(W.T @ W / m)[1][:, -1]
     rng = np.random.default_rng(seed)
     rand = rng.normal(size=X.shape[1])
-    far = {"minus_row": -X, "top_eigvec": np.broadcast_to(top, X.shape),
+    orth = rand[None, :] - (X @ rand)[:, None] * X / np.maximum(np.einsum("id,id->i", X, X), 1e-30)[:, None]
+    orth /= np.maximum(np.linalg.norm(orth, axis=1, keepdims=True), 1e-30)
+    far = {"orthogonal_to_row": orth, "top_eigvec": np.broadcast_to(top, X.shape),
            "minus_top_eigvec": np.broadcast_to(-top, X.shape),
            "least_aligned_row": X[np.argmin(X @ X.T, axis=1)],
            "random_unit": np.broadcast_to(rand / np.linalg.norm(rand), X.shape)}
