@@ -132,6 +132,8 @@ def check_paper_assumptions(X, W, *, eta: float, beta: float, n_rows: int = 48, 
     and the relative sensitivity ‖H^{-½} H' H^{-½} − I‖_F for `n_rows` rows (random) × those candidates, via
     E = e_i uᵀ + u e_iᵀ: ‖B E B‖_F² = 2‖b‖²‖w‖² + 2(b·w)², b = B e_i, w = B u, B = H^{-½}. These are values
     found by a search, i.e. LOWER bounds on the worst case. Returns a dict with `held` and the measurements.
+    The check reads the private data without noise: it is a diagnostic for the experimenter (printed in the
+    run's report), not part of any release.
     """
     X = np.asarray(X, np.float64)
     W = np.asarray(W, np.float64)

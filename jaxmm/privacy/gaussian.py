@@ -198,8 +198,9 @@ def relative_sensitivity(H, H_prime) -> float:
 # q = N(0,μ)). The other order D_α(N(0,Σ') ‖ N(0,Σ)) has eigenvalues 1/μ_j = 1 + ν'_j where ν'_j are the
 # eigenvalues of Σ'^{-1/2}(−E)Σ'^{-1/2}, bounded the same way (λ_min(Σ') ≥ η): the same bound covers both.
 # f_α'(μ) = α(μ − 1)/(2μ(αμ + 1 − α)), so f_α(1 + ν) grows with |ν| on each side of 0 and
-#     ρ(α) := sup_{‖ν‖₂ ≤ Δ, ≤ r non-zero} Σ_j f_α(1 + ν_j) ≤ sup_{t ∈ [0, Δ]} g(t) + (r − 1)·g(√((Δ² − t²)/(r−1)))
-# for r ≤ 2 with g(t) = max(f_α(1 + t), f_α(1 − t)); we evaluate it on a grid, rounding each piece UP (g
+#     ρ(α) := sup_{‖ν‖₂ ≤ Δ, ≤ r non-zero} Σ_j f_α(1 + ν_j)
+#           = sup_{t ∈ [0, Δ]} g(t) + g(√(Δ² − t²))   (r = 2;  r = 1: g(Δ))
+# with g(t) = max(f_α(1 + t), f_α(1 − t)); we evaluate it on a grid, rounding each piece UP (g
 # nondecreasing: g(t) ≤ g(t_{i+1}), g(√(Δ² − t²)) ≤ g(√(Δ² − t_i²)) on [t_i, t_{i+1}]), so the result is an
 # upper bound, not an estimate. k samples compose to k·ρ(α); the RDP → (ε, δ) conversion is Mironov 2017,
 # Prop. 3: ε = k·ρ(α) + ln(1/δ)/(α − 1), minimised over a grid of α ∈ (1, 1/Δ) (any α gives a valid bound).
