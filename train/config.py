@@ -35,6 +35,11 @@ checkpoint.every: int           save every N steps (and at the end); 0 = only at
 checkpoint.keep: int            keep the newest K
 checkpoint.async_save: bool     Orbax async saves
 ```
+
+Values are range-checked before anything is built (`check_values`: e.g. batch_size >= 1, steps >= 0, mesh sizes
+positive or one -1). A workdir with checkpoints resumes only with its saved config.json, except for
+`RESUMABLE_CHANGES` (train.steps growing, eval/logging/checkpoint/mesh settings); other changes need
+`--allow_config_change`.
 """
 from __future__ import annotations
 
@@ -137,11 +142,16 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
         for section in task_schema:
             schema[section] = task_schema[section]
     _check("", config, schema)
+    check_values(config)
     if config.train.batch_size % config.train.grad_accum:
         raise ValueError(f"config.train.grad_accum: expected a divisor of train.batch_size="
                          f"{config.train.batch_size}, got {config.train.grad_accum}")
-    if len(tuple(config.mesh.shape)) != 3:
+    shape = tuple(config.mesh.shape)
+    if len(shape) != 3:
         raise ValueError(f"config.mesh.shape: expected 3 sizes (data, fsdp, tensor), got {config.mesh.shape}")
+    if any(not _is_int(n) or (n < 1 and n != -1) for n in shape) or shape.count(-1) > 1:
+        raise ValueError(f"config.mesh.shape: expected positive integer sizes (data, fsdp, tensor), at most one "
+                         f"-1 (= the remaining devices), got {shape}")
     for g in config.optim.groups:
         sched = config.optim.groups[g].get("schedule", config.optim.schedule)
         _check_schedule(f"optim.groups.{g}.schedule", sched)
@@ -151,6 +161,28 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
     if config.train.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.train.compute_dtype: expected 'float32' or 'bfloat16', "
                          f"got {config.train.compute_dtype!r}")
+
+
+# (key, smallest allowed value, must be an integer): checked before anything is built, so a bad value fails
+# naming its key instead of as a ZeroDivisionError or a data-loader error after compilation.
+_BOUNDS = (("train.steps", 0, True), ("train.batch_size", 1, True), ("train.grad_accum", 1, True),
+           ("train.log_every", 1, True), ("train.eval_every", 0, True), ("train.eval_examples", 0, True),
+           ("train.eval_batch_size", 1, True), ("train.grad_clip", 0, False), ("optim.lr", 0, False),
+           ("optim.warmup_steps", 0, True), ("checkpoint.every", 0, True), ("checkpoint.keep", 1, True))
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and float(v).is_integer()
+
+
+def check_values(config) -> None:
+    """ValueError naming the first trainer key outside its range (also run by `check`)."""
+    for key, low, integer in _BOUNDS:
+        section, leaf = key.split(".")
+        v = config[section][leaf]
+        kind = "an integer" if integer else "a number"
+        if (integer and not _is_int(v)) or v < low:
+            raise ValueError(f"config.{key}: expected {kind} >= {low}, got {v!r}")
 
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear")
@@ -172,6 +204,44 @@ def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_co
         out[section] = merged
     out.lock()
     return out
+
+
+# Keys a resumed run may change (nothing else): they do not change the maths of the steps already taken.
+# train.steps may only grow (a shorter run would have had another LR schedule).
+RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_examples", "train.eval_batch_size",
+                     "train.log_every", "train.progress", "train.plots", "checkpoint.every", "checkpoint.keep",
+                     "checkpoint.async_save", "mesh.shape", "mesh.rules")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """The keys of `config` that a run resuming from a run with the (JSON) config `saved` may not change, as
+    "key: saved X, now Y" lines (RESUMABLE_CHANGES may change; train.steps only upwards)."""
+    import json
+
+    old, new = _flatten(saved), _flatten(json.loads(config.to_json_best_effort()))
+    diffs = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == b:
+            continue
+        if "<absent>" in (a, b) and key.split(".")[0] in ("model", "data", "task_args"):
+            continue  # a task default that one side's file lacks (a plain task saves the config unmerged)
+        if key == "train.steps" and isinstance(a, int) and isinstance(b, int) and b >= a:
+            continue
+        if key in RESUMABLE_CHANGES and key != "train.steps":
+            continue
+        diffs.append(f"{key}: saved {a!r}, now {b!r}")
+    return diffs
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:

@@ -68,12 +68,16 @@ def train_iterator(dataset, batch_size: int, steps: int, seed: int):
 
 
 def eval_batches(dataset, batch_size: int, examples: int):
-    """This process's rows of the eval batches (first `examples` examples, in order, full batches only)."""
+    """(this process's rows, their `valid` flags) of each eval batch over the first `examples` examples (0 = all),
+    in order. The last batch is filled up with copies of its first example (one shape for the jitted eval);
+    `valid` is 0 on those rows, so they count nowhere."""
     n = len(dataset) if not examples else min(examples, len(dataset))
     rows = shard_lib.local_rows(batch_size)
-    for start in range(0, n - batch_size + 1, batch_size):
-        items = [dataset[i] for i in range(start + rows.start, start + rows.stop)]
-        yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+    for start in range(0, n, batch_size):
+        index = np.arange(start + rows.start, start + rows.stop)
+        valid = (index < n).astype(np.int32)
+        items = [dataset[int(i) if i < n else start] for i in index]
+        yield {k: np.stack([it[k] for it in items]) for k in items[0]}, valid
 
 
 def _example_batch(dataset):
@@ -133,21 +137,38 @@ class EvalContext:
     _eval_fn: Any = None
 
     def batches(self):
-        for local in eval_batches(self.eval_data, self.config.train.eval_batch_size, self.config.train.eval_examples):
-            yield shard_lib.global_batch(local, self.mesh)
+        """(global batch, valid) pairs: `valid` [eval_batch_size] int32 is 0 on the filler rows of the last batch."""
+        for local, valid in eval_batches(self.eval_data, self.config.train.eval_batch_size,
+                                         self.config.train.eval_examples):
+            yield shard_lib.global_batch(local, self.mesh), shard_lib.global_batch({"v": valid}, self.mesh)["v"]
 
     def default_evaluate(self) -> dict:
-        sums, count = {}, 0
-        for batch in self.batches():
-            out = self._eval_fn(self.state.params, batch)
+        """Mean of each `eval_metrics` output over the real eval rows; {} when there are none."""
+        sums, count = {}, 0.0
+        for batch, valid in self.batches():
+            out, rows = self._eval_fn(self.state.params, batch, valid)
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(jnp.sum(v))
-            count += next(iter(out.values())).shape[0] if out else 0
-        return {f"eval_{k}": v / max(count, 1) for k, v in sums.items()}
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += float(rows)
+        return {f"eval_{k}": v / count for k, v in sums.items()} if count else {}
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-def train(config, workdir: str, task, return_state: bool = False):
+def train(config, workdir: str, task, return_state: bool = False, allow_config_change: bool = False):
+    """Train `task` with `config` in `workdir` (resuming what is there); returns the summary dict (and the final
+    TrainState with `return_state`). A workdir with checkpoints resumes only with the config it was started
+    with, up to `config_lib.RESUMABLE_CHANGES`; `allow_config_change=True` (`--allow_config_change`) allows any
+    change whose arrays still fit the checkpoint."""
+    on_error = []  # clean-ups for a run that fails midway (a pending async checkpoint save)
+    try:
+        return _train(config, workdir, task, return_state, allow_config_change, on_error)
+    except BaseException:
+        for fn in on_error:
+            fn()
+        raise
+
+
+def _train(config, workdir, task, return_state, allow_config_change, on_error):
     # 1. config: unknown or mistyped keys fail here, before any compilation
     task_schema = task.default_config()
     config_lib.check(config, task_schema)
@@ -155,16 +176,22 @@ def train(config, workdir: str, task, return_state: bool = False):
     tc = config.train
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        _claim_workdir(workdir)
+        claim_workdir(workdir)  # before anything is written: a refused run must not touch a live run's files
+        try:
+            check_resumable_config(workdir, config, allow_config_change)
+        except BaseException:
+            release_workdir(workdir)
+            raise
         metrics_lib.write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     # 2. mesh and logical-axis rules
     mesh = shard_lib.make_mesh(config.mesh.shape)
     rules = shard_lib.rules_from_config(config.mesh.rules)
+    _check_batches_fit(config, mesh)
 
     # 3. data and model
     train_ds, eval_ds = task.datasets(config)
-    if eval_ds is not None:
+    if eval_ds is not None and len(eval_ds):
         eval_ds[0]  # a formatting error in the eval data surfaces now, not after the first training stretch
     model = task.build_model(config)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -190,11 +217,12 @@ def train(config, workdir: str, task, return_state: bool = False):
     del params
 
     # 5. resume from the newest readable checkpoint (a corrupt one falls back to the previous)
-    data_iter = train_iterator(train_ds, tc.batch_size, tc.steps, config.seed)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
                                  config.checkpoint.keep, config.checkpoint.async_save)
+    on_error.append(ckpt.close_after_error)  # a pending async save completes; no *.orbax-checkpoint-tmp left
     target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
-    start, restored = ckpt.restore_latest(target, data_iter)
+    start, restored, data_iter = ckpt.restore_latest(
+        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed))
     if restored is not None:
         state = TrainState(**restored)
     start = int(start or 0)
@@ -250,7 +278,8 @@ def train(config, workdir: str, task, return_state: bool = False):
         return updates
 
     proposed_fn = jax.jit(proposed)
-    eval_fn = jax.jit(lambda p, b: _with_rules(rules, task.eval_metrics, model, p, b), out_shardings=repl)
+    eval_fn = jax.jit(lambda p, b, valid: _with_rules(rules, _masked_sums, task, model, p, b, valid),
+                      out_shardings=repl)
 
     def run_eval(state) -> dict:
         if eval_ds is None:
@@ -301,6 +330,7 @@ def train(config, workdir: str, task, return_state: bool = False):
     progress.update(tc.steps - last_step)
     progress.close()
     train_time = time.perf_counter() - t_start
+    on_error.clear()
     ckpt.close()
 
     # 8. summary and plots
@@ -308,20 +338,68 @@ def train(config, workdir: str, task, return_state: bool = False):
         eval_out = run_eval(state)
     records = metrics_lib.read(writer.path) if jax.process_index() == 0 else []
     losses = [r["loss"] for r in records if "loss" in r]
-    summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else float("nan"), **eval_out,
+    # a value that was not computed is None (JSON null) with the reason, never a NaN that reads like a result
+    summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else None, **eval_out,
                "train_time_s": train_time, "resumed_from": start}
     summary["metric"] = task.metric
-    summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric, float("nan")))
+    summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric))
+    if summary[task.metric] is None:
+        summary["eval_skipped"] = ("no eval set" if eval_ds is None else
+                                   "the eval set is empty" if not len(eval_ds) else
+                                   f"the task's evaluation returned no {task.metric!r}")
     if tc.plots and jax.process_index() == 0 and records:
         metrics_lib.plot(writer.path, workdir)
     if jax.process_index() == 0:
         metrics_lib.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
-        if os.path.exists(os.path.join(workdir, "RUNNING.pid")):
-            os.remove(os.path.join(workdir, "RUNNING.pid"))
+        release_workdir(workdir)
     return (summary, state) if return_state else summary
 
 
-def _claim_workdir(workdir: str) -> None:
+def _check_batches_fit(config, mesh) -> None:
+    """Batches are split over the data-parallel devices (mesh data x fsdp) and the processes: refuse sizes that
+    do not divide before any data is read or anything compiled."""
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    for key in ("batch_size", "eval_batch_size"):
+        for size, what in ((dp, f"data-parallel size {dp} (mesh.shape {tuple(mesh.shape.values())}: data x fsdp)"),
+                           (jax.process_count(), f"process count {jax.process_count()}")):
+            if config.train[key] % size:
+                raise ValueError(f"config.train.{key}: expected a multiple of the {what}, got {config.train[key]}")
+
+
+def check_resumable_config(workdir: str, config, allow_change: bool = False) -> None:
+    """Refuse to resume a workdir's checkpoints with a config that changed (other than RESUMABLE_CHANGES):
+    ValueError listing each differing key with its saved and new value."""
+    directory, path = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "config.json")
+    if allow_change or not os.path.exists(path) or not os.path.isdir(directory):
+        return
+    if not any(name.isdigit() for name in os.listdir(directory)):
+        return  # nothing to resume
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable (written atomically, so only by hand): nothing to compare with
+    diffs = config_lib.resume_differences(saved, config)
+    if diffs:
+        raise ValueError(f"workdir {workdir}: its checkpoints were written with another config; resuming would "
+                         f"silently continue with new values. Differences (expected the saved value):\n  "
+                         + "\n  ".join(diffs) + "\nUse another --workdir, or pass --allow_config_change "
+                         f"(python: allow_config_change=True) to resume with the new values.")
+
+
+def release_workdir(workdir: str) -> None:
+    """Remove this process's claim (RUNNING.pid) on `workdir`, if it holds it."""
+    path = os.path.join(workdir, "RUNNING.pid")
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def claim_workdir(workdir: str) -> None:
     """Refuse to share a workdir with another live run (two runs appending to one metrics.jsonl and racing
     on checkpoints corrupt both). The pid file survives a SIGKILL; a dead pid does not block the rerun."""
     path = os.path.join(workdir, "RUNNING.pid")
@@ -343,6 +421,14 @@ def _claim_workdir(workdir: str) -> None:
                                f"another --workdir (remove {path} if that process is not a run)")
     with open(path, "w") as f:
         f.write(str(os.getpid()))
+
+
+def _masked_sums(task, model, params, batch, valid):
+    """Sums of the task's per-row eval metrics over the valid rows, and the number of valid rows."""
+    out = task.eval_metrics(model, params, batch)
+    w = valid.astype(jnp.float32)
+    return ({k: jnp.sum(v * w.reshape(w.shape + (1,) * (v.ndim - 1))) for k, v in out.items()},
+            jnp.sum(w))
 
 
 def _with_rules(rules, fn, *args):

@@ -20,23 +20,40 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; re-runn
 _COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False,
+                           "resume a workdir's checkpoints with a config that differs from its config.json in "
+                           "more than train.steps (growing), eval, logging, checkpoint and mesh settings")
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Run one config in `workdir`; returns the task's summary dict. Usable from Python and tests."""
+    from train import loop
     from train.metrics import write_atomic
     from train.task import Task
 
     task = tasks.get(config.task)
     if isinstance(task, Task):
-        from train import loop
+        return loop.train(config, workdir, task, allow_config_change=allow_config_change)
+    import jax
 
-        return loop.train(config, workdir, task)
+    from train import config as config_lib
+
+    if all(section in config for section in ("train", "optim", "checkpoint")):
+        config_lib.check_values(config)  # a bad value is named as such, not as a change from the saved config
+    lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-    runner = task if callable(task) else getattr(task, "run")
-    summary = runner(config, workdir)
-    write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    if lead:
+        loop.claim_workdir(workdir)  # before writing: a refused second run must not overwrite the live run's config
+    try:
+        if lead:  # a plain task that trains (commit.train) resumes its checkpoints: same rule as loop.train
+            loop.check_resumable_config(workdir, config, allow_config_change)
+            write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        runner = task if callable(task) else getattr(task, "run")
+        summary = runner(config, workdir)
+        write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    finally:
+        if lead:
+            loop.release_workdir(workdir)
     return summary
 
 
@@ -52,7 +69,7 @@ def _main(argv):
     sharding.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     import jax
 
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    summary = run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
     if jax.process_index() == 0:
         items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
         print(f"[summary] {items} workdir={_WORKDIR.value}", flush=True)

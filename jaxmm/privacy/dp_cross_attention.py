@@ -8,9 +8,11 @@ Both the numerator sums A_v = Σ_i U(k_i) v_iᵀ [r, d_v] and the denominator su
 privatised (one matrix A = [A_v | A_1] [r, d_v+1] with weights w_i = [v_i, 1]); a reviewer noted a version that
 left the denominator un-noised — here it is not.
 
-Bounds (enforced): ‖k_i‖_∞ ≤ R (``bound_qk``), ‖v_i‖_∞ ≤ R_w (``bound_v``). K and V are CLIPPED to them and the
-number of clipped entries is returned in the state (``n_clipped_k``, ``n_clipped_v``; ``clipping_report``) and
-warned about when it is concrete. Neighbouring datasets replace one row of (K, V); n is public.
+Bounds (enforced): ‖k_i‖_∞ ≤ R (``bound_qk``), ‖v_i‖_∞ ≤ R_w (``bound_v``). K and V are CLIPPED to them.
+How many entries were clipped is a noise-free statistic of the private data, so it is NOT part of the
+released state (it used to be: a leak); ``clipping_report(K, V, bound_qk=, bound_v=)`` computes it for the
+data holder's PRIVATE debug report, and init warns (without the counts) when it clipped anything. K and V
+must be finite (NaN/inf is a ValueError). Neighbouring datasets replace one row of (K, V); n is public.
 
 Two mechanisms with the same (ε, δ):
 * ``method="tree"``: ``DPTreeSoftmax`` (the paper's structure; jaxmm.privacy.dp_tree) — r per-feature
@@ -39,7 +41,7 @@ import numpy as np
 
 from jaxmm.ops._checks import check_positive, check_rank, fail
 from jaxmm.ops.polynomial import polynomial_features
-from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _features, _static, feature_bounds
+from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _features, _static, clip_count, feature_bounds
 from jaxmm.privacy.mechanisms import truncated_laplace
 
 METHODS = ("tree", "release")
@@ -53,13 +55,12 @@ def release_sensitivity(d: int, d_v: int, *, degree: int, scale: float, bound_qk
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DPCrossAttentionState:
-    """Everything a query may read. ``feature_sums`` ([r, d_v+1], method "release") or ``tree`` (method
-    "tree") is the private release; the clip counts are data (report them, see ``clipping_report``)."""
+    """Everything a query may read, i.e. the release. ``feature_sums`` ([r, d_v+1], method "release") or
+    ``tree`` (method "tree") is the noisy part; the static fields are public parameters. Nothing else
+    derived from K, V is stored (no clip counts: see ``clipping_report``)."""
 
     feature_sums: jax.Array | None
     tree: DPTreeSoftmax | None
-    n_clipped_k: jax.Array
-    n_clipped_v: jax.Array
     n: int = _static()
     d: int = _static()
     d_v: int = _static()
@@ -82,10 +83,22 @@ class DPCrossAttentionState:
         return self.feature_sums if self.method == "release" else self.tree.feature_sums()
 
 
-def clipping_report(state: DPCrossAttentionState) -> dict:
-    """Python ints: how many entries of K and V were clipped to the bounds at init."""
-    return {"n_clipped_k": int(state.n_clipped_k), "n_clipped_v": int(state.n_clipped_v),
-            "n_entries_k": state.n * state.d, "n_entries_v": state.n * state.d_v}
+def clip_counts(K, V, *, bound_qk: float, bound_v: float):
+    """(entries of K outside ±bound_qk, entries of V outside ±bound_v) as int32 arrays (jit-friendly).
+
+    PRIVATE: noise-free statistics of the private K, V — for the data holder's debug report, never released.
+    """
+    return clip_count(K, -bound_qk, bound_qk), clip_count(V, -bound_v, bound_v)
+
+
+def clipping_report(K, V, *, bound_qk: float, bound_v: float) -> dict:
+    """PRIVATE debug report (Python ints): how many entries of K and V init clips to the bounds.
+
+    Not differentially private and not part of ``DPCrossAttentionState``: keep it with the private data.
+    """
+    ck, cv = clip_counts(K, V, bound_qk=bound_qk, bound_v=bound_v)
+    return {"n_clipped_k": int(ck), "n_clipped_v": int(cv), "n_entries_k": int(np.size(K)),
+            "n_entries_v": int(np.size(V)), "private": True}
 
 
 def release_feature_sums(key, phi, w, *, sensitivity: float, epsilon: float, delta: float):
@@ -114,8 +127,14 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
     _check_budget(epsilon, delta)
     if method not in METHODS:
         fail("method", f"one of {METHODS}", method)
-    if degree < 0:
-        fail("degree", "a non-negative integer", degree)
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
+        fail("degree", "a non-negative integer (the Taylor degree g)", repr(degree))
+    if K.shape[0] < 1:
+        fail("K", "at least one row (n ≥ 1 private keys)", f"shape {tuple(K.shape)}")
+    for name, arr in (("K", K), ("V", V)):  # NaN/inf would pass the clip (NaN) or hide a broken input (inf)
+        if not isinstance(arr, jax.core.Tracer) and not bool(np.all(np.isfinite(np.asarray(arr)))):
+            bad = int(np.sum(~np.isfinite(np.asarray(arr))))
+            fail(name, "finite entries", f"{bad} NaN/inf entries in shape {tuple(arr.shape)}")
     n, d = K.shape
     d_v = V.shape[1]
     scale = 1.0 / d if scale is None else float(scale)
@@ -124,11 +143,11 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
     V = jnp.asarray(V, jnp.float32)
     Kc = jnp.clip(K, -bound_qk, bound_qk)
     Vc = jnp.clip(V, -bound_v, bound_v)
-    n_clipped_k = jnp.sum(Kc != K).astype(jnp.int32)
-    n_clipped_v = jnp.sum(Vc != V).astype(jnp.int32)
-    if not isinstance(n_clipped_k, jax.core.Tracer) and int(n_clipped_k) + int(n_clipped_v) > 0:
-        warnings.warn(f"dp_cross_attention_init: clipped {int(n_clipped_k)}/{n * d} key entries to ±{bound_qk} "
-                      f"and {int(n_clipped_v)}/{n * d_v} value entries to ±{bound_v}", stacklevel=2)
+    if not isinstance(Kc, jax.core.Tracer) and not isinstance(Vc, jax.core.Tracer) \
+            and bool(jnp.any(Kc != K) | jnp.any(Vc != V)):  # no counts in the message: they are private
+        warnings.warn(f"dp_cross_attention_init: some key entries (bound ±{bound_qk}) or value entries (bound "
+                      f"±{bound_v}) were clipped; clipping_report(K, V, ...) counts them (private, not DP)",
+                      stacklevel=2)
     w = jnp.concatenate([Vc, jnp.ones((n, 1), jnp.float32)], axis=1)
     common = dict(n=n, d=d, d_v=d_v, degree=int(degree), scale=scale, bound_qk=float(bound_qk),
                   bound_v=float(bound_v), epsilon=float(epsilon), delta=float(delta), method=method)
@@ -136,14 +155,12 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
         sens = release_sensitivity(d, d_v, degree=degree, scale=scale, bound_qk=bound_qk, bound_v=bound_v)
         sums = release_feature_sums(key, _features(Kc, int(degree), scale), w, sensitivity=sens,
                                     epsilon=epsilon, delta=delta)
-        return DPCrossAttentionState(feature_sums=sums, tree=None, n_clipped_k=n_clipped_k,
-                                     n_clipped_v=n_clipped_v, **common)
+        return DPCrossAttentionState(feature_sums=sums, tree=None, **common)
     bins = 1 << max(n - 1, 0).bit_length() if n_bins is None else int(n_bins)
     wb = np.concatenate([np.full(d_v, float(bound_v)), [1.0]])
     tree = DPTreeSoftmax.build(key, Kc, w, bound_k=bound_qk, weight_bound=wb, degree=degree, scale=scale,
                                epsilon=epsilon, delta=delta, n_bins=bins)
-    return DPCrossAttentionState(feature_sums=None, tree=tree, n_clipped_k=n_clipped_k, n_clipped_v=n_clipped_v,
-                                 **common)
+    return DPCrossAttentionState(feature_sums=None, tree=tree, **common)
 
 
 @jax.jit

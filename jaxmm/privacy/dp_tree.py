@@ -25,7 +25,9 @@ Components are confirmed by name and role in the paper; the details below are [r
   entirely at or below y:  F(y) = (hi − lo)·[t·(c_≤ − c_>) − s_≤ + s_>]  (PAPERS.md §3). Exact when y is a
   bin edge or outside [lo, hi]; otherwise the points sharing y's bin add at most 2·Σ_{i∈bin}|w_i|·(hi−lo)/N.
   Sensitivity: replacing (x, w) by (x', w') changes the count leaves by ≤ Σ_c |w_c| + |w'_c| ≤ 2ΣW_c and the
-  moment leaves (u ∈ [0,1]) by ≤ 2ΣW_c: Δ = 4·ΣW_c. Inputs beyond the bounds are clipped and counted.
+  moment leaves (u ∈ [0,1]) by ≤ 2ΣW_c: Δ = 4·ΣW_c. Inputs beyond the bounds are clipped. How many were
+  clipped is a statistic of the private data with no noise, so it is NOT stored in the released structure;
+  ``clip_count`` computes it for the data holder's private debug report.
 * ``DPTreeHighDim`` — Σ_i w_i ‖y − x_i‖₁ for x_i ∈ R^d: one DPTreeDistance per coordinate, each with
   (ε/d, δ/d) (basic composition over the d coordinates one record touches).
 * ``DPTreeSoftmax`` — Σ_i w_i ⟨U(q), U(k_i)⟩ ≈ Σ_i w_i exp(s⟨q, k_i⟩) with the polynomial features U
@@ -166,16 +168,22 @@ class DPTree:
 
 
 
+def clip_count(x, lo, hi):
+    """How many entries of x lie outside [lo, hi] (int32 array). PRIVATE: a noise-free statistic of the data,
+    for the data holder's debug report only — never part of a released structure."""
+    x = jnp.asarray(x)
+    return jnp.sum((x < lo) | (x > hi)).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnums=(5,))
 def _distance_leaves(x, w, lo, hi, wb, n_bins):
-    """Clip x to [lo, hi] and w to ±wb; per-bin [Σw | Σw·u] leaves [n_bins, 2c] and the clip count."""
+    """Clip x to [lo, hi] and w to ±wb; per-bin [Σw | Σw·u] leaves [n_bins, 2c]."""
     xc = jnp.clip(x, lo, hi)
     wc = jnp.clip(w, -wb, wb)
-    n_clipped = jnp.sum(xc != x).astype(jnp.int32) + jnp.sum(wc != w).astype(jnp.int32)
     u = (xc - lo) / (hi - lo)
     bins = jnp.clip(jnp.floor(u * n_bins).astype(jnp.int32), 0, n_bins - 1)
     leaves = jnp.zeros((n_bins, 2 * w.shape[1]), jnp.float32)
-    return leaves.at[bins].add(jnp.concatenate([wc, wc * u[:, None]], axis=1)), n_clipped
+    return leaves.at[bins].add(jnp.concatenate([wc, wc * u[:, None]], axis=1))
 
 
 @jax.tree_util.register_dataclass
@@ -189,7 +197,6 @@ class DPTreeDistance:
     tree: DPTree  # leaves [N, 2c]: Σw per bin, Σw·u per bin
     lo: jax.Array
     hi: jax.Array
-    n_clipped: jax.Array  # entries of x and w that were outside their bounds and got clipped
     squeeze: bool = _static(default=False)
 
     @property
@@ -214,10 +221,10 @@ class DPTreeDistance:
             fail("weight_bound", "positive bound(s)", weight_bound)
         lo = jnp.asarray(lo, jnp.float32)
         hi = jnp.asarray(hi, jnp.float32)
-        leaves, n_clipped = _distance_leaves(x.astype(jnp.float32), w, lo, hi, jnp.asarray(wb, jnp.float32),
+        leaves = _distance_leaves(x.astype(jnp.float32), w, lo, hi, jnp.asarray(wb, jnp.float32),
                                              int(n_bins))
         tree = DPTree.build(key, leaves, sensitivity=4.0 * float(wb.sum()), epsilon=epsilon, delta=delta)
-        return cls(tree=tree, lo=lo, hi=hi, n_clipped=n_clipped, squeeze=squeeze)
+        return cls(tree=tree, lo=lo, hi=hi, squeeze=squeeze)
 
     def _split(self, s):
         c = s.shape[-1] // 2
@@ -250,10 +257,6 @@ class DPTreeHighDim:
     """
 
     trees: DPTreeDistance
-
-    @property
-    def n_clipped(self):
-        return jnp.sum(self.trees.n_clipped)
 
     @property
     def memory_floats(self) -> int:
@@ -305,7 +308,6 @@ class DPTreeSoftmax:
     """
 
     features: DPTreeHighDim
-    n_clipped_k: jax.Array
     degree: int = _static()
     scale: float = _static()
     bound_k: float = _static()
@@ -322,12 +324,11 @@ class DPTreeSoftmax:
             fail("k", "a rank-2 array [n, d]", f"shape {k.shape}")
         check_positive("bound_k", bound_k)
         kc = jnp.clip(k.astype(jnp.float32), -bound_k, bound_k)
-        n_clipped_k = jnp.sum(kc != k).astype(jnp.int32)
         phi = _features(kc, int(degree), float(scale))
         b = jnp.asarray(feature_bounds(k.shape[1], degree, scale, bound_k) * (1.0 + 1e-5) + 1e-30, jnp.float32)
         feats = DPTreeHighDim.build(key, phi, w, lo=-b, hi=b, weight_bound=weight_bound, epsilon=epsilon,
                                     delta=delta, n_bins=n_bins)
-        return cls(features=feats, n_clipped_k=n_clipped_k, degree=int(degree), scale=float(scale),
+        return cls(features=feats, degree=int(degree), scale=float(scale),
                    bound_k=float(bound_k))
 
     def feature_sums(self):

@@ -105,7 +105,9 @@ def gaussian_sampling_mechanism_factor(key, G, k: int):
 
 
 def _check_budget(epsilon, delta) -> None:
-    check_positive("epsilon", epsilon)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(epsilon) or not epsilon > 0:
+        fail("epsilon", "a finite positive number (ε = ∞ allows unboundedly many samples)", epsilon)
     if not 0.0 < delta < 1.0:
         fail("delta", "a number in (0, 1)", delta)
 
@@ -179,3 +181,91 @@ def relative_sensitivity(H, H_prime) -> float:
     A = np.asarray(H, dtype=np.float64)
     B = np.asarray(H_prime, dtype=np.float64)
     return max(one(A, B), one(B, A))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rényi-DP accounting of the Gaussian sampling mechanism (ours; used by the "bounded" DP-NTK mode).
+#
+# Release k i.i.d. samples g_t ~ N(0, Σ) (H̃ = (1/k) Σ g gᵀ is post-processing of them). Neighbours Σ, Σ' with
+# E = Σ' − Σ of rank ≤ r (r = 2 for the NTK: one replaced row changes one row and column of H) and
+# λ_min(Σ), λ_min(Σ') ≥ η, so that the eigenvalues ν_j of Σ^{-1/2} E Σ^{-1/2} satisfy Σ_j ν_j² ≤ Δ²,
+# Δ = ‖E‖_F / η (‖Σ^{-1/2} E Σ^{-1/2}‖_F ≤ ‖Σ^{-1/2}‖² ‖E‖_F), and only r of them are non-zero.
+#
+# Whitening by Σ^{-1/2} and rotating (Rényi divergence is invariant under bijections) turns the pair into
+# N(0, I) vs N(0, diag(μ)), μ_j = 1 + ν_j, so (order α > 1)
+#     D_α(N(0,Σ) ‖ N(0,Σ')) = Σ_j f_α(μ_j),   f_α(μ) = [α ln μ − ln(αμ + 1 − α)] / (2(α − 1)),
+# finite iff αμ_j + 1 − α > 0 for all j (1-D: ∫ p^α q^{1−α} = μ^{α/2} (αμ + 1 − α)^{−1/2} for p = N(0,1),
+# q = N(0,μ)). The other order D_α(N(0,Σ') ‖ N(0,Σ)) has eigenvalues 1/μ_j = 1 + ν'_j where ν'_j are the
+# eigenvalues of Σ'^{-1/2}(−E)Σ'^{-1/2}, bounded the same way (λ_min(Σ') ≥ η): the same bound covers both.
+# f_α'(μ) = α(μ − 1)/(2μ(αμ + 1 − α)), so f_α(1 + ν) grows with |ν| on each side of 0 and
+#     ρ(α) := sup_{‖ν‖₂ ≤ Δ, ≤ r non-zero} Σ_j f_α(1 + ν_j)
+#           = sup_{t ∈ [0, Δ]} g(t) + g(√(Δ² − t²))   (r = 2;  r = 1: g(Δ))
+# with g(t) = max(f_α(1 + t), f_α(1 − t)); we evaluate it on a grid, rounding each piece UP (g
+# nondecreasing: g(t) ≤ g(t_{i+1}), g(√(Δ² − t²)) ≤ g(√(Δ² − t_i²)) on [t_i, t_{i+1}]), so the result is an
+# upper bound, not an estimate. k samples compose to k·ρ(α); the RDP → (ε, δ) conversion is Mironov 2017,
+# Prop. 3: ε = k·ρ(α) + ln(1/δ)/(α − 1), minimised over a grid of α ∈ (1, 1/Δ) (any α gives a valid bound).
+# For Δ ≥ 1 no α works (the release can be unboundedly more likely under one neighbour): ε = ∞.
+
+def _f_alpha(alpha: float, mu):
+    mu = np.asarray(mu, np.float64)
+    inner = alpha * mu + 1.0 - alpha
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (alpha * np.log(mu) - np.log(inner)) / (2.0 * (alpha - 1.0))
+    return np.where((inner > 0) & (mu > 0), out, np.inf)
+
+
+def gaussian_sampling_rdp(alpha: float, sensitivity: float, *, rank: int = 2, grid: int = 2048) -> float:
+    """Upper bound ρ(α) on the order-α Rényi divergence (both orders) of ONE sample, N(0, Σ) vs N(0, Σ'), when
+    Σ^{-1/2}(Σ' − Σ)Σ^{-1/2} has rank ≤ ``rank`` (1 or 2) and Frobenius norm ≤ Δ = ``sensitivity`` (and the
+    same for Σ' in place of Σ). Derivation in the comment above; ∞ when α ≥ 1/Δ."""
+    check_positive("sensitivity", sensitivity)
+    if not alpha > 1:
+        fail("alpha", "a Rényi order > 1", alpha)
+    if rank not in (1, 2):
+        fail("rank", "1 or 2", rank)
+    D = float(sensitivity)
+
+    def g(t):
+        return np.maximum(_f_alpha(alpha, 1.0 + t), _f_alpha(alpha, 1.0 - t))
+
+    if rank == 1:
+        return float(g(D))
+    t = np.linspace(0.0, D, grid + 1)
+    rest = np.sqrt(np.maximum(D * D - t * t, 0.0))
+    return float(np.max(g(t[1:]) + g(rest[:-1])))
+
+
+_ALPHAS = 1.0 + np.exp(np.linspace(np.log(1e-4), np.log(1e5), 600))
+
+
+def gaussian_sampling_epsilon(k: int, delta: float, sensitivity: float, *, rank: int = 2) -> float:
+    """ε such that releasing k i.i.d. samples of N(0, Σ) is (ε, δ)-DP for neighbours at relative sensitivity
+    Δ = ``sensitivity`` (see `gaussian_sampling_rdp`); math.inf when no Rényi order is finite (Δ ≥ 1)."""
+    k = _check_samples(k)
+    _check_budget(1.0, delta)
+    check_positive("sensitivity", sensitivity)
+    best = math.inf
+    for a in _ALPHAS[_ALPHAS < 1.0 / sensitivity]:
+        rho = gaussian_sampling_rdp(float(a), sensitivity, rank=rank, grid=256)
+        best = min(best, k * rho + math.log(1.0 / delta) / (a - 1.0))
+    return float(best)
+
+
+def samples_for_epsilon(epsilon: float, delta: float, sensitivity: float, *, rank: int = 2,
+                        k_max: int = 10**9) -> int:
+    """The largest k with `gaussian_sampling_epsilon(k, δ, Δ) ≤ ε` (0 if even k = 1 costs more)."""
+    _check_budget(epsilon, delta)
+    check_positive("sensitivity", sensitivity)
+    if gaussian_sampling_epsilon(1, delta, sensitivity, rank=rank) > epsilon:
+        return 0
+    lo, hi = 1, 2
+    while hi <= k_max and gaussian_sampling_epsilon(hi, delta, sensitivity, rank=rank) <= epsilon:
+        lo, hi = hi, 2 * hi
+    hi = min(hi, k_max + 1)
+    while hi - lo > 1:  # invariant: ε(lo) ≤ target < ε(hi)
+        mid = (lo + hi) // 2
+        if gaussian_sampling_epsilon(mid, delta, sensitivity, rank=rank) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo

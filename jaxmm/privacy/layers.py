@@ -10,7 +10,8 @@ the heads (basic composition): every head gets (ε/h, δ/h). The key/value proje
 be trained on PUBLIC data (or with DP training) — this layer privatises inference over the context only.
 Bounds: with ``squash=True`` (default) the projected keys/values pass through R·tanh(·/R) so the bounds hold
 by construction; with ``squash=False`` they are clipped at init and the counts are sown into the
-"intermediates" collection ("n_clipped_k", "n_clipped_v"), never silently.
+"intermediates" collection ("n_clipped_k", "n_clipped_v"), never silently. Those counts are a PRIVATE debug
+report (noise-free statistics of the context): they are not part of the release; do not publish them.
 
 Importing this module also registers the attention kind "dp" (`DPSelfAttention`) for
 `BlockConfig(attention="dp", attention_args={...})`.
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxmm.nn.transformer import BlockConfig, register_attention_kind
 from jaxmm.ops._checks import fail
-from jaxmm.privacy.dp_cross_attention import dp_cross_attention, dp_cross_attention_init
+from jaxmm.privacy.dp_cross_attention import clip_counts, dp_cross_attention, dp_cross_attention_init
 
 
 class DPCrossAttention(nn.Module):
@@ -75,7 +76,8 @@ class DPCrossAttention(nn.Module):
             st = dp_cross_attention_init(key, kk, vv, epsilon=eps, delta=delta, bound_qk=self.bound_qk,
                                          bound_v=self.bound_v, degree=self.degree, scale=self.scale,
                                          method=self.method, n_bins=self.n_bins)
-            return dp_cross_attention(st, qq), st.n_clipped_k, st.n_clipped_v
+            ck, cv = clip_counts(kk, vv, bound_qk=self.bound_qk, bound_v=self.bound_v)  # private debug only
+            return dp_cross_attention(st, qq), ck, cv
 
         per_head = jax.vmap(one, in_axes=(0, 1, 1, 1), out_axes=(1, 0, 0))  # over heads
         out, ck, cv = jax.vmap(per_head)(keys, k, v, q)  # out [b, lq, h, hd]

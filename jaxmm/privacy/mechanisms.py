@@ -7,15 +7,23 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.ops._checks import fail
+
+
+def _check_tlap(sensitivity, epsilon, delta) -> None:
+    """Finite positive Δ and ε (ε = 0 or ∞ has no truncated Laplace law), δ in (0, 1)."""
+    for name, value in (("sensitivity", sensitivity), ("epsilon", epsilon)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value) or not value > 0:
+            fail(name, "a finite positive number", value)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
+            or not 0.0 < delta < 1.0:
+        fail("delta", "a number in (0, 1)", delta)
 
 
 def truncated_laplace_bound(*, sensitivity: float, epsilon: float, delta: float) -> float:
     """B₀ = (Δ/ε)·ln(1 + (e^ε − 1)/(2δ)): the support half-width of TLap(Δ, ε, δ)."""
-    check_positive("sensitivity", sensitivity)
-    check_positive("epsilon", epsilon)
-    if not 0.0 < delta < 1.0:
-        fail("delta", "a number in (0, 1)", delta)
+    _check_tlap(sensitivity, epsilon, delta)
     b = sensitivity / epsilon
     # ln(1 + (e^ε − 1)/(2δ)) in log space (no overflow for large ε): ln x = ε + ln(1 − e^{−ε}) − ln(2δ)
     log_x = epsilon + math.log(-math.expm1(-epsilon)) - math.log(2.0 * delta)
@@ -29,6 +37,7 @@ def truncated_laplace(key, shape, *, sensitivity: float, epsilon: float, delta: 
     statistic of L1-sensitivity Δ is (ε, δ)-DP (Geng et al. 2020, as used by 2407.13621 and 2407.14717).
     Sampled by inverting the CDF of |z| (an exponential truncated at B₀) and a random sign.
     """
+    _check_tlap(sensitivity, epsilon, delta)  # before any division: ε = 0 must not be a ZeroDivisionError
     b = sensitivity / epsilon
     bound = truncated_laplace_bound(sensitivity=sensitivity, epsilon=epsilon, delta=delta)
     try:

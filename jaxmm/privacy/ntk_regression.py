@@ -25,6 +25,29 @@ def l2_normalize(X, eps: float = 1e-12):
     return X / jnp.maximum(jnp.linalg.norm(X, axis=1, keepdims=True), eps)
 
 
+def clip_rows(X):
+    """Rows scaled down to L2 norm ≤ 1 (x / max(1, ‖x‖)); rows already inside the unit ball are unchanged."""
+    check_rank("X", X, 2, "[n, d]")
+    X = jnp.asarray(X)
+    return X / jnp.maximum(jnp.linalg.norm(X, axis=1, keepdims=True), 1.0)
+
+
+def entry_sensitivity(W) -> float:
+    """β = ‖WᵀW/m‖_op = σ_max(W)²/m (float64): the most one entry of H can change when one row x_i with
+    ‖x_i‖ ≤ 1 is replaced by another such row (proof in jaxmm.privacy.dp_ntk). W is public (data-independent)."""
+    check_rank("W", W, 2, "[m, d]")
+    W = np.asarray(W, np.float64)
+    return float(np.linalg.norm(W, 2) ** 2 / W.shape[0])
+
+
+def quadratic_ntk_np(X, W, Y=None):
+    """The discrete quadratic NTK in numpy float64 (for measurements and audits): [n, n_y]."""
+    X = np.asarray(X, np.float64)
+    Y = X if Y is None else np.asarray(Y, np.float64)
+    W = np.asarray(W, np.float64)
+    return ((X @ W.T) @ (Y @ W.T).T / W.shape[0]) * (X @ Y.T)
+
+
 def _check_xw(X, W, Y):
     check_rank("X", X, 2, "[n, d]")
     check_shape("W", W, (None, X.shape[1]), "[m, d] (d from X)")

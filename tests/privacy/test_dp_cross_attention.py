@@ -1,6 +1,7 @@
 """DP cross-attention: noise-free equality with float64 polynomial attention, the ε_s error bound against
 exact attention, clipping enforced and reported, sensitivity, both numerator and denominator noised, the
 1/n and 1/ε rates at toy size, an empirical privacy audit, and post-processing (adaptive queries)."""
+import dataclasses
 import math
 import warnings
 
@@ -59,23 +60,55 @@ def test_exact_cross_attention_vs_numpy():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_clipping_enforced_and_reported(method):
+def test_clipping_enforced_and_reported_privately(method):
     K, V, Q = _data(16, 2, 2, R=1.0)
     K2, V2 = K.copy(), V.copy()
     K2[0, 0], K2[3, 1], V2[5, 0] = 4.0, -2.5, 9.0
     kw = dict(epsilon=INF, delta=1e-5, bound_qk=1.0, bound_v=1.0, degree=2, method=method)
-    with pytest.warns(UserWarning, match="clipped 2/32 key entries.*1/32 value"):
+    with pytest.warns(UserWarning, match="clipped; clipping_report") as rec:
         st = dp_cross_attention_init(jax.random.key(0), K2, V2, **kw)
-    assert clipping_report(st) == {"n_clipped_k": 2, "n_clipped_v": 1, "n_entries_k": 32, "n_entries_v": 32}
+    assert not any(ch.isdigit() for ch in str(rec[0].message).split("bound")[0])  # no counts in the warning
+    # the counts live only in the private debug report computed from the private data...
+    assert clipping_report(K2, V2, bound_qk=1.0, bound_v=1.0) == {
+        "n_clipped_k": 2, "n_clipped_v": 1, "n_entries_k": 32, "n_entries_v": 32, "private": True}
+    # ...and nowhere in the released state (issue 12: they were released without noise)
+    leaves = jax.tree_util.tree_leaves_with_path(st)
+    assert not any("clip" in jax.tree_util.keystr(p) for p, _ in leaves)
+    assert not any("clip" in f.name for f in dataclasses.fields(st))
+    if method == "tree":
+        assert not any("clip" in f.name for f in dataclasses.fields(st.tree))
+        assert not any("clip" in f.name for f in dataclasses.fields(st.tree.features.trees))
     ref = dp_cross_attention_init(jax.random.key(0), np.clip(K2, -1, 1), np.clip(V2, -1, 1), **kw)
     np.testing.assert_allclose(np.asarray(dp_cross_attention(st, Q)), np.asarray(dp_cross_attention(ref, Q)),
                                atol=1e-6)
-    # under jit there is no warning, but the counts travel in the state
+    # the released arrays are the same pytree structure whether or not anything was clipped
+    assert jax.tree_util.tree_structure(st) == jax.tree_util.tree_structure(ref)
     jitted = jax.jit(lambda k, kk, vv: dp_cross_attention_init(k, kk, vv, **kw))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        st_j = jitted(jax.random.key(0), K2, V2)
-    assert int(st_j.n_clipped_k) == 2 and int(st_j.n_clipped_v) == 1
+        jitted(jax.random.key(0), K2, V2)
+
+
+@pytest.mark.parametrize("where", ["K", "V"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_inputs_raise(where, bad):
+    """Issue 25.9: a NaN in K used to only warn (NaN passes a clip)."""
+    K, V, _ = _data(8, 2, 2)
+    (K if where == "K" else V)[3, 1] = bad
+    with pytest.raises(ValueError, match=f"{where}: expected finite entries, got 1 NaN/inf entries"):
+        dp_cross_attention_init(jax.random.key(0), K, V, epsilon=1.0, delta=1e-5, bound_qk=1.0, bound_v=1.0,
+                                degree=2)
+
+
+def test_empty_context_and_fractional_degree_raise():
+    """Issue 25.9: n = 0 and degree 2.5 used to be accepted."""
+    K, V, _ = _data(8, 2, 2)
+    kw = dict(epsilon=1.0, delta=1e-5, bound_qk=1.0, bound_v=1.0)
+    with pytest.raises(ValueError, match=r"K: expected at least one row \(n ≥ 1 private keys\), got shape \(0, 2\)"):
+        dp_cross_attention_init(jax.random.key(0), K[:0], V[:0], degree=2, **kw)
+    for deg in (2.5, -1, True):
+        with pytest.raises(ValueError, match=f"degree: expected a non-negative integer .*got {deg!r}"):
+            dp_cross_attention_init(jax.random.key(0), K, V, degree=deg, **kw)
 
 
 def test_release_sensitivity_bounds_neighbours():

@@ -1,6 +1,7 @@
 """DP NTK regression (2407.13621): kernel vs definition (float64), Gaussian sampling mechanism law and rate,
 sample budget, ridge vs numpy, an empirical privacy audit, the sweep config path at toy size."""
 import json
+import math
 import os
 import warnings
 
@@ -194,8 +195,9 @@ def test_fit_predict_noise_off_equals_numpy_pipeline():
 def test_fit_predict_private_reports_and_k_zero():
     rng = np.random.default_rng(6)
     Xtr, Xte, ytr = rng.uniform(size=(40, 5)), rng.uniform(size=(9, 5)), rng.integers(0, 3, 40)
-    kw = dict(num_classes=3, m=4, epsilon=1.0, eta=7e-3, beta=1e-6)
+    kw = dict(num_classes=3, m=4, epsilon=1.0, eta=7e-3, beta=1e-6, assumptions="paper")
     pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **kw)
+    assert not rep["assumption_check"]["held"] and "did NOT hold" in " ".join(rep["notes"])
     assert pred.shape == (9,) and rep["k"] == gm.samples_for_budget(1.0, 1e-3, 40, 7e-3, 1e-6)
     assert rep["feature_release"]["mechanism"] == "truncated_laplace"
     assert rep["feature_release"]["sensitivity"] == pytest.approx(2 * np.sqrt(5))
@@ -203,6 +205,10 @@ def test_fit_predict_private_reports_and_k_zero():
     # k = 0 (β large): skip reports "not releasable", clamp uses k = 1 and reports the ε it costs
     pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **{**kw, "beta": 1e-3})
     assert pred is None and not rep["releasable"] and "not releasable" in rep["notes"][-1]
+    with pytest.raises(ValueError, match="beta: expected None in assumptions='bounded'"):
+        dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **{**kw, "assumptions": "bounded"})
+    with pytest.raises(ValueError, match="assumptions"):
+        dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, **{**kw, "assumptions": "trust_me"})
     with pytest.warns(UserWarning, match="clamped"):
         pred, rep = dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, k_zero="clamp", **{**kw, "beta": 1e-3})
     assert rep["k"] == 1 and rep["epsilon_effective"] == pytest.approx(
@@ -213,6 +219,37 @@ def test_fit_predict_private_reports_and_k_zero():
         dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr, Xte, k_zero="zero", **kw)
     with pytest.raises(ValueError, match="labels"):
         dp_ntk.fit_predict(jax.random.key(1), Xtr, ytr + 5, Xte, **kw)
+
+
+def test_nothing_released_is_alpha_y_over_lambda():
+    """H̃ = 0: f(z) = Σ_i H(z, x_i) y_i/λ, against numpy."""
+    rng = np.random.default_rng(7)
+    Xtr, Xte, ytr, W = rng.uniform(size=(20, 4)), rng.uniform(size=(7, 4)), rng.integers(0, 3, 20), rng.normal(size=(5, 4))
+    pred = dp_ntk.nothing_released(Xtr, ytr, Xte, num_classes=3, m=5, lam=3.0, W=W)
+    A, B = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (Xtr, Xte))
+    scores = nr.quadratic_ntk_np(B, W, A) @ nr.pm1_targets(ytr, 3) / 3.0
+    assert np.array_equal(pred, scores.argmax(1))
+
+
+def test_bounded_release_has_the_ridge_and_clips_rows():
+    """Bounded mode releases N(0, H + ηI) draws (mean of H̃ = H + ηI) from rows clipped to norm ≤ 1."""
+    from jaxmm.privacy.dp_ntk import _release_bounded
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(5, 3)) * 4
+    Xc = np.asarray(nr.clip_rows(jnp.asarray(X)))
+    assert np.all(np.linalg.norm(Xc, axis=1) <= 1 + 1e-6)
+    W = rng.normal(size=(4, 3))
+    H = nr.quadratic_ntk_np(Xc, W)
+    for sampler, k in (("factor", 3), ("eigh", 3), ("eigh", 9)):
+        def one(key):
+            kind, A = _release_bounded(key, jnp.asarray(Xc, jnp.float32), jnp.asarray(W, jnp.float32), k, 2.0,
+                                       sampler, 16)[1]
+            return A @ A.T / k if kind == "samples" else A
+        draws = _batched(one, 20000, 4)
+        S = H + 2.0 * np.eye(5)
+        se = np.sqrt((np.outer(np.diag(S), np.diag(S)) + S * S) / (k * 20000))
+        assert np.all(np.abs(draws.mean(0) - S) < 4.5 * se), (sampler, k)
 
 
 def test_privatize_features_bounds():
@@ -266,27 +303,234 @@ def _audit_epsilon_lower_bound(G, G2, k, delta, n_draws=10000, seed=0):
     return np.log(max(lo - delta, 1e-300) / hi)
 
 
-def test_empirical_privacy_audit_neighbouring_datasets():
+# ------------------------------------------------------------------- bounded mode: sensitivity and audit
+def test_renyi_divergence_formula_and_bound():
+    """f_α against numeric integration; ρ(α) ≥ the exact divergence (both orders) of random rank-2 pairs."""
+    from scipy import integrate
+
+    for a, mu in [(2.0, 1.5), (3.0, 0.8), (1.5, 0.5), (20.0, 0.97)]:
+        lp = lambda x: -x * x / 2  # noqa: E731
+        lq = lambda x, mu=mu: -x * x / (2 * mu) - 0.5 * math.log(mu)  # noqa: E731
+        integral = integrate.quad(lambda x: math.exp(a * lp(x) + (1 - a) * lq(x)) / math.sqrt(2 * math.pi), -40, 40)
+        assert float(gm._f_alpha(a, mu)) == pytest.approx(math.log(integral[0]) / (a - 1), rel=1e-8)
     rng = np.random.default_rng(0)
-    X, W, u = _unit_rows(rng, 4, 4), rng.normal(size=(8, 4)), rng.normal(size=4)
+    for _ in range(40):
+        n = 6
+        G = rng.normal(size=(n, n))
+        Sigma = G @ G.T + 0.5 * np.eye(n)
+        u = rng.normal(size=n)
+        i = rng.integers(n)
+        E = np.zeros((n, n))
+        E[i] += u
+        E[:, i] += u
+        Sigma2 = Sigma + 0.2 * rng.uniform() * E
+        if np.linalg.eigvalsh(Sigma2)[0] <= 0:
+            continue
+        D = gm.relative_sensitivity(Sigma, Sigma2)  # both orders' Frobenius norms
+        for a in (1.5, 3.0, 0.9 / D if D < 0.5 else 1.2):
+            if a <= 1 or a >= 1 / D:
+                continue
+            exact = max(float(np.sum(gm._f_alpha(a, np.linalg.eigvals(np.linalg.solve(A, B)).real))) for A, B in
+                        ((Sigma, Sigma2), (Sigma2, Sigma)))
+            assert exact <= gm.gaussian_sampling_rdp(a, D) * (1 + 1e-9) + 1e-15
+    assert gm.gaussian_sampling_epsilon(10, 1e-3, 1.0) == math.inf  # Δ ≥ 1: no Rényi order is finite
+    k = gm.samples_for_epsilon(3.0, 1e-3, 0.01)
+    assert gm.gaussian_sampling_epsilon(k, 1e-3, 0.01) <= 3.0 < gm.gaussian_sampling_epsilon(k + 1, 1e-3, 0.01)
 
-    def neighbour(scale):  # one training row changed
-        X2 = X.copy()
-        X2[0] = (X[0] + scale * u) / np.linalg.norm(X[0] + scale * u)
-        return _features_np(X2, W)
 
-    G = _features_np(X, W)
-    eps, delta = 1.0, 1e-3
-    G_near = neighbour(0.01)
-    sens = gm.relative_sensitivity(G @ G.T, G_near @ G_near.T)
-    k = gm.samples_for_sensitivity(eps, delta, sens)  # the lemma's k for this pair's Δ
-    assert k >= 3
-    eps_lb = _audit_epsilon_lower_bound(G, G_near, k, delta)
-    assert eps_lb <= eps, (eps_lb, k, sens)
-    # Power: the same k on a pair that differs ~100x more (Δ ≫ the budgeted one) is caught violating ε.
-    G_far = neighbour(1.0)
-    assert gm.relative_sensitivity(G @ G.T, G_far @ G_far.T) > 20 * sens
-    assert _audit_epsilon_lower_bound(G, G_far, k, delta, seed=5) > eps
+def _digits2():
+    from configs.dp_ntk import get_config
+    from train.tasks.dp_ntk import load_data
+
+    c = get_config("digits2")
+    Xtr, ytr, Xte, yte, C = load_data(c.data)
+    return c, Xtr, ytr, Xte, yte, C
+
+
+def _experiment_release(c, Xtr, ytr, Xte, C, arm="bounded", i_eps=0, repeat=0):
+    """The (report, W, normalised X) of one run of the digits2 sweep, with the sweep's own keys and settings."""
+    from train.tasks.dp_ntk import ARMS
+
+    arms = list(c.sweep.arms)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed), repeat), 1 + i_eps * len(arms) +
+                             arms.index(arm))
+    kw = dict(ARMS[arm])
+    if kw["assumptions"] == "paper":
+        kw.update(eta=c.privacy.paper_eta, beta=c.privacy.paper_beta)
+    else:
+        kw.update(eta=c.privacy.eta)
+    pred, rep = dp_ntk.fit_predict(key, Xtr, ytr, Xte, num_classes=C, epsilon=10.0 ** c.sweep.log10_eps[i_eps],
+                                   delta=c.privacy.delta, m=c.model.m, lam=c.model.lam, check_assumptions=False,
+                                   **kw)
+    W = np.asarray(jax.random.normal(jax.random.split(key, 3)[0], (c.model.m, Xtr.shape[1]), jnp.float32), np.float64)
+    return rep, W, np.asarray(nr.l2_normalize(jnp.asarray(Xtr, jnp.float32)), np.float64)
+
+
+def _far_points(X, W, rng):
+    """Replacement rows far from the data (all then normalised as the pipeline does): M's bottom/top
+    eigenvectors, a huge random vector (clipped/normalised to the unit sphere), the row least aligned with
+    row 0. (Not −x: the quadratic NTK is even in each row, so −x is no change at all.)"""
+    evecs = np.linalg.eigh(W.T @ W / W.shape[0])[1]
+    huge = 1e6 * rng.normal(size=X.shape[1])
+    pts = [evecs[:, 0], huge, evecs[:, -1], X[np.argmin(X @ X[0])]]
+    return [p / np.linalg.norm(p) for p in pts]
+
+
+def _replace(X, i, x):
+    X2 = X.copy()
+    X2[i] = x
+    return X2
+
+
+def test_entry_and_relative_sensitivity_bounds_hold_on_adversarial_neighbours():
+    """The bounded mode's β and Δ against measured values: (a) the worst-case dataset, where the bound is nearly
+    attained; (b) the digits2 experiment (its n, W, η) with rows replaced by far points; (c) random data."""
+    c, Xtr, ytr, Xte, yte, C = _digits2()
+    rep, W, X = _experiment_release(c, Xtr, ytr, Xte, C)
+    n = X.shape[0]
+    beta, eta, bound = rep["beta"], rep["eta"], rep["relative_sensitivity_bound"]
+    assert beta == pytest.approx(nr.entry_sensitivity(W), rel=1e-6)
+    assert bound == pytest.approx(math.sqrt(2 * n - 1) * beta / eta, rel=1e-9)
+    M = W.T @ W / W.shape[0]
+    evals, evecs = np.linalg.eigh(M)
+    # (a) all rows = M's top eigenvector; one replaced by the bottom one (orthogonal): |E_ij| ≈ β along row/col
+    Xw = np.tile(evecs[:, -1], (n, 1))
+    H, H2 = nr.quadratic_ntk_np(Xw, W), nr.quadratic_ntk_np(_replace(Xw, 0, evecs[:, 0]), W)
+    E = H2 - H
+    assert np.abs(E).max() <= beta * (1 + 1e-9) and np.abs(E).max() >= 0.99 * beta
+    assert np.linalg.norm(E) <= math.sqrt(2 * n - 1) * beta * (1 + 1e-9)
+    rel = gm.relative_sensitivity(H + eta * np.eye(n), H2 + eta * np.eye(n))
+    assert 0.6 * bound <= rel <= bound, (rel, bound)
+    # (b) the experiment's data and W: every row i of a sample, replaced by far points
+    H = nr.quadratic_ntk_np(X, W)
+    Sigma = H + eta * np.eye(n)
+    rng = np.random.default_rng(0)
+    worst_entry, worst_rel = 0.0, 0.0
+    for i in rng.choice(n, 6, replace=False):
+        for x in _far_points(X, W, rng):
+            H2 = nr.quadratic_ntk_np(_replace(X, i, x), W)
+            worst_entry = max(worst_entry, np.abs(H2 - H).max())
+            worst_rel = max(worst_rel, gm.relative_sensitivity(Sigma, H2 + eta * np.eye(n)))
+    assert worst_entry <= beta and worst_rel <= bound, (worst_entry, beta, worst_rel, bound)
+    # (c) random bounded data (norms ≤ 1, not only = 1), random W, random replacements
+    for seed in range(20):
+        r = np.random.default_rng(seed)
+        n_, d_, m_ = r.integers(2, 12), r.integers(1, 6), r.integers(1, 9)
+        Xr = r.normal(size=(n_, d_)) * r.uniform(0, 3, (n_, 1))
+        Xr = Xr / np.maximum(np.linalg.norm(Xr, axis=1, keepdims=True), 1.0)
+        Wr = r.normal(size=(m_, d_))
+        x = r.normal(size=d_)
+        x = x / max(np.linalg.norm(x), 1.0) * r.uniform()
+        E = nr.quadratic_ntk_np(_replace(Xr, 0, x), Wr) - nr.quadratic_ntk_np(Xr, Wr)
+        assert np.abs(E).max() <= nr.entry_sensitivity(Wr) * (1 + 1e-9)
+        assert np.linalg.norm(E) <= dp_ntk.frobenius_sensitivity(int(n_), Wr) * (1 + 1e-9)
+        assert np.linalg.matrix_rank(E, tol=1e-10) <= 2
+
+
+def _llr_statistic_draws(Sigma, Sigma2, k, n_draws, rng):
+    """Draws of T = Σ_t g_tᵀ(Σ'⁻¹ − Σ⁻¹)g_t under D (g ~ N(0, Σ)) and D' (g ~ N(0, Σ')), k samples each.
+
+    T is the sufficient statistic of the likelihood ratio of the k-sample release (log LR = const − T/2), so
+    threshold tests on T are the most powerful tests (Neyman–Pearson). Exact law: with μ_j the eigenvalues of
+    Σ⁻¹Σ', T ~ Σ_j (1/μ_j − 1) χ²_k under D and Σ_j (1 − μ_j) χ²_k under D' (independent χ²; whitening);
+    only the ≤ 2 μ_j ≠ 1 contribute. `test_llr_reduction_matches_library_sampler` checks this law against
+    the library's own sampler.
+    """
+    mu = np.linalg.eigvals(np.linalg.solve(Sigma, Sigma2)).real
+    mu = mu[np.argsort(-np.abs(mu - 1))][:2]
+    chi_d, chi_dp = rng.chisquare(k, (n_draws, 2)), rng.chisquare(k, (n_draws, 2))
+    return chi_d @ (1 / mu - 1), chi_dp @ (1 - mu)
+
+
+def _eps_lower(a, b, delta, alpha=0.05):
+    """(1 − α) lower confidence bound on ε from threshold tests, "D when score ≥ t" (ln((P_D − δ)/P_D')) and
+    "D' when score < t" (ln((P_D' − δ)/P_D)); large scores = D. Threshold and test picked on the first half,
+    evaluated on the second with exact Clopper–Pearson bounds (scipy's beta quantiles, α/2 each)."""
+    from scipy.stats import beta as beta_dist
+
+    h = len(a) // 2
+    a1, a2, b1, b2 = np.sort(a[:h]), a[h:], np.sort(b[:h]), b[h:]
+    taus = np.quantile(np.concatenate([a1, b1]), np.concatenate([np.geomspace(1e-5, 0.5, 200),
+                                                                 1 - np.geomspace(1e-5, 0.5, 200)]))
+    ge_a = 1 - np.searchsorted(a1, taus) / h  # P_D(score ≥ t)
+    ge_b = 1 - np.searchsorted(b1, taus) / h
+    best, pick = -np.inf, None
+    for p_pos, p_neg, which in ((ge_a, ge_b, "ge"), (1 - ge_b, 1 - ge_a, "lt")):
+        ok = p_pos * h >= 20
+        e = np.where(ok, np.log(np.maximum(p_pos - delta, 1e-300) / np.maximum(p_neg, 0.5 / h)), -np.inf)
+        i = int(np.argmax(e))
+        if e[i] > best:
+            best, pick = e[i], (which, taus[i])
+    which, t = pick
+    pos, neg = (a2 >= t, b2 >= t) if which == "ge" else (b2 < t, a2 < t)
+    m, kp, kn = len(a2), int(pos.sum()), int(neg.sum())
+    lo = beta_dist.ppf(alpha / 2, kp, m - kp + 1) if kp > 0 else 0.0
+    hi = beta_dist.ppf(1 - alpha / 2, kn + 1, m - kn) if kn < m else 1.0
+    return float(np.log(max(lo - delta, 1e-300) / hi)) if lo > delta else 0.0
+
+
+def _audit(Sigma, Sigma2, k, delta, n_draws=400000, seed=0):
+    t_d, t_dp = _llr_statistic_draws(Sigma, Sigma2, k, n_draws, np.random.default_rng(seed))
+    return {"eps_lower": _eps_lower(t_d, t_dp, delta)}  # T is larger under D
+
+
+def test_llr_reduction_matches_library_sampler():
+    """The audit's exact law of T against T computed from releases drawn by fit_predict's own bounded sampler."""
+    from scipy import stats
+
+    from jaxmm.privacy.dp_ntk import _release_bounded
+
+    rng = np.random.default_rng(1)
+    X, W = _unit_rows(rng, 6, 3), rng.normal(size=(4, 3))
+    X2 = _replace(X, 2, np.linalg.svd(X[2:3])[2][-1])  # a unit row orthogonal to the old one
+    eta, k = 0.7, 5
+    S1, S2 = (nr.quadratic_ntk_np(x, W) + eta * np.eye(6) for x in (X, X2))
+    A = np.linalg.inv(S2) - np.linalg.inv(S1)
+    for sampler in ("factor", "eigh"):
+        draw = jax.jit(jax.vmap(lambda key: _release_bounded(key, jnp.asarray(X, jnp.float32),
+                                                             jnp.asarray(W, jnp.float32), k, eta, sampler, 16)[1][1]))
+        S = np.asarray(draw(jax.random.split(jax.random.key(3), 4000)), np.float64)  # [N, n, k]
+        T = np.einsum("nik,ij,njk->n", S, A, S)
+        ref, _ = _llr_statistic_draws(S1, S2, k, 200000, rng)
+        assert stats.ks_2samp(T, ref).pvalue > 1e-3, sampler
+
+
+@pytest.mark.parametrize("i_eps", [0, 10])
+def test_privacy_audit_at_the_experiment_settings(i_eps):
+    """Audit of the digits2 sweep's bounded arm at its own n, η, β and k (smallest and largest ε), neighbours
+    that replace one row by a far point. A lower confidence bound above the claimed ε fails the test."""
+    c, Xtr, ytr, Xte, yte, C = _digits2()
+    rep, W, X = _experiment_release(c, Xtr, ytr, Xte, C, i_eps=i_eps)
+    n, eta, k, delta, eps = X.shape[0], rep["eta"], rep["k"], rep["delta"], rep["epsilon"]
+    assert rep["epsilon_accounted"] <= eps and k >= 1
+    Sigma = nr.quadratic_ntk_np(X, W) + eta * np.eye(n)
+    rng = np.random.default_rng(0)
+    for x in _far_points(X, W, rng)[:3]:
+        res = _audit(Sigma, nr.quadratic_ntk_np(_replace(X, 0, x), W) + eta * np.eye(n), k, delta)
+        assert res["eps_lower"] <= eps, res
+    # the worst-case dataset at the same n, η, k: the bound is nearly attained, the audit must still hold
+    evecs = np.linalg.eigh(W.T @ W / W.shape[0])[1]
+    Xw = np.tile(evecs[:, -1], (n, 1))
+    Sw = nr.quadratic_ntk_np(Xw, W) + eta * np.eye(n)
+    Sw2 = nr.quadratic_ntk_np(_replace(Xw, 0, evecs[:, 0]), W) + eta * np.eye(n)
+    res = _audit(Sw, Sw2, k, delta)
+    assert res["eps_lower"] <= eps, res
+    if i_eps == 0:  # ...and it is a real test: 30x the allowed samples on that pair is caught exceeding ε
+        assert _audit(Sw, Sw2, 30 * k, delta)["eps_lower"] > eps
+
+
+def test_paper_setting_fails_the_same_audit():
+    """The paper's assumed η = 7e-3, β = 1e-6 at the digits2 experiment's n and k: the same audit finds ε far
+    above the claimed one (this is the issue's finding, kept as a test so the paper mode stays labelled)."""
+    c, Xtr, ytr, Xte, yte, C = _digits2()
+    rep, W, X = _experiment_release(c, Xtr, ytr, Xte, C, arm="paper", i_eps=0)
+    n, k, eps = X.shape[0], rep["k"], rep["epsilon"]
+    H = nr.quadratic_ntk_np(X, W)
+    far = _far_points(X, W, np.random.default_rng(0))[0]
+    res = _audit(H, nr.quadratic_ntk_np(_replace(X, 0, far), W), k, rep["delta"], n_draws=100000)
+    assert res["eps_lower"] > eps, res
+    chk = dp_ntk.check_paper_assumptions(X, W, eta=rep["eta"], beta=rep["beta"], n_rows=8)
+    assert not chk["held"] and chk["max_entry_change"] > 1e3 * rep["beta"]
 
 
 # --------------------------------------------------------------------------------------- config / task
@@ -296,7 +540,7 @@ def _tiny_config(**data):
     c = get_config("tiny")
     c.sweep.log10_eps = (0.5,)
     c.sweep.repeats = 1
-    c.sweep.arms = ("paper", "published_k")
+    c.sweep.arms = ("bounded", "paper", "published_k")
     for key, value in data.items():
         setattr(c.data, key, value)
     return c
@@ -311,9 +555,14 @@ def test_sweep_smoke_digits(tmp_path):
     rows = {r["arm"]: r for r in res["table"]}
     assert rows["paper"]["k"] == gm.samples_for_budget(10**0.5, 1e-3, 60, 7e-3, 1e-6)
     assert rows["published_k"]["k"] == 8
+    assert rows["bounded"]["k"] == gm.samples_for_epsilon(10**0.5, 1e-3, dp_ntk.DEFAULT_RELATIVE_SENSITIVITY)
+    assert rows["bounded"]["guaranteed"] and not rows["paper"]["guaranteed"]
     assert 0.5 <= summary["nonprivate_accuracy"] <= 1.0
+    assert 0.5 <= summary["nothing_released_accuracy"] <= 1.0 and res["nothing_released"]["mean"] is not None
+    assert summary["paper_assumptions_held"] is False and summary["paper_eps_implied_at_max_eps"] > 10**0.5
     md = open(tmp_path / "results.md").read()
-    assert "0.7705" in md and "non-private" in md
+    assert "0.7705" in md and "non-private" in md and "nothing private released" in md
+    assert "DID NOT HOLD" in md and "(not guaranteed)" in md and "NOT private" in md
     assert os.path.getsize(tmp_path / "dp_ntk_tiny.png") > 1000
     assert json.load(open(tmp_path / "privacy_reports.json"))[0]["mechanism"].startswith("gaussian_sampling")
 
@@ -361,3 +610,12 @@ def test_n_1e4_within_4gb(tmp_path):
                     "--json", str(out)], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     rows = json.load(open(out))
     assert len(rows) == 3 and all(r["peak_rss_gb"] < 4.0 for r in rows), rows
+
+
+@pytest.mark.parametrize("eps", [math.inf, 0.0, math.nan])
+def test_samples_for_budget_non_finite_epsilon_is_a_value_error(eps):
+    """Issue 25.9: samples_for_budget(inf, ...) used to raise OverflowError."""
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number"):
+        gm.samples_for_budget(eps, 1e-3, 100, 7e-3, 1e-6)
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number"):
+        gm.samples_for_sensitivity(eps, 1e-3, 0.1)

@@ -84,3 +84,19 @@ def test_bound_in_log_space_for_large_epsilon():
         assert truncated_laplace_bound(sensitivity=1.0, epsilon=eps, delta=1e-4) == pytest.approx(direct, rel=1e-12)
     big = truncated_laplace_bound(sensitivity=1.0, epsilon=1000.0, delta=1e-4)
     assert big == pytest.approx((1000.0 - math.log(2e-4)) / 1000.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("eps", [0.0, math.inf, -1.0, math.nan])
+def test_epsilon_zero_or_inf_is_a_value_error(eps):
+    """Issue 25.9: ε = 0 used to raise ZeroDivisionError; ε = ∞ has no truncated Laplace law."""
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number, got"):
+        truncated_laplace(jax.random.key(0), (3,), sensitivity=1.0, epsilon=eps, delta=1e-3)
+    with pytest.raises(ValueError, match="epsilon: expected a finite positive number"):
+        truncated_laplace_bound(sensitivity=1.0, epsilon=eps, delta=1e-3)
+
+
+def test_sensitivity_and_delta_checked_first():
+    with pytest.raises(ValueError, match="sensitivity: expected a finite positive number, got 0"):
+        truncated_laplace(jax.random.key(0), (3,), sensitivity=0.0, epsilon=1.0, delta=1e-3)
+    with pytest.raises(ValueError, match=r"delta: expected a number in \(0, 1\), got 1.0"):
+        truncated_laplace(jax.random.key(0), (3,), sensitivity=1.0, epsilon=1.0, delta=1.0)

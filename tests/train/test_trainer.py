@@ -17,6 +17,7 @@ from train import loop, optim
 from train.metrics import read
 from train.task import Hook
 from train.tasks import get, toy
+from trained_close import SGD, assert_losses_close, assert_params_close
 
 TASK = get("toy.classify")
 
@@ -81,17 +82,37 @@ def test_param_groups_from_paths():
 
 # ------------------------------------------------------------------------------------------------ sharding
 def test_meshes_match_one_device(tmp_path):
-    _, ref = _run(tmp_path, "one", **{"mesh.shape": (1, 1, 1), "train.steps": 5, "checkpoint.every": 0})
-    ref_p, ref_l = _params(ref), _losses(tmp_path / "one")
+    # SGD, not Adam: see tests/train/trained_close.py for the tolerance argument
+    base = {"mesh.shape": (1, 1, 1), "train.steps": 5, "checkpoint.every": 0, **SGD}
+    _, ref = _run(tmp_path, "one", **base)
+    ref_l = _losses(tmp_path / "one")
     for name, shape in [("dp", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("tp", (1, 2, 4))]:
-        _, st = _run(tmp_path, name, **{"mesh.shape": shape, "train.steps": 5, "checkpoint.every": 0})
+        _, st = _run(tmp_path, name, **{**base, "mesh.shape": shape})
         kernel = st.params["encoder"]["kernel"]
         assert len(kernel.sharding.device_set) == 8
         if name != "dp":  # really sharded, not replicated
             assert kernel.addressable_shards[0].data.size < kernel.size
-        np.testing.assert_allclose([l for _, l in _losses(tmp_path / name)], [l for _, l in ref_l], atol=1e-5)
-        for k, v in _params(st).items():
-            np.testing.assert_allclose(v, ref_p[k], atol=1e-5, err_msg=f"{name}: {k}")
+        assert_losses_close([l for _, l in _losses(tmp_path / name)], [l for _, l in ref_l], name)
+        assert_params_close(_params(st), _params(ref), name)
+
+
+class _LocalRowsOnly(type(TASK)):
+    """The loss of a data-parallel step that forgot the cross-device mean: shard 0's rows only (a wrong
+    sharding's typical effect)."""
+
+    def loss_fn(self, model, params, batch, rng):
+        half = {k: v[: v.shape[0] // 2] for k, v in batch.items()}
+        return super().loss_fn(model, params, half, rng)
+
+
+def test_comparison_catches_a_wrong_sharding(tmp_path):
+    base = {"mesh.shape": (2, 1, 1), "train.steps": 5, "checkpoint.every": 0, **SGD}
+    _, ref = _run(tmp_path, "ref", **base)
+    _, wrong = _run(tmp_path, "wrong", task=_LocalRowsOnly(), **base)
+    with pytest.raises(AssertionError):
+        assert_params_close(_params(wrong), _params(ref))
+    gap = max(np.abs(v - _params(ref)[k]).max() for k, v in _params(wrong).items())
+    assert gap > 100 * 1e-5, gap  # far outside the tolerance, not at its edge
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
@@ -154,13 +175,11 @@ def test_hook_rewrites_group_lr_and_sees_proposed_updates(tmp_path):
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
-    _, a = _run(tmp_path, "a1", **{"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1)})
-    _, b = _run(tmp_path, "a4", **{"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1),
-                                   "train.grad_accum": 4})
-    np.testing.assert_allclose([l for _, l in _losses(tmp_path / "a4")], [l for _, l in _losses(tmp_path / "a1")],
-                               atol=1e-6)
-    for k, v in _params(b).items():
-        np.testing.assert_allclose(v, _params(a)[k], atol=1e-5, err_msg=k)
+    base = {"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1), **SGD}
+    _, a = _run(tmp_path, "a1", **base)
+    _, b = _run(tmp_path, "a4", **base, **{"train.grad_accum": 4})
+    assert_losses_close([l for _, l in _losses(tmp_path / "a4")], [l for _, l in _losses(tmp_path / "a1")])
+    assert_params_close(_params(b), _params(a), "grad_accum=4")
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -184,16 +203,14 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path):
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
-    base = {"checkpoint.every": 5, "checkpoint.async_save": False}
+    base = {"checkpoint.every": 5, "checkpoint.async_save": False, **SGD}
     _, ref = _run(tmp_path, "ref", **base, **{"train.steps": 8, "mesh.shape": (8, 1, 1)})
     _run(tmp_path, "m", **base, **{"train.steps": 5, "mesh.shape": (8, 1, 1)})
     summary, st = _run(tmp_path, "m", **base, **{"train.steps": 8, "mesh.shape": (1, 2, 4)})
     assert summary["resumed_from"] == 5
     assert st.params["encoder"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    np.testing.assert_allclose([l for _, l in _losses(tmp_path / "m")], [l for _, l in _losses(tmp_path / "ref")],
-                               atol=1e-5)
-    for k, v in _params(st).items():
-        np.testing.assert_allclose(v, _params(ref)[k], atol=1e-5, err_msg=k)
+    assert_losses_close([l for _, l in _losses(tmp_path / "m")], [l for _, l in _losses(tmp_path / "ref")])
+    assert_params_close(_params(st), _params(ref), "resumed on (1, 2, 4)")
 
 
 def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path):
