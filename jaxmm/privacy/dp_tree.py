@@ -36,7 +36,7 @@ Components are confirmed by name and role in the paper; the details below are [r
   A_l = Σ_i w_i Φ_il = F_l(lo_l) + lo_l·Σ_i w_i (the distance identity at y = lo), then ⟨U(q), A⟩.
   [reconstruction: how the paper turns the inner products into distance queries is not reproduced; the
   identity at y = lo reads only each tree's root, so the tree adds a factor L of noise over releasing the
-  r·c feature sums once — see ``jaxmm.privacy.dp_cross_attention`` for that baseline and the measured
+  r·c feature sums once — see ``jaxmm.privacy.cross_attention`` for that baseline and the measured
   comparison in docs/results/dp_cross_attention.md.]
 
 ε = math.inf switches the noise off (NOT private; used for exactness tests and the ε → ∞ error).

@@ -1,5 +1,5 @@
 """Linen cross-attention over a PRIVATE context (system prompt, retrieved documents) with (ε, δ)-DP
-(2407.14717; maths in jaxmm.privacy.dp_cross_attention).
+(2407.14717; maths in jaxmm.privacy.cross_attention).
 
 The query side is public (the model's own tokens); the context's keys/values are projected, bounded and
 released once per context through ``dp_cross_attention_init``; all query tokens read only that release.
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxmm.nn.transformer import BlockConfig, register_attention_kind
 from jaxmm.ops._checks import fail
-from jaxmm.privacy.dp_cross_attention import clip_counts, dp_cross_attention, dp_cross_attention_init
+from jaxmm.privacy.cross_attention import clip_counts, dp_cross_attention, dp_cross_attention_init
 
 
 class DPCrossAttention(nn.Module):

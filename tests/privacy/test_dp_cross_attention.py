@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxmm.ops.polynomial import polynomial_features
-from jaxmm.privacy.dp_cross_attention import (METHODS, clipping_report, clopper_pearson, dp_cross_attention,
+from jaxmm.privacy.cross_attention import (METHODS, clipping_report, clopper_pearson, dp_cross_attention,
                                               dp_cross_attention_init, dp_cross_attention_parts,
                                               empirical_epsilon, exact_cross_attention, llr_scores,
                                               release_feature_sums, release_sensitivity, released_vector)

@@ -268,7 +268,7 @@ def test_privatize_features_bounds():
 # --------------------------------------------------------------------------------------- privacy audit
 def _clopper_pearson(x, n, alpha):
     """One-sided bounds at level alpha each = the library's two-sided interval at 2·alpha."""
-    from jaxmm.privacy.dp_cross_attention import clopper_pearson
+    from jaxmm.privacy.cross_attention import clopper_pearson
 
     return clopper_pearson(x, n, 2 * alpha)
 

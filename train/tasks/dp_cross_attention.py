@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmm.ops.polynomial import polynomial_features
-from jaxmm.privacy.dp_cross_attention import (dp_cross_attention, dp_cross_attention_init, empirical_epsilon,
+from jaxmm.privacy.cross_attention import (dp_cross_attention, dp_cross_attention_init, empirical_epsilon,
                                               exact_cross_attention, llr_scores, release_feature_sums,
                                               release_sensitivity, released_vector)
 from train.tasks import register
