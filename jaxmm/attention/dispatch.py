@@ -34,7 +34,7 @@ from jaxmm.kernels import tensor_attention as tensor_kernel
 from jaxmm.ops import attention as attn_ops
 from jaxmm.ops import ntk as ntk_ops
 from jaxmm.ops import tensor as tensor_ops
-from jaxmm.ops._checks import check_scale, fail
+from jaxmm.checks import check_scale, fail
 
 IMPLEMENTATIONS = (None, "xla", "reference", "cudnn", "pallas")
 _SUPPORTED = {

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 MODALITIES = {"image": "<image>", "audio": "<audio>"}
 

@@ -42,7 +42,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PAD_COLOR = (122, 116, 104)  # LLaVA-1.5 expand2square: CLIP image mean * 255

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import grain
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 
 def as_map_dataset(source) -> grain.MapDataset:

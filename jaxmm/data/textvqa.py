@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 DEFAULT_WORDS = ("cat", "dog", "sun", "map", "key", "cup", "hat", "pen", "bus", "egg", "fox", "owl")
 COLORS = {

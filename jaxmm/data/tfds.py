@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 
 def _text(value) -> str:

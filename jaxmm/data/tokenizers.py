@@ -21,7 +21,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 ROLES = ("system", "user", "assistant")
 IMAGE_TOKEN = "<image>"

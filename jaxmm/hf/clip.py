@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxmm.models.llm import add_fresh_lora, convert_tensors, param_shapes
 from jaxmm.models.vit import ViT, ViTConfig
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 CLIP_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel")
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}

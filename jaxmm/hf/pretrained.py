@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxmm.hf.io import load_safetensors, read_config
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 LLM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel")

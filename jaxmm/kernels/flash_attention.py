@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 from jaxmm.ops.attention import check_qkv
 
 _NEG = -1e30   # finite "minus infinity" for masked logits: every row sees key 0 first, so no row is all-masked

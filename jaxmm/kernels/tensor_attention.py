@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxmm.ops._checks import check_rank, check_shape, fail
+from jaxmm.checks import check_rank, check_shape, fail
 
 _NEG = -1e30
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxmm.nn.layers import LayerNorm, default_init
 from jaxmm.nn.transformer import BlockConfig, Stack
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.checks import check_rank, fail
 
 
 @dataclasses.dataclass(frozen=True)

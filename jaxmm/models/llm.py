@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxmm.nn.layers import Dense, Embed, RMSNorm
 from jaxmm.nn.transformer import BlockConfig, Stack, rope_scaling_items
-from jaxmm.ops._checks import check_positive, check_rank, check_shape, fail
+from jaxmm.checks import check_positive, check_rank, check_shape, fail
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from jaxmm.models.audio import AudioConfig, AudioEncoder
 from jaxmm.models.llm import LLM, LLMConfig, generate as llm_generate
 from jaxmm.models.projector import Projector
 from jaxmm.models.vit import ViT, ViTConfig
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.checks import check_rank, fail
 from jaxmm.ops.losses import masked_cross_entropy
 
 

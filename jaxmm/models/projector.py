@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 
 from jaxmm.nn.layers import Dense
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 KINDS = ("linear", "mlp2x_gelu")
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxmm.nn.layers import Dense, LayerNorm, default_init
 from jaxmm.nn.transformer import BlockConfig, Stack
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.checks import check_rank, fail
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmm.ops import norms
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 Dtype = Any
 default_init = nn.initializers.normal(stddev=0.02)

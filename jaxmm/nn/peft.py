@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxmm import attention as attention_ops
 from jaxmm.nn.transformer import register_attention_kind
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 NTK_INITS = {"zeros": nn.initializers.zeros, "normal": nn.initializers.normal(stddev=0.02)}
 PREFIX_INIT = nn.initializers.normal(stddev=0.02)

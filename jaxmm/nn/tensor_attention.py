@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxmm.attention import tensor_attention
 from jaxmm.nn.transformer import BlockConfig, register_attention_kind
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.checks import check_rank, fail
 from jaxmm.ops.attention import attention_mask
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxmm import attention as attention_ops
 from jaxmm.nn.layers import ACTIVATIONS, Dense, make_norm
 from jaxmm.ops import rope
-from jaxmm.ops._checks import check_rank, fail
+from jaxmm.checks import check_rank, fail
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import check_rank, check_scale, fail
+from jaxmm.checks import check_rank, check_scale, fail
 
 
 # ------------------------------------------------------------------------------------------- shared checks

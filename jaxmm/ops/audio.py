@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 
 _F_SP = 200.0 / 3.0  # Slaney mel: linear 0..1 kHz at 200/3 Hz per mel ...
 _MIN_LOG_HZ = 1000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 
 def masked_cross_entropy(logits, targets, mask=None):

@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import check_rank, check_scale, fail
+from jaxmm.checks import check_rank, check_scale, fail
 from jaxmm.ops.attention import attention_mask, check_qkv
 from jaxmm.ops.flash import flash_attention_xla, flash_attention_xla_bwd, group_mask
 

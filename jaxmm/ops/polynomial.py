@@ -13,7 +13,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 
 @functools.lru_cache(maxsize=64)

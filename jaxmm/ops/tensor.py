@@ -35,7 +35,7 @@ import numpy as np
 from jax import lax
 
 from jaxmm.ops import polynomial
-from jaxmm.ops._checks import check_rank, check_shape, fail
+from jaxmm.checks import check_rank, check_shape, fail
 
 METHODS = ("exact", "poly")
 _NEG = -1e30  # finite "minus infinity" for masked scores (avoids inf − inf)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, check_rank, fail
+from jaxmm.checks import check_positive, check_rank, fail
 from jaxmm.ops.polynomial import polynomial_features
 from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _features, _static, clip_count, feature_bounds
 from jaxmm.privacy.mechanisms import truncated_laplace

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, check_rank, check_shape, fail
+from jaxmm.checks import check_positive, check_rank, check_shape, fail
 from jaxmm.privacy import gaussian, ntk_regression as nr
 from jaxmm.privacy.mechanisms import truncated_laplace, truncated_laplace_bound
 

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, fail
+from jaxmm.checks import check_positive, fail
 from jaxmm.ops.polynomial import multi_indices, multinomial_weights, polynomial_features
 from jaxmm.privacy.mechanisms import truncated_laplace, truncated_laplace_bound
 

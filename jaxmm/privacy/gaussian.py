@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, check_rank, fail
+from jaxmm.checks import check_positive, check_rank, fail
 
 PUBLISHED_N = 1000  # the n hard-coded in the published code's k, whatever the real training-set size
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmm.nn.transformer import BlockConfig, register_attention_kind
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 from jaxmm.privacy.cross_attention import clip_counts, dp_cross_attention, dp_cross_attention_init
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 
 def _check_tlap(sensitivity, epsilon, delta) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.ops._checks import check_positive, check_rank, check_shape, fail
+from jaxmm.checks import check_positive, check_rank, check_shape, fail
 
 
 def l2_normalize(X, eps: float = 1e-12):

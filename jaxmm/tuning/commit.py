@@ -26,7 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 
 FORMULAS = ("share", "ratio")
 DIVERGENCES = ("js", "kl")

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from jaxmm.ops._checks import fail
+from jaxmm.checks import fail
 from jaxmm.privacy import dp_ntk
 from train.tasks import register
 

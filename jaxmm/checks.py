@@ -1,4 +1,7 @@
-"""Argument checks shared by every op: errors name the argument, what was expected and what came."""
+"""Argument checks shared by all of jaxmm (public): errors name the argument, what was expected and what came.
+
+    from jaxmm.checks import fail, check_rank, check_shape, check_positive, check_scale
+"""
 from __future__ import annotations
 
 import math
