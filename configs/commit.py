@@ -18,8 +18,9 @@ smoke run in seconds), and the experiments (each writes a Markdown table + PNGs 
     .venv/bin/python -m train --config configs/commit.py:sweep_imbalance   --workdir runs/commit_imbalance
     .venv/bin/python -m train --config configs/commit.py:sweep_convergence --workdir runs/commit_convergence
     .venv/bin/python -m train --config configs/commit.py:sweep_overhead    --workdir runs/commit_overhead
-(results and their run times: docs/results/commit.md). The κ formula, LR rule/clip, aux weight, divergence
-and snapshot are [reconstruction]s, each a `task_args` key (train/tasks/commit.py).
+(results and their run times: docs/results/commit.md). The κ formula, LR rule/clip, aux weight and divergence
+are [reconstruction]s, each a `task_args` key (train/tasks/commit.py); κ is measured on the step at the base
+learning rates (`kappa_lr="base"`), the aux loss targets the leading side's last measured step.
 """
 from __future__ import annotations
 

@@ -4,11 +4,15 @@ text-rich image QA set.
 
     make demo        # = JAX_PLATFORMS=cpu .venv/bin/python -m train --config configs/demo.py --workdir runs/demo
 
-Should reach (measured on this 2-core CPU, 2026-11-26, load average ~2): 1000 steps, 3 min 44 s wall for the
-whole command (training loop 217 s, peak RSS 1.3 GB; 4 min 21 s on a fresh clone); final eval exact match **0.613** on 256 held-out
-questions against chance 0.255 (uniform over each kind's answers: 1/2, 1/5, 1/12) — count 0.925,
-colour of word <w> 0.793, read the word 0.119 (reading is NOT learned in this budget: docs/results/trainer.md
-shows why and what does learn it). Mean κ 0.45 over 100 measurements. Ends with
+Should reach (re-measured 2026-11-29 after issue 12 — κ at the base learning rates, lead-step aux loss):
+final eval exact match **0.539** on 256 held-out questions against chance 0.255 (uniform over each kind's
+answers: 1/2, 1/5, 1/12) — count 0.913, colour of word <w> 0.630, read the word 0.083 (reading is NOT learned
+in this budget: docs/results/trainer.md shows why and what does learn it). Mean κ 0.010 over 100
+measurements: the encoder lags in every window, so the scheduler keeps the LLM's LR at ≈0.1x from step 50 on
+(before the fix κ̄ flipped between ≈0 and ≈1 and this demo reached 0.613; Constant LR reaches 0.570 —
+docs/results/commit.md). Time: 3 min 44 s wall for the whole command on a quiet machine (2026-11-26, training
+loop 217 s, peak RSS 1.3 GB; 4 min 21 s on a fresh clone); the 2026-11-29 run took 37 min under load ~10 and
+is not a timing. Ends with
 `[summary] ... eval_accuracy=... kappa_mean=... workdir=runs/demo` and writes runs/demo/{metrics.jsonl,
 config.json, summary.json, checkpoints/, loss.png, lr.png, eval.png, kappa.png}. Re-running resumes (or, when
 finished, only evaluates). The plain schedule, `--config.task_args.method=constant` (lr_scale stays 1; κ is

@@ -14,10 +14,26 @@ our **[reconstruction]** (PAPERS.md §1), each behind a switch:
   D_T = E_x KL( p(·|x; θ_S, θ_T+Δ_T) ‖ p(·|x; θ_S, θ_T) )        (only the LLM takes its proposed step)
   κ   = D_S / (D_S + D_T)        (formula="share"; formula="ratio": κ = D_S / D_T)
   η_S = η₀_S · 2(1 − κ̄),  η_T = η₀_T · 2κ̄,  each clipped to [lo·η₀, hi·η₀]     (κ̄ = 0.5 is constant LR)
-  aux = −λ · [ w_S · Div(p_θ ‖ sg p_prev) through θ_S only + w_T · Div(p_θ ‖ sg p_prev) through θ_T only ]
-        w_S = max(0, 1 − 2κ̄) (encoder lags), w_T = max(0, 2κ̄ − 1) (LLM lags); p_prev = the output
-        distribution under the params at the last measurement (a snapshot); Div = Jensen–Shannon (bounded,
-        default) or KL.
+
+Δ must be the step the optimizer would take at the BASE learning rates η₀ (multipliers 1), not at the rates the
+scheduler last set: the KL grows with the square of the step, so a κ measured under the scheduler's own
+multipliers mostly measures those multipliers, and the rule η ← f(κ̄) then feeds back on itself and flips
+between two states (docs/results/commit.md, "what changed"). With Δ at the base rates the rule is a function
+of the model's state alone: under a fixed model it converges in one window.
+
+Auxiliary loss ("lead step" target; ours, [reconstruction] — the paper confirms only that it is label-free,
+depends on each component's learning state and keeps the lagging component's gradient from vanishing):
+
+  q   = p(·|x; θ + Δ_lead)        Δ_lead = the LEADING side's part of the last measured base-rate step Δ
+  aux = λ · w · Div( sg q ‖ p(·|x; θ) ),  gradient routed through the LAGGING side's parameters only
+        w = max(0, 1 − 2κ̄) when the encoder lags (κ̄ < ½), max(0, 2κ̄ − 1) when the LLM lags; Div = KL or JS.
+
+i.e. the lagging side is trained to reproduce the change of the output distribution that the leading side's
+next step would make. Its gradient, Σ (p − q)·∂logits/∂θ_lag for KL, is non-zero whenever the leading side's
+step moves the output (D_lead > 0) — also at the point where Δ was measured. (The previous version, a
+divergence to a parameter snapshot taken at each measurement, had gradient exactly zero at the snapshot and
+O(distance) after it: inert by construction.) It reads no labels: its target is the model's own output after
+a proposed step.
 """
 from __future__ import annotations
 
@@ -128,22 +144,33 @@ def aux_weights(kappa_bar):
     return jnp.maximum(0.0, 1 - 2 * k), jnp.maximum(0.0, 2 * k - 1)
 
 
-def aux_loss(logits_fn, params, prev_params, batch, side_mask, kappa_bar, *, weight: float = 0.1,
-             divergence: str = "js"):
-    """Label-free auxiliary loss that rewards the lagging component for moving the output distribution away
-    from the snapshot `prev_params` (stop-gradient). Its gradient reaches only the lagging side's params.
-    Uses only the inputs of `batch` (no labels): `logits_fn` must not read targets. [reconstruction]"""
+def lead_step(updates, side_mask, encoder_lags):
+    """The leading side's part of Δ: Δ_T if the encoder lags, else Δ_S (zeros on the lagging side).
+    `encoder_lags` may be a traced bool."""
+    return jax.tree.map(lambda u, s: jnp.where(encoder_lags != s, u, jnp.zeros_like(u)), updates, side_mask)
+
+
+def aux_loss(logits_fn, params, updates, batch, side_mask, kappa_bar, *, weight: float = 0.1,
+             divergence: str = "kl"):
+    """Label-free auxiliary loss λ·w·Div(sg p(θ + Δ_lead) ‖ p(θ)) whose gradient reaches only the lagging side.
+
+    updates: the optimizer's proposed step Δ from the last κ measurement (at the base rates); only its leading
+    side's part is used, to build the target. kappa_bar: the window mean that decides which side lags and w.
+    Uses only the inputs of `batch` and the mask `logits_fn` returns: `logits_fn` must not read targets.
+    [reconstruction] — see the module docstring."""
     if divergence not in DIVERGENCES:
         fail("divergence", f"one of {DIVERGENCES}", repr(divergence))
     w_s, w_t = aux_weights(kappa_bar)
     encoder_lags = w_s > 0
-    # One forward: the leaves of the side that does NOT lag are stop-gradient'ed.
+    # the leaves of the side that does NOT lag are stop-gradient'ed: one forward, gradient only to the lagging side
     routed = jax.tree.map(lambda p, s: jnp.where(encoder_lags == s, p, jax.lax.stop_gradient(p)), params, side_mask)
     logits, mask = logits_fn(routed, batch)
-    prev, _ = logits_fn(jax.lax.stop_gradient(prev_params), batch)
-    prev = jax.lax.stop_gradient(prev)
-    div = (js_divergence if divergence == "js" else kl_divergence)(logits, prev, mask)
-    return -weight * (w_s + w_t) * div
+    moved = jax.tree.map(jnp.add, jax.lax.stop_gradient(params),
+                         jax.lax.stop_gradient(lead_step(updates, side_mask, encoder_lags)))
+    target, _ = logits_fn(moved, batch)
+    target = jax.lax.stop_gradient(target)
+    div = (js_divergence if divergence == "js" else kl_divergence)(target, logits, mask)
+    return weight * (w_s + w_t) * div
 
 
 class KappaWindow:

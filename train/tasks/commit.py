@@ -24,21 +24,26 @@ Hooks, after step s (all state in `TrainState.extra`, so a killed-and-resumed ru
   cd hook        every `cd_every` steps (cd methods): that side's lr_scale = cosine factor of s/steps, floored
                  at `cd_min_ratio` (applies from step s+1).
   measure hook   every `measure_every` steps: the optimizer's proposed update Δ for the fixed probe batch (the
-                 first `probe_size` training examples) at the current params and optimizer state, split into
-                 Δ_S / Δ_T, and `jaxmm.tuning.commit.balance_coefficient` -> κ, D_S, D_T (logged as `kappa`,
-                 `d_s`, `d_t` beside the step's `lr/<group>`, `grad_norm/<group>`, `ce_loss`); κ enters the
-                 window buffer; with `aux_snapshot="measure"` the params are snapshotted for the aux loss.
+                 first `probe_size` training examples) at the current params and optimizer state, with every
+                 group's lr_scale set to 1 for the measurement (`kappa_lr="base"`: the step at the base rates,
+                 so κ does not depend on the multipliers the scheduler or a cd hook set; `"current"` = the old
+                 behaviour, kept only to reproduce the flip), split into Δ_S / Δ_T, and
+                 `jaxmm.tuning.commit.balance_coefficient` -> κ, D_S, D_T (logged as `kappa`, `d_s`, `d_t`
+                 beside the step's `lr/<group>`, `grad_norm/<group>`, `ce_loss`); κ enters the window buffer;
+                 Δ is kept in `extra["lead_update"]` as the aux loss's target step.
   schedule hook  every `lr_every` (= L_lr) steps: κ̄ = window mean (0.5 if empty), window reset; `commit` /
-                 `commit_sched` set lr_scale_S = clip(2(1−κ̄)), lr_scale_T = clip(2κ̄) (`lr_clip`);
-                 `aux_snapshot="schedule"` snapshots here instead. Logged: `kappa_bar`, `lr_scale/<side>`.
-Aux loss (commit, commit_clr): `jaxmm.tuning.commit.aux_loss` on the training batch, weight `aux_weight` × the
-lagging side's share from κ̄, divergence `aux_divergence` (js | kl) between the current output distribution
-and the snapshot's (stop-gradient), routed only through the lagging side. It reads the batch's inputs and the
-answer-position mask, never the targets (the answer tokens are teacher-forced context, as in the CE loss).
+                 `commit_sched` set lr_scale_S = clip(2(1−κ̄)), lr_scale_T = clip(2κ̄) (`lr_clip`).
+                 Logged: `kappa_bar`, `lr_scale/<side>`.
+Aux loss (commit, commit_clr): `jaxmm.tuning.commit.aux_loss` on the training batch: weight `aux_weight` × the
+lagging side's share from κ̄ × `aux_divergence` (kl | js) between the output distribution after the LEADING
+side's part of the last measured step Δ (stop-gradient target) and the current one, routed only through the
+lagging side — the lagging side learns to make the output change the leading side is about to make. It reads
+the batch's inputs and the answer-position mask, never the targets (the answer tokens are teacher-forced
+context, as in the CE loss).
 
 Every formula here is our [reconstruction] (PAPERS.md §1); each is a `task_args` switch: `kappa_formula`
-(share | ratio), `lr_clip`, `lr_rule` (symmetric | boost_lagging), `aux_weight`, `aux_divergence`,
-`aux_snapshot`, `measure_every`, `lr_every`.
+(share | ratio), `kappa_lr` (base | current), `lr_clip`, `lr_rule` (symmetric | boost_lagging), `aux_weight`,
+`aux_divergence`, `measure_every`, `lr_every`.
 """
 from __future__ import annotations
 
@@ -73,8 +78,8 @@ def check_task_args(a) -> None:
         _fail("kappa_formula", f"one of {C.FORMULAS}", a.kappa_formula)
     if a.aux_divergence not in C.DIVERGENCES:
         _fail("aux_divergence", f"one of {C.DIVERGENCES}", a.aux_divergence)
-    if a.aux_snapshot not in ("measure", "schedule"):
-        _fail("aux_snapshot", "'measure' or 'schedule'", a.aux_snapshot)
+    if a.kappa_lr not in ("base", "current"):
+        _fail("kappa_lr", "'base' or 'current'", a.kappa_lr)
     lo, hi = tuple(a.lr_clip)
     if not 0 <= lo <= hi:
         _fail("lr_clip", "(lo, hi) with 0 <= lo <= hi", tuple(a.lr_clip))
@@ -113,7 +118,7 @@ class CommitTask(MLLMQATask):
             method="commit", encoder_side=("encoder", "projector"),
             measure_every=10, lr_every=50, probe_size=16, kappa_formula="share", lr_clip=(0.1, 2.0),
             lr_rule="symmetric",
-            aux_weight=0.1, aux_divergence="js", aux_snapshot="measure",
+            aux_weight=0.1, aux_divergence="kl", kappa_lr="base",
             cd_every=1, cd_min_ratio=0.0))
         return c
 
@@ -142,7 +147,7 @@ class CommitTask(MLLMQATask):
         extra = {"kappa_window": jnp.zeros((window,), jnp.float32), "window_count": jnp.zeros((), jnp.int32),
                  "kappa_bar": jnp.full((), 0.5, jnp.float32)}
         if a.method in WITH_AUX and a.aux_weight > 0:
-            extra["snapshot"] = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+            extra["lead_update"] = jax.tree.map(jnp.zeros_like, params)  # Δ of the last measurement
         return extra
 
     # ------------------------------------------------------------------ loss: CE (+ aux)
@@ -151,7 +156,7 @@ class CommitTask(MLLMQATask):
         metrics = {**metrics, "ce_loss": ce}
         if extra is None or not self._aux:
             return ce, metrics
-        aux = C.aux_loss(lambda p, b: self.answer_logits(model, p, b), params, extra["snapshot"], batch,
+        aux = C.aux_loss(lambda p, b: self.answer_logits(model, p, b), params, extra["lead_update"], batch,
                          self.side_mask(params), extra["kappa_bar"], weight=self._args.aux_weight,
                          divergence=self._args.aux_divergence)
         return ce + aux, {**metrics, "aux_loss": aux}
@@ -218,6 +223,19 @@ class CommitTask(MLLMQATask):
         items = [train_ds[i] for i in range(rows.start, rows.stop)]
         return shard_lib.global_batch({k: np.stack([it[k] for it in items]) for k in items[0]}, mesh)
 
+    @staticmethod
+    def measured_updates(ctx, batch, kappa_lr: str = "base"):
+        """The optimizer's proposed update for `batch` at the current params and optimizer state — at the base
+        learning rates (every group's lr_scale 1 for this call, then restored) unless kappa_lr="current"."""
+        if kappa_lr == "current":
+            return ctx.proposed_updates(ctx.state.params, batch)
+        scales = ctx.lr_scales()
+        ctx.set_lr_scales({g: 1.0 for g in scales})
+        try:
+            return ctx.proposed_updates(ctx.state.params, batch)
+        finally:
+            ctx.set_lr_scales(scales)
+
     def _measure_hook(self, config):
         from train import sharding as shard_lib
 
@@ -239,7 +257,7 @@ class CommitTask(MLLMQATask):
 
                 cache["measure"] = jax.jit(measure)
             t0 = time.perf_counter()
-            updates = ctx.proposed_updates(ctx.state.params, cache["probe"])
+            updates = self.measured_updates(ctx, cache["probe"], a.kappa_lr)
             out = {k: float(v) for k, v in cache["measure"](ctx.state.params, updates, cache["probe"]).items()}
             elapsed = time.perf_counter() - t0
             extra = dict(ctx.state.extra)
@@ -249,8 +267,8 @@ class CommitTask(MLLMQATask):
                 count += 1
             copy = self._replicate(ctx)
             extra["kappa_window"], extra["window_count"] = copy(jnp.asarray(window)), copy(jnp.asarray(count, jnp.int32))
-            if "snapshot" in extra and a.aux_snapshot == "measure":
-                extra["snapshot"] = copy(ctx.state.params)
+            if "lead_update" in extra:
+                extra["lead_update"] = copy(updates)
             ctx.state = ctx.state.replace(extra=extra)
             return {**out, "kappa_time_s": elapsed}
 
@@ -268,8 +286,6 @@ class CommitTask(MLLMQATask):
             extra["kappa_bar"] = copy(jnp.asarray(kbar, jnp.float32))
             extra["window_count"] = copy(jnp.zeros((), jnp.int32))
             extra["kappa_window"] = copy(jnp.zeros_like(extra["kappa_window"]))
-            if "snapshot" in extra and a.aux_snapshot == "schedule":
-                extra["snapshot"] = copy(ctx.state.params)
             ctx.state = ctx.state.replace(extra=extra)
             record = {"kappa_bar": kbar}
             if a.method in SCHEDULED:

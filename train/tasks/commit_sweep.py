@@ -72,6 +72,13 @@ def final_ce(records) -> float:
     return float(ce[-1]) if ce.size else float("nan")
 
 
+def _multipliers(records) -> str:
+    """The scheduler's LLM-side multipliers, one per window ("—" for methods without the scheduler): shows at a
+    glance whether the controller settles or alternates."""
+    xs = [r["lr_scale/llm_side"] for r in records if "lr_scale/llm_side" in r]
+    return ", ".join(f"{x:.2g}" for x in xs) if xs else "—"
+
+
 def _fmt(xs, digits=3):
     xs = [x for x in xs if x is not None and np.isfinite(x)]
     if not xs:
@@ -167,7 +174,7 @@ def convergence(s, workdir):
                 f" | {_fmt([x for x in reach if x is not None])} ({sum(x is not None for x in reach)}/{len(reach)})"
                 f" | {_fmt([final_ce(r[1]) for r in m['runs']])} | "
                 f"{_fmt([r[0].get('eval_accuracy') for r in m['runs']])} | "
-                f"{_fmt([r[0].get('kappa_mean') for r in m['runs']], 2)} |")
+                f"{_fmt([r[0].get('kappa_mean') for r in m['runs']], 2)} | {_multipliers(m['runs'][0][1])} |")
             result[f"{modality}/{method}"] = dict(
                 best_lr=m["best"], steps_to_target=reach, final_ce=[final_ce(r[1]) for r in m["runs"]],
                 eval_accuracy=[r[0].get("eval_accuracy") for r in m["runs"]],
@@ -176,7 +183,8 @@ def convergence(s, workdir):
         tables.append(
             f"**{modality}** (target smoothed CE {tgt:g}; {len(s.seeds)} seeds at the best LR)\n\n"
             f"| method | best LR | final CE at LR {lrs} (seed {s.seeds[0]}) | steps to CE ≤ {tgt:g} (reached) | "
-            f"final CE | eval exact match | mean κ |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+            f"final CE | eval exact match | mean κ | LLM-side LR multiplier per window (first seed) |\n"
+            f"|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
         for method, m in per_method.items():
             curves = [smoothed_ce(r[1]) for r in m["runs"]]
