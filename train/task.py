@@ -19,7 +19,7 @@ model_inputs(batch) -> dict of keyword arguments for `model.apply` / `model.init
 loss_fn(model, params, batch, rng) -> (scalar loss, dict of scalar metrics); traced inside the jitted step
     (with gradient accumulation it runs once per micro-batch; losses and metrics are averaged). A task that
     sets `loss_uses_extra = True` is called `loss_fn(model, params, batch, rng, extra=state.extra)` (its hook
-    state, e.g. CoMMIT's κ̄ and parameter snapshot for the auxiliary loss).
+    state, e.g. CoMMIT's κ̄ and the auxiliary loss's target).
 eval_metrics(model, params, batch) -> dict name -> per-row array [rows]; jitted; the loop averages over all
     eval rows and logs `eval_<name>` (e.g. `loss`, `accuracy` from `model.generate`).
 evaluate(ctx: EvalContext) -> dict: override for a fully custom evaluation (default: eval_metrics over the
