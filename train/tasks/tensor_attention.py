@@ -1,12 +1,11 @@
 """Tensor attention experiments (2405.16411; configs/tensor_attention.py): poly error table, scaling, Match3.
 
-Each writes results.md, results.json and PNG plots into the workdir (match3 also metrics.jsonl).
+Each writes results.md, results.json and PNG plots into the workdir through `train.report` (match3 also
+metrics.jsonl); poly_error and scaling are `train.experiment` experiments.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import jax
@@ -15,21 +14,8 @@ import numpy as np
 
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
-from train.tasks import register
-
-
-def _write(workdir, name, text):
-    with open(os.path.join(workdir, name), "w") as f:
-        f.write(text)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from train.experiment import experiment
+from train.report import time_call
 
 
 def _np_attention(q, k1, k2, v1, v2, s):
@@ -41,8 +27,8 @@ def _np_attention(q, k1, k2, v1, v2, s):
 
 
 # ------------------------------------------------------------------------------------------------ 1. poly error
-@register("tensor_attention.poly_error")
-def poly_error(config, workdir):
+@experiment("tensor_attention.poly_error")
+def poly_error(config, report):
     n, d = config.n, config.d
     poly = jax.jit(lambda *a, g: tensor_attention(*a, method="poly", degree=g), static_argnames="g")
     table = {}  # (B, g) -> (max rel err over seeds, beta)
@@ -83,30 +69,22 @@ def poly_error(config, workdir):
         beta = table[(B, config.degrees[0])][1]
         lines.append(f"| {B} | {B ** 3:.3g} | {beta:.3g} | " +
                      " | ".join(_fmt(table[(B, g)][0]) for g in config.degrees) + " |")
-    lines += ["", f"Fast ∇_X of the Definition 3.8 objective vs the exact (Lemma 4.1) gradient, n = {gn}, d = {gd}, "
-              "A entries uniform in [−1, 1], X1, X2, X3 entries uniform in [−B, B] (relative max error):", "",
-              "| B | " + " | ".join(f"g={g}" for g in config.grad_degrees) + " |",
-              "|---|" + "---|" * len(config.grad_degrees)]
-    for B in config.grad_bounds:
-        lines.append(f"| {B} | " + " | ".join(_fmt(gtable[(B, g)]) for g in config.grad_degrees) + " |")
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"forward": [dict(B=B, g=g, err=e, beta=b) for (B, g), (e, b) in table.items()],
-                   "grad": [dict(B=B, g=g, err=e) for (B, g), e in gtable.items()]}, f, indent=1)
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for g in config.degrees:
-        errs = [min(table[(B, g)][0], 1e3) for B in config.bounds]
-        ax.semilogy([B ** 3 for B in config.bounds], errs, "o-", label=f"g={g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("B³ (bound on |S|)")
-    ax.set_ylabel("relative error of O (capped at 1e3)")
-    ax.set_title(f"poly tensor attention error, n={n}, d={d}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_poly_error.png"), dpi=120)
-    print("\n".join(lines))
+    grad = [f"Fast ∇_X of the Definition 3.8 objective vs the exact (Lemma 4.1) gradient, n = {gn}, d = {gd}, "
+            "A entries uniform in [−1, 1], X1, X2, X3 entries uniform in [−B, B] (relative max error):", "",
+            "| B | " + " | ".join(f"g={g}" for g in config.grad_degrees) + " |",
+            "|---|" + "---|" * len(config.grad_degrees)]
+    grad += [f"| {B} | " + " | ".join(_fmt(gtable[(B, g)]) for g in config.grad_degrees) + " |"
+             for B in config.grad_bounds]
+    with report.figure("tensor_attention_poly_error.png") as (fig, ax):
+        for g in config.degrees:
+            errs = [min(table[(B, g)][0], 1e3) for B in config.bounds]
+            ax.semilogy([B ** 3 for B in config.bounds], errs, "o-", label=f"g={g}")
+        ax.set_xscale("log")
+        ax.set(xlabel="B³ (bound on |S|)", ylabel="relative error of O (capped at 1e3)",
+               title=f"poly tensor attention error, n={n}, d={d}")
+        ax.legend()
+    report.section("\n".join(lines), forward=[dict(B=B, g=g, err=e, beta=b) for (B, g), (e, b) in table.items()])
+    report.section("\n".join(grad), grad=[dict(B=B, g=g, err=e) for (B, g), e in gtable.items()])
     small = [table[(B, g)][0] for B in config.bounds for g in config.degrees if B ** 3 <= 0.1 * g]
     big = [table[(B, g)][0] for B in config.bounds for g in config.degrees if B ** 3 >= 4 * g]
     return {"max_err_below_threshold": max(small) if small else None,
@@ -118,18 +96,8 @@ def _fmt(e):
 
 
 # ------------------------------------------------------------------------------------------------ 2. scaling
-def _time(fn, args, reps):
-    jax.block_until_ready(fn(*args))
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-@register("tensor_attention.scaling")
-def scaling(config, workdir):
+@experiment("tensor_attention.scaling")
+def scaling(config, report):
     d = config.d
     rows = []
     arms = [("exact", None, config.exact_ns)] + [("poly", g, config.poly_ns) for g in config.degrees]
@@ -144,7 +112,7 @@ def scaling(config, workdir):
             compiled = grad.lower(*args).compile()
             mem = compiled.memory_analysis()
             temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-            t = _time(compiled, args, 1 if (method == "exact" and n >= 512) else config.reps)
+            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps)
             name = "exact" if method == "exact" else f"poly g={g}"
             rows.append(dict(method=name, n=n, fwdbwd_s=t, temp_mb=None if temp is None else temp / 2**20))
             print(f"[scaling] {name} n={n}: {t:.4f} s, XLA temp {rows[-1]['temp_mb']} MB", flush=True)
@@ -176,24 +144,18 @@ def scaling(config, workdir):
     lines += ["", "Log-log slope over the two largest n: " + ", ".join(f"{m}: {s:.2f}" for m, s in fits.items()),
               "", "Smallest measured n where poly is faster than exact: " +
               ", ".join(f"{m}: {c}" for m, c in crossings.items())]
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"rows": rows, "slopes": fits, "crossings": crossings}, f, indent=1)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in methods:
-        pts = sorted((r["n"], r["fwdbwd_s"], r["temp_mb"]) for r in rows if r["method"] == m)
-        axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-        axes[1].loglog([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], "o-", label=m)
-    axes[0].set_ylabel("forward+backward time (s)")
-    axes[1].set_ylabel("XLA temp memory (MB)")
-    for ax in axes:
-        ax.set_xlabel("n")
-        ax.legend()
-    fig.suptitle(f"tensor attention scaling, d={d}, CPU")
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_scaling.png"), dpi=120)
-    print("\n".join(lines))
+    with report.figure("tensor_attention_scaling.png", figsize=(10, 4), ncols=2) as (fig, axes):
+        for m in methods:
+            pts = sorted((r["n"], r["fwdbwd_s"], r["temp_mb"]) for r in rows if r["method"] == m)
+            axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+            axes[1].loglog([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], "o-", label=m)
+        axes[0].set_ylabel("forward+backward time (s)")
+        axes[1].set_ylabel("XLA temp memory (MB)")
+        for ax in axes:
+            ax.set_xlabel("n")
+            ax.legend()
+        fig.suptitle(f"tensor attention scaling, d={d}, CPU")
+    report.section("\n".join(lines), rows=rows, slopes=fits, crossings=crossings)
     return {"slope_" + m.replace(" ", "_").replace("=", ""): s for m, s in fits.items()}
 
 
@@ -293,8 +255,8 @@ def _train_match3(kind, seed, config, modulus, eval_x, eval_y, log):
     return dict(acc=float(evaluate(params, eval_x, eval_y)), diverged=False, seconds=time.perf_counter() - t0)
 
 
-@register("tensor_attention.match3")
-def match3(config, workdir):
+@experiment("tensor_attention.match3")
+def match3(config, report):
     rng = np.random.default_rng(config.seed)
     n = config.seq_len
     modulus = config.modulus or pick_modulus(n, rng, config.distinct)
@@ -302,12 +264,10 @@ def match3(config, workdir):
     eval_y = match3_labels(eval_x, modulus, config.distinct)
     base = max(eval_y.mean(), 1 - eval_y.mean())
     print(f"[match3] n={n} M={modulus} positive rate {eval_y.mean():.3f} (majority baseline {base:.3f})", flush=True)
-    metrics = open(os.path.join(workdir, "metrics.jsonl"), "w")
     curves = {}
 
     def log(rec):
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
+        report.metrics.write(rec["step"], {k: v for k, v in rec.items() if k != "step"})
         curves.setdefault((rec["model"], rec["seed"]), []).append((rec["step"], rec.get("eval_acc", float("nan"))))
         print(f"[match3] {rec['model']} seed {rec['seed']} step {rec['step']}: loss {rec['loss']:.4f} "
               f"eval acc {rec.get('eval_acc', float('nan')):.4f} ({rec.get('seq_per_s', 0):.0f} seq/s)", flush=True)
@@ -317,7 +277,6 @@ def match3(config, workdir):
     for kind in config.models:
         for seed in config.seeds:
             results[(kind, seed)] = _train_match3(kind, seed, config, modulus, ex, ey, log)
-    metrics.close()
 
     lines = [f"# Match3 (n = {n}, M = {modulus}, {'distinct i, j, k' if config.distinct else 'any j, k'}, positive rate {eval_y.mean():.3f}; majority baseline {base:.3f})",
              "", f"One layer (pre-norm residual attention + MLP), width {config.width}, {config.heads} heads, "
@@ -334,22 +293,14 @@ def match3(config, workdir):
         lines.append(f"| {label} | " + " | ".join("diverged" if not math.isfinite(a) else f"{a:.4f}" for a in accs)
                      + f" | {np.nanmean(accs):.4f} | {secs:.0f} |")
         summary[f"acc_{kind}"] = float(np.nanmean(accs))
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"modulus": modulus, "runs": [dict(model=k, seed=s, **v) for (k, s), v in results.items()]}, f,
-                  indent=1)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"softmax": "C0", "tensor": "C1", "tensor_poly": "C2"}
-    for (kind, seed), pts in curves.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[kind], alpha=0.8,
-                label=kind if seed == config.seeds[0] else None)
-    ax.axhline(base, color="gray", ls="--", label="majority")
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out per-token accuracy")
-    ax.set_title(f"Match3, n={n}, M={modulus}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_match3.png"), dpi=120)
-    print("\n".join(lines))
+    with report.figure("tensor_attention_match3.png") as (fig, ax):
+        colors = {"softmax": "C0", "tensor": "C1", "tensor_poly": "C2"}
+        for (kind, seed), pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[kind], alpha=0.8,
+                    label=kind if seed == config.seeds[0] else None)
+        ax.axhline(base, color="gray", ls="--", label="majority")
+        ax.set(xlabel="step", ylabel="held-out per-token accuracy", title=f"Match3, n={n}, M={modulus}")
+        ax.legend()
+    report.section("\n".join(lines), modulus=modulus,
+                   runs=[dict(model=k, seed=s, **v) for (k, s), v in results.items()])
     return summary
