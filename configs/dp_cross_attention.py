@@ -25,13 +25,13 @@ import math
 
 import ml_collections
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("default", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "default"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/dp_cross_attention.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="default")
     tiny = variant == "tiny"
     c = ml_collections.ConfigDict()
     c.task = "dp_cross_attention.experiments"

@@ -46,13 +46,13 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("digits2", "digits10", "cifar10", "cifar2", "npy", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "digits10"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/dp_ntk.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="digits10")
     c = ml_collections.ConfigDict()
     c.task = "dp_ntk.sweep"
     c.variant = variant

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("sec44", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "sec44"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/ntk_attention.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="sec44")
     c = ml_collections.ConfigDict()
     c.task = "ntk_attention.sec44"
     c.variant = variant
