@@ -16,7 +16,7 @@ Variants:
   projections, Adam lr 1e-3 on (Z, k)/m [reconstruction of everything else: N(0, I) inputs and prefix
   tokens, N(0, 1/d) projections, MSE loss, Z = k = 0 init, 1500 steps of batch 32 on a fixed pool of 512
   inputs, error on 128 held-out inputs — sized for minutes on 2 CPU cores].
-- tiny: d = 16, L = 32, m = 2 … 64, 60 steps (the config path's smoke test).
+- tiny: d = 16, L = 32, m = 2 and 64, 60 steps (the config path's smoke test).
 """
 from __future__ import annotations
 
@@ -50,6 +50,6 @@ def get_config(variant: str | None = None):
     e.chunk = 16             # inputs per prefix-attention call when computing targets (memory: chunk·L·m floats)
     if variant == "tiny":
         e.head_dim, e.length = 16, 32
-        e.prefix_lengths = (2, 8, 64)
+        e.prefix_lengths = (2, 64)
         e.n_train, e.n_test, e.steps, e.batch_size, e.log_every = 64, 16, 60, 8, 30
     return c

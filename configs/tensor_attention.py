@@ -86,5 +86,5 @@ def get_config(variant: str | None = None):
         c.eval_sequences = 4096
         c.log_every = 250
         if tiny:
-            c.models, c.seeds, c.steps, c.eval_sequences, c.log_every = ("softmax", "tensor"), (0,), 10, 256, 5
+            c.models, c.seeds, c.steps, c.eval_sequences, c.log_every = ("softmax", "tensor"), (0,), 10, 64, 10
     return c

@@ -3,7 +3,9 @@
 temporary workdir and must leave a summary.json with finite numbers.
 
 configs/commit.py has no plain `tiny` (its variants are `<vision|audio>[_lora][_small|_tiny]`): it is run as
-`vision_tiny`.
+`vision_tiny`. The three trainer-loop configs (commit, demo, peft) are marked slow: each tiny run is 40-60 s of
+compilation on 2 cores at toy size already, and the default suite runs them elsewhere (demo:tiny and commit's
+vision_tiny in tests/train/test_commit_task.py, peft's toy trainer runs in tests/train/test_peft_task.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny",)}
+SLOW = {"commit", "demo", "peft"}
 
 
 def _load(name):
@@ -27,14 +30,16 @@ def _load(name):
 
 def _cases():
     names = sorted(p.stem for p in CONFIGS.glob("*.py") if not p.stem.startswith("_"))
-    return [(n, v) for n in names for v in TINY.get(n, ("tiny",))]
+    return [pytest.param(n, v, id=f"{n}:{v}", marks=[pytest.mark.slow] if n in SLOW else [])
+            for n in names for v in TINY.get(n, ("tiny",))]
 
 
 def test_every_config_file_has_a_case():
-    assert {n for n, _ in _cases()} >= {"dp_cross_attention", "dp_ntk", "ntk_attention", "peft", "tensor_attention"}
+    assert {c.values[0] for c in _cases()} >= {"commit", "demo", "dp_cross_attention", "dp_ntk", "ntk_attention",
+                                               "peft", "tensor_attention"}
 
 
-@pytest.mark.parametrize("name,variant", _cases(), ids=[f"{n}:{v}" for n, v in _cases()])
+@pytest.mark.parametrize("name,variant", _cases())
 def test_tiny_variant_runs_end_to_end(name, variant, tmp_path):
     from train.main import run
 
