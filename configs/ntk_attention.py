@@ -45,7 +45,7 @@ def get_config(variant: str | None = None):
     e.batch_size = 32
     e.learning_rate = 1e-3
     e.init = "zeros"
-    e.param_scale = "m"      # Adam trains (Z, k)/m ("1": (Z, k) directly; cannot reach large m, see the task)
+    e.param_scale = "m"      # Adam trains (Z, k)/m; "1": (Z, k) directly (train/tasks/ntk_attention.py docstring)
     e.log_every = 250
     e.chunk = 16             # inputs per prefix-attention call when computing targets (memory: chunk·L·m floats)
     if variant == "tiny":
