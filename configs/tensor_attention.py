@@ -71,7 +71,7 @@ def get_config(variant: str | None = None):
     else:  # match3
         c.seq_len = 6
         c.modulus = 0  # 0: pick M so that about half of the tokens are positive
-        c.distinct = True  # i, j, k pairwise distinct (False: j = k, i ∈ {j, k} allowed; docs/results/tensor_attention.md)
+        c.distinct = True  # i, j, k pairwise distinct (False: j = k and i ∈ {j, k} allowed)
         c.tensor_scale = 8 ** -0.5  # 1/√head_dim (2-simplicial convention); None: 1/d (the paper)
         c.models = ("softmax", "tensor", "tensor_poly")
         c.seeds = (0, 1, 2)
