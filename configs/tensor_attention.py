@@ -1,7 +1,7 @@
 """Tensor attention (arXiv 2405.16411): error of the polynomial method, n³ vs n·r scaling, and the Match3 task.
 
-Commands (each writes results.md, results.json and PNG plots into the workdir; docs/results/tensor_attention.md
-holds the measured tables):
+Commands (each writes results.md, results.json and PNG plots into the workdir, match3 also one trainer run per
+model and seed in <workdir>/<model>_seed<seed>; docs/results/tensor_attention.md holds the measured tables):
 
     python -m train --config configs/tensor_attention.py:poly_error --workdir /tmp/ta_poly_error  # ~1.5 min, 2 cores
     python -m train --config configs/tensor_attention.py:scaling    --workdir /tmp/ta_scaling     # ~4 min, 2 cores

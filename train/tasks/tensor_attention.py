@@ -1,21 +1,26 @@
 """Tensor attention experiments (2405.16411; configs/tensor_attention.py): poly error table, scaling, Match3.
 
-Each writes results.md, results.json and PNG plots into the workdir through `train.report` (match3 also
-metrics.jsonl); poly_error and scaling are `train.experiment` experiments.
+Each is a `train.experiment` experiment writing results.md, results.json and PNG plots into the workdir through
+`train.report`. Match3 trains every (model, seed) as the training task `tensor_attention.match3_model` in the
+shared loop (train/loop.py), each in <workdir>/<model>_seed<seed> (metrics.jsonl, summary.json, checkpoints).
 """
 from __future__ import annotations
 
+import functools
 import math
-import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
 from train.experiment import experiment
 from train.report import time_call
+from train.task import Task
+from train.tasks import register
 
 
 def _np_attention(q, k1, k2, v1, v2, s):
@@ -209,74 +214,111 @@ def _match3_model(kind, config, modulus):
     return Match3Model()
 
 
-def _train_match3(kind, seed, config, modulus, eval_x, eval_y, log):
-    import flax.linen as nn
-    import optax
+class Match3(Task):
+    """One Match3 model (`model.kind`: softmax | tensor | tensor_poly) in the shared loop: sigmoid cross-entropy
+    per token on random sequences (example i of the training stream is drawn from seed [data.seed, i]), eval
+    = per-token accuracy on `data.eval_sequences` held-out sequences (drawn as the experiment always drew them)."""
 
-    model = _match3_model(kind, config, modulus)
-    n = config.seq_len
-    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, n), jnp.int32)))
-    warmup = min(config.warmup, config.steps // 2)
-    sched = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps)
-    opt = optax.adamw(sched, weight_decay=0.01)
-    state = opt.init(params)
+    metric = "eval_accuracy"
 
-    def loss_fn(p, x, y):
-        logits = model.apply(p, x)
-        return optax.sigmoid_binary_cross_entropy(logits, y).mean(), logits
+    def default_config(self):
+        return ml_collections.ConfigDict(dict(
+            model=dict(kind="softmax", width=32, heads=4, mlp_dim=64, poly_degree=3, tensor_scale=8 ** -0.5),
+            data=dict(seq_len=6, modulus=0, distinct=True, train_sequences=256_000, eval_sequences=4096, seed=0),
+            task_args={}))
 
-    @jax.jit
-    def step(p, s, key):
-        x = jax.random.randint(key, (config.batch_size, n), 0, modulus)
-        y = match3_labels(x, modulus, config.distinct).astype(jnp.float32)
-        (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, loss, jnp.mean((logits > 0) == (y > 0))
+    def build_model(self, config):
+        if config.model.kind not in MATCH3_MODELS:
+            raise ValueError(f"config.model.kind: expected one of {MATCH3_MODELS}, got {config.model.kind!r}")
+        return _match3_model(config.model.kind, config.model, match3_data(config.data)[0])
 
-    @jax.jit
-    def evaluate(p, x, y):
-        logits = model.apply(p, x)
-        return jnp.mean((logits > 0) == (y > 0))
+    def datasets(self, config):
+        import grain
 
-    key = jax.random.key(10_000 + seed)
-    t0 = time.perf_counter()
-    for i in range(1, config.steps + 1):
-        key, sub = jax.random.split(key)
-        params, state, loss, acc = step(params, state, sub)
-        if i % config.log_every == 0 or i == config.steps:
-            loss = float(loss)
-            if not math.isfinite(loss):
-                log(dict(model=kind, seed=seed, step=i, loss=loss, diverged=True))
-                return dict(acc=float("nan"), diverged=True, seconds=time.perf_counter() - t0)
-            ev = float(evaluate(params, eval_x, eval_y))
-            rate = i * config.batch_size / (time.perf_counter() - t0)
-            log(dict(model=kind, seed=seed, step=i, loss=loss, train_acc=float(acc), eval_acc=ev,
-                     seq_per_s=rate))
-    return dict(acc=float(evaluate(params, eval_x, eval_y)), diverged=False, seconds=time.perf_counter() - t0)
+        d = config.data
+        modulus, eval_x, eval_y = match3_data(d)
+
+        def example(i):
+            x = np.random.default_rng([d.seed, int(i)]).integers(0, modulus, d.seq_len)
+            return {"tokens": x.astype(np.int32), "labels": match3_labels(x, modulus, d.distinct).astype(np.float32)}
+
+        evals = [{"tokens": x.astype(np.int32), "labels": y.astype(np.float32)} for x, y in zip(eval_x, eval_y)]
+        return grain.MapDataset.range(d.train_sequences).map(example), grain.MapDataset.source(evals)
+
+    def init_variables(self, model, batch, rng):
+        return model.init(rng, batch["tokens"])
+
+    def loss_fn(self, model, params, batch, rng):
+        logits = model.apply({"params": params}, batch["tokens"])
+        loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
+        return loss, {"train_accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0))}
+
+    def eval_metrics(self, model, params, batch):
+        logits = model.apply({"params": params}, batch["tokens"])
+        return {"loss": optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean(-1),
+                "accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0), axis=-1)}
+
+
+MATCH3_MODELS = ("softmax", "tensor", "tensor_poly")
+register("tensor_attention.match3_model")(Match3())
+
+
+@functools.lru_cache(maxsize=4)
+def _match3_data(seq_len, modulus, distinct, eval_sequences, seed):
+    rng = np.random.default_rng(seed)
+    modulus = modulus or pick_modulus(seq_len, rng, distinct)
+    eval_x = rng.integers(0, modulus, size=(eval_sequences, seq_len))
+    return modulus, eval_x, match3_labels(eval_x, modulus, distinct)
+
+
+def match3_data(d):
+    """(modulus, eval tokens, eval labels) of a Match3 data section (modulus 0: picked for ~50% positives)."""
+    return _match3_data(d.seq_len, d.modulus, d.distinct, d.eval_sequences, d.seed)
+
+
+def match3_run_config(config, kind, seed):
+    """The trainer config of one (model, seed) run of the match3 experiment config."""
+    from train import config as config_lib
+
+    c = config_lib.defaults()
+    c.task, c.seed = "tensor_attention.match3_model", seed
+    c.model = ml_collections.ConfigDict(dict(kind=kind, width=config.width, heads=config.heads,
+                                             mlp_dim=config.mlp_dim, poly_degree=config.poly_degree,
+                                             tensor_scale=config.tensor_scale))
+    c.data = ml_collections.ConfigDict(dict(seq_len=config.seq_len, modulus=config.modulus, distinct=config.distinct,
+                                            train_sequences=config.steps * config.batch_size,
+                                            eval_sequences=config.eval_sequences, seed=config.seed))
+    c.train.update(steps=config.steps, batch_size=config.batch_size, grad_clip=0.0, log_every=config.log_every,
+                   eval_every=config.log_every, eval_batch_size=min(1024, config.eval_sequences), progress=False,
+                   plots=False)
+    c.optim.update(name="adamw", lr=config.learning_rate, schedule="warmup_cosine",
+                   warmup_steps=min(config.warmup, config.steps // 2), weight_decay=0.01)
+    c.checkpoint.async_save = False
+    return c
 
 
 @experiment("tensor_attention.match3")
 def match3(config, report):
-    rng = np.random.default_rng(config.seed)
+    """Every (model, seed) of the config trained by the shared loop (task `tensor_attention.match3_model`) in
+    <workdir>/<model>_seed<seed>; the table and the eval-accuracy curves over them."""
+    from train.main import run
+    from train.metrics import read
+
     n = config.seq_len
-    modulus = config.modulus or pick_modulus(n, rng, config.distinct)
-    eval_x = rng.integers(0, modulus, size=(config.eval_sequences, n))
-    eval_y = match3_labels(eval_x, modulus, config.distinct)
+    modulus, _, eval_y = _match3_data(n, config.modulus, config.distinct, config.eval_sequences, config.seed)
     base = max(eval_y.mean(), 1 - eval_y.mean())
     print(f"[match3] n={n} M={modulus} positive rate {eval_y.mean():.3f} (majority baseline {base:.3f})", flush=True)
-    curves = {}
-
-    def log(rec):
-        report.metrics.write(rec["step"], {k: v for k, v in rec.items() if k != "step"})
-        curves.setdefault((rec["model"], rec["seed"]), []).append((rec["step"], rec.get("eval_acc", float("nan"))))
-        print(f"[match3] {rec['model']} seed {rec['seed']} step {rec['step']}: loss {rec['loss']:.4f} "
-              f"eval acc {rec.get('eval_acc', float('nan')):.4f} ({rec.get('seq_per_s', 0):.0f} seq/s)", flush=True)
-
-    results = {}
-    ex, ey = jnp.asarray(eval_x, jnp.int32), jnp.asarray(eval_y, jnp.float32)
+    results, curves = {}, {}
     for kind in config.models:
         for seed in config.seeds:
-            results[(kind, seed)] = _train_match3(kind, seed, config, modulus, ex, ey, log)
+            wd = report.path(f"{kind}_seed{seed}")
+            out = run(match3_run_config(config, kind, seed), wd)
+            diverged = not math.isfinite(out["final_loss"])
+            results[(kind, seed)] = dict(acc=math.nan if diverged else out["eval_accuracy"], diverged=diverged,
+                                         seconds=out["train_time_s"])
+            curves[(kind, seed)] = [(r["step"], r["eval_accuracy"]) for r in read(f"{wd}/metrics.jsonl")
+                                    if "eval_accuracy" in r]
+            print(f"[match3] {kind} seed {seed}: eval accuracy {results[(kind, seed)]['acc']:.4f}", flush=True)
 
     lines = [f"# Match3 (n = {n}, M = {modulus}, {'distinct i, j, k' if config.distinct else 'any j, k'}, positive rate {eval_y.mean():.3f}; majority baseline {base:.3f})",
              "", f"One layer (pre-norm residual attention + MLP), width {config.width}, {config.heads} heads, "
