@@ -14,7 +14,8 @@ on ε ≤ ε) while the two broken ones (Δ/8, denominator un-noised) fail it; t
 private row from exact attention (error 1e-7) but its error against the once-released DP state stays frozen
 however many adaptive queries it asks; the private-context model's accuracy rises with ε and with the context
 length (64 tokens: 0.65 at ε = 1, 0.99 at ε = 10; 1024 tokens: 0.99 at ε = 1). The full default run took ~20
-min on that machine at load 15-20 (the summary line prints the seconds), `tiny` ~1 min of CPU.
+min on that machine at load 15-20 (the summary line prints the seconds); `tiny` (every part at toy size, the
+smoke test) ~30 s.
 
 The tree (DPTreeSoftmax) and the one-shot release of the feature sums share (ε, δ); details that the paper does
 not pin down are [reconstruction]s (see jaxmm/privacy/dp_tree.py and dp_cross_attention.py).
@@ -25,13 +26,13 @@ import math
 
 import ml_collections
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("default", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "default"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/dp_cross_attention.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="default")
     tiny = variant == "tiny"
     c = ml_collections.ConfigDict()
     c.task = "dp_cross_attention.experiments"
@@ -43,34 +44,34 @@ def get_config(variant: str | None = None):
     c.d, c.d_v, c.degree = 2, 2, 2
     c.bound_qk, c.bound_v = 1.0, 1.0
     c.delta = 1e-5
-    c.repeats = 4 if tiny else 16
+    c.repeats = 2 if tiny else 16
     # error vs n / ε / degree
     c.epsilon = 1.0
-    c.ns = (256, 1024) if tiny else (256, 1024, 4096, 16384, 65536)
-    c.n = 1024 if tiny else 16384
-    c.eps_grid = (1.0, 10.0, math.inf) if tiny else (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
-    c.degrees = (1, 2) if tiny else (1, 2, 3, 4, 5)
+    c.ns = (64, 256) if tiny else (256, 1024, 4096, 16384, 65536)
+    c.n = 256 if tiny else 16384
+    c.eps_grid = (1.0, 10.0) if tiny else (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
+    c.degrees = (2,) if tiny else (1, 2, 3, 4, 5)
     # query time and memory
-    c.time_ns = (256, 1024) if tiny else (256, 1024, 4096, 16384, 65536)
-    c.n_queries = 256 if tiny else 1024
+    c.time_ns = (256,) if tiny else (256, 1024, 4096, 16384, 65536)
+    c.n_queries = 64 if tiny else 1024
     c.mem_ns = (256,) if tiny else (256, 1024, 4096, 16384)
     c.mem_ds = (2,) if tiny else (2, 4)
     c.mem_degrees = (2,) if tiny else (2, 3)
     # audit
     c.audit_n, c.audit_degree = 4, 2
     c.audit_eps = (1.0,) if tiny else (0.5, 1.0, 2.0)
-    c.audit_samples = 2000 if tiny else 40000
+    c.audit_samples = 500 if tiny else 40000
     # adaptive attacker
     c.attack_n, c.attack_degree = 4, 6
     c.attack_eps = (1.0,) if tiny else (1.0, 30.0, 300.0)  # TLap bound overflows for ε ≳ 709
-    c.attack_rounds = (6, 12) if tiny else (6, 12, 24, 48, 96, 192)
-    c.attack_trials = 2 if tiny else 8
+    c.attack_rounds = (6,) if tiny else (6, 12, 24, 48, 96, 192)
+    c.attack_trials = 1 if tiny else 8
     # private-context model
     c.model_head_dim, c.model_degree, c.model_scale = 4, 2, 1.0
-    c.model_steps = 30 if tiny else 400
+    c.model_steps = 5 if tiny else 400
     c.model_lr = 1e-2
     c.model_train_n = 64
     c.model_eval_ns = (64,) if tiny else (64, 1024)
-    c.model_eps = (1.0, math.inf) if tiny else (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
-    c.model_eval_contexts = 16 if tiny else 200
+    c.model_eps = (1.0,) if tiny else (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
+    c.model_eval_contexts = 4 if tiny else 200
     return c

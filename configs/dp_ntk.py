@@ -26,7 +26,7 @@ Variants:
   the paper's feature extractor; users with ResNet features should use the npy variant. cifar2 = airplane vs
   cat with n_train = 1000 (paper), cifar10 = ten classes with n_train = 10⁴ (paper).
 - npy:      user features/labels from .npy files (train_*; test_* optional, else a `test_fraction` split).
-- tiny:     digits 3 vs 8 at toy size (m = 16, 3 ε values, 2 repeats): the smoke test of the config path.
+- tiny:     digits 3 vs 8 at toy size (m = 16, 2 ε values, 1 repeat, every arm): the smoke test of the config path.
 
 Defaults: m = 256, λ = 10, δ = 1e-3, log₁₀ε ∈ {0.5, 0.6, …, 1.5}, inputs L2-normalised (as the paper);
 bounded mode: ridge η = √(2n−1)·β/0.01 unless `privacy.eta` is set, β = σ_max(W)²/m (proved, not configurable);
@@ -46,13 +46,13 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("digits2", "digits10", "cifar10", "cifar2", "npy", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "digits10"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/dp_ntk.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="digits10")
     c = ml_collections.ConfigDict()
     c.task = "dp_ntk.sweep"
     c.variant = variant
@@ -108,5 +108,5 @@ def get_config(variant: str | None = None):
     if variant == "tiny":  # smoke-test size
         c.model.m = 16
         c.sweep.log10_eps = (0.5, 1.0)
-        c.sweep.repeats = 2
+        c.sweep.repeats = 1
     return c

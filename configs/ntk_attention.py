@@ -16,19 +16,19 @@ Variants:
   projections, Adam lr 1e-3 on (Z, k)/m [reconstruction of everything else: N(0, I) inputs and prefix
   tokens, N(0, 1/d) projections, MSE loss, Z = k = 0 init, 1500 steps of batch 32 on a fixed pool of 512
   inputs, error on 128 held-out inputs — sized for minutes on 2 CPU cores].
-- tiny: d = 16, L = 32, m = 2 … 64, 60 steps (the config path's smoke test).
+- tiny: d = 16, L = 32, m = 2 and 64, 60 steps (the config path's smoke test).
 """
 from __future__ import annotations
 
 import ml_collections
 
+from jaxmm.config_utils import pick_variant
+
 VARIANTS = ("sec44", "tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "sec44"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/ntk_attention.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    variant = pick_variant(__file__, variant, VARIANTS, default="sec44")
     c = ml_collections.ConfigDict()
     c.task = "ntk_attention.sec44"
     c.variant = variant
@@ -45,11 +45,11 @@ def get_config(variant: str | None = None):
     e.batch_size = 32
     e.learning_rate = 1e-3
     e.init = "zeros"
-    e.param_scale = "m"      # Adam trains (Z, k)/m ("1": (Z, k) directly; cannot reach large m, see the task)
+    e.param_scale = "m"      # Adam trains (Z, k)/m; "1": (Z, k) directly (train/tasks/ntk_attention.py docstring)
     e.log_every = 250
     e.chunk = 16             # inputs per prefix-attention call when computing targets (memory: chunk·L·m floats)
     if variant == "tiny":
         e.head_dim, e.length = 16, 32
-        e.prefix_lengths = (2, 8, 64)
+        e.prefix_lengths = (2, 64)
         e.n_train, e.n_test, e.steps, e.batch_size, e.log_every = 64, 16, 60, 8, 30
     return c

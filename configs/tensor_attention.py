@@ -1,11 +1,13 @@
 """Tensor attention (arXiv 2405.16411): error of the polynomial method, n³ vs n·r scaling, and the Match3 task.
 
-Commands (each writes results.md, results.json and PNG plots into the workdir; docs/results/tensor_attention.md
-holds the measured tables):
+Commands (each writes results.md, results.json and PNG plots into the workdir, match3 also one trainer run per
+model and seed in <workdir>/<model>_seed<seed>; docs/results/tensor_attention.md holds the measured tables):
 
     python -m train --config configs/tensor_attention.py:poly_error --workdir /tmp/ta_poly_error  # ~1.5 min, 2 cores
     python -m train --config configs/tensor_attention.py:scaling    --workdir /tmp/ta_scaling     # ~4 min, 2 cores
     python -m train --config configs/tensor_attention.py:match3     --workdir /tmp/ta_match3      # ~25 min, 2 busy cores
+    python -m train --config configs/tensor_attention.py:tiny       --workdir /tmp/ta_tiny        # smoke, seconds
+    (also `scaling_tiny`, `match3_tiny`: each experiment at smoke-test size, seconds)
 
 Expected (measured, docs/results/tensor_attention.md):
 - poly_error: entries uniform in [−B, B], s = 1/d, so |S| ≤ B³. At every degree g the relative error of the
@@ -24,22 +26,24 @@ Variants:
               positions i, j, k [reconstruction of the convention; `distinct=False` allows j = k and i ∈ {j, k}];
               n = 6, M picked for ~50% positives (15); models: embed → pre-norm residual attention (4 heads × 8)
               → MLP → logit; 3 seeds each; tensor attention with scale 1/√d.
+- tiny (= poly_error_tiny), scaling_tiny, match3_tiny: the three at smoke-test size (tests/train/test_configs_tiny.py).
 """
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
-VARIANTS = ("poly_error", "scaling", "match3")
+from jaxmm.config_utils import pick_variant
+
+VARIANTS = ("poly_error", "scaling", "match3", "tiny", "scaling_tiny", "match3_tiny")
 
 
 def get_config(variant: str | None = None):
-    variant = variant or "poly_error"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/tensor_attention.py: variant: expected one of {VARIANTS}, got {variant!r}")
+    name = pick_variant(__file__, variant, VARIANTS)
+    tiny = name.endswith("tiny")
+    variant = "poly_error" if name == "tiny" else name.removesuffix("_tiny")
     c = ml_collections.ConfigDict()
     c.task = f"tensor_attention.{variant}"
-    c.variant = variant
+    c.variant = name
     c.seed = 0
 
     if variant == "poly_error":
@@ -52,6 +56,9 @@ def get_config(variant: str | None = None):
         c.grad_d = 3
         c.grad_degrees = (2, 4, 6, 8)
         c.grad_bounds = (0.5, 1.0, 1.5, 2.0)
+        if tiny:
+            c.n, c.degrees, c.bounds, c.seeds = 16, (1, 2), (0.5, 2.0), 1
+            c.grad_n, c.grad_degrees, c.grad_bounds = 8, (2,), (0.5,)
     elif variant == "scaling":
         c.d = 16
         c.exact_ns = (64, 128, 256, 512, 1024)
@@ -59,10 +66,12 @@ def get_config(variant: str | None = None):
         c.degrees = (2, 3)
         c.entry_std = 0.6
         c.reps = 2
+        if tiny:
+            c.exact_ns, c.poly_ns, c.reps = (16, 32), (16, 32), 1
     else:  # match3
         c.seq_len = 6
         c.modulus = 0  # 0: pick M so that about half of the tokens are positive
-        c.distinct = True  # i, j, k pairwise distinct (else a pair/self shortcut gives standard attention ~72%)
+        c.distinct = True  # i, j, k pairwise distinct (False: j = k and i ∈ {j, k} allowed)
         c.tensor_scale = 8 ** -0.5  # 1/√head_dim (2-simplicial convention); None: 1/d (the paper)
         c.models = ("softmax", "tensor", "tensor_poly")
         c.seeds = (0, 1, 2)
@@ -76,4 +85,6 @@ def get_config(variant: str | None = None):
         c.warmup = 100
         c.eval_sequences = 4096
         c.log_every = 250
+        if tiny:
+            c.models, c.seeds, c.steps, c.eval_sequences, c.log_every = ("softmax", "tensor"), (0,), 10, 64, 10
     return c

@@ -1,6 +1,7 @@
 """Entry point: parse the config, start multi-process JAX when asked, save the config beside the run, and
 dispatch to the named task: a training task (a `train.task.Task` instance) runs in the shared loop
-(`train/loop.py`); an experiment task (a plain `run(config, workdir) -> dict`) runs as is.
+(`train/loop.py`); an experiment (`train.experiment.Experiment`: sweeps, audits, tables, writing through
+`train.report.Reporter`) or a plain `run(config, workdir) -> dict` is called with the workdir.
 
 Several processes: `--coordinator host:port --num_processes N --process_id i` (or the env vars
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or JAXMM_DISTRIBUTED=1 on TPU pods / SLURM).

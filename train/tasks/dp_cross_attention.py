@@ -2,14 +2,13 @@
 the theorem's rates, query time and memory, an empirical privacy audit, an adaptive attacker, and a small model
 answering from a private context.
 
-Each experiment writes a Markdown table (results.md, sections in order) and a PNG into the workdir; every number
-also goes to results.json. Data: rows of K, Q uniform in [−R, R]^d, V uniform in [−R_w, R_w]^{d_v}.
+Each part writes a Markdown section (results.md, sections in order) and a PNG into the workdir through
+`train.report`; every number also goes to results.json. Data: rows of K, Q uniform in [−R, R]^d, V uniform in
+[−R_w, R_w]^{d_v}.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import jax
@@ -20,7 +19,8 @@ from jaxmm.ops.polynomial import polynomial_features
 from jaxmm.privacy.cross_attention import (dp_cross_attention, dp_cross_attention_init, empirical_epsilon,
                                               exact_cross_attention, llr_scores, release_feature_sums,
                                               release_sensitivity, released_vector)
-from train.tasks import register
+from train.experiment import experiment
+from train.report import line_plot, table as _table, time_call
 
 EXPERIMENTS = ("error_vs_n", "error_vs_eps", "error_vs_degree", "query_time", "memory", "audit", "adaptive",
                "model")
@@ -42,22 +42,6 @@ def _eps_s(beta, g):
     return math.exp(2 * beta) * beta ** (g + 1) / math.factorial(g + 1)
 
 
-def _fmt(x):
-    if isinstance(x, str):
-        return x
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float):
-        return "∞" if math.isinf(x) else f"{x:.3g}"
-    return str(x)
-
-
-def _table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def _slope(xs, ys):
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     ok = np.isfinite(xs) & np.isfinite(ys) & (ys > 0)
@@ -76,29 +60,8 @@ def _errors(c, n, epsilon, method, degree, seed=0):
     return float(np.mean(np.abs(out - exact))), float(np.mean(np.abs(out - _poly_ref(Q, K, V, degree, s))))
 
 
-def _plot(path, title, xlabel, ylabel, series, logx=True, logy=True, ref=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, "o-", label=label)
-    if ref is not None:
-        ax.plot(ref[1], ref[2], "k--", lw=1, label=ref[0])
-    ax.set_xscale("log" if logx else "linear")
-    ax.set_yscale("log" if logy else "linear")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------- experiments
-def error_vs_n(c, wd):
+def error_vs_n(c, report):
     rows, series, res = [], {}, {}
     for method in c.methods:
         errs = []
@@ -110,7 +73,7 @@ def error_vs_n(c, wd):
         res[method] = {"errors": errs, "slope": _slope(c.ns, errs)}
     ns = np.asarray(c.ns, float)
     first = series[f"{c.methods[0]}: |DP − poly|"][1][0]
-    _plot(os.path.join(wd, "dp_xattn_error_vs_n.png"), f"error vs n (ε={c.epsilon}, g={c.degree})", "n",
+    line_plot(report, "dp_xattn_error_vs_n.png", f"error vs n (ε={c.epsilon}, g={c.degree})", "n",
           "mean |error|", series, ref=("∝ 1/n", ns, first * ns[0] / ns))
     slopes = ", ".join(f"{m}: {res[m]['slope']:.2f}" for m in c.methods)
     md = (f"### Error vs n (ε = {c.epsilon}, δ = {c.delta}, d = {c.d}, d_v = {c.d_v}, g = {c.degree}, "
@@ -122,7 +85,7 @@ def error_vs_n(c, wd):
     return md, res
 
 
-def error_vs_eps(c, wd):
+def error_vs_eps(c, report):
     rows, series, res = [], {}, {}
     for method in c.methods:
         errs = []
@@ -134,7 +97,7 @@ def error_vs_eps(c, wd):
         res[method] = {"errors": errs,
                        "slope": _slope([c.eps_grid[i] for i in finite], [errs[i] for i in finite])}
         series[method] = ([c.eps_grid[i] for i in finite], [errs[i] for i in finite])
-    _plot(os.path.join(wd, "dp_xattn_error_vs_eps.png"), f"error vs ε (n={c.n}, g={c.degree})", "ε",
+    line_plot(report, "dp_xattn_error_vs_eps.png", f"error vs ε (n={c.n}, g={c.degree})", "ε",
           "mean |DP − poly|", series)
     slopes = ", ".join(f"{m}: {res[m]['slope']:.2f}" for m in c.methods)
     md = (f"### Error vs ε (n = {c.n})\n\n"
@@ -145,7 +108,7 @@ def error_vs_eps(c, wd):
     return md, res
 
 
-def error_vs_degree(c, wd):
+def error_vs_degree(c, report):
     rows, res = [], {}
     beta = (1.0 / c.d) * c.d * c.bound_qk ** 2
     for g in c.degrees:
@@ -156,7 +119,7 @@ def error_vs_degree(c, wd):
         r = math.comb(c.d + g, g)
         rows.append([g, r, eps_s, bound, e_inf] + [dp[m] for m in c.methods])
         res[g] = {"eps_s": eps_s, "bound": bound, "err_inf": e_inf, **{f"err_{m}": dp[m] for m in c.methods}}
-    _plot(os.path.join(wd, "dp_xattn_error_vs_degree.png"), f"error vs degree (n={c.n})", "degree g",
+    line_plot(report, "dp_xattn_error_vs_degree.png", f"error vs degree (n={c.n})", "degree g",
           "mean |error| vs exact",
           {"ε=∞ (polynomial error)": (list(c.degrees), [res[g]["err_inf"] for g in c.degrees]),
            "bound 2ε_s R_w/(1−ε_s)": (list(c.degrees), [res[g]["bound"] for g in c.degrees]),
@@ -170,17 +133,7 @@ def error_vs_degree(c, wd):
     return md, res
 
 
-def _timeit(fn, *args, reps=5):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
-def query_time(c, wd):
+def query_time(c, report):
     rows, series, res = [], {m: ([], []) for m in list(c.methods) + ["exact"]}, {}
     for n in c.time_ns:
         K, V, Q = _data(n, c.d, c.d_v, seed=1, nq=c.n_queries)
@@ -188,19 +141,19 @@ def query_time(c, wd):
             init = jax.jit(lambda k, KK, VV, m=method: dp_cross_attention_init(
                 k, KK, VV, epsilon=c.epsilon, delta=c.delta, bound_qk=c.bound_qk, bound_v=c.bound_v,
                 degree=c.degree, method=m))
-            t_init = _timeit(init, jax.random.key(0), K, V, reps=3)
+            t_init = time_call(init, jax.random.key(0), K, V, reps=3, stat="median")
             st = init(jax.random.key(0), K, V)
-            t_q = _timeit(dp_cross_attention, st, Q)
+            t_q = time_call(dp_cross_attention, st, Q, stat="median")
             rows.append([method, n, t_init * 1e3, t_q * 1e3, st.memory_floats])
             series[method][0].append(n)
             series[method][1].append(t_q * 1e3)
             res[f"{method}_{n}"] = {"init_ms": t_init * 1e3, "query_ms": t_q * 1e3}
-        t_ex = _timeit(jax.jit(exact_cross_attention), Q, K, V)
+        t_ex = time_call(jax.jit(exact_cross_attention), Q, K, V, stat="median")
         rows.append(["exact attention", n, None, t_ex * 1e3, n * (c.d + c.d_v)])
         series["exact"][0].append(n)
         series["exact"][1].append(t_ex * 1e3)
         res[f"exact_{n}"] = {"query_ms": t_ex * 1e3}
-    _plot(os.path.join(wd, "dp_xattn_query_time.png"), f"time for {c.n_queries} queries ({jax.default_backend()})",
+    line_plot(report, "dp_xattn_query_time.png", f"time for {c.n_queries} queries ({jax.default_backend()})",
           "n", "ms", {k: v for k, v in series.items()})
     md = (f"### Query time vs n ({c.n_queries} queries per call, g = {c.degree}, jit, median of 5, "
           f"backend {jax.default_backend()}, shared 2-core CPU: timings are noisy)\n\n"
@@ -211,7 +164,7 @@ def query_time(c, wd):
     return md, res
 
 
-def memory(c, wd):
+def memory(c, report):
     rows, res = [], {}
     for d in c.mem_ds:
         for g in c.mem_degrees:
@@ -247,7 +200,7 @@ def _audit_samples(release_fn, K, V, K2, V2, epsilon, m, seed):
     return llr_scores(z1, mu, mu2), llr_scores(z2, mu, mu2)
 
 
-def audit(c, wd):
+def audit(c, report):
     """Neighbours differ in row 0. 'value' pair: (k=R·1, v=R_w) vs (k=R·1, v=−R_w); 'key' pair: (k=R·1, v=0)
     vs (k=−R·1, v=0) — the second moves the denominator, which the 'denominator un-noised' variant leaks."""
     K, V, _ = _data(c.audit_n, 1, 1, seed=3)
@@ -300,7 +253,7 @@ def audit(c, wd):
     return md, res
 
 
-def adaptive(c, wd):
+def adaptive(c, report):
     """An attacker who knows every private row but row 0 chooses queries from earlier answers to recover
     (k₀, v₀): q = 0 gives v₀ (all weights equal), ±R·e_m pairs give k₀ through log-ratios of the target's
     weight, then q = R·sign(k̂₀) (adaptive) to raise the target's weight; estimates are re-fitted on all
@@ -372,7 +325,7 @@ def adaptive(c, wd):
             table.append([oracle_name, T, ev, ek])
     guess = float(np.mean([np.max(np.abs(np.random.default_rng(100 + t).uniform(-1, 1, (n, d_v))[0]))
                            for t in range(c.attack_trials)]))
-    _plot(os.path.join(wd, "dp_xattn_adaptive.png"), f"adaptive attacker, n={n}", "queries", "‖v̂₀ − v₀‖∞",
+    line_plot(report, "dp_xattn_adaptive.png", f"adaptive attacker, n={n}", "queries", "‖v̂₀ − v₀‖∞",
           curves, ref=("guess 0", Ts, [guess] * len(Ts)))
     md = (f"### Adaptive queries: recovering a private row (n = {n}, d = d_v = 2, g = {g}, release mechanism, "
           f"{c.attack_trials} datasets; error of guessing v̂₀ = 0: {guess:.3f})\n\n" + adaptive.__doc__.split(
@@ -385,7 +338,7 @@ def adaptive(c, wd):
     return md, {k: v[1] for k, v in curves.items()}
 
 
-def model(c, wd):
+def model(c, report):
     """A one-layer model answers "which side of the hidden boundary is q?" by reading a private context of
     labelled points through DPCrossAttention. Each context draws a hidden sign σ; token i = [x_i, onehot(y_i)],
     y_i = [σ·x_i1 > 0]. Without the context the answer is a coin flip (σ is per context). Trained with the
@@ -442,7 +395,7 @@ def model(c, wd):
             rows.append([n_eval, eps, acc])
             res[f"{n_eval}_{eps}"] = acc
         series[f"n = {n_eval}"] = ([e if math.isfinite(e) else 1e4 for e in c.model_eps], accs)
-    _plot(os.path.join(wd, "dp_xattn_model.png"), "private-context model: accuracy vs ε (∞ drawn at 1e4)", "ε",
+    line_plot(report, "dp_xattn_model.png", "private-context model: accuracy vs ε (∞ drawn at 1e4)", "ε",
           "accuracy", series, logy=False)
     md = (f"### A small model answering from a private context ({c.model_steps} Adam steps at ε = ∞ on "
           f"contexts of {c.model_train_n} tokens; final train loss {np.mean(losses[-20:]):.3f}; evaluated on "
@@ -458,29 +411,25 @@ FNS = dict(error_vs_n=error_vs_n, error_vs_eps=error_vs_eps, error_vs_degree=err
            query_time=query_time, memory=memory, audit=audit, adaptive=adaptive, model=model)
 
 
-@register("dp_cross_attention.experiments")
-def run(config, workdir) -> dict:
-    c = config
+def check_config(c):
     for name in c.experiments:
         if name not in EXPERIMENTS:
             raise ValueError(f"config.experiments: expected names from {EXPERIMENTS}, got {name!r}")
     bad = [m for m in c.methods if m not in ("tree", "release")]
     if bad:
         raise ValueError(f"config.methods: expected 'tree' and/or 'release', got {bad}")
-    os.makedirs(workdir, exist_ok=True)
-    parts, results, times = [], {}, {}
+
+
+@experiment("dp_cross_attention.experiments", check=check_config)
+def run(c, report) -> dict:
+    results, times = {}, {}
     for name in c.experiments:
         t0 = time.time()
         print(f"[dp_cross_attention] {name} ...", flush=True)
-        md, res = FNS[name](c, workdir)
+        md, res = FNS[name](c, report)
         times[name] = time.time() - t0
-        parts.append(md + f"\n_({name}: {times[name]:.0f} s)_\n")
         results[name] = res
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write("\n".join(parts))
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, default=str)
-        print(f"[dp_cross_attention] {name} done in {times[name]:.0f} s", flush=True)
+        report.section(md + f"\n_({name}: {times[name]:.0f} s)_\n", **{name: res})
     summary = {"experiments": ",".join(c.experiments), "seconds": round(sum(times.values()), 1)}
     if "error_vs_n" in results:
         summary.update({f"slope_n_{m}": results["error_vs_n"][m]["slope"] for m in c.methods})

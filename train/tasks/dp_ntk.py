@@ -1,9 +1,9 @@
 """DP NTK regression sweep (2407.13621): accuracy vs log₁₀ε with the non-private line and the "nothing private
 released" line (H̃ = 0, α = Y/λ) (configs/dp_ntk.py).
 
-Writes into the workdir: results.json (every run), results.md (table with the published numbers beside ours,
-the paper-mode assumption check), dp_ntk_<variant>.png (the published figure's style), metrics.jsonl,
-privacy_reports.json (one report per ε and arm, repeat 0; all are printed).
+Writes into the workdir through `train.report`: results.json (every run), results.md (table with the published
+numbers beside ours, the paper-mode assumption check), dp_ntk_<variant>.png (the published figure's style),
+metrics.jsonl (one record per run), privacy_reports.json (one report per ε and arm, repeat 0; all are printed).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxmm.checks import fail
 from jaxmm.privacy import dp_ntk
-from train.tasks import register
+from train.experiment import experiment
 
 # Published private test accuracy, CIFAR-10 ResNet-18 features, log₁₀ε = 0.5 … 1.5 (10-class: per-release ε, the
 # paper's x axis is log₁₀2ε = 0.8 … 1.8); PAPERS.md §4.
@@ -146,7 +146,7 @@ def load_data(cfg):
 
 
 # ------------------------------------------------------------------------------------------------- sweep
-def _check_config(config):
+def check_config(config):
     unknown = [a for a in config.sweep.arms if a not in ARMS]
     if unknown or not config.sweep.arms:
         fail("config.sweep.arms", f"a non-empty subset of {tuple(ARMS)}", tuple(config.sweep.arms))
@@ -167,9 +167,8 @@ def _stats(values):
     return float(np.mean(vals)), float(np.std(vals))
 
 
-@register("dp_ntk.sweep")
-def run(config, workdir: str) -> dict:
-    _check_config(config)
+@experiment("dp_ntk.sweep", check=check_config)
+def run(config, report) -> dict:
     from tqdm import tqdm
 
     t0 = time.time()
@@ -186,16 +185,18 @@ def run(config, workdir: str) -> dict:
     root = jax.random.key(config.seed)
     runs, reports = [], []
     total = repeats * (2 + len(grid) * len(arms))
-    metrics = open(os.path.join(workdir, "metrics.jsonl"), "w")
+
+    def record(rec):
+        runs.append(rec)
+        report.metrics.write(len(runs) - 1, rec)
+
     with tqdm(total=total, desc="dp_ntk", unit="run") as bar:
         for r in range(repeats):
             key = jax.random.fold_in(root, r)  # same W for every ε/arm of a repeat; fresh noise per run
             pred, _ = dp_ntk.fit_predict(key, Xtr, ytr, Xte, epsilon=None, **common)
-            runs.append({"arm": "nonprivate", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
-            metrics.write(json.dumps(runs[-1]) + "\n")
+            record({"arm": "nonprivate", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
             pred = dp_ntk.nothing_released(Xtr, ytr, Xte, key=key, **common)  # same W as the arms of this repeat
-            runs.append({"arm": "nothing", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
-            metrics.write(json.dumps(runs[-1]) + "\n")
+            record({"arm": "nothing", "log10_eps": None, "repeat": r, "accuracy": float((pred == yte).mean())})
             bar.update(2)
             for i, le in enumerate(grid):
                 for a, arm in enumerate(arms):
@@ -203,24 +204,21 @@ def run(config, workdir: str) -> dict:
                     run_key = jax.random.fold_in(key, 1 + i * len(arms) + a)
                     pred, rep = dp_ntk.fit_predict(run_key, Xtr, ytr, Xte, epsilon=10.0**le, **common, **kwargs)
                     acc = None if pred is None else float((pred == yte).mean())
-                    runs.append({"arm": arm, "log10_eps": le, "repeat": r, "accuracy": acc, "k": rep["k"],
+                    record({"arm": arm, "log10_eps": le, "repeat": r, "accuracy": acc, "k": rep["k"],
                                  "total_epsilon": rep.get("total_epsilon"),
                                  "guaranteed": ARMS[arm]["assumptions"] == "bounded",
                                  "assumption_check": rep.get("assumption_check")})
-                    metrics.write(json.dumps(runs[-1]) + "\n")
-                    metrics.flush()
                     if r == 0:
                         print(f"--- arm={arm} log10_eps={le}\n" + dp_ntk.format_privacy_report(rep))
                         reports.append({"arm": arm, "log10_eps": le, **rep})
                     bar.set_postfix(arm=arm, log10_eps=le, acc=acc)
                     bar.update(1)
-    metrics.close()
-    summary = _write_outputs(config, workdir, runs, reports, grid, arms, len(ytr), len(yte), num_classes)
+    summary = _write_outputs(config, report, runs, reports, grid, arms, len(ytr), len(yte), num_classes)
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _write_outputs(config, workdir, runs, reports, grid, arms, n_train, n_test, num_classes):
+def _write_outputs(config, report, runs, reports, grid, arms, n_train, n_test, num_classes):
     pub = PUBLISHED[config.sweep.published]
     nonpriv = _stats([r["accuracy"] for r in runs if r["arm"] == "nonprivate"])
     nothing = _stats([r["accuracy"] for r in runs if r["arm"] == "nothing"])
@@ -232,14 +230,7 @@ def _write_outputs(config, workdir, runs, reports, grid, arms, n_train, n_test, 
             table[(arm, le)] = {"mean": mean, "std": std, "k": sel[0]["k"], "total_epsilon": sel[0]["total_epsilon"],
                                 "guaranteed": sel[0]["guaranteed"]}
     checks = [r for r in reports if r.get("assumption_check")]
-    with open(os.path.join(workdir, "privacy_reports.json"), "w") as f:
-        json.dump(reports, f, indent=2, default=float)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"variant": config.variant, "n_train": n_train, "n_test": n_test, "num_classes": num_classes,
-                   "nonprivate": {"mean": nonpriv[0], "std": nonpriv[1]},
-                   "nothing_released": {"mean": nothing[0], "std": nothing[1]}, "published": pub,
-                   "table": [{"arm": a, "log10_eps": le, **v} for (a, le), v in table.items()], "runs": runs},
-                  f, indent=2, default=float)
+    report.json("privacy_reports.json", reports)
 
     def cell(v):
         if v["mean"] is None:
@@ -292,12 +283,13 @@ def _write_outputs(config, workdir, runs, reports, grid, arms, n_train, n_test, 
             c = r["assumption_check"]
             lines.append(f"| {r['arm']} | {r['log10_eps']:.1f} | {r['k']} | {r['epsilon']:.3g} | "
                          f"{c['epsilon_implied_paper_formula']:.3g} |")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    png = os.path.join(workdir, f"dp_ntk_{config.variant}.png")
-    _plot(png, config, table, grid, arms, nonpriv, nothing, pub, num_classes)
-    summary = {"nonprivate_accuracy": nonpriv[0], "nothing_released_accuracy": nothing[0], "png": png}
+    report.section("\n".join(lines), variant=config.variant, n_train=n_train, n_test=n_test,
+                   num_classes=num_classes, nonprivate={"mean": nonpriv[0], "std": nonpriv[1]},
+                   nothing_released={"mean": nothing[0], "std": nothing[1]}, published=pub,
+                   table=[{"arm": a, "log10_eps": le, **v} for (a, le), v in table.items()], runs=runs)
+    png = f"dp_ntk_{config.variant}.png"
+    _plot(report, png, config, table, grid, arms, nonpriv, nothing, pub, num_classes)
+    summary = {"nonprivate_accuracy": nonpriv[0], "nothing_released_accuracy": nothing[0], "png": report.path(png)}
     for a in arms:
         summary[f"{a}_acc_at_max_eps"] = table[(a, grid[-1])]["mean"]
         summary[f"{a}_acc_at_min_eps"] = table[(a, grid[0])]["mean"]
@@ -312,27 +304,19 @@ def _write_outputs(config, workdir, runs, reports, grid, arms, n_train, n_test, 
     return summary
 
 
-def _plot(path, config, table, grid, arms, nonpriv, nothing, pub, num_classes):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5.2))
-    for a in arms:
-        xs = [le for le in grid if table[(a, le)]["mean"] is not None]
-        ax.errorbar(xs, [table[(a, le)]["mean"] for le in xs], yerr=[table[(a, le)]["std"] for le in xs],
-                    marker="o" if ARMS[a]["assumptions"] == "bounded" else "s", capsize=3,
-                    linestyle="-" if ARMS[a]["assumptions"] == "bounded" else "--", label=ARM_LABELS[a])
-    ax.axhline(nonpriv[0], color="k", linestyle="--", label="non-private (ours)")
-    ax.axhline(nothing[0], color="tab:red", linestyle=":", label="nothing private released (H~=0, alpha=Y/lam)")
-    ax.plot(PUBLISHED_GRID, pub["acc"], color="gray", marker="x", linestyle=":", label=pub["label"])
-    ax.axhline(pub["nonprivate"], color="gray", linestyle="-.", linewidth=0.8, label="published non-private")
-    ax.set_xlabel("log10 ε (per release; the 10-class total is 2ε)" if num_classes > 2 else "log10 ε")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"DP NTK regression ({config.variant})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _plot(report, name, config, table, grid, arms, nonpriv, nothing, pub, num_classes):
+    with report.figure(name, figsize=(7, 5.2)) as (fig, ax):
+        for a in arms:
+            xs = [le for le in grid if table[(a, le)]["mean"] is not None]
+            ax.errorbar(xs, [table[(a, le)]["mean"] for le in xs], yerr=[table[(a, le)]["std"] for le in xs],
+                        marker="o" if ARMS[a]["assumptions"] == "bounded" else "s", capsize=3,
+                        linestyle="-" if ARMS[a]["assumptions"] == "bounded" else "--", label=ARM_LABELS[a])
+        ax.axhline(nonpriv[0], color="k", linestyle="--", label="non-private (ours)")
+        ax.axhline(nothing[0], color="tab:red", linestyle=":", label="nothing private released (H~=0, alpha=Y/lam)")
+        ax.plot(PUBLISHED_GRID, pub["acc"], color="gray", marker="x", linestyle=":", label=pub["label"])
+        ax.axhline(pub["nonprivate"], color="gray", linestyle="-.", linewidth=0.8, label="published non-private")
+        ax.set_xlabel("log10 ε (per release; the 10-class total is 2ε)" if num_classes > 2 else "log10 ε")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"DP NTK regression ({config.variant})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)

@@ -16,13 +16,12 @@ Speed: Q, K, V are frozen, so the real-key half of NTK-Attention (the flash outp
 keys) is computed once per input; a training step only recomputes the prefix terms (φ(Q)Z, φ(Q)|k|) and the
 exact combine — the same functions the op uses (`prefix_terms`, `combine`).
 
-Writes into the workdir: results.md (table), results.json, ntk_attention_sec44.png (error vs m), metrics.jsonl.
+Writes into the workdir through `train.report`: results.md (table), results.json, ntk_attention_sec44.png (error vs
+m), metrics.jsonl.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import jax
@@ -34,14 +33,15 @@ from jaxmm.attention import ntk_attention
 from jaxmm.ops.attention import prefix_attention
 from jaxmm.ops.flash import flash_attention_xla
 from jaxmm.ops.ntk import combine, prefix_terms
-from train.tasks import register
+from train.experiment import experiment
+from train.report import table
 
 
 def _rel_err(a, b):
     return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
 
 
-def _check(config):
+def check_config(config):
     e = config.experiment
     for name in ("head_dim", "length", "heads", "n_train", "n_test", "steps", "batch_size", "chunk"):
         if int(e[name]) <= 0:
@@ -56,11 +56,10 @@ def _check(config):
         raise ValueError(f"config.experiment.init: expected 'zeros' or 'normal', got {e.init!r}")
 
 
-@register("ntk_attention.sec44")
-def run(config, workdir: str) -> dict:
+@experiment("ntk_attention.sec44", check=check_config)
+def run(config, report) -> dict:
     from tqdm import tqdm
 
-    _check(config)
     e = config.experiment
     d, L, H = int(e.head_dim), int(e.length), int(e.heads)
     causal = bool(e.is_causal)
@@ -99,7 +98,7 @@ def run(config, workdir: str) -> dict:
 
     op = jax.jit(lambda q, k, v, z, kv: ntk_attention(q, k, v, z, kv, is_causal=causal, implementation="xla",
                                                       block_k=L))
-    rows, metrics = [], open(os.path.join(workdir, "metrics.jsonl"), "w")
+    rows, metrics = [], report.metrics
     ms = [int(m) for m in e.prefix_lengths]
     steps, log_every = int(e.steps), max(1, int(e.log_every))
     bar = tqdm(total=len(ms) * steps, desc="ntk_attention.sec44", unit="step")
@@ -129,7 +128,7 @@ def run(config, workdir: str) -> dict:
             done += n
             loss = float(ls[-1])
             losses.append(loss)
-            metrics.write(json.dumps({"m": m, "step": done, "train_mse": loss}) + "\n")
+            metrics.write(done, {"m": m, "train_mse": loss})
             bar.update(n)
             bar.set_postfix(m=m, mse=f"{loss:.2e}")
         # held-out error through the op itself (not the training shortcut), and the "drop the prefix" error
@@ -141,48 +140,33 @@ def run(config, workdir: str) -> dict:
         row = {"m": m, "rel_err_ntk": _rel_err(ntk_out, tgt), "rel_err_no_prefix": _rel_err(no_prefix, tgt),
                "op_vs_shortcut": _rel_err(shortcut, ntk_out), "final_train_mse": losses[-1]}
         rows.append(row)
-        metrics.write(json.dumps({"m": m, "eval": row}) + "\n")
-        metrics.flush()
+        metrics.write(done, {"m": m, "eval": row})
     bar.close()
-    metrics.close()
     wall = time.time() - t_start
-    _write_outputs(workdir, config, rows, wall)
+    _write_outputs(report, config, rows, wall)
     summary = {"wall_s": wall, "n_prefix_lengths": len(rows)}
     for r in rows:
         summary[f"rel_err_m{r['m']}"] = r["rel_err_ntk"]
     return summary
 
 
-def _write_outputs(workdir, config, rows, wall):
+def _write_outputs(report, config, rows, wall):
     e = config.experiment
-    with open(os.path.join(workdir, "results.json"), "w") as fh:
-        json.dump({"rows": rows, "wall_s": wall, "experiment": e.to_dict()}, fh, indent=2)
-    lines = [f"NTK-Attention Sec. 4.4 [reconstruction]: d={e.head_dim}, L={e.length}, heads={e.heads}, "
-             f"causal={e.is_causal}, Adam lr {e.learning_rate} on (Z, k)/{e.param_scale}, {e.steps} steps x batch {e.batch_size} on "
-             f"{e.n_train} inputs, error on {e.n_test} held-out inputs; wall {wall:.0f} s",
-             "", "| prefix length m | rel. error NTK-Attention (trained Z, k) | rel. error without prefix "
-             "(Z = k = 0) | final train MSE |", "|---|---|---|---|"]
-    lines += [f"| {r['m']} | {r['rel_err_ntk']:.4f} | {r['rel_err_no_prefix']:.4f} | {r['final_train_mse']:.2e} |"
-              for r in rows]
-    with open(os.path.join(workdir, "results.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    mm = [r["m"] for r in rows]
-    ax.plot(mm, [r["rel_err_ntk"] for r in rows], "o-", label="NTK-Attention (trained Z, k)")
-    ax.plot(mm, [r["rel_err_no_prefix"] for r in rows], "s--", label="no prefix (Z = k = 0)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("prefix length m")
-    ax.set_ylabel("‖NTK − prefix attn‖ / ‖prefix attn‖")
-    ax.set_title(f"Sec. 4.4 reconstruction: d={e.head_dim}, L={e.length}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "ntk_attention_sec44.png"), dpi=120)
-    plt.close(fig)
+    head = (f"NTK-Attention Sec. 4.4 [reconstruction]: d={e.head_dim}, L={e.length}, heads={e.heads}, "
+            f"causal={e.is_causal}, Adam lr {e.learning_rate} on (Z, k)/{e.param_scale}, {e.steps} steps x batch "
+            f"{e.batch_size} on {e.n_train} inputs, error on {e.n_test} held-out inputs; wall {wall:.0f} s")
+    cells = [[r["m"], f"{r['rel_err_ntk']:.4f}", f"{r['rel_err_no_prefix']:.4f}", f"{r['final_train_mse']:.2e}"]
+             for r in rows]
+    with report.figure("ntk_attention_sec44.png", figsize=(5.5, 3.8)) as (fig, ax):
+        mm = [r["m"] for r in rows]
+        ax.plot(mm, [r["rel_err_ntk"] for r in rows], "o-", label="NTK-Attention (trained Z, k)")
+        ax.plot(mm, [r["rel_err_no_prefix"] for r in rows], "s--", label="no prefix (Z = k = 0)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="prefix length m", ylabel="‖NTK − prefix attn‖ / ‖prefix attn‖",
+               title=f"Sec. 4.4 reconstruction: d={e.head_dim}, L={e.length}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    report.section(head + "\n\n" + table(["prefix length m", "rel. error NTK-Attention (trained Z, k)",
+                                           "rel. error without prefix (Z = k = 0)", "final train MSE"], cells),
+                   rows=rows, wall_s=wall, experiment=e.to_dict())

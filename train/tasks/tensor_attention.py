@@ -1,35 +1,26 @@
 """Tensor attention experiments (2405.16411; configs/tensor_attention.py): poly error table, scaling, Match3.
 
-Each writes results.md, results.json and PNG plots into the workdir (match3 also metrics.jsonl).
+Each is a `train.experiment` experiment writing results.md, results.json and PNG plots into the workdir through
+`train.report`. Match3 trains every (model, seed) as the training task `tensor_attention.match3_model` in the
+shared loop (train/loop.py), each in <workdir>/<model>_seed<seed> (metrics.jsonl, summary.json, checkpoints).
 """
 from __future__ import annotations
 
-import json
+import functools
 import math
-import os
-import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
+from train.experiment import experiment
+from train.report import time_call
+from train.task import Task
 from train.tasks import register
-
-
-def _write(workdir, name, text):
-    with open(os.path.join(workdir, name), "w") as f:
-        f.write(text)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _np_attention(q, k1, k2, v1, v2, s):
@@ -41,8 +32,8 @@ def _np_attention(q, k1, k2, v1, v2, s):
 
 
 # ------------------------------------------------------------------------------------------------ 1. poly error
-@register("tensor_attention.poly_error")
-def poly_error(config, workdir):
+@experiment("tensor_attention.poly_error")
+def poly_error(config, report):
     n, d = config.n, config.d
     poly = jax.jit(lambda *a, g: tensor_attention(*a, method="poly", degree=g), static_argnames="g")
     table = {}  # (B, g) -> (max rel err over seeds, beta)
@@ -83,30 +74,22 @@ def poly_error(config, workdir):
         beta = table[(B, config.degrees[0])][1]
         lines.append(f"| {B} | {B ** 3:.3g} | {beta:.3g} | " +
                      " | ".join(_fmt(table[(B, g)][0]) for g in config.degrees) + " |")
-    lines += ["", f"Fast ∇_X of the Definition 3.8 objective vs the exact (Lemma 4.1) gradient, n = {gn}, d = {gd}, "
-              "A entries uniform in [−1, 1], X1, X2, X3 entries uniform in [−B, B] (relative max error):", "",
-              "| B | " + " | ".join(f"g={g}" for g in config.grad_degrees) + " |",
-              "|---|" + "---|" * len(config.grad_degrees)]
-    for B in config.grad_bounds:
-        lines.append(f"| {B} | " + " | ".join(_fmt(gtable[(B, g)]) for g in config.grad_degrees) + " |")
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"forward": [dict(B=B, g=g, err=e, beta=b) for (B, g), (e, b) in table.items()],
-                   "grad": [dict(B=B, g=g, err=e) for (B, g), e in gtable.items()]}, f, indent=1)
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for g in config.degrees:
-        errs = [min(table[(B, g)][0], 1e3) for B in config.bounds]
-        ax.semilogy([B ** 3 for B in config.bounds], errs, "o-", label=f"g={g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("B³ (bound on |S|)")
-    ax.set_ylabel("relative error of O (capped at 1e3)")
-    ax.set_title(f"poly tensor attention error, n={n}, d={d}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_poly_error.png"), dpi=120)
-    print("\n".join(lines))
+    grad = [f"Fast ∇_X of the Definition 3.8 objective vs the exact (Lemma 4.1) gradient, n = {gn}, d = {gd}, "
+            "A entries uniform in [−1, 1], X1, X2, X3 entries uniform in [−B, B] (relative max error):", "",
+            "| B | " + " | ".join(f"g={g}" for g in config.grad_degrees) + " |",
+            "|---|" + "---|" * len(config.grad_degrees)]
+    grad += [f"| {B} | " + " | ".join(_fmt(gtable[(B, g)]) for g in config.grad_degrees) + " |"
+             for B in config.grad_bounds]
+    with report.figure("tensor_attention_poly_error.png") as (fig, ax):
+        for g in config.degrees:
+            errs = [min(table[(B, g)][0], 1e3) for B in config.bounds]
+            ax.semilogy([B ** 3 for B in config.bounds], errs, "o-", label=f"g={g}")
+        ax.set_xscale("log")
+        ax.set(xlabel="B³ (bound on |S|)", ylabel="relative error of O (capped at 1e3)",
+               title=f"poly tensor attention error, n={n}, d={d}")
+        ax.legend()
+    report.section("\n".join(lines), forward=[dict(B=B, g=g, err=e, beta=b) for (B, g), (e, b) in table.items()])
+    report.section("\n".join(grad), grad=[dict(B=B, g=g, err=e) for (B, g), e in gtable.items()])
     small = [table[(B, g)][0] for B in config.bounds for g in config.degrees if B ** 3 <= 0.1 * g]
     big = [table[(B, g)][0] for B in config.bounds for g in config.degrees if B ** 3 >= 4 * g]
     return {"max_err_below_threshold": max(small) if small else None,
@@ -118,18 +101,8 @@ def _fmt(e):
 
 
 # ------------------------------------------------------------------------------------------------ 2. scaling
-def _time(fn, args, reps):
-    jax.block_until_ready(fn(*args))
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-@register("tensor_attention.scaling")
-def scaling(config, workdir):
+@experiment("tensor_attention.scaling")
+def scaling(config, report):
     d = config.d
     rows = []
     arms = [("exact", None, config.exact_ns)] + [("poly", g, config.poly_ns) for g in config.degrees]
@@ -144,7 +117,7 @@ def scaling(config, workdir):
             compiled = grad.lower(*args).compile()
             mem = compiled.memory_analysis()
             temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-            t = _time(compiled, args, 1 if (method == "exact" and n >= 512) else config.reps)
+            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps)
             name = "exact" if method == "exact" else f"poly g={g}"
             rows.append(dict(method=name, n=n, fwdbwd_s=t, temp_mb=None if temp is None else temp / 2**20))
             print(f"[scaling] {name} n={n}: {t:.4f} s, XLA temp {rows[-1]['temp_mb']} MB", flush=True)
@@ -176,24 +149,18 @@ def scaling(config, workdir):
     lines += ["", "Log-log slope over the two largest n: " + ", ".join(f"{m}: {s:.2f}" for m, s in fits.items()),
               "", "Smallest measured n where poly is faster than exact: " +
               ", ".join(f"{m}: {c}" for m, c in crossings.items())]
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"rows": rows, "slopes": fits, "crossings": crossings}, f, indent=1)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in methods:
-        pts = sorted((r["n"], r["fwdbwd_s"], r["temp_mb"]) for r in rows if r["method"] == m)
-        axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-        axes[1].loglog([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], "o-", label=m)
-    axes[0].set_ylabel("forward+backward time (s)")
-    axes[1].set_ylabel("XLA temp memory (MB)")
-    for ax in axes:
-        ax.set_xlabel("n")
-        ax.legend()
-    fig.suptitle(f"tensor attention scaling, d={d}, CPU")
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_scaling.png"), dpi=120)
-    print("\n".join(lines))
+    with report.figure("tensor_attention_scaling.png", figsize=(10, 4), ncols=2) as (fig, axes):
+        for m in methods:
+            pts = sorted((r["n"], r["fwdbwd_s"], r["temp_mb"]) for r in rows if r["method"] == m)
+            axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+            axes[1].loglog([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], "o-", label=m)
+        axes[0].set_ylabel("forward+backward time (s)")
+        axes[1].set_ylabel("XLA temp memory (MB)")
+        for ax in axes:
+            ax.set_xlabel("n")
+            ax.legend()
+        fig.suptitle(f"tensor attention scaling, d={d}, CPU")
+    report.section("\n".join(lines), rows=rows, slopes=fits, crossings=crossings)
     return {"slope_" + m.replace(" ", "_").replace("=", ""): s for m, s in fits.items()}
 
 
@@ -247,77 +214,111 @@ def _match3_model(kind, config, modulus):
     return Match3Model()
 
 
-def _train_match3(kind, seed, config, modulus, eval_x, eval_y, log):
-    import flax.linen as nn
-    import optax
+class Match3(Task):
+    """One Match3 model (`model.kind`: softmax | tensor | tensor_poly) in the shared loop: sigmoid cross-entropy
+    per token on random sequences (example i of the training stream is drawn from seed [data.seed, i]), eval
+    = per-token accuracy on `data.eval_sequences` held-out sequences (drawn as the experiment always drew them)."""
 
-    model = _match3_model(kind, config, modulus)
+    metric = "eval_accuracy"
+
+    def default_config(self):
+        return ml_collections.ConfigDict(dict(
+            model=dict(kind="softmax", width=32, heads=4, mlp_dim=64, poly_degree=3, tensor_scale=8 ** -0.5),
+            data=dict(seq_len=6, modulus=0, distinct=True, train_sequences=256_000, eval_sequences=4096, seed=0),
+            task_args={}))
+
+    def build_model(self, config):
+        if config.model.kind not in MATCH3_MODELS:
+            raise ValueError(f"config.model.kind: expected one of {MATCH3_MODELS}, got {config.model.kind!r}")
+        return _match3_model(config.model.kind, config.model, match3_data(config.data)[0])
+
+    def datasets(self, config):
+        import grain
+
+        d = config.data
+        modulus, eval_x, eval_y = match3_data(d)
+
+        def example(i):
+            x = np.random.default_rng([d.seed, int(i)]).integers(0, modulus, d.seq_len)
+            return {"tokens": x.astype(np.int32), "labels": match3_labels(x, modulus, d.distinct).astype(np.float32)}
+
+        evals = [{"tokens": x.astype(np.int32), "labels": y.astype(np.float32)} for x, y in zip(eval_x, eval_y)]
+        return grain.MapDataset.range(d.train_sequences).map(example), grain.MapDataset.source(evals)
+
+    def init_variables(self, model, batch, rng):
+        return model.init(rng, batch["tokens"])
+
+    def loss_fn(self, model, params, batch, rng):
+        logits = model.apply({"params": params}, batch["tokens"])
+        loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
+        return loss, {"train_accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0))}
+
+    def eval_metrics(self, model, params, batch):
+        logits = model.apply({"params": params}, batch["tokens"])
+        return {"loss": optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean(-1),
+                "accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0), axis=-1)}
+
+
+MATCH3_MODELS = ("softmax", "tensor", "tensor_poly")
+register("tensor_attention.match3_model")(Match3())
+
+
+@functools.lru_cache(maxsize=4)
+def _match3_data(seq_len, modulus, distinct, eval_sequences, seed):
+    rng = np.random.default_rng(seed)
+    modulus = modulus or pick_modulus(seq_len, rng, distinct)
+    eval_x = rng.integers(0, modulus, size=(eval_sequences, seq_len))
+    return modulus, eval_x, match3_labels(eval_x, modulus, distinct)
+
+
+def match3_data(d):
+    """(modulus, eval tokens, eval labels) of a Match3 data section (modulus 0: picked for ~50% positives)."""
+    return _match3_data(d.seq_len, d.modulus, d.distinct, d.eval_sequences, d.seed)
+
+
+def match3_run_config(config, kind, seed):
+    """The trainer config of one (model, seed) run of the match3 experiment config."""
+    from train import config as config_lib
+
+    c = config_lib.defaults()
+    c.task, c.seed = "tensor_attention.match3_model", seed
+    c.model = ml_collections.ConfigDict(dict(kind=kind, width=config.width, heads=config.heads,
+                                             mlp_dim=config.mlp_dim, poly_degree=config.poly_degree,
+                                             tensor_scale=config.tensor_scale))
+    c.data = ml_collections.ConfigDict(dict(seq_len=config.seq_len, modulus=config.modulus, distinct=config.distinct,
+                                            train_sequences=config.steps * config.batch_size,
+                                            eval_sequences=config.eval_sequences, seed=config.seed))
+    c.train.update(steps=config.steps, batch_size=config.batch_size, grad_clip=0.0, log_every=config.log_every,
+                   eval_every=config.log_every, eval_batch_size=min(1024, config.eval_sequences), progress=False,
+                   plots=False)
+    c.optim.update(name="adamw", lr=config.learning_rate, schedule="warmup_cosine",
+                   warmup_steps=min(config.warmup, config.steps // 2), weight_decay=0.01)
+    c.checkpoint.async_save = False
+    return c
+
+
+@experiment("tensor_attention.match3")
+def match3(config, report):
+    """Every (model, seed) of the config trained by the shared loop (task `tensor_attention.match3_model`) in
+    <workdir>/<model>_seed<seed>; the table and the eval-accuracy curves over them."""
+    from train.main import run
+    from train.metrics import read
+
     n = config.seq_len
-    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, n), jnp.int32)))
-    warmup = min(config.warmup, config.steps // 2)
-    sched = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps)
-    opt = optax.adamw(sched, weight_decay=0.01)
-    state = opt.init(params)
-
-    def loss_fn(p, x, y):
-        logits = model.apply(p, x)
-        return optax.sigmoid_binary_cross_entropy(logits, y).mean(), logits
-
-    @jax.jit
-    def step(p, s, key):
-        x = jax.random.randint(key, (config.batch_size, n), 0, modulus)
-        y = match3_labels(x, modulus, config.distinct).astype(jnp.float32)
-        (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, loss, jnp.mean((logits > 0) == (y > 0))
-
-    @jax.jit
-    def evaluate(p, x, y):
-        logits = model.apply(p, x)
-        return jnp.mean((logits > 0) == (y > 0))
-
-    key = jax.random.key(10_000 + seed)
-    t0 = time.perf_counter()
-    for i in range(1, config.steps + 1):
-        key, sub = jax.random.split(key)
-        params, state, loss, acc = step(params, state, sub)
-        if i % config.log_every == 0 or i == config.steps:
-            loss = float(loss)
-            if not math.isfinite(loss):
-                log(dict(model=kind, seed=seed, step=i, loss=loss, diverged=True))
-                return dict(acc=float("nan"), diverged=True, seconds=time.perf_counter() - t0)
-            ev = float(evaluate(params, eval_x, eval_y))
-            rate = i * config.batch_size / (time.perf_counter() - t0)
-            log(dict(model=kind, seed=seed, step=i, loss=loss, train_acc=float(acc), eval_acc=ev,
-                     seq_per_s=rate))
-    return dict(acc=float(evaluate(params, eval_x, eval_y)), diverged=False, seconds=time.perf_counter() - t0)
-
-
-@register("tensor_attention.match3")
-def match3(config, workdir):
-    rng = np.random.default_rng(config.seed)
-    n = config.seq_len
-    modulus = config.modulus or pick_modulus(n, rng, config.distinct)
-    eval_x = rng.integers(0, modulus, size=(config.eval_sequences, n))
-    eval_y = match3_labels(eval_x, modulus, config.distinct)
+    modulus, _, eval_y = _match3_data(n, config.modulus, config.distinct, config.eval_sequences, config.seed)
     base = max(eval_y.mean(), 1 - eval_y.mean())
     print(f"[match3] n={n} M={modulus} positive rate {eval_y.mean():.3f} (majority baseline {base:.3f})", flush=True)
-    metrics = open(os.path.join(workdir, "metrics.jsonl"), "w")
-    curves = {}
-
-    def log(rec):
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
-        curves.setdefault((rec["model"], rec["seed"]), []).append((rec["step"], rec.get("eval_acc", float("nan"))))
-        print(f"[match3] {rec['model']} seed {rec['seed']} step {rec['step']}: loss {rec['loss']:.4f} "
-              f"eval acc {rec.get('eval_acc', float('nan')):.4f} ({rec.get('seq_per_s', 0):.0f} seq/s)", flush=True)
-
-    results = {}
-    ex, ey = jnp.asarray(eval_x, jnp.int32), jnp.asarray(eval_y, jnp.float32)
+    results, curves = {}, {}
     for kind in config.models:
         for seed in config.seeds:
-            results[(kind, seed)] = _train_match3(kind, seed, config, modulus, ex, ey, log)
-    metrics.close()
+            wd = report.path(f"{kind}_seed{seed}")
+            out = run(match3_run_config(config, kind, seed), wd)
+            diverged = not math.isfinite(out["final_loss"])
+            results[(kind, seed)] = dict(acc=math.nan if diverged else out["eval_accuracy"], diverged=diverged,
+                                         seconds=out["train_time_s"])
+            curves[(kind, seed)] = [(r["step"], r["eval_accuracy"]) for r in read(f"{wd}/metrics.jsonl")
+                                    if "eval_accuracy" in r]
+            print(f"[match3] {kind} seed {seed}: eval accuracy {results[(kind, seed)]['acc']:.4f}", flush=True)
 
     lines = [f"# Match3 (n = {n}, M = {modulus}, {'distinct i, j, k' if config.distinct else 'any j, k'}, positive rate {eval_y.mean():.3f}; majority baseline {base:.3f})",
              "", f"One layer (pre-norm residual attention + MLP), width {config.width}, {config.heads} heads, "
@@ -334,22 +335,14 @@ def match3(config, workdir):
         lines.append(f"| {label} | " + " | ".join("diverged" if not math.isfinite(a) else f"{a:.4f}" for a in accs)
                      + f" | {np.nanmean(accs):.4f} | {secs:.0f} |")
         summary[f"acc_{kind}"] = float(np.nanmean(accs))
-    _write(workdir, "results.md", "\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"modulus": modulus, "runs": [dict(model=k, seed=s, **v) for (k, s), v in results.items()]}, f,
-                  indent=1)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"softmax": "C0", "tensor": "C1", "tensor_poly": "C2"}
-    for (kind, seed), pts in curves.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[kind], alpha=0.8,
-                label=kind if seed == config.seeds[0] else None)
-    ax.axhline(base, color="gray", ls="--", label="majority")
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out per-token accuracy")
-    ax.set_title(f"Match3, n={n}, M={modulus}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "tensor_attention_match3.png"), dpi=120)
-    print("\n".join(lines))
+    with report.figure("tensor_attention_match3.png") as (fig, ax):
+        colors = {"softmax": "C0", "tensor": "C1", "tensor_poly": "C2"}
+        for (kind, seed), pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[kind], alpha=0.8,
+                    label=kind if seed == config.seeds[0] else None)
+        ax.axhline(base, color="gray", ls="--", label="majority")
+        ax.set(xlabel="step", ylabel="held-out per-token accuracy", title=f"Match3, n={n}, M={modulus}")
+        ax.legend()
+    report.section("\n".join(lines), modulus=modulus,
+                   runs=[dict(model=k, seed=s, **v) for (k, s), v in results.items()])
     return summary
