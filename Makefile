@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadfile
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist worksteal
 
 demo: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m train --config configs/demo.py --workdir runs/demo
