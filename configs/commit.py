@@ -27,16 +27,15 @@ from __future__ import annotations
 import ml_collections
 
 from train import config as config_lib
-from train.tasks.commit import TASK
+from train.tasks.commit import CommitTask
 
 
 def run_config(modality: str = "image", lora: bool = False, size: str = "full") -> ml_collections.ConfigDict:
     c = config_lib.defaults()
-    task = TASK.default_config()
+    task = CommitTask().default_config()
     c.task = "commit.train"
     c.model, c.data, c.task_args = task.model, task.data, task.task_args
-    c.model.modality = modality
-    c.data.source = "textvqa" if modality == "image" else "audioqa"
+    c.model.encoder, c.data.source = {"image": ("vit", "textvqa"), "audio": ("audio", "audioqa")}[modality]
 
     # model: the demo's ViT 32x32/4 (64 features) or a Whisper-style audio encoder (100 frames -> 50 features)
     # -> 2-layer MLP projector -> 2-layer GQA Llama, width 64, trained from scratch

@@ -22,12 +22,12 @@ Variant `:tiny` is a 30-second smoke run.
 from __future__ import annotations
 
 from train import config as config_lib
-from train.tasks.commit import TASK
+from train.tasks.commit import CommitTask
 
 
 def get_config(variant: str | None = None):
     c = config_lib.defaults()
-    task = TASK.default_config()  # the mllm.qa schema + CoMMIT's task_args (method "commit")
+    task = CommitTask().default_config()  # the mllm.qa schema + CoMMIT's task_args (method "commit")
     c.task = "commit.train"
     c.model, c.data, c.task_args = task.model, task.data, task.task_args
 

@@ -96,7 +96,7 @@ def test_demo_model_train_step_lowers_for_tpu():
     sharding and bookkeeping around exactly this computation."""
     vit = ViTConfig(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128)
     llm = LLMConfig(vocab_size=300, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128)
-    model = MLLM(MLLMConfig(llm=llm, placeholder_id=299, vit=vit))
+    model = MLLM(MLLMConfig(llm=llm, placeholder_id=299, encoder_config=vit))
     ids = jnp.zeros((2, 56), jnp.int32).at[:, 3].set(299)
     batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "loss_mask": jnp.ones_like(ids),
              "image": jnp.zeros((2, 32, 32, 3))}

@@ -12,7 +12,6 @@ the iterator position is checkpointed, so a resumed run repeats an uninterrupted
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -20,17 +19,18 @@ from typing import Any
 
 import flax
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmm.data import pipeline
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import metrics as metrics_lib
 from train import optim
 from train import sharding as shard_lib
+from train.task import EndContext
 
 
 @flax.struct.dataclass
@@ -46,41 +46,24 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _epoch_order(seed: int, n: int):
-    @functools.lru_cache(maxsize=2)
-    def perm(epoch: int):
-        return np.random.default_rng([seed, epoch]).permutation(n)
-
-    return lambda i: int(perm(i // n)[i % n])
-
-
 def train_iterator(dataset, batch_size: int, steps: int, seed: int):
-    """A checkpointable grain iterator of this process's rows of each global batch: global batch s is
-    examples [s*B, (s+1)*B) of the stream (a new permutation of the dataset each epoch); process p feeds the
-    p-th contiguous slice of it."""
-    n = len(dataset)
-    order = _epoch_order(seed, n)
-    nproc, rows = jax.process_count(), shard_lib.local_rows(batch_size)
-    per = rows.stop - rows.start
-    stream = grain.MapDataset.range(steps * batch_size).map(lambda i: dataset[order(i)])
-    batches = stream.batch(per, drop_remainder=True)[jax.process_index()::nproc]
-    return batches.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).__iter__()
+    """The checkpointable iterator of this process's rows of each global batch (`jaxmm.data.pipeline`: global
+    batch s is examples [s*B, (s+1)*B) of a stream with a new permutation each epoch; process p feeds the p-th
+    contiguous slice of it)."""
+    return pipeline.make_loader(dataset, batch_size=batch_size, seed=seed, num_examples=steps * batch_size,
+                                num_threads=1, prefetch=2)
 
 
 def eval_batches(dataset, batch_size: int, examples: int):
     """(this process's rows, their `valid` flags) of each eval batch over the first `examples` examples (0 = all),
-    in order. The last batch is filled up with copies of its first example (one shape for the jitted eval);
-    `valid` is 0 on those rows, so they count nowhere."""
-    n = len(dataset) if not examples else min(examples, len(dataset))
-    rows = shard_lib.local_rows(batch_size)
-    for start in range(0, n, batch_size):
-        index = np.arange(start + rows.start, start + rows.stop)
-        valid = (index < n).astype(np.int32)
-        items = [dataset[int(i) if i < n else start] for i in index]
-        yield {k: np.stack([it[k] for it in items]) for k in items[0]}, valid
+    in order (`jaxmm.data.pipeline.eval_batches`: the last batch padded, `valid` 0 on the fillers)."""
+    for batch in pipeline.eval_batches(dataset, batch_size=batch_size, num_examples=examples):
+        valid = batch.pop("valid")
+        yield batch, valid
 
 
-def _example_batch(dataset):
+def example_batch(dataset):
+    """A batch of one row (the first example): the shapes `init_variables` is traced with."""
     item = dataset[0]
     return {k: np.asarray(v)[None] for k, v in item.items()}
 
@@ -155,10 +138,11 @@ class EvalContext:
 
 # ----------------------------------------------------------------------------------------------- the loop
 def train(config, workdir: str, task, return_state: bool = False, allow_config_change: bool = False):
-    """Train `task` with `config` in `workdir` (resuming what is there); returns the summary dict (and the final
-    TrainState with `return_state`). A workdir with checkpoints resumes only with the config it was started
-    with, up to `config_lib.RESUMABLE_CHANGES`; `allow_config_change=True` (`--allow_config_change`) allows any
-    change whose arrays still fit the checkpoint."""
+    """Train with `config` in `workdir` (resuming what is there); returns the summary dict (and the final
+    TrainState with `return_state`). `task` is a task factory (a `Task` subclass or `fn(config) -> Task`) or a
+    registered name: a fresh task object is built for this run from the config. A workdir with checkpoints
+    resumes only with the config it was started with, up to `config_lib.RESUMABLE_CHANGES`;
+    `allow_config_change=True` (`--allow_config_change`) allows any change whose arrays still fit the checkpoint."""
     on_error = []  # clean-ups for a run that fails midway (a pending async checkpoint save)
     try:
         return _train(config, workdir, task, return_state, allow_config_change, on_error)
@@ -168,11 +152,14 @@ def train(config, workdir: str, task, return_state: bool = False, allow_config_c
         raise
 
 
-def _train(config, workdir, task, return_state, allow_config_change, on_error):
+def _train(config, workdir, factory, return_state, allow_config_change, on_error):
+    from train import tasks as tasks_lib
+
     # 1. config: unknown or mistyped keys fail here, before any compilation
-    task_schema = task.default_config()
+    task_schema = tasks_lib.build(factory, None).default_config()
     config_lib.check(config, task_schema)
     config = config_lib.merge_task_defaults(config, task_schema)
+    task = tasks_lib.build(factory, config)  # this run's task object (nothing survives into another run)
     tc = config.train
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
@@ -190,12 +177,14 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
     _check_batches_fit(config, mesh)
 
     # 3. data and model
-    train_ds, eval_ds = task.datasets(config)
+    data = task.datasets(config)
+    train_ds, eval_ds = data
+    data_info = dict(getattr(data, "info", {}))  # e.g. records a source skipped: into summary.json
     if eval_ds is not None and len(eval_ds):
         eval_ds[0]  # a formatting error in the eval data surfaces now, not after the first training stretch
     model = task.build_model(config)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example = _example_batch(train_ds)
+    example = example_batch(train_ds)
 
     def init_params(rng):
         with nn.logical_axis_rules(rules):
@@ -209,7 +198,10 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
     tx, labels, groups = optim.make_optimizer(config, params)
     repl = shard_lib.replicated(mesh)
     opt_sh = shard_lib.state_shardings(jax.eval_shape(tx.init, params), params, param_sh, repl)
-    extra = task.init_extra(config, params)
+    step_hooks = task.step_hooks(config)
+    extra = dict(task.init_extra(config, params))
+    for hook in step_hooks:
+        extra.update(hook.init(params) if hook.init else {})
     state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl,
                           extra=jax.tree.map(lambda _: repl, extra))
     state = jax.jit(lambda p, e: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), state_rng, e),
@@ -229,12 +221,8 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
 
     # 6. the jitted step
-    # a task whose loss reads its hook state (CoMMIT's aux loss) sets `loss_uses_extra` and gets `extra=`
-    uses_extra = getattr(task, "loss_uses_extra", False)
-
     def loss_and_grads(params, batch, rng, extra):
-        loss_fn = ((lambda p: task.loss_fn(model, p, batch, rng, extra=extra)) if uses_extra
-                   else (lambda p: task.loss_fn(model, p, batch, rng)))
+        loss_fn = lambda p: task.loss_fn(model, p, batch, rng, extra)  # noqa: E731
         with nn.logical_axis_rules(rules):
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, aux, grads
@@ -265,7 +253,10 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
         metrics = {"loss": loss, **aux,
                    **{f"lr/{g}": v for g, v in optim.group_lrs(opt_state, groups).items()},
                    **{f"grad_norm/{g}": v for g, v in norms.items()}}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        for hook in step_hooks:  # in-step hooks: pure functions of the new state (EMA, DP noise, ...)
+            state = hook.fn(state, batch, updates, state.step)
+        return state, metrics
 
     def batch_sh(batch):
         return {k: shard_lib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
@@ -341,6 +332,7 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
     # a value that was not computed is None (JSON null) with the reason, never a NaN that reads like a result
     summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else None, **eval_out,
                "train_time_s": train_time, "resumed_from": start}
+    summary.update(data_info)
     summary["metric"] = task.metric
     summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric))
     if summary[task.metric] is None:
@@ -349,6 +341,8 @@ def _train(config, workdir, task, return_state, allow_config_change, on_error):
                                    f"the task's evaluation returned no {task.metric!r}")
     if tc.plots and jax.process_index() == 0 and records:
         metrics_lib.plot(writer.path, workdir)
+    end = task.on_end(EndContext(workdir, config, state, model, summary, records))  # plots, tables
+    summary.update(end or {})
     if jax.process_index() == 0:
         metrics_lib.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
         release_workdir(workdir)

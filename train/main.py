@@ -1,6 +1,6 @@
 """Entry point: parse the config, start multi-process JAX when asked, save the config beside the run, and
-dispatch to the named task: a training task (a `train.task.Task` instance) runs in the shared loop
-(`train/loop.py`); an experiment (`train.experiment.Experiment`: sweeps, audits, tables, writing through
+dispatch to the named task: a training task (a `train.task.Task` factory, built per run) runs in the shared
+loop (`train/loop.py`); an experiment (`train.experiment.Experiment`: sweeps, audits, tables, writing through
 `train.report.Reporter`) or a plain `run(config, workdir) -> dict` is called with the workdir.
 
 Several processes: `--coordinator host:port --num_processes N --process_id i` (or the env vars
@@ -30,10 +30,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Run one config in `workdir`; returns the task's summary dict. Usable from Python and tests."""
     from train import loop
     from train.metrics import write_atomic
-    from train.task import Task
-
     task = tasks.get(config.task)
-    if isinstance(task, Task):
+    if tasks.is_training_task(config.task):  # a Task factory: the loop builds this run's task object
         return loop.train(config, workdir, task, allow_config_change=allow_config_change)
     import jax
 
@@ -46,7 +44,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     if lead:
         loop.claim_workdir(workdir)  # before writing: a refused second run must not overwrite the live run's config
     try:
-        if lead:  # a plain task that trains (commit.train) resumes its checkpoints: same rule as loop.train
+        if lead:  # a plain task that trains resumes its checkpoints: same rule as loop.train
             loop.check_resumable_config(workdir, config, allow_config_change)
             write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
         runner = task if callable(task) else getattr(task, "run")

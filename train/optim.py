@@ -156,10 +156,6 @@ def set_lr_scales(opt_state, scales: dict):
     return (*opt_state[:-1], multi._replace(inner_states=inner))
 
 
-def group_mask(labels, group: str):
-    return jax.tree.map(lambda g: g == group, labels)
-
-
 def group_updates(updates, labels, group: str):
     """The part of an update (or gradient) tree that belongs to `group`, zeros elsewhere."""
     return jax.tree.map(lambda u, g: u if g == group else jnp.zeros_like(u), updates, labels)

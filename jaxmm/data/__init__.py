@@ -8,6 +8,8 @@
 
 Sources (random access, dict examples with "conversations" and "image"/"audio"): `TextVQA`, `AudioQA`,
 `LlavaJsonSource` (LLaVA JSON + image folder), `TFDSSource` (tfds.data_source; imports TFDS when built).
+`jaxmm.data.sources` registers them by name ("textvqa", "audioqa", "llava_json", "tfds", "digits") for the
+trainer; a paper registers its own there. `make_loader` / `eval_batches` are the one loader (the trainer's too).
 """
 from jaxmm.data.audioqa import AudioQA, audioqa_dataset
 from jaxmm.data.conversation import ConversationFormatter

@@ -1,6 +1,7 @@
 """LLaVA-style multimodal LLM: encoder -> projector -> features spliced in at the placeholder -> LLM.
 
-Parameter groups (top-level subtrees): `encoder` (ViT or Whisper-style audio encoder), `projector`, `llm`
+The encoder is picked by name from `jaxmm.models.encoders` ("vit", "audio", or any a paper registers).
+Parameter groups (top-level subtrees): `encoder`, `projector`, `llm`
 (LoRA params `lora_a`/`lora_b` inside any of them form the `lora` group), so each can be frozen, LoRA-tuned
 or fully tuned by the trainer.
 
@@ -18,10 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmm.models.audio import AudioConfig, AudioEncoder
+from typing import Any
+
+from jaxmm.models import encoders
 from jaxmm.models.llm import LLM, LLMConfig, generate as llm_generate
 from jaxmm.models.projector import Projector
-from jaxmm.models.vit import ViT, ViTConfig
 from jaxmm.checks import check_rank, fail
 from jaxmm.ops.losses import masked_cross_entropy
 
@@ -30,16 +32,20 @@ from jaxmm.ops.losses import masked_cross_entropy
 class MLLMConfig:
     llm: LLMConfig
     placeholder_id: int
-    modality: str = "image"  # "image" (ViT) | "audio" (Whisper-style)
-    vit: ViTConfig | None = None
-    audio: AudioConfig | None = None
+    encoder: str = "vit"  # a name registered in jaxmm.models.encoders
+    encoder_config: Any = None  # that encoder's config dataclass
     projector: str = "mlp2x_gelu"
 
     def __post_init__(self):
-        if self.modality not in ("image", "audio"):
-            fail("modality", "'image' or 'audio'", repr(self.modality))
-        if (self.vit if self.modality == "image" else self.audio) is None:
-            fail(self.modality == "image" and "vit" or "audio", f"a config for the {self.modality} encoder", None)
+        spec = encoders.get(self.encoder)
+        if not isinstance(self.encoder_config, spec.config_cls):
+            fail("encoder_config", f"a {getattr(spec.config_cls, '__name__', spec.config_cls)} for encoder "
+                 f"{self.encoder!r}", type(self.encoder_config).__name__)
+
+    @property
+    def modality(self) -> str:
+        """The batch key of the encoder's input (also its placeholder kind): "image", "audio", ..."""
+        return encoders.get(self.encoder).input_key
 
 
 def expand_placeholders(input_ids, attention_mask, placeholder_id: int, n: int):
@@ -68,12 +74,13 @@ class MLLM(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.encoder = ViT(cfg.vit) if cfg.modality == "image" else AudioEncoder(cfg.audio)
+        self.encoder = encoders.get(cfg.encoder).module(cfg.encoder_config)
         self.projector = Projector(cfg.llm.d_model, cfg.projector, dtype=cfg.llm.dtype)
         self.llm = LLM(cfg.llm)
 
     def encode(self, media, deterministic: bool = True):
-        """media (pixel_values NHWC or log-mel [B, T, n_mels]) -> projected features [B, N, D_llm]."""
+        """media (the encoder's input, e.g. pixel_values NHWC or log-mel [B, T, n_mels]) -> projected features
+        [B, N, D_llm]."""
         return self.projector(self.encoder(media, deterministic=deterministic)["features"])
 
     def embed_inputs(self, input_ids, media, attention_mask=None, deterministic: bool = True):

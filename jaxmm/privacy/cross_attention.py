@@ -41,7 +41,8 @@ import numpy as np
 
 from jaxmm.checks import check_positive, check_rank, fail
 from jaxmm.ops.polynomial import polynomial_features
-from jaxmm.privacy.dp_tree import DPTreeSoftmax, _check_budget, _features, _static, clip_count, feature_bounds
+from jaxmm.privacy.dp_tree import (DPTreeSoftmax, check_budget, clip_count, feature_bounds, features_jit,
+                                    static_field)
 from jaxmm.privacy.mechanisms import truncated_laplace
 
 METHODS = ("tree", "release")
@@ -61,16 +62,16 @@ class DPCrossAttentionState:
 
     feature_sums: jax.Array | None
     tree: DPTreeSoftmax | None
-    n: int = _static()
-    d: int = _static()
-    d_v: int = _static()
-    degree: int = _static()
-    scale: float = _static()
-    bound_qk: float = _static()
-    bound_v: float = _static()
-    epsilon: float = _static()
-    delta: float = _static()
-    method: str = _static()
+    n: int = static_field()
+    d: int = static_field()
+    d_v: int = static_field()
+    degree: int = static_field()
+    scale: float = static_field()
+    bound_qk: float = static_field()
+    bound_v: float = static_field()
+    epsilon: float = static_field()
+    delta: float = static_field()
+    method: str = static_field()
 
     @property
     def memory_floats(self) -> int:
@@ -124,7 +125,7 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
         fail("V", f"{K.shape[0]} rows (as K)", f"shape {V.shape}")
     check_positive("bound_qk", bound_qk)
     check_positive("bound_v", bound_v)
-    _check_budget(epsilon, delta)
+    check_budget(epsilon, delta)
     if method not in METHODS:
         fail("method", f"one of {METHODS}", method)
     if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
@@ -153,7 +154,7 @@ def dp_cross_attention_init(key, K, V, *, epsilon: float, delta: float, bound_qk
                   bound_v=float(bound_v), epsilon=float(epsilon), delta=float(delta), method=method)
     if method == "release":
         sens = release_sensitivity(d, d_v, degree=degree, scale=scale, bound_qk=bound_qk, bound_v=bound_v)
-        sums = release_feature_sums(key, _features(Kc, int(degree), scale), w, sensitivity=sens,
+        sums = release_feature_sums(key, features_jit(Kc, int(degree), scale), w, sensitivity=sens,
                                     epsilon=epsilon, delta=delta)
         return DPCrossAttentionState(feature_sums=sums, tree=None, **common)
     bins = 1 << max(n - 1, 0).bit_length() if n_bins is None else int(n_bins)

@@ -56,11 +56,11 @@ from jaxmm.ops.polynomial import multi_indices, multinomial_weights, polynomial_
 from jaxmm.privacy.mechanisms import truncated_laplace, truncated_laplace_bound
 
 
-def _static(**kw):
+def static_field(**kw):
     return dataclasses.field(metadata=dict(static=True), **kw)
 
 
-def _check_budget(epsilon, delta) -> None:
+def check_budget(epsilon, delta) -> None:
     check_positive("epsilon", epsilon)
     if math.isfinite(epsilon) and not 0.0 < delta < 1.0:
         fail("delta", "a number in (0, 1)", delta)
@@ -116,11 +116,11 @@ class DPTree:
     """Noisy segment tree. ``nodes`` [2P − 1, c] holds level ℓ (size P/2^ℓ) at offset 2P − 2P/2^ℓ."""
 
     nodes: jax.Array
-    n_leaves: int = _static()
-    sensitivity: float = _static()
-    epsilon: float = _static()
-    delta: float = _static()
-    squeeze: bool = _static(default=False)
+    n_leaves: int = static_field()
+    sensitivity: float = static_field()
+    epsilon: float = static_field()
+    delta: float = static_field()
+    squeeze: bool = static_field(default=False)
 
     @property
     def depth(self) -> int:
@@ -147,7 +147,7 @@ class DPTree:
         if values.ndim not in (1, 2) or values.shape[0] < 1:
             fail("values", "an array [N] or [N, c] with N ≥ 1", f"shape {values.shape}")
         check_positive("sensitivity", sensitivity)
-        _check_budget(epsilon, delta)
+        check_budget(epsilon, delta)
         squeeze = values.ndim == 1
         v = jnp.asarray(values, jnp.float32)
         v = v[:, None] if squeeze else v
@@ -197,7 +197,7 @@ class DPTreeDistance:
     tree: DPTree  # leaves [N, 2c]: Σw per bin, Σw·u per bin
     lo: jax.Array
     hi: jax.Array
-    squeeze: bool = _static(default=False)
+    squeeze: bool = static_field(default=False)
 
     @property
     def n_bins(self) -> int:
@@ -268,7 +268,7 @@ class DPTreeHighDim:
         """x [n, d]; w [n] or [n, c]; lo, hi scalars or [d]. Each coordinate tree gets (ε/d, δ/d)."""
         if x.ndim != 2:
             fail("x", "a rank-2 array [n, d]", f"shape {x.shape}")
-        _check_budget(epsilon, delta)
+        check_budget(epsilon, delta)
         d = x.shape[1]
         lo = jnp.broadcast_to(jnp.asarray(lo, jnp.float32), (d,))
         hi = jnp.broadcast_to(jnp.asarray(hi, jnp.float32), (d,))
@@ -289,7 +289,8 @@ class DPTreeHighDim:
         return jnp.sum(self.per_coordinate(y), axis=0)
 
 
-_features = jax.jit(polynomial_features, static_argnums=(1, 2))
+# polynomial_features compiled per (degree, scale); shared with cross_attention
+features_jit = jax.jit(polynomial_features, static_argnums=(1, 2))
 
 
 def feature_bounds(d: int, degree: int, scale: float, bound: float) -> np.ndarray:
@@ -308,9 +309,9 @@ class DPTreeSoftmax:
     """
 
     features: DPTreeHighDim
-    degree: int = _static()
-    scale: float = _static()
-    bound_k: float = _static()
+    degree: int = static_field()
+    scale: float = static_field()
+    bound_k: float = static_field()
 
     @property
     def memory_floats(self) -> int:
@@ -324,7 +325,7 @@ class DPTreeSoftmax:
             fail("k", "a rank-2 array [n, d]", f"shape {k.shape}")
         check_positive("bound_k", bound_k)
         kc = jnp.clip(k.astype(jnp.float32), -bound_k, bound_k)
-        phi = _features(kc, int(degree), float(scale))
+        phi = features_jit(kc, int(degree), float(scale))
         b = jnp.asarray(feature_bounds(k.shape[1], degree, scale, bound_k) * (1.0 + 1e-5) + 1e-30, jnp.float32)
         feats = DPTreeHighDim.build(key, phi, w, lo=-b, hi=b, weight_bound=weight_bound, epsilon=epsilon,
                                     delta=delta, n_bins=n_bins)
@@ -341,4 +342,4 @@ class DPTreeSoftmax:
 
     def query(self, q):
         """q [..., d] -> Σ_i w_i ⟨U(q), U(k_i)⟩: [..., c]."""
-        return _features(jnp.asarray(q, jnp.float32), self.degree, self.scale) @ self.feature_sums()
+        return features_jit(jnp.asarray(q, jnp.float32), self.degree, self.scale) @ self.feature_sums()

@@ -171,30 +171,3 @@ def aux_loss(logits_fn, params, updates, batch, side_mask, kappa_bar, *, weight:
     target = jax.lax.stop_gradient(target)
     div = (js_divergence if divergence == "js" else kl_divergence)(target, logits, mask)
     return weight * (w_s + w_t) * div
-
-
-class KappaWindow:
-    """Host-side running record of κ: `add(κ)` per measurement, `mean()` over the current window, `reset()`
-    at each L_lr boundary; `ema` keeps an exponential average across windows too."""
-
-    def __init__(self, ema_decay: float = 0.9):
-        self.values: list[float] = []
-        self.ema: float | None = None
-        self.decay = ema_decay
-
-    def add(self, kappa: float) -> None:
-        kappa = float(kappa)
-        self.values.append(kappa)
-        self.ema = kappa if self.ema is None else self.decay * self.ema + (1 - self.decay) * kappa
-
-    def mean(self, default: float = 0.5) -> float:
-        return sum(self.values) / len(self.values) if self.values else default
-
-    def reset(self) -> None:
-        self.values = []
-
-    def state(self) -> dict:
-        return {"values": list(self.values), "ema": self.ema}
-
-    def load(self, state: dict) -> None:
-        self.values, self.ema = list(state["values"]), state["ema"]

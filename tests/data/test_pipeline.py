@@ -1,5 +1,5 @@
-"""grain loaders: checkpoint/restore continues identically, per-process shards are disjoint and cover,
-epochs are permutations, determinism by seed."""
+"""The one loader: checkpoint/restore continues identically, per-process rows are disjoint and cover, epochs are
+permutations, determinism by seed, a global batch does not depend on the process count, eval padding."""
 import numpy as np
 import pytest
 
@@ -64,8 +64,8 @@ def test_epochs_are_fresh_permutations_and_seeded():
 def test_process_shards_are_disjoint_and_cover(count):
     seen = []
     for index in range(count):
-        it = make_loader(Indices(23), batch_size=1, seed=0, num_epochs=1, shard_index=index, shard_count=count,
-                         drop_remainder=False)
+        it = make_loader(Indices(23), batch_size=count, seed=0, num_epochs=1, shard_index=index,
+                         shard_count=count, drop_remainder=False)
         seen.append({int(b["index"][0]) for b in it})
     for a in range(count):
         for b in range(a + 1, count):
@@ -128,13 +128,22 @@ def test_cached_source_gives_the_same_batches_and_reads_each_example_once():
 
 
 def test_eval_batches_have_one_shape_and_mark_fillers():
-    batches = eval_batches(Indices(10), batch_size=4)
+    batches = list(eval_batches(Indices(10), batch_size=4, shard_index=0, shard_count=1))
     assert [b["index"].shape for b in batches] == [(4,)] * 3
     np.testing.assert_array_equal(np.concatenate([b["index"][b["valid"] == 1] for b in batches]), np.arange(10))
     np.testing.assert_array_equal(batches[-1]["valid"], [1, 1, 0, 0])
-    halves = [eval_batches(Indices(10), batch_size=4, shard_index=i, shard_count=2) for i in range(2)]
+    halves = [list(eval_batches(Indices(10), batch_size=4, shard_index=i, shard_count=2)) for i in range(2)]
     got = [set(np.concatenate([b["index"][b["valid"] == 1] for b in h]).tolist()) for h in halves]
     assert got[0] | got[1] == set(range(10)) and not got[0] & got[1]
     fmt = ConversationFormatter(ByteTokenizer(), max_len=48, eval=True, max_answer_len=4)
-    b = eval_batches(TextVQA(3), batch_size=2, transforms=[fmt])[1]
+    b = list(eval_batches(TextVQA(3), batch_size=2, transforms=[fmt]))[1]
     assert b["prompt_ids"].shape == (2, 48) and b["answer"][0] == TextVQA(3)[2]["answer"]
+
+
+def test_a_global_batch_is_the_same_rows_whatever_the_process_count():
+    one = next(make_loader(Indices(12), batch_size=4, seed=7, shard_index=0, shard_count=1))["index"]
+    halves = [next(make_loader(Indices(12), batch_size=4, seed=7, shard_index=i, shard_count=2))["index"]
+              for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(halves), one)
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loader(Indices(12), batch_size=3, seed=0, shard_index=0, shard_count=2)

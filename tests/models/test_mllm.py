@@ -13,8 +13,9 @@ PH = 9  # placeholder id
 
 @pytest.fixture(scope="module")
 def model_and_params():
-    cfg = MLLMConfig(llm=tiny_llm_config(32, d_model=32, mlp_dim=64, num_layers=2), placeholder_id=PH,
-                     vit=ViTConfig(image_size=16, patch_size=8, d_model=16, num_layers=2, num_heads=2, mlp_dim=32))
+    vit = ViTConfig(image_size=16, patch_size=8, d_model=16, num_layers=2, num_heads=2, mlp_dim=32)
+    cfg = MLLMConfig(llm=tiny_llm_config(32, d_model=32, mlp_dim=64, num_layers=2), placeholder_id=PH, encoder="vit",
+                     encoder_config=vit)
     model = MLLM(cfg)
     ids = jnp.array([[1, 5, PH, 6, 7, 8, 0], [1, PH, 3, 4, 0, 0, 0]])
     img = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -82,7 +83,7 @@ def test_generate_with_left_padding_equals_full_forward_greedy(model_and_params)
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="vit"):
+    with pytest.raises(ValueError, match="encoder_config.*ViTConfig"):
         MLLMConfig(llm=tiny_llm_config(32), placeholder_id=1)
-    with pytest.raises(ValueError, match="modality"):
-        MLLMConfig(llm=tiny_llm_config(32), placeholder_id=1, modality="video")
+    with pytest.raises(ValueError, match="encoder.*registered"):
+        MLLMConfig(llm=tiny_llm_config(32), placeholder_id=1, encoder="video")

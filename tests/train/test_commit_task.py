@@ -19,7 +19,7 @@ from train import loop
 from train.main import run
 from train.metrics import read
 from train.task import Hook
-from train.tasks.commit import CommitTask, group_sides
+from train.tasks.commit import CommitTask, group_sides, replicator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -151,19 +151,18 @@ def test_aux_gradient_reaches_only_the_lagging_side_in_the_trainer(tmp_path):
     assert moved > 1e-3, moved
 
 
-class _CaptureTask(CommitTask):
-    """CommitTask that keeps the HookContext of the last step, to drive its hooks on a fixed model."""
-
-    def hooks(self, config):
-        return super().hooks(config) + [Hook(config.train.steps, lambda ctx: self.captured.update(ctx=ctx) or {},
-                                             "capture")]
-
-
 def _captured_ctx(tmp_path):
-    task = _CaptureTask()
-    task.captured = {}
-    loop.train(tiny("commit"), str(tmp_path / "capture"), task)
-    return task, task.captured["ctx"]
+    """Train CommitTask with one more hook that keeps the HookContext of the last step, to drive its hooks on a
+    fixed model; returns (that run's task object, the context)."""
+    captured = {}
+
+    class _CaptureTask(CommitTask):
+        def hooks(self, config):
+            return super().hooks(config) + [Hook(config.train.steps, lambda ctx: captured.update(ctx=ctx) or {},
+                                                 "capture")]
+
+    loop.train(tiny("commit"), str(tmp_path / "capture"), _CaptureTask)
+    return captured["ctx"].task, captured["ctx"]
 
 
 def test_kappa_does_not_depend_on_the_multipliers_and_the_controller_settles(tmp_path):
@@ -173,7 +172,7 @@ def test_kappa_does_not_depend_on_the_multipliers_and_the_controller_settles(tmp
     def kappas(mode):
         c = ml_collections.ConfigDict(ctx.config.to_dict())
         c.task_args.kappa_lr = mode
-        measure, out = task._measure_hook(c), []
+        measure, out = task._measure_hook(c, replicator()), []
         for s_s, s_t in settings:
             task._scale_sides(ctx, {"encoder_side": s_s, "llm_side": s_t})
             out.append(measure(ctx)["kappa"])
@@ -189,7 +188,8 @@ def test_kappa_does_not_depend_on_the_multipliers_and_the_controller_settles(tmp
     # the controller on this fixed model (params, probe and optimizer state never change; only the hooks run):
     # it acts (multipliers leave 1) and settles — the same multipliers window after window, no alternation
     task._scale_sides(ctx, {"encoder_side": 1.0, "llm_side": 1.0})
-    measure, schedule = task._measure_hook(ctx.config), task._schedule_hook(ctx.config)
+    copy = replicator()
+    measure, schedule = task._measure_hook(ctx.config, copy), task._schedule_hook(ctx.config, copy)
     trace = []
     for _ in range(6):
         for _ in range(2):  # lr_every / measure_every measurements per window

@@ -21,7 +21,7 @@ TASK = get("mllm.qa")
 
 def tiny(**overrides):
     c = config_lib.defaults()
-    d = TASK.default_config()
+    d = TASK().default_config()
     c.task = "mllm.qa"
     c.model, c.data, c.task_args = d.model, d.data, d.task_args
     c.model.vit.update(dict(image_size=16, patch_size=8, d_model=32, num_layers=1, num_heads=2, mlp_dim=64))
@@ -79,7 +79,7 @@ def test_exact_match_against_python_reference(monkeypatch):
         return float(text == [t for t in ans if t != p])
 
     monkeypatch.setattr(mllm_mod, "generate", lambda *a, **k: jnp.asarray(generated, jnp.int32))
-    TASK._tok, TASK._max_new_tokens = tok, 0
+    task = TASK(tiny())  # a run's task object: byte tokenizer, max_new_tokens 0
     batch = {"answer_ids": jnp.asarray(answers, jnp.int32), "prompt_ids": jnp.zeros((5, 3), jnp.int32),
              "prompt_mask": jnp.ones((5, 3), jnp.int32), "image": jnp.zeros((5, 16, 16, 3), jnp.uint8)}
 
@@ -87,7 +87,7 @@ def test_exact_match_against_python_reference(monkeypatch):
         class config:
             modality = "image"
 
-    got = TASK.exact_match(_M(), None, batch)
+    got = task.exact_match(_M(), None, batch)
     np.testing.assert_array_equal(np.asarray(got), [reference(a, g) for a, g in zip(answers, generated)])
 
 
@@ -123,6 +123,20 @@ def test_llava_json_folder_trains(tmp_path):
     assert summary["data_skipped/train/too_long"] == summary["data_skipped/train/no_assistant_turn"] == 1
 
 
+def test_skipped_records_reach_the_summary_without_an_eval_set(tmp_path):
+    from jaxmm.data import TextVQA, write_llava_folder
+
+    path = write_llava_folder(TextVQA(20, image_size=16, max_words=1, kinds=("read",)), tmp_path / "llava", 16)
+    _add_bad_records(path)
+    c = tiny(**{"data.source": "llava_json", "mesh.shape": (1, 1, 1), "train.steps": 1})
+    c.data.llava_json.update(dict(train_json=path, image_folder=str(tmp_path / "llava"), skip_bad_records=True))
+    with pytest.warns(UserWarning, match="skipped 2 of 18 bad records"):
+        summary = loop.train(c, str(tmp_path / "lj"), TASK)
+    assert summary["eval_skipped"] == "no eval set"
+    assert summary["data_skipped/train"] == 2 and "data_skipped/eval" not in summary
+    assert summary["data_skipped/train/too_long"] == 1
+
+
 def _add_bad_records(path):
     import json
 
@@ -145,4 +159,4 @@ def test_bad_llava_record_stops_the_run_before_compiling(tmp_path):
     # bos, user, 60 bytes, assistant = 63 prompt tokens; data.max_len is 48
     with pytest.raises(BadRecordError, match=r"record 2 \(id 'long'\): prompt of 63 tokens \+ 1 answer token "
                                              r"exceeds max_len 48 \[2 of 4 records are bad"):
-        TASK.datasets(c)
+        TASK(c).datasets(c)

@@ -121,7 +121,7 @@ def test_bad_config_values_fail_before_compute_naming_the_key(tmp_path, monkeypa
     import jax
 
     datasets = []
-    monkeypatch.setattr(type(TASK), "datasets", lambda self, c: datasets.append(1))
+    monkeypatch.setattr(TASK, "datasets", lambda self, c: datasets.append(1))
     c = toy.config(**{"mesh.shape": (8, 1, 1), key: value})
     with pytest.raises(ValueError, match=rf"config\.{key.replace('.', '[.]')}: expected {expected}.*got"):
         loop.train(c, str(tmp_path / "w"), TASK)
@@ -194,15 +194,16 @@ def test_eval_set_not_a_multiple_of_the_eval_batch_is_evaluated_whole(tmp_path, 
     over = {"train.steps": 3, "checkpoint.every": 0, "mesh.shape": (2, 1, 1), "data.eval_examples": examples}
     c = toy.config(**over)
     summary, state = loop.train(c, str(tmp_path / "w"), TASK, return_state=True)
-    _, evals = TASK.datasets(c)
+    task = TASK(c)
+    _, evals = task.datasets(c)
     batch = {k: np.stack([evals[i][k] for i in range(examples)]) for k in ("x", "y")}
-    ref = TASK.eval_metrics(TASK.build_model(c), jax.device_get(state.params), batch)
+    ref = task.eval_metrics(task.build_model(c), jax.device_get(state.params), batch)
     assert summary["eval_accuracy"] == pytest.approx(float(np.mean(ref["accuracy"])), abs=1e-6)
     assert summary["eval_loss"] == pytest.approx(float(np.mean(ref["loss"])), rel=1e-5)
     assert "eval_skipped" not in summary
 
 
-class _NoEval(type(TASK)):
+class _NoEval(TASK):
     def datasets(self, config):
         return super().datasets(config)[0], None
 
@@ -210,13 +211,13 @@ class _NoEval(type(TASK)):
 def test_eval_not_run_is_reported_as_such_not_nan(tmp_path):
     import json
 
-    summary = loop.train(toy.config(**{"train.steps": 2, "mesh.shape": (1, 1, 1)}), str(tmp_path / "w"), _NoEval())
+    summary = loop.train(toy.config(**{"train.steps": 2, "mesh.shape": (1, 1, 1)}), str(tmp_path / "w"), _NoEval)
     assert summary["eval_accuracy"] is None and summary["eval_skipped"] == "no eval set"
     assert json.loads((tmp_path / "w" / "summary.json").read_text())["eval_accuracy"] is None
 
 
 # ------------------------------------------------------------------------------------------- item 10
-class _CrashAfterSave(type(TASK)):
+class _CrashAfterSave(TASK):
     """Raises right after step 5's (async) checkpoint save started."""
 
     def hooks(self, config):
@@ -230,7 +231,7 @@ def test_crash_during_an_async_save_leaves_a_complete_checkpoint_and_a_resumable
     w = tmp_path / "w"
     over = {**SYNC, "checkpoint.async_save": True}
     with pytest.raises(RuntimeError, match="crash at step 6"):
-        loop.train(toy.config(**over), str(w), _CrashAfterSave())
+        loop.train(toy.config(**over), str(w), _CrashAfterSave)
     assert sorted(os.listdir(w / "checkpoints")) == ["5"]  # finished, nothing half-written
     # a save cut off by a kill (a leftover temporary directory) is cleaned on the next start
     os.makedirs(w / "checkpoints" / "7.orbax-checkpoint-tmp-1234" / "state")
@@ -241,14 +242,12 @@ def test_crash_during_an_async_save_leaves_a_complete_checkpoint_and_a_resumable
 
 
 def test_bad_value_on_a_resumed_workdir_is_named_as_a_bad_value(tmp_path):
-    """Through `python -m train`'s entry for plain-function tasks (commit.train): the value check comes before
-    the comparison with the saved config."""
+    """Through `python -m train`'s entry: the value check comes before the comparison with the saved config."""
     from train.main import run
 
     w = tmp_path / "w"
     os.makedirs(w / "checkpoints" / "5")
     (w / "config.json").write_text(toy.config().to_json_best_effort())
     c = toy.config(**{"train.batch_size": 0})
-    c.task = "commit.train"
     with pytest.raises(ValueError, match=r"config\.train\.batch_size: expected an integer >= 1, got 0"):
         run(c, str(w))

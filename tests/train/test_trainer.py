@@ -96,19 +96,19 @@ def test_meshes_match_one_device(tmp_path):
         assert_params_close(_params(st), _params(ref), name)
 
 
-class _LocalRowsOnly(type(TASK)):
+class _LocalRowsOnly(TASK):
     """The loss of a data-parallel step that forgot the cross-device mean: shard 0's rows only (a wrong
     sharding's typical effect)."""
 
-    def loss_fn(self, model, params, batch, rng):
+    def loss_fn(self, model, params, batch, rng, extra=None):
         half = {k: v[: v.shape[0] // 2] for k, v in batch.items()}
-        return super().loss_fn(model, params, half, rng)
+        return super().loss_fn(model, params, half, rng, extra)
 
 
 def test_comparison_catches_a_wrong_sharding(tmp_path):
     base = {"mesh.shape": (2, 1, 1), "train.steps": 5, "checkpoint.every": 0, **SGD}
     _, ref = _run(tmp_path, "ref", **base)
-    _, wrong = _run(tmp_path, "wrong", task=_LocalRowsOnly(), **base)
+    _, wrong = _run(tmp_path, "wrong", task=_LocalRowsOnly, **base)
     with pytest.raises(AssertionError):
         assert_params_close(_params(wrong), _params(ref))
     gap = max(np.abs(v - _params(ref)[k]).max() for k, v in _params(wrong).items())
@@ -120,7 +120,7 @@ def test_frozen_group_does_not_change_and_others_do(tmp_path):
     c = toy.config(**{"train.steps": 4, "checkpoint.every": 0})
     c.optim.groups.encoder = config_lib.group(frozen=True)
     _, st = loop.train(c, str(tmp_path / "f"), TASK, return_state=True)
-    model = TASK.build_model(c)
+    model = TASK(c).build_model(c)
     init_rng = jax.random.split(jax.random.PRNGKey(c.seed))[0]  # the loop's params key
     x0 = np.zeros((1, c.data.dim), np.float32)
     init = jax.tree.map(np.asarray, __import__("flax").linen.meta.unbox(model.init(init_rng, x0)["params"]))
@@ -147,7 +147,7 @@ def test_group_schedules_logged_match_closed_form(tmp_path):
         assert r["lr/encoder"] == pytest.approx(c.optim.lr, rel=1e-6)
 
 
-class _ScaleHook(type(TASK)):
+class _ScaleHook(TASK):
     """Halves the head's LR multiplier and sets the LoRA LR to 0.01 at step 2; records the proposed head
     update's norm."""
 
@@ -165,7 +165,7 @@ class _ScaleHook(type(TASK)):
 
 
 def test_hook_rewrites_group_lr_and_sees_proposed_updates(tmp_path):
-    _run(tmp_path, "h", task=_ScaleHook(), **{"train.steps": 4, "checkpoint.every": 0})
+    _run(tmp_path, "h", task=_ScaleHook, **{"train.steps": 4, "checkpoint.every": 0})
     recs = [r for r in read(str(tmp_path / "h" / "metrics.jsonl")) if "loss" in r]
     lr = toy.config().optim.lr
     assert [r["lr/head"] for r in recs] == pytest.approx([lr, lr, lr / 2, lr / 2], rel=1e-6)

@@ -143,12 +143,6 @@ def test_divergences_against_numpy_and_window():
     m = (p + q) / 2
     js = np.mean(0.5 * (p * np.log(p / m)).sum(-1) + 0.5 * (q * np.log(q / m)).sum(-1))
     np.testing.assert_allclose(commit.js_divergence(jnp.asarray(a), jnp.asarray(b)), js, rtol=1e-5)
-    w = commit.KappaWindow(ema_decay=0.5)
-    for k in (0.2, 0.4):
-        w.add(k)
-    assert w.mean() == pytest.approx(0.3) and w.ema == pytest.approx(0.3)
-    w.reset()
-    assert w.mean() == 0.5
 
 
 @pytest.mark.parametrize("kbar", [0.05, 0.25, 0.5, 0.75, 0.99])

@@ -2,8 +2,8 @@
 subclassing) plus κ measurement, the dynamic learning-rate scheduler and the auxiliary loss as hooks.
 
 Registered names:
-  commit.train   run(config, workdir): trains `CommitTask` in the shared loop, then adds `kappa_mean` /
-                 `kappa_last` to the summary and writes `kappa.png` (κ, κ̄, D_S, D_T over steps) in the workdir.
+  commit.train   `CommitTask` in the shared loop (also registered as `commit.task`); its end-of-run hook adds
+                 `kappa_mean` / `kappa_last` to the summary and writes `kappa.png` (κ, κ̄, D_S, D_T over steps).
   commit.sweep   the experiments (imbalance / convergence / overhead): several in-process training runs, a
                  Markdown table and plots (see `run_sweep`).
 
@@ -110,7 +110,13 @@ def group_sides(labels, side_mask) -> dict:
 
 
 class CommitTask(MLLMQATask):
-    loss_uses_extra = True
+    def __init__(self, config=None):
+        super().__init__(config)
+        if config is not None:  # this run's switches (read-only)
+            check_task_args(config.task_args)
+            self.args = config.task_args
+            self.encoder_side = tuple(config.task_args.encoder_side)
+            self.aux = config.task_args.method in WITH_AUX and config.task_args.aux_weight > 0
 
     def default_config(self):
         c = super().default_config()
@@ -124,15 +130,11 @@ class CommitTask(MLLMQATask):
 
     # ------------------------------------------------------------------ model / side split
     def build_model(self, config):
-        a = config.task_args
-        check_task_args(a)
-        self._args = a
-        self._encoder_side = tuple(a.encoder_side)
-        self._aux = a.method in WITH_AUX and a.aux_weight > 0
+        check_task_args(config.task_args)
         return super().build_model(config)
 
     def side_mask(self, params):
-        return C.path_mask(params, lambda path: path[0] in self._encoder_side)
+        return C.path_mask(params, lambda path: path[0] in self.encoder_side)
 
     def answer_logits(self, model, params, batch):
         """logits_fn for jaxmm.tuning.commit: next-token logits [B, L−1, V] and the answer-position mask."""
@@ -154,29 +156,38 @@ class CommitTask(MLLMQATask):
     def loss_fn(self, model, params, batch, rng, extra=None):
         ce, metrics = super().loss_fn(model, params, batch, rng)
         metrics = {**metrics, "ce_loss": ce}
-        if extra is None or not self._aux:
+        if not self.aux or "lead_update" not in (extra or {}):
             return ce, metrics
         aux = C.aux_loss(lambda p, b: self.answer_logits(model, p, b), params, extra["lead_update"], batch,
-                         self.side_mask(params), extra["kappa_bar"], weight=self._args.aux_weight,
-                         divergence=self._args.aux_divergence)
+                         self.side_mask(params), extra["kappa_bar"], weight=self.args.aux_weight,
+                         divergence=self.args.aux_divergence)
         return ce + aux, {**metrics, "aux_loss": aux}
 
     # ------------------------------------------------------------------ hooks
     def hooks(self, config):
         a = config.task_args
         check_task_args(a)
-        hooks = []
+        hooks, copy = [], replicator()
         if a.method in ("feature_cd", "language_cd"):
             hooks.append(Hook(a.cd_every, self._cd_hook(config), "cosine_decay"))
         if a.measure_every:
-            hooks.append(Hook(a.measure_every, self._measure_hook(config), "kappa"))
-            hooks.append(Hook(a.lr_every, self._schedule_hook(config), "schedule"))
+            hooks.append(Hook(a.measure_every, self._measure_hook(config, copy), "kappa"))
+            hooks.append(Hook(a.lr_every, self._schedule_hook(config, copy), "schedule"))
         return hooks
+
+    def on_end(self, ctx):
+        """κ statistics into the summary and kappa.png (κ, κ̄, D_S, D_T over steps) into the workdir."""
+        if jax.process_index() != 0:
+            return {}
+        if ctx.config.train.plots and any("kappa" in r for r in ctx.records):
+            plot_kappa(ctx.records, os.path.join(ctx.workdir, "kappa.png"),
+                       f"κ — method {ctx.config.task_args.method}")
+        return kappa_summary(ctx.records)
 
     @staticmethod
     def _sides(ctx):
         params = ctx.state.params
-        sides = group_sides(ctx.labels, C.path_mask(params, lambda p: p[0] in ctx.task._encoder_side))
+        sides = group_sides(ctx.labels, C.path_mask(params, lambda p: p[0] in ctx.task.encoder_side))
         trainable = set(ctx.lr_scales())
         return {g: s for g, s in sides.items() if g in trainable}
 
@@ -200,17 +211,6 @@ class CommitTask(MLLMQATask):
             return {}
 
         return fn
-
-    def _replicate(self, ctx):
-        from train import sharding as shard_lib
-
-        if getattr(self, "_copy_mesh", None) is not ctx.mesh:
-            repl = shard_lib.replicated(ctx.mesh)
-            # a fresh replicated buffer (never an alias of the donated params)
-            self._copy_fn = jax.jit(lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t),
-                                    out_shardings=repl)
-            self._copy_mesh = ctx.mesh
-        return self._copy_fn
 
     def _probe(self, config, mesh):
         from train import sharding as shard_lib
@@ -236,7 +236,7 @@ class CommitTask(MLLMQATask):
         finally:
             ctx.set_lr_scales(scales)
 
-    def _measure_hook(self, config):
+    def _measure_hook(self, config, replicate):
         from train import sharding as shard_lib
 
         a = config.task_args
@@ -265,7 +265,7 @@ class CommitTask(MLLMQATask):
             if count < window.shape[0]:
                 window[count] = out["kappa"]
                 count += 1
-            copy = self._replicate(ctx)
+            copy = replicate(ctx)
             extra["kappa_window"], extra["window_count"] = copy(jnp.asarray(window)), copy(jnp.asarray(count, jnp.int32))
             if "lead_update" in extra:
                 extra["lead_update"] = copy(updates)
@@ -274,7 +274,7 @@ class CommitTask(MLLMQATask):
 
         return fn
 
-    def _schedule_hook(self, config):
+    def _schedule_hook(self, config, replicate):
         a = config.task_args
         lo, hi = tuple(a.lr_clip)
 
@@ -282,7 +282,7 @@ class CommitTask(MLLMQATask):
             extra = dict(ctx.state.extra)
             count = int(extra["window_count"])
             kbar = float(np.mean(np.asarray(extra["kappa_window"])[:count])) if count else 0.5
-            copy = self._replicate(ctx)
+            copy = replicate(ctx)
             extra["kappa_bar"] = copy(jnp.asarray(kbar, jnp.float32))
             extra["window_count"] = copy(jnp.zeros((), jnp.int32))
             extra["kappa_window"] = copy(jnp.zeros_like(extra["kappa_window"]))
@@ -297,8 +297,25 @@ class CommitTask(MLLMQATask):
         return fn
 
 
-TASK = CommitTask()
-register("commit.task")(TASK)
+register("commit.train")(CommitTask)
+register("commit.task")(CommitTask)
+
+
+def replicator():
+    """`fn(ctx) -> jitted copy` into fresh replicated buffers (never an alias of the donated params), compiled
+    once per mesh; one per run (built in `hooks`)."""
+    from train import sharding as shard_lib
+
+    cache = {}
+
+    def get(ctx):
+        if cache.get("mesh") is not ctx.mesh:
+            repl = shard_lib.replicated(ctx.mesh)
+            cache["fn"] = jax.jit(lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t), out_shardings=repl)
+            cache["mesh"] = ctx.mesh
+        return cache["fn"]
+
+    return get
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -342,21 +359,6 @@ def plot_kappa(records, path: str, title: str = "") -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-@register("commit.train")
-def run(config, workdir: str) -> dict:
-    """Train CoMMIT / a baseline in the shared loop; summary gains the κ statistics; writes kappa.png."""
-    from train import loop
-    from train.metrics import read
-
-    summary = loop.train(config, workdir, TASK)
-    if jax.process_index() == 0:
-        records = read(os.path.join(workdir, "metrics.jsonl"))
-        summary.update(kappa_summary(records))
-        if config.train.plots and any("kappa" in r for r in records):
-            plot_kappa(records, os.path.join(workdir, "kappa.png"), f"κ — method {config.task_args.method}")
-    return summary
 
 
 @register("commit.sweep")

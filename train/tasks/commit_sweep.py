@@ -1,5 +1,5 @@
 """CoMMIT experiments (task `commit.sweep`, configs/commit.py:sweep_<kind>): several training runs of
-`commit.train` in one process, then a Markdown table (`<kind>.md`) and PNGs in the workdir.
+`commit.train` (`CommitTask`) in one process, then a Markdown table (`<kind>.md`) and PNGs in the workdir.
 
   imbalance    constant LR, the encoder side's LR x1 / x10 / x0.1: κ over steps (PAPERS.md §1 claim 1).
   convergence  methods x LR sweep x seeds x modalities: steps until the smoothed training CE reaches each
@@ -33,7 +33,8 @@ def _copy(c) -> ml_collections.ConfigDict:
 
 
 def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
-    from train.tasks.commit import run
+    from train import loop
+    from train.tasks.commit import CommitTask
 
     out = os.path.join(workdir, "runs", name)
     done = os.path.join(out, "summary.json")
@@ -42,7 +43,7 @@ def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
             return json.load(f), read(os.path.join(out, "metrics.jsonl"))
     c = config_lib.apply_overrides(_copy(base), overrides)
     t0 = time.perf_counter()
-    summary = run(c, out)
+    summary = loop.train(c, out, CommitTask)
     summary["wall_s"] = time.perf_counter() - t0
     write_atomic(done, json.dumps(summary, indent=2, default=str))  # a half-written cache would block the rerun
     print(f"[sweep] {name}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()

@@ -1,16 +1,18 @@
 """`mllm.qa`: supervised instruction tuning of a LLaVA-style MLLM (encoder -> projector -> LLM) on
 conversation data, evaluated by answer-token loss and generation exact-match accuracy.
 
-Model: `jaxmm.models.mllm.MLLM` built from `config.model` (ViT for `modality="image"`, Whisper-style encoder
-for `"audio"`; LoRA in the LLM with `model.llm.lora_rank > 0`). Its param groups are `encoder`, `projector`,
+Model: `jaxmm.models.mllm.MLLM` built from `config.model`: the encoder named by `model.encoder` (registered in
+`jaxmm.models.encoders`: "vit", "audio" (Whisper-style), ...; its settings in `model.<encoder>`); LoRA in the
+LLM with `model.llm.lora_rank > 0`. Its param groups are `encoder`, `projector`,
 `llm` and `lora`, so `config.optim.groups.<group>` can give each its own schedule or freeze it.
-Data (`config.data.source`): the embedded text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`),
-a LLaVA conversation JSON + image folder (`llava_json`), or a prepared TFDS dataset (`tfds`), all tokenised by
+Data (`config.data.source`, registered in `jaxmm.data.sources`; its settings in `data.<source>`): the embedded
+text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`), a LLaVA conversation JSON + image folder
+(`llava_json`), a prepared TFDS dataset (`tfds`), or any source a paper registers, all tokenised by
 `jaxmm.data.ConversationFormatter` with the byte tokenizer (or an HF tokenizer via `data.tokenizer`).
 LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`, images
 against `data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
 reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted in summary.json
-(`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; written with the eval results).
+(`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; also in a run without an eval set).
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
@@ -24,29 +26,26 @@ import ml_collections
 import numpy as np
 import optax
 
-from train.task import Task
+from train.task import Datasets, Task
 from train.tasks import register
 
 
 def _defaults() -> ml_collections.ConfigDict:
+    """The schema: one `model.<encoder>` section per registered encoder and one `data.<source>` section per
+    registered data source (jaxmm.models.encoders / jaxmm.data.sources), with their defaults."""
+    from jaxmm.data import sources
+    from jaxmm.models import encoders
+
     c = ml_collections.ConfigDict()
     c.model = dict(
-        modality="image", projector="mlp2x_gelu",
+        encoder="vit", projector="mlp2x_gelu",
         llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
                  lora_rank=0, lora_alpha=16.0),
-        vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128,
-                 feature_layer=-1, lora_rank=0),
-        audio=dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2,
-                   lora_rank=0))
+        **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
         max_answer_len=8, cache=True, tokenizer="",
-        textvqa=dict(max_words=3, kinds=("read", "red", "top", "count"), font_sizes=(12, 18)),
-        audioqa=dict(max_digits=4, duration=1.0, kinds=("digit", "count", "sequence"), noise=0.02),
-        llava_json=dict(train_json="", eval_json="", image_folder="", skip_bad_records=False,
-                        max_aspect_ratio=20.0, max_pixels=64_000_000),
-        tfds=dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
-                  question="What is shown in the image?", answer_key="label"))
+        **{name: dict(s.defaults) for name, s in sources.SOURCES.items()})
     c.task_args = dict(eval_generate=True, max_new_tokens=0)
     return c
 
@@ -63,60 +62,46 @@ def _numeric(example: dict) -> dict:
 
 
 def _sources(config, fmt=None, fmt_eval=None):
-    """(train, eval or None) sources; `fmt` / `fmt_eval` let the LLaVA-JSON source check record lengths."""
-    from jaxmm import data as D
+    """(train, eval or None) sources of the registered source `config.data.source`; `fmt` / `fmt_eval` let a
+    source check record lengths (LLaVA-JSON)."""
+    from jaxmm.data import sources
 
     d, m = config.data, config.model
-    if d.source == "textvqa":
-        kw = dict(image_size=m.vit.image_size, **d.textvqa)
-        return (D.TextVQA(d.train_examples, seed=config.seed, split="train", **kw),
-                D.TextVQA(d.eval_examples, seed=config.seed, split="eval", **kw))
-    if d.source == "audioqa":
-        kw = dict(n_mels=m.audio.n_mels, **d.audioqa)
-        return (D.AudioQA(d.train_examples, seed=config.seed, split="train", **kw),
-                D.AudioQA(d.eval_examples, seed=config.seed, split="eval", **kw))
-    if d.source == "llava_json":
-        j = d.llava_json
-        kw = dict(image_size=m.vit.image_size, skip_bad_records=j.skip_bad_records,
-                  max_aspect_ratio=j.max_aspect_ratio, max_pixels=j.max_pixels)
-        train = D.LlavaJsonSource(j.train_json, j.image_folder or None, formatter=fmt, **kw)
-        evals = (D.LlavaJsonSource(j.eval_json, j.image_folder or None, formatter=fmt_eval, **kw)
-                 if j.eval_json else None)
-        return train, evals
-    if d.source == "tfds":
-        t = d.tfds
-        kw = dict(data_dir=t.data_dir or None, image_key=t.image_key or None, question=t.question,
-                  answer_key=t.answer_key, image_size=m.vit.image_size)
-        return (D.TFDSSource(t.name, split=t.train_split, **kw),
-                D.TFDSSource(t.name, split=t.eval_split, **kw) if t.eval_split else None)
-    raise ValueError(f"config.data.source: expected textvqa, audioqa, llava_json or tfds, got {d.source!r}")
+    src = sources.get(d.source)
+    args = d[d.source].to_dict() if d.source in d else {}
+    common = dict(seed=config.seed, encoder_args=m[m.encoder].to_dict() if m.encoder in m else {})
+    return (src.build(args, split="train", examples=d.train_examples, formatter=fmt, **common),
+            src.build(args, split="eval", examples=d.eval_examples, formatter=fmt_eval, **common))
 
 
 class MLLMQATask(Task):
     metric = "eval_accuracy"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if config is not None:  # this run's eval settings (read-only; the object lives for one run)
+            self.tok = tokenizer(config)
+            self.max_new_tokens = config.task_args.max_new_tokens
+            self.eval_generate = config.task_args.eval_generate
+            self.kind_names = self.kinds(config)
 
     def default_config(self):
         return _defaults()
 
     # ------------------------------------------------------------------ model
     def build_model(self, config):
-        from jaxmm.models.audio import AudioConfig
+        from jaxmm.models import encoders
         from jaxmm.models.llm import LLMConfig
         from jaxmm.models.mllm import MLLM, MLLMConfig
-        from jaxmm.models.vit import ViTConfig
 
         m, tok = config.model, tokenizer(config)
-        # eval settings used by eval_metrics (the loop builds the model once per run)
-        self._tok, self._max_new_tokens = tok, config.task_args.max_new_tokens
-        self._generate = config.task_args.eval_generate
-        self._kind_names = self._kinds(config)
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
         common = dict(dtype=dtype, remat=config.train.remat)
         llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
-        enc = dict(vit=ViTConfig(**m.vit, **common)) if m.modality == "image" else dict(
-            audio=AudioConfig(**m.audio, **common))
-        return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{m.modality}_id"), modality=m.modality,
-                               projector=m.projector, **enc))
+        spec = encoders.get(m.encoder)
+        enc = spec.build_config(m[m.encoder].to_dict() if m.encoder in m else {}, **common)
+        return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{spec.input_key}_id"), encoder=m.encoder,
+                               encoder_config=enc, projector=m.projector))
 
     @staticmethod
     def media(model, batch):
@@ -137,18 +122,18 @@ class MLLMQATask(Task):
 
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
-        kinds = self._kinds(config)
+        kinds = self.kinds(config)
         fmt_eval = ConversationFormatter(tok, max_len=d.max_len, eval=True, max_prompt_len=d.max_prompt_len,
                                          max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
         train_src, eval_src = _sources(config, fmt, fmt_eval)
-        self._skipped = self.skipped_records(train_src, eval_src)
+        skipped = self.skipped_records(train_src, eval_src)  # -> summary.json, with or without an eval set
         wrap = CachedSource if d.cache else (lambda s: s)
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
         if eval_src is None:
-            return train, None
+            return Datasets(train, None, skipped)
         with_kind = (lambda ex: {**ex, "kind_id": np.int32(kinds.index(ex["kind"]))}) if kinds else (lambda ex: ex)
         evals = grain.MapDataset.source(wrap(eval_src)).map(with_kind).map(fmt_eval).map(_numeric)
-        return train, evals
+        return Datasets(train, evals, skipped)
 
     @staticmethod
     def skipped_records(train_src, eval_src) -> dict:
@@ -162,15 +147,11 @@ class MLLMQATask(Task):
         return out
 
     @staticmethod
-    def _kinds(config) -> tuple:
-        """Question kinds of the embedded sets (eval accuracy is also reported per kind)."""
-        if config.data.source == "textvqa":
-            from jaxmm.data.textvqa import KINDS
-        elif config.data.source == "audioqa":
-            from jaxmm.data.audioqa import KINDS
-        else:
-            return ()
-        return tuple(KINDS)
+    def kinds(config) -> tuple:
+        """Question kinds of the source (eval accuracy is also reported per kind)."""
+        from jaxmm.data import sources
+
+        return tuple(sources.get(config.data.source).kinds)
 
     # ------------------------------------------------------------------ loss and eval
     def token_losses(self, model, params, batch, rng=None):
@@ -184,7 +165,7 @@ class MLLMQATask(Task):
         n = jnp.sum(w, axis=1)
         return jnp.sum(ce * w, axis=1) / jnp.maximum(n, 1.0), n
 
-    def loss_fn(self, model, params, batch, rng):
+    def loss_fn(self, model, params, batch, rng, extra=None):
         per_row, n = self.token_losses(model, params, batch)
         loss = jnp.sum(per_row * n) / jnp.maximum(jnp.sum(n), 1.0)  # mean over answer tokens
         return loss, {}
@@ -192,17 +173,16 @@ class MLLMQATask(Task):
     def eval_metrics(self, model, params, batch):
         per_row, _ = self.token_losses(model, params, batch)
         out = {"loss": per_row}
-        if self._generate and "prompt_ids" in batch:
+        if self.eval_generate and "prompt_ids" in batch:
             out["accuracy"] = hit = self.exact_match(model, params, batch)
-            for i, kind in enumerate(self._kind_names if "kind_id" in batch else ()):
+            for i, kind in enumerate(self.kind_names if "kind_id" in batch else ()):
                 is_kind = (batch["kind_id"] == i).astype(jnp.float32)
                 out[f"_hit/{kind}"], out[f"_n/{kind}"] = hit * is_kind, is_kind
         return out
 
     def evaluate(self, ctx):
         out = ctx.default_evaluate()
-        out.update(getattr(self, "_skipped", {}))  # reaches summary.json (the loop's summary holds eval_out)
-        for kind in self._kind_names:  # per-kind accuracy from the row sums
+        for kind in self.kind_names:  # per-kind accuracy from the row sums
             hit, n = out.pop(f"eval__hit/{kind}", None), out.pop(f"eval__n/{kind}", 0.0)
             if n:
                 out[f"eval_accuracy/{kind}"] = hit / n
@@ -212,9 +192,9 @@ class MLLMQATask(Task):
         """1.0 where greedy generation (up to EOS) equals the reference answer tokens."""
         from jaxmm.models.mllm import generate
 
-        tok = self._tok
+        tok = self.tok
         answer = batch["answer_ids"]
-        steps = self._max_new_tokens or answer.shape[1] + 1
+        steps = self.max_new_tokens or answer.shape[1] + 1
         new = generate(model, params, batch["prompt_ids"], batch["prompt_mask"], self.media(model, batch),
                        max_new_tokens=steps, eos_id=tok.eos_id, pad_id=tok.pad_id)
         done = jnp.cumsum(new == tok.eos_id, axis=1) > 0  # at and after the first EOS
@@ -224,4 +204,4 @@ class MLLMQATask(Task):
         return jnp.all(pred == ref, axis=1).astype(jnp.float32)
 
 
-register("mllm.qa")(MLLMQATask())
+register("mllm.qa")(MLLMQATask)

@@ -22,6 +22,7 @@ params, written by a pre-train run with `task_args.save_params`); the method's p
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -46,23 +47,6 @@ PEFT_GROUPS = {"lora": "lora", "prefix": "prefix", "ntk": "ntk"}
 
 
 # ------------------------------------------------------------------------------------------------- data
-def digits_data(classes, split: str, seed: int = 0, eval_fraction: float = 0.3):
-    """scikit-learn digits of the given classes as [{"image": float32 [8, 8, 1] in [-1, 1], "label": int32}], the
-    label being the index in `classes`. A fixed (seed 0) stratified split: the last `eval_fraction` of each class
-    is the eval set."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, c in enumerate(classes):
-        idx = rng.permutation(np.flatnonzero(d.target == c))
-        cut = int(round(len(idx) * (1 - eval_fraction)))
-        for j in (idx[:cut] if split == "train" else idx[cut:]):
-            out.append({"image": (d.images[j][..., None] / 8.0 - 1.0).astype(np.float32), "label": np.int32(i)})
-    return out
-
-
 SUBJECTS = ("the movie", "the food", "the hotel", "the book", "the game", "the song", "my day", "the trip")
 VERBS = ("was", "is", "felt")
 ADVERBS = ("", "very ", "so ")
@@ -209,8 +193,14 @@ def load_backbone(params, path: str):
 class PeftTask(Task):
     metric = "eval_accuracy"
 
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, config=None):
+        super().__init__(config)
         self.arch = arch
+        if config is not None:  # this run's settings (read-only)
+            self.frozen = frozen_groups(config)  # loss_fn stops their gradients
+            self.lm = config.model.objective == "lm"
+            self.metric = "eval_loss" if self.lm else "eval_accuracy"
+            self.init_from = config.task_args.init_from  # init_variables loads the backbone from it
 
     def default_config(self):
         model = dict(method="full", objective="classify", num_classes=5, d_model=64, num_layers=2, num_heads=4,
@@ -233,12 +223,9 @@ class PeftTask(Task):
                              f"got {m.objective!r}")
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
         make = _vit_config if self.arch == "vit" else _llm_config
-        self._frozen = frozen_groups(config)  # read by loss_fn (the loop builds one model per run)
-        self._lm = m.objective == "lm"
-        self.metric = "eval_loss" if self._lm else "eval_accuracy"
-        self._init_from = config.task_args.init_from  # init_variables loads the backbone from it
-        if self._init_from and not os.path.isfile(self._init_from):
-            raise FileNotFoundError(f"config.task_args.init_from: no file {self._init_from!r} (run the pretrain "
+        init_from = config.task_args.init_from
+        if init_from and not os.path.isfile(init_from):
+            raise FileNotFoundError(f"config.task_args.init_from: no file {init_from!r} (run the pretrain "
                                     "variant first)")
         return PeftModel(self.arch, make(m, dtype, config.train.remat), m.num_classes, m.objective)
 
@@ -247,6 +234,8 @@ class PeftTask(Task):
 
         d = config.data
         if self.arch == "vit":
+            from jaxmm.data.digits import digits_data
+
             train, evals = digits_data(d.classes, "train"), digits_data(d.classes, "eval")
             if len(d.classes) != config.model.num_classes:
                 raise ValueError(f"config.model.num_classes: expected len(data.classes)={len(d.classes)}, got "
@@ -264,7 +253,7 @@ class PeftTask(Task):
     def init_variables(self, model, batch, rng):
         args, kw = self._inputs(batch)
         variables = model.init(rng, *args, **kw)
-        path = self._init_from
+        path = self.init_from
         if path:
             variables = {**variables, "params": load_backbone(variables["params"], path)}
         return variables
@@ -272,15 +261,15 @@ class PeftTask(Task):
     def _losses(self, model, params, batch):
         args, kw = self._inputs(batch)
         out = model.apply({"params": params}, *args, **kw)
-        if self._lm:  # next-byte cross-entropy over real tokens, per row
+        if self.lm:  # next-byte cross-entropy over real tokens, per row
             w = batch["attention_mask"][:, 1:].astype(jnp.float32)
             ce = optax.softmax_cross_entropy_with_integer_labels(out[:, :-1], batch["input_ids"][:, 1:])
             return jnp.sum(ce * w, 1) / jnp.maximum(jnp.sum(w, 1), 1.0), jnp.sum(w, 1), None
         ce = optax.softmax_cross_entropy_with_integer_labels(out, batch["label"])
         return ce, jnp.ones_like(ce), (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
 
-    def loss_fn(self, model, params, batch, rng):
-        per_row, n, acc = self._losses(model, stop_frozen(params, self._frozen), batch)
+    def loss_fn(self, model, params, batch, rng, extra=None):
+        per_row, n, acc = self._losses(model, stop_frozen(params, self.frozen), batch)
         loss = jnp.sum(per_row * n) / jnp.maximum(jnp.sum(n), 1.0)
         return loss, ({} if acc is None else {"train_accuracy": jnp.mean(acc)})
 
@@ -303,8 +292,8 @@ class PeftTask(Task):
         return [Hook(config.train.steps, save, name="save_params")]
 
 
-register("peft.vit")(PeftTask("vit"))
-register("peft.llm")(PeftTask("llm"))
+register("peft.vit", factory=functools.partial(PeftTask, "vit"))
+register("peft.llm", factory=functools.partial(PeftTask, "llm"))
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -363,21 +352,22 @@ def time_steps(configs: dict, *, rounds: int = 5, steps: int = 10) -> dict:
     from train import config as config_lib
     from train import optim
     from train import tasks as task_registry
-    from train.loop import _example_batch
+    from train.loop import example_batch
 
     runners = {}
     for name, cfg in configs.items():
-        task = task_registry.get(cfg.task)
-        cfg = config_lib.merge_task_defaults(cfg, task.default_config())
+        factory = task_registry.get(cfg.task)
+        cfg = config_lib.merge_task_defaults(cfg, task_registry.build(factory).default_config())
+        task = task_registry.build(factory, cfg)
         model = task.build_model(cfg)
         train_ds, _ = task.datasets(cfg)
-        batch = _example_batch(train_ds)
+        batch = example_batch(train_ds)
         batch = {k: np.repeat(v, cfg.train.batch_size, axis=0) for k, v in batch.items()}
         params = nn.unbox(task.init_variables(model, batch, jax.random.key(cfg.seed))["params"])
         tx, _, _ = optim.make_optimizer(cfg, params)
 
         def step(params, opt_state, batch, task=task, model=model, tx=tx):
-            (loss, _), grads = jax.value_and_grad(lambda p: task.loss_fn(model, p, batch, None), has_aux=True)(params)
+            (loss, _), grads = jax.value_and_grad(lambda p: task.loss_fn(model, p, batch, None, {}), has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 

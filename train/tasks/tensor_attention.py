@@ -248,7 +248,7 @@ class Match3(Task):
     def init_variables(self, model, batch, rng):
         return model.init(rng, batch["tokens"])
 
-    def loss_fn(self, model, params, batch, rng):
+    def loss_fn(self, model, params, batch, rng, extra=None):
         logits = model.apply({"params": params}, batch["tokens"])
         loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
         return loss, {"train_accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0))}
@@ -260,7 +260,7 @@ class Match3(Task):
 
 
 MATCH3_MODELS = ("softmax", "tensor", "tensor_poly")
-register("tensor_attention.match3_model")(Match3())
+register("tensor_attention.match3_model")(Match3)
 
 
 @functools.lru_cache(maxsize=4)

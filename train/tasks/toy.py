@@ -91,7 +91,7 @@ class ToyClassify(Task):
     def init_variables(self, model, batch, rng):
         return model.init(rng, batch["x"])
 
-    def loss_fn(self, model, params, batch, rng):
+    def loss_fn(self, model, params, batch, rng, extra=None):
         logits = model.apply({"params": params}, batch["x"], train=rng is not None, rng=rng)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
         return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["y"])}
@@ -101,7 +101,6 @@ class ToyClassify(Task):
         return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
                 "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
 
-
     def hooks(self, config):
         # a deliberately slow run (for the kill-and-resume test): the sleep changes no numbers
         if config.task_args.sleep_s > 0:
@@ -109,7 +108,7 @@ class ToyClassify(Task):
         return []
 
 
-register("toy.classify")(ToyClassify())
+register("toy.classify")(ToyClassify)
 
 
 def config(**overrides) -> ml_collections.ConfigDict:

@@ -83,7 +83,7 @@ class ViTProbe(Task):
     def init_variables(self, model, batch, rng):
         return model.init(rng, batch["image"])
 
-    def loss_fn(self, model, params, batch, rng):
+    def loss_fn(self, model, params, batch, rng, extra=None):
         logits = model.apply({"params": params}, batch["image"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
@@ -111,4 +111,4 @@ class ViTProbe(Task):
         return [Hook(config.train.steps, save, name="save_encoder")]
 
 
-register("vit_probe")(ViTProbe())
+register("vit_probe")(ViTProbe)

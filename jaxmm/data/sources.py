@@ -1,0 +1,110 @@
+"""Registry of data sources: a paper adds a data set by registering it from its own module, with no edit to the
+trainer's tasks.
+
+    from jaxmm.data import sources
+    sources.register(sources.Source(
+        "mydata", lambda args, *, split, examples, seed, encoder_args, formatter=None: MyData(split, **args),
+        defaults=dict(path=""), kinds=()))
+
+`build(args, *, split, examples, seed, encoder_args, formatter=None)` returns a random-access source
+(`__len__`/`__getitem__` of dict examples) for `split` ("train" | "eval"), or None when there is no such split:
+  args          the trainer's `config.data.<name>` section (keys and defaults: `defaults`);
+  examples      `config.data.train_examples` / `eval_examples` (procedural sets; others may ignore it);
+  encoder_args  the selected encoder's config section (`image_size`, `n_mels`, ... to match the model's input);
+  formatter     the conversation formatter of that split (a source may check record lengths with it).
+`kinds`: question kinds of the set (examples carry "kind"; eval accuracy is reported per kind).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from jaxmm.checks import fail
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    build: Callable[..., Any]
+    defaults: dict = dataclasses.field(default_factory=dict)
+    kinds: tuple = ()
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    if source.name in SOURCES and SOURCES[source.name] != source:
+        raise ValueError(f"data source {source.name!r} registered twice")
+    SOURCES[source.name] = source
+    return source
+
+
+def get(name: str) -> Source:
+    if name not in SOURCES:
+        fail("source", f"a registered data source (one of {sorted(SOURCES)})", repr(name))
+    return SOURCES[name]
+
+
+# ------------------------------------------------------------------------------------------- built-in sources
+def _image_size(encoder_args) -> dict:
+    return {"image_size": encoder_args["image_size"]} if "image_size" in encoder_args else {}
+
+
+def _textvqa(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.textvqa import TextVQA
+
+    return TextVQA(examples, seed=seed, split=split, image_size=encoder_args["image_size"], **args)
+
+
+def _audioqa(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.audioqa import AudioQA
+
+    return AudioQA(examples, seed=seed, split=split, n_mels=encoder_args["n_mels"], **args)
+
+
+def _llava_json(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.llava_json import LlavaJsonSource
+
+    path = args["train_json"] if split == "train" else args["eval_json"]
+    if not path and split == "eval":
+        return None
+    return LlavaJsonSource(path, args["image_folder"] or None, formatter=formatter,
+                           skip_bad_records=args["skip_bad_records"], max_aspect_ratio=args["max_aspect_ratio"],
+                           max_pixels=args["max_pixels"], **_image_size(encoder_args))
+
+
+def _tfds(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.tfds import TFDSSource
+
+    name = args["train_split"] if split == "train" else args["eval_split"]
+    if not name:
+        return None
+    return TFDSSource(args["name"], split=name, data_dir=args["data_dir"] or None,
+                      image_key=args["image_key"] or None, question=args["question"], answer_key=args["answer_key"],
+                      **_image_size(encoder_args))
+
+
+def _digits(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.digits import digits_data
+
+    return digits_data(tuple(args["classes"]), split)
+
+
+def _register_builtin() -> None:
+    from jaxmm.data import audioqa, textvqa
+
+    register(Source("textvqa", _textvqa, kinds=tuple(textvqa.KINDS),
+                    defaults=dict(max_words=3, kinds=("read", "red", "top", "count"), font_sizes=(12, 18))))
+    register(Source("audioqa", _audioqa, kinds=tuple(audioqa.KINDS),
+                    defaults=dict(max_digits=4, duration=1.0, kinds=("digit", "count", "sequence"), noise=0.02)))
+    register(Source("llava_json", _llava_json,
+                    defaults=dict(train_json="", eval_json="", image_folder="", skip_bad_records=False,
+                                  max_aspect_ratio=20.0, max_pixels=64_000_000)))
+    register(Source("tfds", _tfds,
+                    defaults=dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
+                                  question="What is shown in the image?", answer_key="label")))
+    register(Source("digits", _digits, defaults=dict(classes=(0, 1, 2, 3, 4))))
+
+
+_register_builtin()
