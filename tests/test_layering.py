@@ -12,7 +12,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-CHAIN = ["checks", "ops", "kernels", "attention", "nn", "models"]   # jaxmm.checks: argument checks, the base
+CHAIN = ["checks", "registry", "ops", "kernels", "attention", "nn", "models"]   # jaxmm.checks: argument checks, the base
 # what each jaxmm package may import (besides itself); packages outside the chain may import the chain
 ALLOWED = {name: set(CHAIN[:i]) for i, name in enumerate(CHAIN)}
 ALLOWED.update({pkg: set(CHAIN) for pkg in ("privacy", "tuning", "hf")})

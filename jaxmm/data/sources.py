@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from jaxmm.checks import fail
+from jaxmm.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,20 +30,8 @@ class Source:
     kinds: tuple = ()
 
 
-SOURCES: dict[str, Source] = {}
-
-
-def register(source: Source) -> Source:
-    if source.name in SOURCES and SOURCES[source.name] != source:
-        raise ValueError(f"data source {source.name!r} registered twice")
-    SOURCES[source.name] = source
-    return source
-
-
-def get(name: str) -> Source:
-    if name not in SOURCES:
-        fail("source", f"a registered data source (one of {sorted(SOURCES)})", repr(name))
-    return SOURCES[name]
+SOURCES = Registry("data source", "source")
+register, get = SOURCES.register, SOURCES.get
 
 
 # ------------------------------------------------------------------------------------------- built-in sources

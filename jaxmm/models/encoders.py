@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from jaxmm.checks import fail
+from jaxmm.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,20 +40,8 @@ class Encoder:
         return self.config_cls(**dict(args), **{k: v for k, v in common.items() if k in fields})
 
 
-ENCODERS: dict[str, Encoder] = {}
-
-
-def register(encoder: Encoder) -> Encoder:
-    if encoder.name in ENCODERS and ENCODERS[encoder.name] != encoder:
-        raise ValueError(f"encoder {encoder.name!r} registered twice")
-    ENCODERS[encoder.name] = encoder
-    return encoder
-
-
-def get(name: str) -> Encoder:
-    if name not in ENCODERS:
-        fail("encoder", f"a registered encoder (one of {sorted(ENCODERS)})", repr(name))
-    return ENCODERS[name]
+ENCODERS = Registry("encoder", "encoder")
+register, get = ENCODERS.register, ENCODERS.get
 
 
 def _register_builtin() -> None:
