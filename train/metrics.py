@@ -58,12 +58,19 @@ def read(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot(path: str, out_dir: str) -> list[str]:
-    """One PNG per metric family (loss, lr, eval, then one for the rest); returns the files written."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (the one place that sets it up)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(path: str, out_dir: str) -> list[str]:
+    """One PNG per metric family (loss, lr, eval, then one for the rest); returns the files written."""
+    plt = pyplot()
 
     records = read(path)
     keys = sorted({k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))})

@@ -21,17 +21,8 @@ import time
 
 import jax
 
-from train.metrics import MetricsWriter, write_atomic
+from train.metrics import MetricsWriter, pyplot, write_atomic  # noqa: F401  (pyplot: re-exported)
 
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (the one place that sets it up)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class Reporter:

@@ -328,10 +328,9 @@ def kappa_summary(records) -> dict:
 
 
 def plot_kappa(records, path: str, title: str = "") -> str:
-    import matplotlib
+    from train.metrics import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
     pts = [(r["step"], r["kappa"]) for r in records if "kappa" in r]

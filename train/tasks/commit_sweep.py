@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from train import config as config_lib
-from train.metrics import read, write_atomic
+from train.metrics import pyplot, read, write_atomic
 
 SWEEP_KEYS = ("kind", "modalities", "lora", "base_image", "base_audio", "encoder_lr_factors", "seeds", "methods",
               "lrs", "target_loss", "measure_every")
@@ -87,18 +87,9 @@ def _fmt(xs, digits=3):
     return f"{np.mean(xs):.{digits}g}" + (f" ± {np.std(xs):.{max(digits - 1, 1)}g}" if len(xs) > 1 else "")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # ------------------------------------------------------------------------------------------------ experiments
 def imbalance(s, workdir):
-    plt = _plt()
+    plt = pyplot()
     rows, fig_lines = [], []
     for modality in s.modalities:
         base = s[f"base_{modality}"]
@@ -146,7 +137,7 @@ def imbalance(s, workdir):
 
 
 def convergence(s, workdir):
-    plt = _plt()
+    plt = pyplot()
     out, tables, result = [], [], {}
     targets = s.target_loss
     for modality in s.modalities:
