@@ -44,7 +44,7 @@ def _defaults() -> ml_collections.ConfigDict:
         **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
-        max_answer_len=8, cache=True, tokenizer="",
+        max_answer_len=8, cache=True, tokenizer="", worker_count=0, worker_buffer_size=2,
         **{name: dict(s.defaults) for name, s in sources.SOURCES.items()})
     c.task_args = dict(eval_generate=True, max_new_tokens=0)
     return c
@@ -118,7 +118,7 @@ class MLLMQATask(Task):
     def datasets(self, config):
         import grain
 
-        from jaxmm.data import CachedSource, ConversationFormatter
+        from jaxmm.data import CachedSource, ConversationFormatter, sources
 
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
@@ -127,7 +127,7 @@ class MLLMQATask(Task):
                                          max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
         train_src, eval_src = _sources(config, fmt, fmt_eval)
         skipped = self.skipped_records(train_src, eval_src)  # -> summary.json, with or without an eval set
-        wrap = CachedSource if d.cache else (lambda s: s)
+        wrap = CachedSource if d.cache and sources.get(d.source).cacheable else (lambda s: s)  # not file-backed
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
         if eval_src is None:
             return Datasets(train, None, skipped)
