@@ -14,6 +14,13 @@ the same arguments, `it.set_state(state)` continues with exactly the same batche
 Eval padding: `eval_batches` walks the first examples in order in global batches of B; the last is filled up
 with copies of its first example and the int32 field "valid" marks the real rows (one shape for a jitted eval;
 fillers count nowhere).
+
+Sharding: this process's share is a `grain.sharding.ShardOptions` (default `ShardByJaxProcess()`), applied to
+the stream of per-process batches (grain's `IndexSampler` would bring its own shuffle, not this rule).
+Workers: `worker_count=N` makes reading, decoding, transforms and batching run in N grain worker processes
+(`mp_prefetch`; worker i makes this process's batches i, i+N, ...; grain interleaves them back in order): the
+same batches as in-process, for sources that read files (`LlavaJsonSource`, `TFDSSource`). `CachedSource` is
+for small procedural sets only: file-backed sources are never cached whole in RAM.
 """
 from __future__ import annotations
 

@@ -359,3 +359,30 @@ def test_llava_json_and_tfds_paths_through_epath(tmp_path, fake_gcs):
 
     with pytest.raises(FileNotFoundError, match="TFDS data_dir not found: gs://bucket/tfds"):
         TFDSSource("mnist", data_dir="gs://bucket/tfds")
+
+
+class Pids:
+    """Examples that say which process made them."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"index": np.int64(i), "pid": np.int64(os.getpid())}
+
+
+def test_trainer_loader_takes_the_worker_count_from_the_config():
+    import ml_collections
+
+    from train import loop
+
+    config = ml_collections.ConfigDict(dict(data=dict(worker_count=2, worker_buffer_size=1)))
+    assert loop.loader_options(config) == dict(worker_count=2, worker_buffer_size=1)
+    assert loop.loader_options(ml_collections.ConfigDict(dict(data={}))) == dict(worker_count=0,
+                                                                                worker_buffer_size=2)
+    with deadline(120):
+        batches = _collect(loop.train_iterator(Pids(), 4, 2, 0, **loop.loader_options(config)))
+        _no_workers_left()
+    pids = set(np.concatenate([b["pid"] for b in batches]).tolist())
+    assert len(batches) == 2 and len(pids) == 2 and os.getpid() not in pids
+    assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == list(range(8))

@@ -9,10 +9,13 @@ Data (`config.data.source`, registered in `jaxmm.data.sources`; its settings in 
 text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`), a LLaVA conversation JSON + image folder
 (`llava_json`), a prepared TFDS dataset (`tfds`), or any source a paper registers, all tokenised by
 `jaxmm.data.ConversationFormatter` with the byte tokenizer (or an HF tokenizer via `data.tokenizer`).
-LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`, images
-against `data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
+LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`; image
+files when read, or at the start with `data.llava_json.check_files="startup"`, against
+`data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
 reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted in summary.json
 (`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; also in a run without an eval set).
+File-backed sources (llava_json, tfds) are decoded in `data.worker_count` grain worker processes (0 = in the
+training process) and never cached (`data.cache` caches only the procedural sets).
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
