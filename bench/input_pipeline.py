@@ -1,8 +1,8 @@
 """Input that scales: examples/s of the LLaVA-JSON path (JSON + image folder -> decode, pad, resize -> the
 trainer's conversation formatter -> batches) at 0, 1, 2 and 4 grain worker processes, against the demo model's
 training rate (steps/s x batch size of configs/demo.py, measured in the same run by the trainer itself), and
-the peak RSS of a full pass as the folder grows 10x (lazy source: flat; a `CachedSource` control shows what
-caching the set would cost).
+the peak RSS of a full pass as the folder grows 10x (lazy source: flat up to the JSON index; a `CachedSource`
+control shows what caching the set would cost).
 
     JAX_PLATFORMS=cpu .venv/bin/python bench/input_pipeline.py [--images 5000] [--out table.md]
     JAX_PLATFORMS=cpu .venv/bin/python bench/input_pipeline.py --small     # a tiny folder, seconds (the test)
@@ -173,7 +173,7 @@ def demo_rate(steps: int, log_every: int, train_examples: int = 512) -> dict:
     return {"batch_size": c.train.batch_size, "examples_per_s": ex_s, "steps_per_s": ex_s / c.train.batch_size}
 
 
-def run(images: int, *, small: bool, image_size: int = 32, batch_size: int = 32) -> str:
+def run(images: int, *, small: bool, image_size: int = 32, batch_size: int = 32, memory_image_size: int = 96) -> str:
     workers_list = (0, 1) if small else (0, 1, 2, 4)
     batches = 3 if small else max(10, min(60, images // batch_size // 2))
     folder = tempfile.mkdtemp(prefix="jaxmm_input_bench_")
@@ -195,7 +195,8 @@ def run(images: int, *, small: bool, image_size: int = 32, batch_size: int = 32)
         mem = []
         for n, path in ((images // 10, smallj), (images, big)):
             for w, cached in ((0, False), (0, True)) if small else ((0, False), (2, False), (0, True)):
-                mem.append((n, w, cached, peak_rss(path, folder, image_size=image_size, workers=w, cached=cached)))
+                mem.append((n, w, cached, peak_rss(path, folder, image_size=memory_image_size, workers=w,
+                                                   cached=cached)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -211,6 +212,9 @@ def run(images: int, *, small: bool, image_size: int = 32, batch_size: int = 32)
     lines += ["", f"Demo model (configs/demo.py: ViT 32 px + projector + 2-layer LLM, batch {demo['batch_size']}) "
                   f"trains at {demo['steps_per_s']:.2f} steps/s = {demo['examples_per_s']:.0f} examples/s "
                   "(the trainer's own metrics.jsonl, compile interval excluded).", "",
+              f"Peak RSS of one pass over the folder at {memory_image_size}x{memory_image_size} (a cached example "
+              f"is then {memory_image_size ** 2 * 3 // 1024} KB of pixels, so a cache would show), batch 32, a fresh "
+              "process per row:", "",
               "| folder (images) | reader | worker processes | peak RSS, reader (MB) | peak RSS, largest worker (MB) |",
               "|---|---|---|---|---|"]
     for n, w, cached, m in mem:
