@@ -91,7 +91,7 @@ def _assert_from(where, site):
 
 
 def test_wheel_ships_packages_configs_and_accelerator_extras(venv):
-    python, site, wheel = venv
+    _, site, _ = venv
     assert sorted(p.name for p in (site / "train" / "configs").glob("*.py")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.py"))
     assert (site / "jaxmm" / "kernels").is_dir() and (site / "train" / "tasks").is_dir()
@@ -118,11 +118,11 @@ def test_installed_package_runs_a_config_by_name_from_another_directory(venv, tm
     assert math.isfinite(summary["rel_err_m2"]) and math.isfinite(summary["rel_err_m64"]), summary
     assert json.loads((workdir / "config.json").read_text())["variant"] == "tiny"
     assert (workdir / "results.md").exists() and (workdir / "metrics.jsonl").read_text().strip()
-    assert f"workdir=w" in r.stdout
+    assert "workdir=w" in r.stdout
 
 
 def test_installed_package_names_unknown_configs(venv, tmp_path):
-    python, site, _ = venv
+    python, _, _ = venv
     r, _ = _run(python, tmp_path / "elsewhere", "--config", "demo_typo:tiny", "--workdir", "w")
     assert r.returncode != 0
     assert "demo_typo:tiny" in r.stderr and "commit, demo, dp_cross_attention" in r.stderr, r.stderr[-2000:]
