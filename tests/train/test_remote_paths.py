@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 import warnings
 
@@ -52,7 +56,8 @@ def bucket():
         mp.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs (behind epath)
         mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # Orbax's tensorstore GCS driver
         mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "fake")  # tensorstore: no credential lookup
-        fsspec.config.conf["gcs"] = {"token": "anon"}  # gcsfs: no credential lookup
+        mp.setenv("FSSPEC_GCS_TOKEN", "anon")  # gcsfs in a subprocess: no credential lookup
+        fsspec.config.conf["gcs"] = {"token": "anon"}  # gcsfs here
         _clear_fs_caches()
         try:
             yield "gs://bucket"
@@ -128,6 +133,34 @@ def test_gs_workdir_stopped_midway_resumes_to_the_uninterrupted_run(workdir, tmp
     assert {"config.json", "metrics.jsonl", "summary.json", "loss.png"} <= set(_names(workdir))
     assert "RUNNING.pid" not in _names(workdir)
     assert epath.Path(workdir, "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # ~40 s: a `python -m train` subprocess (JAX start-up) on top of two runs
+def test_gs_workdir_sigkilled_midway_resumes_to_the_uninterrupted_run(workdir, tmp_path):
+    """`python -m train --workdir gs://...` killed with SIGKILL after its step-4 checkpoint (a save of step 8 may
+    be cut off mid-upload), then rerun: same losses and params as an uninterrupted local run."""
+    over = {**RUN, "train.steps": 12, "checkpoint.every": 4, "checkpoint.keep": 5, "task_args.sleep_s": 0.3}
+    ref_summary, ref = loop.train(toy.config(**over), str(tmp_path / "local"), TASK, return_state=True)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    flags = [f"--config.{k}={v}".replace(" ", "") for k, v in over.items()]
+    victim = subprocess.Popen([sys.executable, "-m", "train", "--config=tests/train/toy_config.py",
+                               f"--workdir={workdir}", *flags], cwd=root, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root))
+    marker = epath.Path(workdir, "checkpoints", "4", "commit_success.txt")
+    deadline = time.time() + 200
+    while time.time() < deadline and not marker.exists():  # a finished step-4 checkpoint on the bucket
+        assert victim.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    killed_at = max(r["step"] for r in read(f"{workdir}/metrics.jsonl"))
+    assert 4 <= killed_at < 12, killed_at  # the bucket's metrics.jsonl: every record up to the last saved step
+
+    summary, state = loop.train(toy.config(**over), workdir, TASK, return_state=True)
+    assert summary["resumed_from"] in (4, 8), summary["resumed_from"]
+    assert_losses_close(_losses(workdir), _losses(str(tmp_path / "local")), "losses after SIGKILL and rerun")
+    assert_params_close(state.params, ref.params, "params after SIGKILL and rerun")
+    assert _names(f"{workdir}/checkpoints") == ["12", "4", "8"]
 
 
 def test_gs_corrupt_newest_checkpoint_falls_back_and_a_changed_config_is_refused(workdir):
