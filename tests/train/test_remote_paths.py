@@ -41,14 +41,15 @@ RUN = {"train.steps": 10, "checkpoint.every": 5, "checkpoint.keep": 3, "mesh.sha
 def bucket():
     """`gs://bucket` served by an in-process fake GCS server (tests/train/fake_gcs.py) for this module's tests."""
     import fsspec
-    from fake_gcs import serve
-
-    # gcsfs's default file system first asks Google's storage-control API for the bucket type (a request that
-    # never reaches the fake server and hangs without network with anonymous credentials): read at its import
-    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     import gcsfs
+    from fake_gcs import serve
+    from fsspec.registry import _registry
 
-    assert gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem, "gcsfs was imported before this fixture set its mode"
+    # gcsfs's default (extended) file system first asks Google's storage-control API for the bucket type, a
+    # request that never reaches the fake server (and hangs without network): use its core file system
+    saved_impls = {name: _registry.get(name) for name in ("gs", "gcs")}
+    for name in saved_impls:
+        fsspec.register_implementation(name, gcsfs.core.GCSFileSystem, clobber=True)
     for name in ("gcp_storage_emulator", "gcsfs"):  # 404s of existence checks are logged as errors there
         logging.getLogger(name).setLevel(logging.CRITICAL)
     saved_conf = fsspec.config.conf.get("gcs")
@@ -57,6 +58,7 @@ def bucket():
         mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # Orbax's tensorstore GCS driver
         mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "fake")  # tensorstore: no credential lookup
         mp.setenv("FSSPEC_GCS_TOKEN", "anon")  # gcsfs in a subprocess: no credential lookup
+        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # ... and its core file system
         fsspec.config.conf["gcs"] = {"token": "anon"}  # gcsfs here
         _clear_fs_caches()
         try:
@@ -66,6 +68,10 @@ def bucket():
                 fsspec.config.conf.pop("gcs", None)
             else:
                 fsspec.config.conf["gcs"] = saved_conf
+            for name, impl in saved_impls.items():
+                _registry.pop(name, None)
+                if impl is not None:
+                    _registry[name] = impl
             _clear_fs_caches()
 
 
@@ -243,3 +249,18 @@ def test_local_write_atomic_leaves_only_the_file(tmp_path):
         write_atomic(tmp_path / "a.json", "{}")
         write_atomic(str(tmp_path / "a.json"), "[1]")
     assert os.listdir(tmp_path) == ["a.json"] and (tmp_path / "a.json").read_text() == "[1]"
+
+
+def test_fake_gcs_keeps_object_generations_and_conditional_writes(bucket):
+    """What tensorstore (Orbax's array writer, OCDBT manifests) relies on and tests/train/fake_gcs.py adds to the
+    emulator: a read returns the object's generation, a write conditioned on a stale generation is refused."""
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "gcs", "bucket": "bucket", "path": f"{uuid.uuid4().hex[:10]}/"}).result()
+    first = kv.write("a", b"one").result().generation
+    assert kv.read("a").result().stamp.generation == first
+    second = kv.write("a", b"two", if_equal=first).result().generation
+    assert second not in (first, b"")
+    assert kv.write("a", b"three", if_equal=first).result().generation == b""  # refused: stale generation
+    got = kv.read("a").result()
+    assert (got.value, got.stamp.generation) == (b"two", second)
