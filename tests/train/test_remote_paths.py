@@ -264,3 +264,30 @@ def test_fake_gcs_keeps_object_generations_and_conditional_writes(bucket):
     assert kv.write("a", b"three", if_equal=first).result().generation == b""  # refused: stale generation
     got = kv.read("a").result()
     assert (got.value, got.stamp.generation) == (b"two", second)
+
+
+def _tiny_experiment(config, report):
+    report.section("## tiny\n", value=config.value)
+    report.metrics.write(1, {"loss": config.value})
+    return {"value": config.value}
+
+
+def test_gs_experiment_through_the_entry_point(workdir):
+    """`train.main.run` (what `python -m train` calls) on a gs:// workdir with an experiment: claim, config.json,
+    the reporter's files and summary.json land on the bucket; the claim is released."""
+    import json
+
+    import ml_collections
+
+    from train.experiment import experiment
+    from train.main import run
+
+    name = "test_remote_paths.tiny"
+    experiment(name)(_tiny_experiment)
+    config = ml_collections.ConfigDict({"task": name, "value": 0.5})
+    assert run(config, workdir) == {"value": 0.5}
+    root = epath.Path(workdir)
+    assert _names(workdir) == ["config.json", "metrics.jsonl", "results.json", "results.md", "summary.json"]
+    assert json.loads(root.joinpath("config.json").read_text()) == {"task": name, "value": 0.5}
+    assert json.loads(root.joinpath("summary.json").read_text()) == {"value": 0.5}
+    assert read(f"{workdir}/metrics.jsonl") == [{"step": 1, "loss": 0.5}]
