@@ -90,8 +90,10 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
 
     if all(section in config for section in ("train", "optim", "checkpoint")):
         config_lib.check_values(config)  # a bad value is named as such, not as a change from the saved config
+    from etils import epath
+
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local, or gs://... (etils.epath)
     if lead:
         loop.claim_workdir(workdir)  # before writing: a refused second run must not overwrite the live run's config
     try:
