@@ -13,7 +13,8 @@ from jaxmm.data.chat_template import ChatTemplate
 
 HF = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
 REF = json.load(open(os.path.join(HF, "qwen2_chat", "chat_reference.json")))
-CASES = [(folder, i) for folder, cases in REF.items() for i, c in enumerate(cases) if "text" in c]
+CASES = [(folder, i) for folder, cases in REF.items() if isinstance(cases, list) for i, c in enumerate(cases)
+         if "text" in c]
 
 
 @pytest.mark.parametrize("folder,i", CASES)
