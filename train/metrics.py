@@ -1,7 +1,8 @@
 """Observability: metrics.jsonl (one JSON record per logged step), the progress bar, PNG curves.
 
 Only process 0 writes. On resume `MetricsWriter(path, resume_step=s)` drops every record with step > s, so a
-killed-and-resumed run ends with exactly the records an uninterrupted run writes.
+killed-and-resumed run ends with exactly the records an uninterrupted run writes. Each record also goes to the
+writer's `sinks` (objects with `write(step, record)`: the TensorBoard writer, train/tensorboard.py).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def _clean(v):
 
 
 class MetricsWriter:
-    def __init__(self, path: str, resume_step: int | None = None):
+    def __init__(self, path: str, resume_step: int | None = None, sinks: tuple = ()):
         self.path = path
+        self.sinks = tuple(sinks)
         self.active = jax.process_index() == 0
         if not self.active:
             return
@@ -51,6 +53,8 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
+        for sink in self.sinks:
+            sink.write(rec["step"], {k: v for k, v in rec.items() if k != "step"})
 
 
 def read(path: str) -> list[dict]:
@@ -79,7 +83,7 @@ def plot(path: str, out_dir: str) -> list[str]:
         "lr": [k for k in keys if k.startswith("lr/")],
         "eval": [k for k in keys if k.startswith("eval") and "loss" not in k],
     }
-    used = {k for ks in families.values() for k in ks} | {"examples_per_s", "tokens_per_s"}
+    used = {k for ks in families.values() for k in ks} | {"examples_per_s", "tokens_per_s", "mfu", "tflops_per_s"}
     families["other"] = [k for k in keys if k not in used]
     written = []
     for fam, ks in families.items():
@@ -111,7 +115,7 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled and jax.process_index() == 0:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget bar in notebooks, text in a terminal
 
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=0.5, unit="step")
 
