@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -74,9 +74,10 @@ class Writer:
         from tensorboardX import SummaryWriter
 
         _route_remote(logdir)
-        # pid in the name: a resumed run started within the same second as the killed one gets its own file
+        # the file name has the time in seconds, then this suffix: a resumed run started within the same second
+        # as the killed one gets its own file, listed after it
         self.writer = SummaryWriter(logdir=logdir, purge_step=(resume_step + 1) if resume_step else None,
-                                    flush_secs=30, filename_suffix=f".{os.getpid()}")
+                                    flush_secs=30, filename_suffix=f".{time.time_ns()}")
 
     def write(self, step: int, metrics: dict) -> None:
         """Scalars of one metrics record (a `MetricsWriter` sink): every finite-or-not number; others skipped."""
