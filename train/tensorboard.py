@@ -73,6 +73,7 @@ class Writer:
             return
         from tensorboardX import SummaryWriter
 
+        logdir = str(logdir)  # a str or an etils.epath.Path
         _route_remote(logdir)
         # the file name has the time in seconds, then this suffix: a resumed run started within the same second
         # as the killed one gets its own file, listed after it
