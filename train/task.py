@@ -42,6 +42,8 @@ hooks(config) -> list[Hook]: host-side, `Hook(every, fn)`; after step s (s % eve
 step_hooks(config) -> list[StepHook]: in-step, pure functions `fn(state, batch, updates, step) -> state` traced
     inside the compiled step after the optimizer update (EMA of params, DP noise, ...); `init(params)` gives the
     entries they add to `TrainState.extra` (see `train.hooks.ema_hook`).
+sample_outputs(model, params, batch) -> dict of arrays, sample_text(batch, outputs) -> list[str]: optional; a line
+    per row shown with the first eval examples in TensorBoard (train/tensorboard.py).
 on_end(ctx: EndContext) -> dict | None: end of run (after the last step and eval, before summary.json): plots,
     tables; the dict is merged into the summary.
 """

@@ -191,20 +191,36 @@ class MLLMQATask(Task):
                 out[f"eval_accuracy/{kind}"] = hit / n
         return out
 
-    def exact_match(self, model, params, batch):
-        """1.0 where greedy generation (up to EOS) equals the reference answer tokens."""
+    def greedy_answers(self, model, params, batch):
+        """Greedy generation from the prompts [B, steps], pad from the first EOS on."""
         from jaxmm.models.mllm import generate
 
         tok = self.tok
-        answer = batch["answer_ids"]
-        steps = self.max_new_tokens or answer.shape[1] + 1
+        steps = self.max_new_tokens or batch["answer_ids"].shape[1] + 1
         new = generate(model, params, batch["prompt_ids"], batch["prompt_mask"], self.media(model, batch),
                        max_new_tokens=steps, eos_id=tok.eos_id, pad_id=tok.pad_id)
         done = jnp.cumsum(new == tok.eos_id, axis=1) > 0  # at and after the first EOS
-        pred = jnp.where(done, tok.pad_id, new)
-        ref = jnp.full(pred.shape, tok.pad_id, pred.dtype).at[:, :min(answer.shape[1], steps)].set(
+        return jnp.where(done, tok.pad_id, new)
+
+    def exact_match(self, model, params, batch):
+        """1.0 where greedy generation (up to EOS) equals the reference answer tokens."""
+        answer, pred = batch["answer_ids"], self.greedy_answers(model, params, batch)
+        steps = pred.shape[1]
+        ref = jnp.full(pred.shape, self.tok.pad_id, pred.dtype).at[:, :min(answer.shape[1], steps)].set(
             answer[:, :steps])
         return jnp.all(pred == ref, axis=1).astype(jnp.float32)
+
+    # ------------------------------------------------------------------ TensorBoard eval samples (train/tensorboard.py)
+    def sample_outputs(self, model, params, batch):
+        return {"answer": self.greedy_answers(model, params, batch)} if "prompt_ids" in batch else {}
+
+    def sample_text(self, batch, outputs) -> list[str]:
+        """'<question> -> <greedy answer> (ref: <reference>)' per row."""
+        if "answer" not in outputs:
+            return [self.tok.decode(ids).strip() for ids in batch["input_ids"]]
+        return [f"{self.tok.decode(q).strip()} -> {self.tok.decode(a).strip()!r} "
+                f"(ref: {self.tok.decode(r).strip()!r})"
+                for q, a, r in zip(batch["prompt_ids"], outputs["answer"], batch["answer_ids"])]
 
 
 register("mllm.qa")(MLLMQATask)
