@@ -237,7 +237,7 @@ def read_params(directory: str, groups=None, step: int | None = None):
         raise FileNotFoundError(f"read_params: no checkpoint directory {directory!r}")
     manager = ocp.CheckpointManager(
         os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers=dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()))
+        item_handlers=dict(state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler()))
     try:
         steps = sorted(manager.all_steps())
         if not steps:
@@ -253,7 +253,9 @@ def read_params(directory: str, groups=None, step: int | None = None):
         target = {"params": {g: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
                                              saved[g]) for g in groups}}
         out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target, strict=False), meta=ocp.args.JsonRestore()))
+            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                         partial_restore=True),
+            meta=ocp.args.JsonRestore()))
         params = out["state"]["params"]
         sums = {k: v for k, v in out["meta"].get("checksums", {}).items()
                 if any(k.startswith(f"params.{g}.") for g in groups)}

@@ -1,6 +1,7 @@
 """jaxmm.hf.init: module configs from HF folders (shape settings from config.json, explicit overrides checked),
 weights into a model's param groups (vocabulary growth, LoRA kept), checked against HF's own outputs."""
 import dataclasses
+import functools
 import os
 
 import jax
@@ -70,6 +71,7 @@ def test_grown_vocabulary_keeps_the_checkpoint_logits():
     assert head.shape == (64, 260)
 
 
+@functools.cache
 def _mllm(enc_folder, llm_folder, lora=0):
     from jaxmm.models.mllm import MLLM, MLLMConfig
 
@@ -80,7 +82,10 @@ def _mllm(enc_folder, llm_folder, lora=0):
     image = jnp.zeros((1, enc.image_size, enc.image_size, 3))
     import flax.linen as nn
 
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), ids, image)["params"])
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(1), ids, image)["params"])
+    rng = np.random.default_rng(0)  # stand-in "random init" values (an MLLM init costs 20-40 s to compile here)
+    params = jax.tree_util.tree_map_with_path(  # lora_b = 0 as Dense initialises it
+        lambda p, s: jnp.asarray(rng.standard_normal(s.shape) * (p[-1].key != "lora_b"), s.dtype), shapes)
     return model, params, ids, image
 
 
@@ -104,7 +109,7 @@ def test_load_group_puts_the_folders_weights_into_the_mllm():
 
 
 def test_load_group_refuses_a_config_of_another_folder():
-    model, params, _, _ = _mllm(os.path.join(HF, "siglip_vision"), os.path.join(HF, "llama_mha"))
+    model, params, _, _ = _mllm(os.path.join(HF, "siglip_vision"), os.path.join(HF, "llama_mha"), lora=2)
     other = dataclasses.replace(model.config.llm, num_layers=1)
     with pytest.raises(ValueError, match="module_config"):
         hf_init.load_group(params, "llm", os.path.join(HF, "llama_mha"), other)
