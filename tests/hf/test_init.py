@@ -72,14 +72,15 @@ def test_grown_vocabulary_keeps_the_checkpoint_logits():
 
 
 @functools.cache
-def _mllm(enc_folder, llm_folder, lora=0):
+def _mllm(enc_folder, llm_folder, lora=0, encoder="vit"):
     from jaxmm.models.mllm import MLLM, MLLMConfig
 
-    enc = hf_init.encoder_config(enc_folder, "vit", dict(VIT_DEFAULTS, lora_rank=lora), VIT_DEFAULTS)
+    defaults = get_encoder(encoder).defaults
+    enc = hf_init.encoder_config(enc_folder, encoder, dict(defaults, lora_rank=lora), defaults)
     llm = hf_init.llm_config(llm_folder, {"lora_rank": lora})
-    model = MLLM(MLLMConfig(llm=llm, placeholder_id=5, encoder="vit", encoder_config=enc))
+    model = MLLM(MLLMConfig(llm=llm, placeholder_id=5, encoder=encoder, encoder_config=enc))
     ids = jnp.array([[1, 5, 7, 8]])
-    image = jnp.zeros((1, enc.image_size, enc.image_size, 3))
+    image = jnp.zeros((1, enc.image_size, enc.image_size, 3) if encoder == "vit" else (1, enc.max_frames, enc.n_mels))
     import flax.linen as nn
 
     shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(1), ids, image)["params"])
@@ -106,6 +107,16 @@ def test_load_group_puts_the_folders_weights_into_the_mllm():
     get = lambda t, p: t[p[0]][p[1]][p[2]][p[3]][p[4]]  # noqa: E731
     np.testing.assert_array_equal(get(params, lora_a), get(before, lora_a))
     np.testing.assert_array_equal(params["projector"]["linear_1"]["kernel"], before["projector"]["linear_1"]["kernel"])
+
+
+def test_whisper_encoder_loads_into_an_audio_mllm():
+    folder = os.path.join(HF, "whisper_encoder")
+    model, params, _, _ = _mllm(folder, os.path.join(HF, "qwen2_tied"), encoder="audio")
+    params = hf_init.load_group(params, "encoder", folder, model.config.encoder_config)
+    ref = np.load(os.path.join(folder, "reference.npz"))
+    out = model.apply({"params": params}, jnp.asarray(ref["input_features"]), method=lambda m, x: m.encoder(x))
+    assert np.max(np.abs(np.asarray(out["last_hidden_state"]) - ref["last_hidden_state"])) < 1e-4
+    assert out["features"].shape[1] == 12 // 2  # the section's time pooling (2) on the folder's encoder
 
 
 def test_load_group_refuses_a_config_of_another_folder():
