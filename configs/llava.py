@@ -20,8 +20,9 @@ The model's shapes come from the folders' config.json (CLIP / SigLIP vision, Lla
 image preprocessing from the vision folder's preprocessor_config.json, the tokenizer from the LLM folder
 (`<image>` added as a token; the vocabulary grows when it does not fit). Not reproduced here: the published
 LLaVA-1.5 numbers need the 7B/13B checkpoints and 8 A100s for a day; nothing of that size ran in this repository.
-What runs here (tests/train/test_llava.py, ~2 min on 2 CPU cores): both stages on tiny random HF folders
-(tests/fixtures/hf/clip_model + llama_mha) and a generated LLaVA-JSON set, checking which groups train.
+What runs here (tests/train/test_llava.py; its three-run test is slow-marked: ~3 min on 2 loaded CPU cores):
+both stages on tiny random HF folders (tests/fixtures/hf/clip_model + llama_mha) and a generated LLaVA-JSON set,
+checking which groups train.
 
 Variants: stage1, stage2, stage2_lora, and `*_tiny` / `tiny` (= stage1_tiny) at fixture size on the embedded
 text-in-image set (no files needed besides the committed fixtures). LLaVA-1.5 details as configs: `mlp2x_gelu`

@@ -111,7 +111,8 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
     prefix = "vision_model." if any(n.startswith("vision_model.") for n in tensors) else ""
     model = ViT(cfg)
     shapes = param_shapes(model, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32))
-    params = convert_tensors(vision_name_map(cfg, prefix), tensors, ignore=_dropped, expected_shapes=shapes, dtype=dtype)
+    params = convert_tensors(vision_name_map(cfg, prefix), tensors, ignore=_dropped, expected_shapes=shapes,
+                             dtype=dtype)
     return model, add_fresh_lora(params, shapes, dtype=dtype)
 
 
@@ -124,7 +125,8 @@ def text_config_from_hf(config: dict, **overrides) -> TextEncoderConfig:
     act = text.get("hidden_act", "quick_gelu")
     if act not in _ACTIVATIONS:
         fail("config.hidden_act", f"one of {sorted(_ACTIVATIONS)}", repr(act))
-    base = dict(vocab_size=int(text.get("vocab_size", 49408)), max_positions=int(text.get("max_position_embeddings", 77)),
+    base = dict(vocab_size=int(text.get("vocab_size", 49408)),
+                max_positions=int(text.get("max_position_embeddings", 77)),
                 d_model=int(text.get("hidden_size", 512)), num_layers=int(text.get("num_hidden_layers", 12)),
                 num_heads=int(text.get("num_attention_heads", 8)), mlp_dim=int(text.get("intermediate_size", 2048)),
                 mlp=_ACTIVATIONS[act], norm_eps=float(text.get("layer_norm_eps", 1e-5)),

@@ -34,7 +34,8 @@ def audio_config_from_hf(config: dict, **overrides) -> AudioConfig:
     act = config.get("activation_function", "gelu")
     if act != "gelu":
         fail("config.activation_function", "'gelu'", repr(act))
-    base = dict(n_mels=int(config.get("num_mel_bins", 80)), max_frames=2 * int(config.get("max_source_positions", 1500)),
+    base = dict(n_mels=int(config.get("num_mel_bins", 80)),
+                max_frames=2 * int(config.get("max_source_positions", 1500)),
                 d_model=int(config.get("d_model", 384)), num_layers=int(config.get("encoder_layers", 4)),
                 num_heads=int(config.get("encoder_attention_heads", 6)),
                 mlp_dim=int(config.get("encoder_ffn_dim", 1536)), norm_eps=1e-5)  # torch LayerNorm's default

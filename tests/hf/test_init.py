@@ -135,3 +135,15 @@ def test_image_processor_of_a_folder_without_one_warns(tmp_path):
     with pytest.warns(UserWarning, match="preprocessor_config"):
         assert hf_init.image_processor(os.path.join(HF, "clip_vision")) is None
     assert hf_init.image_processor(os.path.join(HF, "clip_model")).crop == (16, 16)
+
+
+@pytest.mark.parametrize("name", ["siglip_vision", "clip_model", "whisper_encoder", "llama3_gqa_tied", "qwen2_tied",
+                                  "mistral"])
+def test_folder_fields_list_every_field_a_folder_sets(name):
+    """FOLDER_FIELDS must name every config field the loaders read from config.json: any other field of the
+    folder's config is the dataclass default (else a section's value would silently replace a folder's)."""
+    cfg = hf_init._module_config(os.path.join(HF, name), hf_init.architecture(os.path.join(HF, name)))
+    keys = hf_init.FOLDER_FIELDS[type(cfg).__name__]
+    for f in dataclasses.fields(cfg):
+        if f.name not in keys and f.default is not dataclasses.MISSING:
+            assert getattr(cfg, f.name) == f.default, f.name

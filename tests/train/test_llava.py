@@ -103,7 +103,8 @@ def test_each_stage_freezes_the_expected_groups(variant):
             model = task.build_model(c)
             ds = task.datasets(c)[0]
             batch = jax.tree.map(lambda x: np.asarray(x)[None], ds[0])
-            params = nn.meta.unbox(jax.eval_shape(lambda r: task.init_variables(model, batch, r), jax.random.key(0))["params"])
+            init = jax.eval_shape(lambda r: task.init_variables(model, batch, r), jax.random.key(0))
+            params = nn.meta.unbox(init["params"])
             _, _, groups = optim.make_optimizer(c, params)
             assert set(groups) == frozen | trained, name
         assert optim.frozen_groups(c, frozen | trained) == frozen, name

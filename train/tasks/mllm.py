@@ -181,7 +181,8 @@ class MLLMQATask(Task):
     def media(self, model, batch):
         x = batch[model.config.modality]
         if x.dtype == jnp.uint8:  # images: the HF folder's rescale + mean/std, else [0, 255] -> [-1, 1]
-            x = self.processor.normalize(x, xp=jnp) if self.processor is not None else x.astype(jnp.float32) / 127.5 - 1.0
+            proc = self.processor
+            x = proc.normalize(x, xp=jnp) if proc is not None else x.astype(jnp.float32) / 127.5 - 1.0
         return x
 
     def init_variables(self, model, batch, rng):
