@@ -187,6 +187,16 @@ def test_from_workdir_takes_the_groups_read_only_and_checks_its_spec(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         params_from_workdir(mine, f"{tmp_path}/none:projector")
 
+    # the recorded checksums are checked: a projector array that no longer matches them is refused
+    meta = next((tmp_path / "run" / "checkpoints" / "2" / "meta").glob("*"))
+    record = json.loads(meta.read_text())
+    key = next(k for k in record["checksums"] if k.startswith("params.projector."))
+    record["checksums"][key] = [record["checksums"][key][0] + 1, record["checksums"][key][1]]
+    meta.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="checksum mismatch.*params.projector"):
+        params_from_workdir(mine, f"{tmp_path / 'run'}:projector")
+    params_from_workdir(mine, f"{tmp_path / 'run'}:encoder")  # the other group's sums still agree
+
 
 def test_images_follow_the_encoder_folders_preprocessor(llava_data):
     """With model.init.encoder the LLaVA-JSON images are padded with the processor's mean colour, resized
