@@ -94,13 +94,12 @@ class ViT(nn.Module):
                     kernel_init=nn.with_logical_partitioning(default_init, (None, None, None, "embed")))(pixel_values)
         b = x.shape[0]
         x = x.reshape(b, -1, cfg.d_model)
-        n_cls = 1 if cfg.class_token else 0
-        pos = self.param("position_embedding", nn.with_logical_partitioning(default_init, (None, "embed")),
-                         (cfg.num_patches + n_cls, cfg.d_model))
-        if cfg.class_token:
+        if cfg.class_token:  # created before the positions: the params' RNG stream follows creation order
             cls = self.param("class_embedding", nn.with_logical_partitioning(default_init, ("embed",)),
                              (cfg.d_model,))
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, cfg.d_model)), x], axis=1)
+        pos = self.param("position_embedding", nn.with_logical_partitioning(default_init, (None, "embed")),
+                         (x.shape[1], cfg.d_model))
         x = x + pos.astype(x.dtype)
         if cfg.pre_norm:
             x = LayerNorm(cfg.norm_eps, name="pre_norm")(x)
