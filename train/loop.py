@@ -206,6 +206,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     abstract_boxed = jax.eval_shape(init_params, init_rng)
     param_sh = shard_lib.param_shardings(abstract_boxed, mesh, rules)
     params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_sh)(init_rng)
+    params = task.initial_params(params)  # pretrained weights (e.g. model.init.*), before the optimizer state
 
     # 4. optimizer with named groups, the sharded train state
     tx, labels, groups = optim.make_optimizer(config, params)

@@ -95,10 +95,12 @@ def size_problem(width: int, height: int, max_aspect_ratio: float = MAX_ASPECT_R
 
 
 def load_image(path: str, image_size: int, resize: str = "pad", *, max_aspect_ratio: float = MAX_ASPECT_RATIO,
-               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = MAX_PIXELS, processor=None) -> np.ndarray:
     """RGB uint8 [image_size, image_size, 3] from an image file (a local path or any `etils.epath` path; see
     the module docstring for `resize`). The size is checked against the bounds from the header, before
-    decoding; ValueError when out of bounds, FileNotFoundError naming the path when there is no such file."""
+    decoding; ValueError when out of bounds, FileNotFoundError naming the path when there is no such file.
+    processor: an HF folder's `jaxmm.hf.preprocess.ImageProcessor`: pad with its mean colour (LLaVA-1.5), then
+    its resize + centre crop instead of the bicubic resize (its output must be image_size square)."""
     if resize not in ("pad", "stretch"):
         fail("resize", "'pad' or 'stretch'", repr(resize))
     with _open_image(path) as f, Image.open(f) as im:
@@ -109,9 +111,15 @@ def load_image(path: str, image_size: int, resize: str = "pad", *, max_aspect_ra
         if resize == "pad":
             w, h = im.size
             side = max(w, h)
-            canvas = Image.new("RGB", (side, side), PAD_COLOR)
+            canvas = Image.new("RGB", (side, side), PAD_COLOR if processor is None else processor.pad_color)
             canvas.paste(im, ((side - w) // 2, (side - h) // 2))
             im = canvas
+        if processor is not None:
+            out = processor.geometric(im)
+            if out.shape[:2] != (image_size, image_size):
+                fail("processor", f"images of {image_size} x {image_size} (the encoder's image_size)",
+                     f"{out.shape[0]} x {out.shape[1]}")
+            return out
         im = im.resize((image_size, image_size), Image.BICUBIC)
         return np.asarray(im, np.uint8)
 
@@ -213,13 +221,14 @@ class LlavaJsonSource:
       max_aspect_ratio / max_pixels: image size bounds (0 turns one off).
       formatter: a `ConversationFormatter`; records that do not fit its lengths are bad (used by the build
         only, not kept).
+      processor: an HF `ImageProcessor` whose pad colour, resize and crop replace the defaults (`load_image`).
     """
     file_backed = True  # examples are read from files on every access: never cache the whole set in RAM
 
     def __init__(self, json_path: str | os.PathLike, image_folder: str | os.PathLike | None, *,
                  image_size: int = 64, resize: str = "pad", check_files: str = "lazy",
                  skip_bad_records: bool = False, max_aspect_ratio: float = MAX_ASPECT_RATIO,
-                 max_pixels: int = MAX_PIXELS, formatter=None):
+                 max_pixels: int = MAX_PIXELS, formatter=None, processor=None):
         check_positive("image_size", image_size)
         if resize not in ("pad", "stretch"):
             fail("resize", "'pad' or 'stretch'", repr(resize))
@@ -229,7 +238,7 @@ class LlavaJsonSource:
         self.image_size, self.resize = int(image_size), resize
         self.image_folder = None if image_folder is None else os.fspath(image_folder)
         self.max_aspect_ratio, self.max_pixels = max_aspect_ratio, max_pixels
-        self.check_files = check_files
+        self.check_files, self.processor = check_files, processor
         raw = _read_records(self.json_path)
         if any(isinstance(r, dict) and r.get("image") for r in raw):
             if self.image_folder is None or not epath.Path(self.image_folder).is_dir():
@@ -294,7 +303,7 @@ class LlavaJsonSource:
         if path is not None:
             try:
                 image = load_image(path, s, self.resize, max_aspect_ratio=self.max_aspect_ratio,
-                                   max_pixels=self.max_pixels)
+                                   max_pixels=self.max_pixels, processor=self.processor)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{self.json_path}: record {i} (id {rid!r}): {e}") from e
             except Exception as e:  # a truncated or corrupt file that passed the header check

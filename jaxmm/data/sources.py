@@ -10,7 +10,9 @@ trainer's tasks.
 (`__len__`/`__getitem__` of dict examples) for `split` ("train" | "eval"), or None when there is no such split:
   args          the trainer's `config.data.<name>` section (keys and defaults: `defaults`);
   examples      `config.data.train_examples` / `eval_examples` (procedural sets; others may ignore it);
-  encoder_args  the selected encoder's config section (`image_size`, `n_mels`, ... to match the model's input);
+  encoder_args  the selected encoder's config section (`image_size`, `n_mels`, ... to match the model's input;
+                from an HF folder (`model.init.encoder`) its resolved settings, and `image_processor`: the
+                folder's `jaxmm.hf.preprocess.ImageProcessor` or None);
   formatter     the conversation formatter of that split (a source may check record lengths with it).
 `kinds`: question kinds of the set (examples carry "kind"; eval accuracy is reported per kind).
 `cacheable`: a small procedural set the trainer may keep in RAM once made (`data.cache`); False for sources that
@@ -63,7 +65,8 @@ def _llava_json(args, *, split, examples, seed, encoder_args, formatter=None):
         return None
     return LlavaJsonSource(path, args["image_folder"] or None, formatter=formatter, check_files=args["check_files"],
                            skip_bad_records=args["skip_bad_records"], max_aspect_ratio=args["max_aspect_ratio"],
-                           max_pixels=args["max_pixels"], **_image_size(encoder_args))
+                           max_pixels=args["max_pixels"], processor=encoder_args.get("image_processor"),
+                           **_image_size(encoder_args))
 
 
 def _tfds(args, *, split, examples, seed, encoder_args, formatter=None):

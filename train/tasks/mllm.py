@@ -16,6 +16,14 @@ reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted i
 (`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; also in a run without an eval set).
 File-backed sources (llava_json, tfds) are decoded in `data.worker_count` grain worker processes (0 = in the
 training process) and never cached (`data.cache` caches only the procedural sets).
+
+Pretrained weights (`model.init`, all empty by default): `init.encoder=<HF folder>` (CLIP / SigLIP vision,
+Whisper encoder) and `init.llm=<HF folder>` (Llama, Mistral, Qwen2) take the part's shape settings from the
+folder's config.json (a differing explicit `model.<encoder>` / `model.llm` value is an error naming both) and its
+weights; image preprocessing follows the encoder folder's preprocessor_config.json (mean/std on device, pad colour,
+resize and crop in the LLaVA-JSON loader); the tokenizer defaults to the LLM folder's. `init.from_workdir=
+<jaxmm workdir>:<group>[,<group>]` then takes param groups (encoder, projector, llm) from an earlier run's newest
+checkpoint (read-only). All through `jaxmm.hf.init` and `train.checkpoint.params_from_workdir`.
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
@@ -41,9 +49,8 @@ def _defaults() -> ml_collections.ConfigDict:
 
     c = ml_collections.ConfigDict()
     c.model = dict(
-        encoder="vit", projector="mlp2x_gelu",
-        llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
-                 lora_rank=0, lora_alpha=16.0),
+        encoder="vit", projector="mlp2x_gelu", init=dict(encoder="", llm="", from_workdir=""),
+        llm=dict(LLM_DEFAULTS),
         **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
@@ -53,10 +60,48 @@ def _defaults() -> ml_collections.ConfigDict:
     return c
 
 
+LLM_DEFAULTS = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
+                    lora_rank=0, lora_alpha=16.0)
+
+
 def tokenizer(config):
+    """`data.tokenizer` (an HF tokenizer.json or its folder), else the `model.init.llm` folder's, else bytes."""
     from jaxmm.data import ByteTokenizer, HFTokenizer
 
-    return HFTokenizer(config.data.tokenizer) if config.data.tokenizer else ByteTokenizer()
+    path = config.data.tokenizer or config.model.init.llm
+    return HFTokenizer(path) if path else ByteTokenizer()
+
+
+def encoder_config(config):
+    """The encoder's config dataclass: `model.<encoder>`, or the `model.init.encoder` HF folder's settings."""
+    from jaxmm.hf import init as hf_init
+    from jaxmm.models import encoders
+
+    m = config.model
+    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
+    common = dict(dtype=dtype, remat=config.train.remat)
+    spec = encoders.get(m.encoder)
+    section = m[m.encoder].to_dict() if m.encoder in m else {}
+    if m.init.encoder:
+        return hf_init.encoder_config(m.init.encoder, m.encoder, section, spec.defaults, **common)
+    return spec.build_config(section, **common)
+
+
+def image_processor(config):
+    """The `model.init.encoder` folder's ImageProcessor for an image encoder (None otherwise), checked against
+    the encoder's image_size."""
+    from jaxmm.hf import init as hf_init
+    from jaxmm.models import encoders
+
+    m = config.model
+    if not m.init.encoder or encoders.get(m.encoder).input_key != "image":
+        return None
+    proc = hf_init.image_processor(m.init.encoder)
+    size = encoder_config(config).image_size
+    if proc is not None and proc.output_size not in (None, (size, size)):
+        raise ValueError(f"model.init.encoder: {m.init.encoder}'s preprocessor_config.json makes "
+                         f"{proc.output_size} images, its config.json image_size is {size}")
+    return proc
 
 
 def _numeric(example: dict) -> dict:
@@ -72,7 +117,15 @@ def _sources(config, fmt=None, fmt_eval=None):
     d, m = config.data, config.model
     src = sources.get(d.source)
     args = d[d.source].to_dict() if d.source in d else {}
-    common = dict(seed=config.seed, encoder_args=m[m.encoder].to_dict() if m.encoder in m else {})
+    if m.init.encoder:
+        import dataclasses
+
+        cfg = encoder_config(config)
+        enc_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        enc_args["image_processor"] = image_processor(config)
+    else:
+        enc_args = m[m.encoder].to_dict() if m.encoder in m else {}
+    common = dict(seed=config.seed, encoder_args=enc_args)
     return (src.build(args, split="train", examples=d.train_examples, formatter=fmt, **common),
             src.build(args, split="eval", examples=d.eval_examples, formatter=fmt_eval, **common))
 
@@ -87,6 +140,7 @@ class MLLMQATask(Task):
             self.max_new_tokens = config.task_args.max_new_tokens
             self.eval_generate = config.task_args.eval_generate
             self.kind_names = self.kinds(config)
+            self.processor = image_processor(config)
 
     def default_config(self):
         return _defaults()
@@ -97,20 +151,42 @@ class MLLMQATask(Task):
         from jaxmm.models.llm import LLMConfig
         from jaxmm.models.mllm import MLLM, MLLMConfig
 
+        from jaxmm.hf import init as hf_init
+
         m, tok = config.model, tokenizer(config)
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
         common = dict(dtype=dtype, remat=config.train.remat)
-        llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
+        if m.init.llm:
+            llm = hf_init.llm_config(m.init.llm, m.llm.to_dict(), LLM_DEFAULTS, vocab_size=tok.vocab_size, **common)
+        else:
+            llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
         spec = encoders.get(m.encoder)
-        enc = spec.build_config(m[m.encoder].to_dict() if m.encoder in m else {}, **common)
         return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{spec.input_key}_id"), encoder=m.encoder,
-                               encoder_config=enc, projector=m.projector))
+                               encoder_config=encoder_config(config), projector=m.projector))
 
-    @staticmethod
-    def media(model, batch):
+    def initial_params(self, params):
+        """Pretrained weights of `model.init` (HF folders first, then groups of an earlier run's checkpoint)."""
+        from jaxmm.hf import init as hf_init
+        from train.checkpoint import params_from_workdir
+
+        m = self.config.model
+        if m.init.encoder or m.init.llm:
+            cfg = self.build_model(self.config).config
+            if m.init.encoder:
+                params = hf_init.load_group(params, "encoder", m.init.encoder, cfg.encoder_config)
+            if m.init.llm:
+                params = hf_init.load_group(params, "llm", m.init.llm, cfg.llm)
+        if m.init.from_workdir:
+            params = params_from_workdir(params, m.init.from_workdir)
+        return params
+
+    processor = None  # the schema-only object has none
+
+    def media(self, model, batch):
         x = batch[model.config.modality]
-        if x.dtype == jnp.uint8:  # images: [0, 255] -> [-1, 1]
-            x = x.astype(jnp.float32) / 127.5 - 1.0
+        if x.dtype == jnp.uint8:  # images: the HF folder's rescale + mean/std, else [0, 255] -> [-1, 1]
+            proc = self.processor
+            x = proc.normalize(x, xp=jnp) if proc is not None else x.astype(jnp.float32) / 127.5 - 1.0
         return x
 
     def init_variables(self, model, batch, rng):
