@@ -115,20 +115,23 @@ def split_line(text: str, quad: np.ndarray, score: float):
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-    """`run(image uint8 [H, W, 3], settings) -> OcrResult`; `defaults` lists every setting it takes;
-    `missing()` says why the engine cannot run here (None when it can); `cacheable` is False for engines whose
-    answer does not come from the pixels (oracle)."""
+    """`run(image uint8 [H, W, 3], settings) -> OcrResult`; `defaults` lists every setting it takes and `check`
+    validates their values before anything runs; `missing()` says why the engine cannot run here (None when it
+    can); `cacheable` is False for engines whose answer does not come from the pixels (oracle)."""
     name: str
     run: Callable[[np.ndarray, dict], OcrResult]
     defaults: dict
     missing: Callable[[], str | None] = lambda: None
     cacheable: bool = True
+    check: Callable[[dict], None] = lambda settings: None
 
     def settings(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.defaults))
         if unknown:
             fail("settings", f"settings of OCR engine {self.name!r} (some of {sorted(self.defaults)})", unknown)
-        return {**self.defaults, **given}
+        settings = {**self.defaults, **given}
+        self.check(settings)
+        return settings
 
 
 ENGINES = Registry("OCR engine", "engine")
@@ -136,6 +139,10 @@ register, get = ENGINES.register, ENGINES.get
 
 
 # --- rapidocr: PaddleOCR's PP-OCR det + cls + rec models (ONNX files shipped in the wheel) on onnxruntime ---------
+# PP-OCR detects and recognises text *lines*. Word boxes: word_boxes="ctc" (default) takes rapidocr's own
+# (return_word_box: each word's span of CTC output columns, mapped back through the line's crop transform, so a
+# rotated line gives rotated word quads; a line whose words it cannot split falls back to interpolation);
+# word_boxes="interpolate" cuts the line quad by character count (`split_line`, a reconstruction).
 _RAPID: dict = {}   # settings that change the model build -> a loaded RapidOCR, one per process
 
 
@@ -152,6 +159,7 @@ def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
     reason = _rapidocr_missing()
     if reason:
         raise ImportError(reason)
+    _rapidocr_check(s)
     key = (s["threads"], s["max_side_len"], s["use_cls"])
     if key not in _RAPID:
         from rapidocr import RapidOCR
@@ -161,13 +169,22 @@ def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
             "EngineConfig.onnxruntime.inter_op_num_threads": 1})
     h, w = image.shape[:2]
     # rapidocr takes BGR arrays (OpenCV order) when given an ndarray
+    ctc = s["word_boxes"] == "ctc"
     out = _RAPID[key](np.ascontiguousarray(image[..., ::-1]), text_score=s["text_score"],
-                      box_thresh=s["box_thresh"], unclip_ratio=s["unclip_ratio"])
+                      box_thresh=s["box_thresh"], unclip_ratio=s["unclip_ratio"], return_word_box=ctc)
     if getattr(out, "txts", None) is None or getattr(out, "boxes", None) is None:
         return OcrResult.empty((h, w))
+    groups = list(out.word_results) if ctc and out.word_results else []
     words, boxes, scores = [], [], []
     for text, quad, score in zip(out.txts, out.boxes, out.scores):
-        ws, bs, ss = split_line(text, quad, float(score))
+        group = groups[0] if groups else ()
+        if group and [g[0] for g in group] == text.split():   # rapidocr's word boxes for this line
+            groups.pop(0)
+            ws = [g[0] for g in group]
+            bs = np.asarray([g[2] for g in group], np.float32).reshape(-1, 4, 2)
+            ss = np.asarray([g[1] for g in group], np.float32)
+        else:                                                   # none (or not this line's): interpolate
+            ws, bs, ss = split_line(text, quad, float(score))
         words += ws
         boxes.append(bs)
         scores.append(ss)
@@ -176,8 +193,14 @@ def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
     return OcrResult(words, np.concatenate(boxes), np.concatenate(scores), (h, w))
 
 
-register(Engine("rapidocr", _rapidocr_run, missing=_rapidocr_missing, defaults=dict(
-    text_score=0.5, box_thresh=0.5, unclip_ratio=1.6, max_side_len=2000, use_cls=True, threads=1)))
+def _rapidocr_check(s: dict) -> None:
+    if s["word_boxes"] not in ("ctc", "interpolate"):
+        fail("word_boxes", "'ctc' or 'interpolate'", repr(s["word_boxes"]))
+
+
+register(Engine("rapidocr", _rapidocr_run, missing=_rapidocr_missing, check=_rapidocr_check, defaults=dict(
+    text_score=0.5, box_thresh=0.5, unclip_ratio=1.6, max_side_len=2000, use_cls=True, threads=1,
+    word_boxes="ctc")))
 
 
 # --- tesseract through pytesseract (word level; needs the `tesseract` binary, e.g. Debian's tesseract-ocr) -------
