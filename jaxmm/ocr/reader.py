@@ -23,10 +23,12 @@ def truncate(result: OcrResult, max_words: int | None) -> OcrResult:
     """The OCR budget. Keeps the `max_words` words with the highest scores (ties: the earlier word in the engine's
     reading order wins) and returns them in their original reading order, so the rule is deterministic and a page
     over budget loses its least confident words first, never the end of the page wholesale."""
-    if max_words is None or len(result) <= max_words:
+    if max_words is None:
         return result
-    if not (isinstance(max_words, (int, np.integer)) and max_words >= 0):
-        fail("max_words", "None or an integer >= 0", max_words)
+    if isinstance(max_words, bool) or not (isinstance(max_words, (int, np.integer)) and max_words >= 0):
+        fail("max_words", "None or an integer >= 0", repr(max_words))
+    if len(result) <= max_words:
+        return result
     order = np.lexsort((np.arange(len(result)), -result.scores))   # score descending, then index ascending
     return result.take(np.sort(order[:max_words]))
 

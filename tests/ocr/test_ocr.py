@@ -142,8 +142,9 @@ def test_truncate_keeps_highest_scores_in_reading_order():
     assert ocr.truncate(r, 1).words == ["b"]              # tie 0.9: the earlier word
     assert ocr.truncate(r, 0).words == []
     assert ocr.truncate(r, None) is r and ocr.truncate(r, 5) is r
-    with pytest.raises(ValueError, match="max_words"):
-        ocr.truncate(r, -1)
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="max_words"):
+            ocr.truncate(r, bad)
 
 
 def test_2000_word_page_budget():
@@ -311,3 +312,24 @@ def test_tesseract_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(engines_mod.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="tesseract.*PATH|pytesseract"):
         ocr.read(np.zeros((8, 8, 3), np.uint8), "tesseract")
+
+
+@pytest.mark.slow
+def test_rapidocr_2000_word_page_under_budget(sign):
+    """A 1024 px page holding 2,000 rendered words (9 px DejaVu), read by rapidocr with max_words=500: a result
+    of exactly 500 words, the kept ones scoring at least as high as every dropped one, in reading order."""
+    rng = np.random.default_rng(0)
+    vocab = ["open", "menu", "price", "total", "street", "coffee", "ticket", "market", "north", "river"]
+    lines, words = [], [str(w) for w in rng.choice(vocab, 2000)]
+    per_line = 25
+    for i in range(0, 2000, per_line):
+        lines.append((" ".join(words[i:i + per_line]), 4, 4 + 12 * (i // per_line)))
+    img, _, _ = render(lines, size=(1024, 1024), font_px=9)
+    full = ocr.read(img, "rapidocr", cache=False)
+    assert len(full) > 500
+    cut = ocr.truncate(full, 500)
+    assert len(cut) == 500
+    kept = set(sorted(range(len(full)), key=lambda i: (-float(full.scores[i]), i))[:500])
+    assert cut.words == [full.words[i] for i in sorted(kept)]
+    assert cut.scores.min() >= max(full.scores[i] for i in range(len(full)) if i not in kept)
+    assert ocr.read(img, "rapidocr", cache=False, max_words=500).words == cut.words
