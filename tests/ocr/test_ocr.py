@@ -280,10 +280,19 @@ def test_rapidocr_settings_are_checked(sign):
         ocr.read(np.zeros((8, 8, 3), np.uint8), "rapidocr", text_scor=0.3)
 
 
-def test_read_many_workers_match_sequential(sign, tmp_path):
+def test_read_many_workers_match_sequential(sign, monkeypatch):
     imgs = [render([(t, 5, 5)], size=(160, 40))[0] for t in ("ALPHA", "BRAVO 7", "")]
     seq = ocr.read_many(imgs, "rapidocr", progress=False)
+    pools = []
+    real_pool = ocr.reader.concurrent.futures.ProcessPoolExecutor
+
+    def recording_pool(n, **kw):
+        pools.append((n, kw["mp_context"].get_start_method()))
+        return real_pool(n, **kw)
+
+    monkeypatch.setattr(ocr.reader.concurrent.futures, "ProcessPoolExecutor", recording_pool)
     par = ocr.read_many(imgs, "rapidocr", workers=2, progress=False)
+    assert pools == [(2, "spawn")]                 # the reads did go through two worker processes
     assert [r.words for r in seq] == [["ALPHA"], ["BRAVO", "7"], []]
     assert [r.words for r in par] == [r.words for r in seq]
     for a, b in zip(seq, par):
