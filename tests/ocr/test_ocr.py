@@ -342,3 +342,17 @@ def test_rapidocr_2000_word_page_under_budget(sign):
     assert cut.words == [full.words[i] for i in sorted(kept)]
     assert cut.scores.min() >= max(full.scores[i] for i in range(len(full)) if i not in kept)
     assert ocr.read(img, "rapidocr", cache=False, max_words=500).words == cut.words
+
+
+def test_rapidocr_table_layout_matches_truth(sign):
+    """A rendered 3 x 3 table with a gap between two column groups: the canvas from rapidocr's words equals the
+    canvas from the true boxes (12 px per character column)."""
+    rows = [("Item", "Qty", "Price"), ("Coffee", "2", "3.50"), ("Tea", "10", "12.00")]
+    lines = [(cell, x, 10 + 34 * i) for i, row in enumerate(rows) for cell, x in zip(row, (10, 170, 300))]
+    img, words, boxes = render(lines, size=(420, 120), font_px=20)
+    r = ocr.read(img, "rapidocr", cache=False)
+    truth = ocr.read(img, "oracle", truth=(words, boxes))
+    expected = ocr.layout_text(truth, width=35)
+    assert expected == (" Item".ljust(14) + "Qty".ljust(11) + "Price\n" + " Coffee".ljust(14) + "2".ljust(11)
+                        + "3.50\n" + " Tea".ljust(14) + "10".ljust(11) + "12.00")
+    assert ocr.layout_text(r, width=35) == expected
