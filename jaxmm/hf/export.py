@@ -132,7 +132,7 @@ def llava_hf_config(cfg, architecture: str | None = None) -> dict:
 
 
 register(Family(llm_lib.LLM, llm_lib._hf_name_map, llm_hf_config, lambda c: {(): c.lora_alpha}))
-register(Family(ViT, lambda c: clip._name_map(c, ""), clip_vision_hf_config,
+register(Family(ViT, lambda c: clip.vision_name_map(c, ""), clip_vision_hf_config,
                 lambda c: {(): c.lora_alpha}))
 register(Family(MLLM, llava.name_map, llava_hf_config,
                 lambda c: {("encoder",): getattr(c.encoder_config, "lora_alpha", 16.0), ("llm",): c.llm.lora_alpha}))

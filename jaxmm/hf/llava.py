@@ -46,7 +46,7 @@ def name_map(cfg: MLLMConfig, vision_prefix: str = VISION_PREFIX) -> dict:
         fail("MLLMConfig.encoder", "'vit' (CLIP vision) for the LLaVA layout", repr(cfg.encoder))
     if cfg.projector != "mlp2x_gelu":
         fail("MLLMConfig.projector", "'mlp2x_gelu' (LLaVA's two-layer GELU projector)", repr(cfg.projector))
-    m = {vision_prefix + k: (("encoder", *p), t) for k, (p, t) in clip._name_map(cfg.encoder_config, "").items()}
+    m = {vision_prefix + k: (("encoder", *p), t) for k, (p, t) in clip.vision_name_map(cfg.encoder_config, "").items()}
     m.update({TEXT_PREFIX + k: (("llm", *p), t) for k, (p, t) in llm_lib._hf_name_map(cfg.llm).items()})
     for i in (1, 2):
         m[f"{PROJECTOR_PREFIX}linear_{i}.weight"] = (("projector", f"linear_{i}", "kernel"), "T")
