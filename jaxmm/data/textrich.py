@@ -20,7 +20,7 @@ Kinds:
   document  title, "Key: value" fields, paragraphs                  fields: key -> value
   receipt   shop name, item lines with right-aligned prices, TOTAL  fields: item -> price, "TOTAL" -> total
   poster    headline, sub-line, date line, coloured shapes in a strip at the bottom
-  sign      1-3 big words on a coloured plate, a small line under it
+  sign      1-3 big words on a coloured plate (shape "plate"), a small line under it
   chart     title, a value line, coloured bars, a label line        fields: label -> value
   table     header row + rows of numbers in a grid                  fields: "row|column" -> value
 
@@ -255,6 +255,7 @@ def _sign(b: _Builder):
     plate_color = b.pick(list(SHAPE_COLORS))
     m = int(min(b.w, b.h) * 0.08)
     b.fills.append(("rect", [m, m, b.w - m, b.h - m], SHAPE_COLORS[plate_color]))
+    b.shapes.append({"shape": "plate", "color": plate_color})
     words = [b.pick(WORDS).upper() for _ in range(int(b.rng.integers(1, 4)))]
     s = b.size(20, 40)
     while not b.fits(words, s, b.title_font, b.w - 2 * m - 16) and s > 8:
@@ -527,9 +528,10 @@ def _background(page: Page, rng):
 
 
 def _count_shapes(page: Page, rng):
-    if not page.shapes:
+    shapes = [s for s in page.shapes if s["shape"] != "plate"]
+    if not shapes:
         return None
-    shape = page.shapes[int(rng.integers(len(page.shapes)))]["shape"]
+    shape = shapes[int(rng.integers(len(shapes)))]["shape"]
     n = sum(s["shape"] == shape for s in page.shapes)
     return QA(f"How many {shape}s are there?", str(n), "count_shapes", False)
 
@@ -555,3 +557,65 @@ def page_questions(page: Page, seed: int = 0, kinds: Sequence[str] = QUESTION_KI
         fail("kinds", f"names from {QUESTION_KINDS}", bad)
     rng = np.random.default_rng(int(seed))
     return [qa for qa in (_QUESTIONS[k](page, rng) for k in kinds) if qa is not None]
+
+
+# ------------------------------------------------------------------------------------------------ a QA source
+_SPLITS = {"train": 0, "eval": 1, "test": 2}
+
+
+def square_view(image: np.ndarray, size: int, fill=(122, 116, 104)) -> np.ndarray:
+    """The page padded to a square (LLaVA-1.5's fill colour) and resized to `size` (bicubic): what a
+    fixed-resolution encoder sees."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(Image.fromarray(image), ((side - w) // 2, (side - h) // 2))
+    return np.asarray(canvas.resize((size, size), Image.BICUBIC), np.uint8)
+
+
+class TextRichQA:
+    """Random-access source: example i is page (seed, split, i) with one question of a kind drawn from `kinds`
+    (pages that cannot ask it fall back to another kind in `kinds`). Examples: {"image" uint8 [image_size,
+    image_size, 3] (the page padded to a square and resized), "page_image" (full resolution, with
+    keep_page=True), "conversations", "question", "answer", "kind", "needs_reading", "page_kind", "words"}."""
+
+    def __init__(self, num_examples: int = 10_000, *, seed: int = 0, split: str = "train", image_size: int = 224,
+                 kinds: Sequence[str] = QUESTION_KINDS, page_kinds: Sequence[str] = KINDS,
+                 keep_page: bool = False):
+        if num_examples < 1:
+            fail("num_examples", "a positive integer", num_examples)
+        if split not in _SPLITS:
+            fail("split", f"one of {tuple(_SPLITS)}", repr(split))
+        if image_size < 8:
+            fail("image_size", ">= 8", image_size)
+        bad = [k for k in kinds if k not in QUESTION_KINDS]
+        if bad or not kinds:
+            fail("kinds", f"a non-empty subset of {QUESTION_KINDS}", tuple(kinds))
+        bad = [k for k in page_kinds if k not in KINDS]
+        if bad or not page_kinds:
+            fail("page_kinds", f"a non-empty subset of {KINDS}", tuple(page_kinds))
+        self.num_examples, self.seed, self.split = int(num_examples), int(seed), split
+        self.image_size, self.kinds, self.page_kinds = int(image_size), tuple(kinds), tuple(page_kinds)
+        self.keep_page = keep_page
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range [0, {self.num_examples})")
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
+        page = make_page(int(rng.integers(2**31)), self.page_kinds[int(rng.integers(len(self.page_kinds)))])
+        order = [self.kinds[int(i)] for i in rng.permutation(len(self.kinds))]
+        qa = page_questions(page, int(rng.integers(2**31)), order)
+        if not qa:   # "background" is always askable; without it, take any question the page has
+            qa = page_questions(page, index)
+        qa = qa[0]
+        out = {"image": square_view(page.image, self.image_size),
+               "conversations": [("user", "<image>\n" + qa.question), ("assistant", qa.answer)],
+               "question": qa.question, "answer": qa.answer, "kind": qa.kind,
+               "needs_reading": np.int32(qa.needs_reading), "page_kind": page.kind, "words": page.words}
+        if self.keep_page:
+            out["page_image"] = page.image
+        return out

@@ -165,3 +165,24 @@ def test_bad_arguments():
         tr.make_page(0, fonts=["/nonexistent.ttf"])
     with pytest.raises(ValueError, match="kinds"):
         tr.page_questions(tr.make_page(0), kinds=["ocr"])
+
+
+def test_qa_source_and_registry():
+    from jaxmm.data import sources
+
+    src = tr.TextRichQA(8, seed=2, split="eval", image_size=48, kinds=("price", "background"), keep_page=True)
+    again = tr.TextRichQA(8, seed=2, split="eval", image_size=48, kinds=("price", "background"))
+    kinds = set()
+    for i in range(len(src)):
+        ex = src[i]
+        kinds.add(ex["kind"])
+        assert ex["image"].shape == (48, 48, 3) and ex["kind"] in ("price", "background")
+        assert ex["conversations"][1] == ("assistant", ex["answer"])
+        np.testing.assert_array_equal(ex["image"], tr.square_view(ex["page_image"], 48))
+        np.testing.assert_array_equal(ex["image"], again[i]["image"])
+    assert kinds == {"price", "background"}
+    built = sources.get("textrich").build(dict(sources.get("textrich").defaults), split="train", examples=3,
+                                          seed=0, encoder_args={"image_size": 32})
+    assert len(built) == 3 and built[2]["image"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="kinds"):
+        tr.TextRichQA(3, kinds=("ocr",))
