@@ -263,6 +263,11 @@ class TrinsSource:
         if self.bad_records:
             warnings.warn(f"{self.json_path}: skipped {len(self.bad_records)} bad records ({self.skipped})")
 
+    @property
+    def num_skipped(self) -> int:
+        """Bad records dropped (with `skipped`: reason kind -> count, reported by the trainer's summary)."""
+        return len(self.bad_records)
+
     def _check_image(self, name) -> str:
         if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.split("/"):
             raise _Bad("bad_name", f"key must be an image file name relative to {IMAGE_DIR}/, got {name!r}")

@@ -121,7 +121,7 @@ def test_bad_records_are_named(folder, tmp_path, edit, kind, match):
     assert err.value.kind == kind and str(root) in str(err.value)
     with pytest.warns(UserWarning, match="skipped 1"):
         src = trins.TrinsSource(root, task=task, skip_bad_records=True)
-    assert src.skipped == {kind: 1}
+    assert src.skipped == {kind: 1} and src.num_skipped == 1
 
 
 def test_missing_and_unreadable_files(folder, tmp_path):
@@ -142,3 +142,13 @@ def test_missing_and_unreadable_files(folder, tmp_path):
         trins.TrinsSource(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="task"):
         trins.TrinsSource(root, task="ocr")
+
+
+def test_registered_source(folder):
+    from jaxmm.data import sources
+
+    spec = sources.get("trins")
+    args = dict(spec.defaults, train_root=folder, task="caption")
+    train = spec.build(args, split="train", examples=0, seed=0, encoder_args={"image_size": 16})
+    assert len(train) == 6 and train[0]["image"].shape == (16, 16, 3)
+    assert spec.build(args, split="eval", examples=0, seed=0, encoder_args={}) is None   # no eval_root
