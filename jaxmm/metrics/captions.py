@@ -6,8 +6,8 @@ the score depends on the whole set: evaluate all images in one call). SPICE is l
 Stanford CoreNLP models, which these machines cannot.
 
 Tokenisation: `tokenizer="ptb"` is the COCO protocol (Stanford PTBTokenizer, lower-cased, punctuation removed;
-runs Java); `tokenizer="whitespace"` lower-cases and drops the same punctuation with a regular expression and
-needs no Java (BLEU, ROUGE-L and CIDEr then run without it; METEOR still needs Java).
+runs Java); `tokenizer="whitespace"` lower-cases and drops punctuation with a regular expression, keeping
+in-word hyphens and apostrophes (an approximation of PTB: "don't" stays one token, PTB splits it), and needs no Java (BLEU, ROUGE-L and CIDEr then run without it; METEOR still needs Java).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from jaxmm.checks import fail
 
 METRICS = ("bleu", "meteor", "rouge", "cider")
 _NEEDS_JAVA = {"meteor"}
-_PUNCT = re.compile(r"[\"'`.,;:!?()\[\]{}\-]+")
+_PUNCT = re.compile(r"[\"`;:!?()\[\]{}]+|(?<!\d)[.,]|[.,](?!\d)|(?<!\w)['-]+|['-]+(?!\w)")
 
 
 def java_available() -> bool:

@@ -3,7 +3,7 @@
 Normalisation (the VQA v2 evaluation script's `processPunctuation` + `processDigitArticle`, rewritten here):
 newlines and tabs become spaces; the punctuation marks ; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? ! are deleted
 when they touch a space or the text has a digit-comma-digit group, else replaced by a space; a period not
-followed by a digit is deleted; the text is lower-cased and split; number words zero..ten (and "none") become
+followed by a digit is deleted (also after a digit, as the official regular expression does); the text is lower-cased and split; number words zero..ten (and "none") become
 digits; the articles a / an / the are dropped; contractions written without their apostrophe ("dont",
 "youre", "wouldnt've") get it back.
 
@@ -29,7 +29,9 @@ from jaxmm.checks import fail
 
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
-_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+# The official pattern is "(?!<=\d)(\.)(?!\d)": its first group is a lookahead (a typo for a lookbehind) that
+# always passes, so a period is stripped whenever no digit follows it ("3." -> "3", "3.5" stays).
+_PERIOD = re.compile(r"\.(?!\d)")
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
             "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}

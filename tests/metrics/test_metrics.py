@@ -103,6 +103,13 @@ def test_missing_java_is_named(monkeypatch):
     assert caption_scores({0: "a b"}, {0: ["a b"]}, metrics=["rouge"], tokenizer="whitespace")["ROUGE-L"] == 1.0
 
 
+def test_whitespace_tokenizer():
+    from jaxmm.metrics.captions import _tokenize
+
+    got = _tokenize({0: ['A state-of-the-art sign, reading "OPEN 24h" - for $3.50 (1,000 a day).']}, "whitespace")
+    assert got == {0: ["a state-of-the-art sign reading open 24h for $3.50 1,000 a day"]}
+
+
 def test_caption_bad_input():
     with pytest.raises(ValueError, match="references"):
         caption_scores({0: "a"}, {1: ["a"]}, tokenizer="whitespace", metrics=["bleu"])
@@ -120,6 +127,7 @@ def test_caption_bad_input():
     ("yes!", "yes"), ("left-hand", "left hand"),          # ! deleted; - inside a word becomes a space
     ("1,000", "1000"),                    # digit,digit: punctuation deleted, not spaced
     ("3.5", "3.5"),                       # a period between digits stays
+    ("3.", "3"),                          # the official regex strips a period after a digit too
     ("  an\tapple\n", "apple"),
 ])
 def test_normalize_answer(raw, norm):
