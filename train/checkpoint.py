@@ -259,3 +259,63 @@ def verify_checksums(state: dict, saved: dict, where: str) -> None:
 def abstract_target(state: dict, shardings: dict) -> dict:
     """ShapeDtypeStructs (with the given shardings) for a state tree: the restore target on any mesh."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def read_params(directory: str, groups=None, step: int | None = None):
+    """(step, {group: params subtree}) of the newest (or the given) checkpoint under `directory` (a
+    `<workdir>/checkpoints`), READ-ONLY: no manager that would tidy or write in that directory (another run may
+    still be saving there). `groups`: the top-level param groups to read (default all); only those arrays are
+    read (host NumPy arrays), and their checksums verified. FileNotFoundError when there is no checkpoint;
+    ValueError naming a group the checkpoint lacks or arrays whose bits were damaged."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"read_params: no checkpoint directory {directory!r}")
+    manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers=dict(state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler()))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"read_params: no checkpoint in {directory!r}")
+        step = steps[-1] if step is None else step
+        saved = manager.item_metadata(step)["state"]["params"]
+        groups = list(saved) if groups is None else list(groups)
+        absent = [g for g in groups if g not in saved]
+        if absent:
+            raise ValueError(f"read_params: checkpoint {step} in {directory} has no param group(s) {absent}; "
+                             f"it has {sorted(saved)}")
+        cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+        target = {"params": {g: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
+                                             saved[g]) for g in groups}}
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                         partial_restore=True),
+            meta=ocp.args.JsonRestore()))
+        params = out["state"]["params"]
+        sums = {k: v for k, v in out["meta"].get("checksums", {}).items()
+                if any(k.startswith(f"params.{g}.") for g in groups)}
+        verify_checksums({"params": params}, sums, f"checkpoint {step} in {directory}")
+        return step, jax.tree.map(np.asarray, dict(params))
+    finally:
+        manager.close()
+
+
+def params_from_workdir(params: dict, spec: str) -> dict:
+    """`params` with the groups named in `spec` = "<jaxmm workdir>:<group>[,<group>...]" (e.g.
+    "runs/stage1:projector", "runs/a:encoder,projector") taken from that run's newest checkpoint (read-only,
+    `read_params`), each leaf placed on the sharding of the one it replaces. ValueError naming `spec` when it is
+    malformed or a group's tree or shapes differ from the model's (LoRA pairs are kept from `params`)."""
+    from jaxmm.hf.init import replace_group
+
+    workdir, sep, names = str(spec).rpartition(":")
+    groups = [g.strip() for g in names.split(",") if g.strip()]
+    if not sep or not workdir or not groups or any(not re.fullmatch(r"\w+", g) for g in groups):
+        raise ValueError(f"model.init.from_workdir: expected '<workdir>:<group>[,<group>...]' (groups among "
+                         f"{sorted(params)}), got {spec!r}")
+    unknown = [g for g in groups if g not in params]
+    if unknown:
+        raise ValueError(f"model.init.from_workdir: group(s) {unknown} are not param groups of this model "
+                         f"({sorted(params)}); got {spec!r}")
+    step, saved = read_params(os.path.join(workdir, "checkpoints"), groups)
+    for g in groups:
+        params = replace_group(params, g, saved[g], source=f"{workdir} (step {step})")
+    return params

@@ -22,6 +22,10 @@ train.eval_examples: int        examples used by eval (0 = all)
 train.eval_batch_size: int      eval batch (global)
 train.progress: bool            tqdm bar
 train.plots: bool               PNG curves at the end
+train.tensorboard: bool         TensorBoard event files in the workdir (train/tensorboard.py)
+train.eval_samples: int         eval examples logged to TensorBoard as images/text at each eval; 0 = none
+train.profile: (start, num)     jax.profiler trace of steps [start, start+num) into <workdir>/profile; () = off
+train.peak_flops_per_device: float  peak FLOP/s of one device for MFU; 0 = look it up (train/perf.py)
 optim.name: str                 "adamw" | "adam" | "sgd"
 optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.momentum: float
 optim.lr, optim.schedule, optim.warmup_steps, optim.min_lr_ratio: the default group's settings
@@ -75,7 +79,8 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         steps=100, batch_size=32, grad_accum=1, grad_clip=1.0, compute_dtype="float32", remat=False,
-        log_every=10, eval_every=0, eval_examples=0, eval_batch_size=64, progress=True, plots=True))
+        log_every=10, eval_every=0, eval_examples=0, eval_batch_size=64, progress=True, plots=True,
+        tensorboard=True, eval_samples=4, profile=(), peak_flops_per_device=0.0))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, schedule="warmup_cosine", warmup_steps=0, min_lr_ratio=0.0,
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0))
@@ -161,6 +166,9 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
     if config.train.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.train.compute_dtype: expected 'float32' or 'bfloat16', "
                          f"got {config.train.compute_dtype!r}")
+    profile = tuple(config.train.profile)
+    if profile and (len(profile) != 2 or not all(_is_int(n) for n in profile) or min(profile) < 1):
+        raise ValueError(f"config.train.profile: expected () or (first_step >= 1, num_steps >= 1), got {profile}")
 
 
 # (key, smallest allowed value, must be an integer): checked before anything is built, so a bad value fails
@@ -168,7 +176,8 @@ def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigD
 _BOUNDS = (("train.steps", 0, True), ("train.batch_size", 1, True), ("train.grad_accum", 1, True),
            ("train.log_every", 1, True), ("train.eval_every", 0, True), ("train.eval_examples", 0, True),
            ("train.eval_batch_size", 1, True), ("train.grad_clip", 0, False), ("optim.lr", 0, False),
-           ("optim.warmup_steps", 0, True), ("checkpoint.every", 0, True), ("checkpoint.keep", 1, True))
+           ("optim.warmup_steps", 0, True), ("checkpoint.every", 0, True), ("checkpoint.keep", 1, True),
+           ("train.eval_samples", 0, True), ("train.peak_flops_per_device", 0, False))
 
 
 def _is_int(v) -> bool:
@@ -209,7 +218,8 @@ def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_co
 # Keys a resumed run may change (nothing else): they do not change the maths of the steps already taken.
 # train.steps may only grow (a shorter run would have had another LR schedule).
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_examples", "train.eval_batch_size",
-                     "train.log_every", "train.progress", "train.plots", "checkpoint.every", "checkpoint.keep",
+                     "train.log_every", "train.progress", "train.plots", "train.tensorboard", "train.eval_samples",
+                     "train.profile", "train.peak_flops_per_device", "checkpoint.every", "checkpoint.keep",
                      "checkpoint.async_save", "mesh.shape", "mesh.rules")
 
 

@@ -4,7 +4,8 @@
 A task (train/task.py) supplies the model, data, loss and evaluation; everything else lives here:
 named parameter groups with their own LR schedules or frozen (train/optim.py), gradient clipping and
 accumulation, sharding over a (data, fsdp, tensor) mesh (train/sharding.py), Orbax checkpoints with the data
-iterator (train/checkpoint.py), metrics.jsonl / progress bar / plots (train/metrics.py).
+iterator (train/checkpoint.py), metrics.jsonl / progress bar / plots (train/metrics.py), TensorBoard events
+(train/tensorboard.py), throughput, MFU and the profiler window (train/perf.py).
 
 Determinism: the step RNG is `fold_in(state.rng, step)`, the data order is a seeded permutation per epoch and
 the iterator position is checkpointed, so a resumed run repeats an uninterrupted one exactly.
@@ -32,7 +33,9 @@ from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import metrics as metrics_lib
 from train import optim
+from train import perf
 from train import sharding as shard_lib
+from train import tensorboard as tb_lib
 from train.task import EndContext
 
 
@@ -49,18 +52,25 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def train_iterator(dataset, batch_size: int, steps: int, seed: int):
+def loader_options(config) -> dict:
+    """Grain worker processes for the loaders: `config.data.worker_count` (0 = decode in this process) and
+    `config.data.worker_buffer_size`, where the task's data schema has them."""
+    return dict(worker_count=int(config.data.get("worker_count", 0)),
+                worker_buffer_size=int(config.data.get("worker_buffer_size", 2)))
+
+
+def train_iterator(dataset, batch_size: int, steps: int, seed: int, **workers):
     """The checkpointable iterator of this process's rows of each global batch (`jaxmm.data.pipeline`: global
     batch s is examples [s*B, (s+1)*B) of a stream with a new permutation each epoch; process p feeds the p-th
-    contiguous slice of it)."""
+    contiguous slice of it). `workers`: `loader_options`."""
     return pipeline.make_loader(dataset, batch_size=batch_size, seed=seed, num_examples=steps * batch_size,
-                                num_threads=1, prefetch=2)
+                                num_threads=1, prefetch=2, **workers)
 
 
-def eval_batches(dataset, batch_size: int, examples: int):
+def eval_batches(dataset, batch_size: int, examples: int, **workers):
     """(this process's rows, their `valid` flags) of each eval batch over the first `examples` examples (0 = all),
     in order (`jaxmm.data.pipeline.eval_batches`: the last batch padded, `valid` 0 on the fillers)."""
-    for batch in pipeline.eval_batches(dataset, batch_size=batch_size, num_examples=examples):
+    for batch in pipeline.eval_batches(dataset, batch_size=batch_size, num_examples=examples, **workers):
         valid = batch.pop("valid")
         yield batch, valid
 
@@ -125,7 +135,7 @@ class EvalContext:
     def batches(self):
         """(global batch, valid) pairs: `valid` [eval_batch_size] int32 is 0 on the filler rows of the last batch."""
         for local, valid in eval_batches(self.eval_data, self.config.train.eval_batch_size,
-                                         self.config.train.eval_examples):
+                                         self.config.train.eval_examples, **loader_options(self.config)):
             yield shard_lib.global_batch(local, self.mesh), shard_lib.global_batch({"v": valid}, self.mesh)["v"]
 
     def default_evaluate(self) -> dict:
@@ -196,6 +206,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     abstract_boxed = jax.eval_shape(init_params, init_rng)
     param_sh = shard_lib.param_shardings(abstract_boxed, mesh, rules)
     params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_sh)(init_rng)
+    params = task.initial_params(params)  # pretrained weights (e.g. model.init.*), before the optimizer state
 
     # 4. optimizer with named groups, the sharded train state
     tx, labels, groups = optim.make_optimizer(config, params)
@@ -217,11 +228,14 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     on_error.append(ckpt.close_after_error)  # a pending async save completes; no *.orbax-checkpoint-tmp left
     target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
     start, restored, data_iter = ckpt.restore_latest(
-        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed))
+        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed, **loader_options(config)))
+    on_error.append(data_iter.close)  # stops its grain worker processes
     if restored is not None:
         state = TrainState(**restored)
     start = int(start or 0)
-    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+    tb = tb_lib.Writer(workdir, resume_step=start, enabled=tc.tensorboard)
+    on_error.append(tb.close)
+    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start, sinks=(tb,))
 
     # 6. the jitted step
     def loss_and_grads(params, batch, rng, extra):
@@ -281,11 +295,35 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
         ctx = EvalContext(state, model, task, config, mesh, eval_ds, eval_fn)
         return {k: float(v) for k, v in task.evaluate(ctx).items()}
 
+    sample_fn = (jax.jit(lambda p, b: _with_rules(rules, task.sample_outputs, model, p, b), out_shardings=repl)
+                 if hasattr(task, "sample_outputs") else None)
+
+    def log_eval_samples(step, state) -> None:
+        """The first `train.eval_samples` eval examples to TensorBoard: their images, captioned with the task's
+        `sample_text(batch, outputs)` of `sample_outputs(model, params, batch)` (jitted, on every process)."""
+        n = min(tc.eval_samples, len(eval_ds)) if tc.tensorboard and eval_ds is not None else 0
+        if not n:
+            return
+        rows = [eval_ds[i] for i in range(n)]
+        batch = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+        texts = None
+        if hasattr(task, "sample_text"):
+            outputs = {}
+            if sample_fn is not None:
+                replicated = {k: jax.make_array_from_callback(v.shape, repl, lambda idx, v=v: v[idx])
+                              for k, v in batch.items()}
+                outputs = jax.tree.map(np.asarray, sample_fn(state.params, replicated))
+            texts = list(task.sample_text(batch, outputs))
+        tb.samples(step, tb_lib.image_fields(batch), texts)
+
     # 7. the loop
     hooks = task.hooks(config)
     progress = metrics_lib.Progress(tc.steps, start, tc.progress)
+    peak, peak_source = perf.device_peak(config)
+    profiler = perf.ProfileWindow(tc.profile, workdir)
+    on_error.append(profiler.stop)
     last_time, last_step, seen, tokens = time.perf_counter(), start, 0, 0
-    metrics, eval_out = {}, {}
+    metrics, eval_out, step_flops, compile_s = {}, {}, None, 0.0
     t_start = time.perf_counter()
     for step in range(start + 1, tc.steps + 1):
         local = next(data_iter)
@@ -293,7 +331,13 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
         if step_fn is None:
             step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh(batch)), out_shardings=(state_sh, repl),
                               donate_argnums=(0,))
+            t0 = time.perf_counter()  # compile now (the call below reuses the executable): FLOPs, and rates
+            step_flops = perf.compiled_flops(step_fn, state, batch)  # without the compilation time
+            compile_s = time.perf_counter() - t0
+            last_time += compile_s
+        profiler.before_step(step)
         state, metrics = step_fn(state, batch)
+        profiler.after_step(step, metrics)
         seen += tc.batch_size
         if "attention_mask" in local:
             tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
@@ -311,19 +355,28 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
             rate = {"examples_per_s": seen / max(now - last_time, 1e-9)}
             if tokens:
                 rate["tokens_per_s"] = tokens / max(now - last_time, 1e-9)
+            shown = {k.split("_")[0] + "/s": round(v) for k, v in rate.items()}
+            if step_flops:  # per device
+                rate["tflops_per_s"] = step_flops * (step - last_step) / max(now - last_time, 1e-9) / 1e12
+                if peak:
+                    rate["mfu"] = shown["mfu"] = perf.mfu(step_flops, step - last_step, now - last_time, peak)
             writer.write(step, {**record, **rate})
-            progress.update(step - last_step, loss=record["loss"],
-                            **{k.split("_")[0] + "/s": round(v) for k, v in rate.items()})
+            progress.update(step - last_step, loss=record["loss"], **shown)
             last_time, last_step, seen, tokens = now, step, 0, 0
         if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+            t0 = time.perf_counter()
             eval_out = run_eval(state)
             if eval_out:
                 writer.write(step, eval_out)
+            log_eval_samples(step, state)
+            last_time += time.perf_counter() - t0  # rates and MFU count training time only
         if ckpt.should_save(step, tc.steps):
             writer.flush()  # remote metrics.jsonl holds every record up to the step being saved
             ckpt.save(step, state.as_dict(), data_iter)
     progress.update(tc.steps - last_step)
     progress.close()
+    profiler.stop(state)
+    data_iter.close()
     train_time = time.perf_counter() - t_start
     on_error.clear()
     ckpt.close()
@@ -332,11 +385,18 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     # 8. summary and plots
     if not eval_out:  # resumed after the end, or no step ran
         eval_out = run_eval(state)
+    tb.close()
     records = metrics_lib.read(writer.path) if jax.process_index() == 0 else []
     losses = [r["loss"] for r in records if "loss" in r]
     # a value that was not computed is None (JSON null) with the reason, never a NaN that reads like a result
     summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else None, **eval_out,
                "train_time_s": train_time, "resumed_from": start}
+    mfus = [r["mfu"] for r in records if "mfu" in r]
+    summary.update(compile_s=compile_s, step_flops_per_device=step_flops,
+                   mfu=sum(mfus) / len(mfus) if mfus else None)  # the mean over the records
+    if summary["mfu"] is None:
+        summary["mfu_unknown"] = ("no step ran" if step_flops is None and start >= tc.steps else
+                                  "the backend gives no FLOP count" if step_flops is None else peak_source)
     summary.update(data_info)
     summary["metric"] = task.metric
     summary[task.metric] = eval_out.get(task.metric, summary.get(task.metric))

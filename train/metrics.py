@@ -7,7 +7,8 @@ Paths go through `etils.epath`: a local path or a `gs://` (`s3://`, ...) URL whe
 (gcsfs, s3fs) is installed. An object store has no append and no atomic rename, but an object upload becomes
 visible only once complete: there `write_atomic` writes the object directly and `MetricsWriter` rewrites
 metrics.jsonl whole (at most every `flush_every_s`, and on `flush()`, which the loop calls before each
-checkpoint save).
+checkpoint save). Each record also goes to the
+writer's `sinks` (objects with `write(step, record)`: the TensorBoard writer, train/tensorboard.py).
 """
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def _clean(v):
 
 
 class MetricsWriter:
-    def __init__(self, path: str, resume_step: int | None = None, flush_every_s: float = 30.0):
+    def __init__(self, path: str, resume_step: int | None = None, flush_every_s: float = 30.0, sinks: tuple = ()):
         self.path = os.fspath(path)
+        self.sinks = tuple(sinks)
         self.active = jax.process_index() == 0
         self._lines = None  # remote: every line of the file (rewritten whole); local: appended to the file
         self.flush_every_s, self._flushed = flush_every_s, time.monotonic()
@@ -84,10 +86,12 @@ class MetricsWriter:
             self._lines.append(json.dumps(rec) + "\n")
             if time.monotonic() - self._flushed >= self.flush_every_s:
                 self.flush()
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+        else:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+        for sink in self.sinks:
+            sink.write(rec["step"], {k: v for k, v in rec.items() if k != "step"})
 
     def flush(self) -> None:
         """Remote: write the file with every record so far (one upload). Local: nothing (each write appends)."""
@@ -122,7 +126,7 @@ def plot(path, out_dir) -> list[str]:
         "lr": [k for k in keys if k.startswith("lr/")],
         "eval": [k for k in keys if k.startswith("eval") and "loss" not in k],
     }
-    used = {k for ks in families.values() for k in ks} | {"examples_per_s", "tokens_per_s"}
+    used = {k for ks in families.values() for k in ks} | {"examples_per_s", "tokens_per_s", "mfu", "tflops_per_s"}
     families["other"] = [k for k in keys if k not in used]
     written = []
     for fam, ks in families.items():
@@ -152,7 +156,7 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled and jax.process_index() == 0:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget bar in notebooks, text in a terminal
 
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=0.5, unit="step")
 

@@ -21,6 +21,9 @@ datasets(config) -> (train, eval) or `Datasets(train, eval, info)`: `grain.MapDa
     (`jaxmm.data.pipeline`).
 init_variables(model, batch, rng) -> variables (default `model.init(rng, **self.model_inputs(batch))`);
     traced under `jax.eval_shape` and `jax.jit`; only the `params` collection is trained.
+initial_params(params) -> params: host-side, once after the random init and before the optimizer state is
+    built: put pretrained weights in (the MLLM task's `model.init.*`); default: unchanged. Keep each leaf's
+    sharding (`jaxmm.hf.init.replace_group` does).
 model_inputs(batch) -> dict of keyword arguments for `model.apply` / `model.init` (default: the batch).
 loss_fn(model, params, batch, rng, extra) -> (scalar loss, dict of scalar metrics); traced inside the jitted
     step (with gradient accumulation it runs once per micro-batch; losses and metrics are averaged). `extra` is
@@ -42,6 +45,8 @@ hooks(config) -> list[Hook]: host-side, `Hook(every, fn)`; after step s (s % eve
 step_hooks(config) -> list[StepHook]: in-step, pure functions `fn(state, batch, updates, step) -> state` traced
     inside the compiled step after the optimizer update (EMA of params, DP noise, ...); `init(params)` gives the
     entries they add to `TrainState.extra` (see `train.hooks.ema_hook`).
+sample_outputs(model, params, batch) -> dict of arrays, sample_text(batch, outputs) -> list[str]: optional; a line
+    per row shown with the first eval examples in TensorBoard (train/tensorboard.py).
 on_end(ctx: EndContext) -> dict | None: end of run (after the last step and eval, before summary.json): plots,
     tables; the dict is merged into the summary.
 """
@@ -112,6 +117,9 @@ class Task:
 
     def init_variables(self, model, batch, rng):
         return model.init(rng, **self.model_inputs(batch))
+
+    def initial_params(self, params):
+        return params
 
     def loss_fn(self, model, params, batch, rng, extra=None):
         raise NotImplementedError

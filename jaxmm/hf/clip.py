@@ -9,18 +9,26 @@ Name map (HF -> jaxmm), with an optional `vision_model.` prefix (transformers < 
   encoder.layers.i.self_attn.{q,k,v,out}_proj     -> encoder/layers_i/attn/{q,k,v,o} (kernel = weightᵀ, bias)
   encoder.layers.i.mlp.fc1 / fc2                  -> encoder/layers_i/mlp/fc1 / fc2
   visual_projection.weight [P, D] (CLIPModel)     -> projection/kernel [D, P]
-CLIPModel's text tower (`text_model.*`, `text_projection.weight`) and `logit_scale` are read and dropped: jaxmm
-imports the vision tower only.
+`from_hf` reads CLIPModel's vision tower (its text tower and `logit_scale` are read and dropped); `text_from_hf`
+reads the text tower (`CLIPTextModel`, or CLIPModel's `text_model.*` + `text_projection.weight`) into
+jaxmm.models.text_encoder.TextEncoder:
+  embeddings.token_embedding.weight [V, D]      -> token_embed/embedding
+  embeddings.position_embedding.weight [P, D]   -> position_embedding
+  encoder.layers.i.*                            -> encoder/layers_i/* (as the vision tower)
+  final_layer_norm                              -> final_norm
+  text_projection.weight [P, D] (CLIPModel)     -> projection/kernel [D, P]
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from jaxmm.models.llm import add_fresh_lora, convert_tensors, param_shapes
+from jaxmm.models.text_encoder import TextEncoder, TextEncoderConfig
 from jaxmm.models.vit import ViT, ViTConfig
 from jaxmm.checks import fail
 
 CLIP_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel")
+CLIP_TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPModel")
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
@@ -44,15 +52,11 @@ def vit_config_from_hf(config: dict, **overrides) -> ViTConfig:
     return ViTConfig(**base)
 
 
-def _name_map(cfg: ViTConfig, prefix: str) -> dict:
-    m = {f"{prefix}embeddings.patch_embedding.weight": (("patch_embed", "kernel"), "conv"),
-         f"{prefix}embeddings.class_embedding": (("class_embedding",), ""),
-         f"{prefix}embeddings.position_embedding.weight": (("position_embedding",), "")}
-    for hf, jx in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
-        m[f"{prefix}{hf}.weight"] = ((jx, "scale"), "")
-        m[f"{prefix}{hf}.bias"] = ((jx, "bias"), "")
-    for i in range(cfg.num_layers):
-        hf, jx = f"{prefix}encoder.layers.{i}.", ("encoder", f"layers_{i}")
+def encoder_layer_map(num_layers: int, hf_prefix: str, jx_prefix: tuple) -> dict:
+    """HF CLIP/SigLIP encoder layers (`<hf_prefix>layers.i.`) -> jaxmm Stack blocks (`jx_prefix` + layers_i)."""
+    m = {}
+    for i in range(num_layers):
+        hf, jx = f"{hf_prefix}layers.{i}.", (*jx_prefix, f"layers_{i}")
         for h, j in (("layer_norm1", "attn_norm"), ("layer_norm2", "mlp_norm")):
             m[hf + h + ".weight"] = ((*jx, j, "scale"), "")
             m[hf + h + ".bias"] = ((*jx, j, "bias"), "")
@@ -61,6 +65,33 @@ def _name_map(cfg: ViTConfig, prefix: str) -> dict:
                      ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))):
             m[hf + h + ".weight"] = ((*jx, *j, "kernel"), "T")
             m[hf + h + ".bias"] = ((*jx, *j, "bias"), "")
+    return m
+
+
+def vision_name_map(cfg: ViTConfig, prefix: str) -> dict:
+    """HF vision tower names -> ViT param paths, for CLIP (class token, pre-LayerNorm) and SigLIP (patch bias,
+    attention-pooling head; its packed `in_proj` is split into q/k/v by jaxmm.hf.siglip before this map)."""
+    m = {f"{prefix}embeddings.patch_embedding.weight": (("patch_embed", "kernel"), "conv"),
+         f"{prefix}embeddings.position_embedding.weight": (("position_embedding",), "")}
+    if cfg.patch_bias:
+        m[f"{prefix}embeddings.patch_embedding.bias"] = (("patch_embed", "bias"), "")
+    if cfg.class_token:
+        m[f"{prefix}embeddings.class_embedding"] = (("class_embedding",), "")
+    norms = [("post_layernorm", "post_norm")] + ([("pre_layrnorm", "pre_norm")] if cfg.pre_norm else [])
+    for hf, jx in norms:
+        m[f"{prefix}{hf}.weight"] = ((jx, "scale"), "")
+        m[f"{prefix}{hf}.bias"] = ((jx, "bias"), "")
+    m.update(encoder_layer_map(cfg.num_layers, f"{prefix}encoder.", ("encoder",)))
+    if cfg.pool == "map":
+        h = f"{prefix}head."
+        m[h + "probe"] = (("head", "probe"), "")
+        for hf, jx in (("attention.q_proj", "q"), ("attention.k_proj", "k"), ("attention.v_proj", "v"),
+                       ("attention.out_proj", "o"), ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))):
+            jx = jx if isinstance(jx, tuple) else (jx,)
+            m[h + hf + ".weight"] = (("head", *jx, "kernel"), "T")
+            m[h + hf + ".bias"] = (("head", *jx, "bias"), "")
+        m[h + "layernorm.weight"] = (("head", "norm", "scale"), "")
+        m[h + "layernorm.bias"] = (("head", "norm", "bias"), "")
     if cfg.projection_dim:
         m["visual_projection.weight"] = (("projection", "kernel"), "T")
     return m
@@ -80,5 +111,47 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
     prefix = "vision_model." if any(n.startswith("vision_model.") for n in tensors) else ""
     model = ViT(cfg)
     shapes = param_shapes(model, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32))
-    params = convert_tensors(_name_map(cfg, prefix), tensors, ignore=_dropped, expected_shapes=shapes, dtype=dtype)
+    params = convert_tensors(vision_name_map(cfg, prefix), tensors, ignore=_dropped, expected_shapes=shapes,
+                             dtype=dtype)
+    return model, add_fresh_lora(params, shapes, dtype=dtype)
+
+
+def text_config_from_hf(config: dict, **overrides) -> TextEncoderConfig:
+    """TextEncoderConfig of a CLIPTextModel config dict, or of a CLIPModel's `text_config` (with its projection)."""
+    arch = (config.get("architectures") or [None])[0]
+    if arch not in CLIP_TEXT_ARCHITECTURES:
+        fail("config.architectures[0]", f"one of {CLIP_TEXT_ARCHITECTURES}", repr(arch))
+    text = config.get("text_config", {}) if arch == "CLIPModel" else config
+    act = text.get("hidden_act", "quick_gelu")
+    if act not in _ACTIVATIONS:
+        fail("config.hidden_act", f"one of {sorted(_ACTIVATIONS)}", repr(act))
+    base = dict(vocab_size=int(text.get("vocab_size", 49408)),
+                max_positions=int(text.get("max_position_embeddings", 77)),
+                d_model=int(text.get("hidden_size", 512)), num_layers=int(text.get("num_hidden_layers", 12)),
+                num_heads=int(text.get("num_attention_heads", 8)), mlp_dim=int(text.get("intermediate_size", 2048)),
+                mlp=_ACTIVATIONS[act], norm_eps=float(text.get("layer_norm_eps", 1e-5)),
+                eos_token_id=int(text.get("eos_token_id", 2)),
+                projection_dim=int(config.get("projection_dim", 512)) if arch == "CLIPModel" else None)
+    base.update(overrides)
+    return TextEncoderConfig(**base)
+
+
+def text_from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tuple[TextEncoder, dict]:
+    """(TextEncoder, params) from a CLIPTextModel / CLIPModel config dict and its tensors. `TextEncoder.apply(
+    {"params": params}, input_ids, attention_mask)` gives HF's last_hidden_state, pooler_output, hidden_states
+    (and text_embeds for CLIPModel). Raises ValueError listing unmapped / missing tensor names."""
+    cfg = text_config_from_hf(config, **overrides)
+    prefix = "text_model." if any(n.startswith("text_model.") for n in tensors) else ""
+    m = {f"{prefix}embeddings.token_embedding.weight": (("token_embed", "embedding"), ""),
+         f"{prefix}embeddings.position_embedding.weight": (("position_embedding",), ""),
+         f"{prefix}final_layer_norm.weight": (("final_norm", "scale"), ""),
+         f"{prefix}final_layer_norm.bias": (("final_norm", "bias"), ""),
+         **encoder_layer_map(cfg.num_layers, f"{prefix}encoder.", ("encoder",))}
+    if cfg.projection_dim:
+        m["text_projection.weight"] = (("projection", "kernel"), "T")
+    ignore = lambda n: (n.startswith(("vision_model.", "visual_projection.")) or n == "logit_scale"  # noqa: E731
+                        or n.endswith("embeddings.position_ids"))
+    model = TextEncoder(cfg)
+    shapes = param_shapes(model, jnp.zeros((1, 1), jnp.int32))
+    params = convert_tensors(m, tensors, ignore=ignore, expected_shapes=shapes, dtype=dtype)
     return model, add_fresh_lora(params, shapes, dtype=dtype)

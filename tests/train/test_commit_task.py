@@ -35,7 +35,7 @@ def _config_module(name: str):
 commit_config = _config_module("commit")
 
 LR = 2e-3
-TIMING = ("examples_per_s", "tokens_per_s", "kappa_time_s")
+TIMING = ("examples_per_s", "tokens_per_s", "tflops_per_s", "mfu", "kappa_time_s")
 
 
 def tiny(method, steps=8, **over):

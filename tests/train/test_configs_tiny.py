@@ -18,7 +18,7 @@ import pytest
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny",)}
-SLOW = {"commit", "demo", "peft"}
+SLOW = {"commit", "demo", "llava", "peft"}  # llava: its stages run in tests/train/test_llava.py (slow)
 
 
 def _load(name):

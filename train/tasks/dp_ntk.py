@@ -169,7 +169,7 @@ def _stats(values):
 
 @experiment("dp_ntk.sweep", check=check_config)
 def run(config, report) -> dict:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     t0 = time.time()
     Xtr, ytr, Xte, yte, num_classes = load_data(config.data)

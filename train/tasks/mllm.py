@@ -9,10 +9,21 @@ Data (`config.data.source`, registered in `jaxmm.data.sources`; its settings in 
 text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`), a LLaVA conversation JSON + image folder
 (`llava_json`), a prepared TFDS dataset (`tfds`), or any source a paper registers, all tokenised by
 `jaxmm.data.ConversationFormatter` with the byte tokenizer (or an HF tokenizer via `data.tokenizer`).
-LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`, images
-against `data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
+LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`; image
+files when read, or at the start with `data.llava_json.check_files="startup"`, against
+`data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
 reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted in summary.json
 (`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; also in a run without an eval set).
+File-backed sources (llava_json, tfds) are decoded in `data.worker_count` grain worker processes (0 = in the
+training process) and never cached (`data.cache` caches only the procedural sets).
+
+Pretrained weights (`model.init`, all empty by default): `init.encoder=<HF folder>` (CLIP / SigLIP vision,
+Whisper encoder) and `init.llm=<HF folder>` (Llama, Mistral, Qwen2) take the part's shape settings from the
+folder's config.json (a differing explicit `model.<encoder>` / `model.llm` value is an error naming both) and its
+weights; image preprocessing follows the encoder folder's preprocessor_config.json (mean/std on device, pad colour,
+resize and crop in the LLaVA-JSON loader); the tokenizer defaults to the LLM folder's. `init.from_workdir=
+<jaxmm workdir>:<group>[,<group>]` then takes param groups (encoder, projector, llm) from an earlier run's newest
+checkpoint (read-only). All through `jaxmm.hf.init` and `train.checkpoint.params_from_workdir`.
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
@@ -38,22 +49,59 @@ def _defaults() -> ml_collections.ConfigDict:
 
     c = ml_collections.ConfigDict()
     c.model = dict(
-        encoder="vit", projector="mlp2x_gelu",
-        llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
-                 lora_rank=0, lora_alpha=16.0),
+        encoder="vit", projector="mlp2x_gelu", init=dict(encoder="", llm="", from_workdir=""),
+        llm=dict(LLM_DEFAULTS),
         **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
-        max_answer_len=8, cache=True, tokenizer="",
+        max_answer_len=8, cache=True, tokenizer="", worker_count=0, worker_buffer_size=2,
         **{name: dict(s.defaults) for name, s in sources.SOURCES.items()})
     c.task_args = dict(eval_generate=True, max_new_tokens=0)
     return c
 
 
+LLM_DEFAULTS = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
+                    lora_rank=0, lora_alpha=16.0)
+
+
 def tokenizer(config):
+    """`data.tokenizer` (an HF tokenizer.json or its folder), else the `model.init.llm` folder's, else bytes."""
     from jaxmm.data import ByteTokenizer, HFTokenizer
 
-    return HFTokenizer(config.data.tokenizer) if config.data.tokenizer else ByteTokenizer()
+    path = config.data.tokenizer or config.model.init.llm
+    return HFTokenizer(path) if path else ByteTokenizer()
+
+
+def encoder_config(config):
+    """The encoder's config dataclass: `model.<encoder>`, or the `model.init.encoder` HF folder's settings."""
+    from jaxmm.hf import init as hf_init
+    from jaxmm.models import encoders
+
+    m = config.model
+    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
+    common = dict(dtype=dtype, remat=config.train.remat)
+    spec = encoders.get(m.encoder)
+    section = m[m.encoder].to_dict() if m.encoder in m else {}
+    if m.init.encoder:
+        return hf_init.encoder_config(m.init.encoder, m.encoder, section, spec.defaults, **common)
+    return spec.build_config(section, **common)
+
+
+def image_processor(config):
+    """The `model.init.encoder` folder's ImageProcessor for an image encoder (None otherwise), checked against
+    the encoder's image_size."""
+    from jaxmm.hf import init as hf_init
+    from jaxmm.models import encoders
+
+    m = config.model
+    if not m.init.encoder or encoders.get(m.encoder).input_key != "image":
+        return None
+    proc = hf_init.image_processor(m.init.encoder)
+    size = encoder_config(config).image_size
+    if proc is not None and proc.output_size not in (None, (size, size)):
+        raise ValueError(f"model.init.encoder: {m.init.encoder}'s preprocessor_config.json makes "
+                         f"{proc.output_size} images, its config.json image_size is {size}")
+    return proc
 
 
 def _numeric(example: dict) -> dict:
@@ -69,7 +117,15 @@ def _sources(config, fmt=None, fmt_eval=None):
     d, m = config.data, config.model
     src = sources.get(d.source)
     args = d[d.source].to_dict() if d.source in d else {}
-    common = dict(seed=config.seed, encoder_args=m[m.encoder].to_dict() if m.encoder in m else {})
+    if m.init.encoder:
+        import dataclasses
+
+        cfg = encoder_config(config)
+        enc_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        enc_args["image_processor"] = image_processor(config)
+    else:
+        enc_args = m[m.encoder].to_dict() if m.encoder in m else {}
+    common = dict(seed=config.seed, encoder_args=enc_args)
     return (src.build(args, split="train", examples=d.train_examples, formatter=fmt, **common),
             src.build(args, split="eval", examples=d.eval_examples, formatter=fmt_eval, **common))
 
@@ -84,6 +140,7 @@ class MLLMQATask(Task):
             self.max_new_tokens = config.task_args.max_new_tokens
             self.eval_generate = config.task_args.eval_generate
             self.kind_names = self.kinds(config)
+            self.processor = image_processor(config)
 
     def default_config(self):
         return _defaults()
@@ -94,20 +151,42 @@ class MLLMQATask(Task):
         from jaxmm.models.llm import LLMConfig
         from jaxmm.models.mllm import MLLM, MLLMConfig
 
+        from jaxmm.hf import init as hf_init
+
         m, tok = config.model, tokenizer(config)
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
         common = dict(dtype=dtype, remat=config.train.remat)
-        llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
+        if m.init.llm:
+            llm = hf_init.llm_config(m.init.llm, m.llm.to_dict(), LLM_DEFAULTS, vocab_size=tok.vocab_size, **common)
+        else:
+            llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
         spec = encoders.get(m.encoder)
-        enc = spec.build_config(m[m.encoder].to_dict() if m.encoder in m else {}, **common)
         return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{spec.input_key}_id"), encoder=m.encoder,
-                               encoder_config=enc, projector=m.projector))
+                               encoder_config=encoder_config(config), projector=m.projector))
 
-    @staticmethod
-    def media(model, batch):
+    def initial_params(self, params):
+        """Pretrained weights of `model.init` (HF folders first, then groups of an earlier run's checkpoint)."""
+        from jaxmm.hf import init as hf_init
+        from train.checkpoint import params_from_workdir
+
+        m = self.config.model
+        if m.init.encoder or m.init.llm:
+            cfg = self.build_model(self.config).config
+            if m.init.encoder:
+                params = hf_init.load_group(params, "encoder", m.init.encoder, cfg.encoder_config)
+            if m.init.llm:
+                params = hf_init.load_group(params, "llm", m.init.llm, cfg.llm)
+        if m.init.from_workdir:
+            params = params_from_workdir(params, m.init.from_workdir)
+        return params
+
+    processor = None  # the schema-only object has none
+
+    def media(self, model, batch):
         x = batch[model.config.modality]
-        if x.dtype == jnp.uint8:  # images: [0, 255] -> [-1, 1]
-            x = x.astype(jnp.float32) / 127.5 - 1.0
+        if x.dtype == jnp.uint8:  # images: the HF folder's rescale + mean/std, else [0, 255] -> [-1, 1]
+            proc = self.processor
+            x = proc.normalize(x, xp=jnp) if proc is not None else x.astype(jnp.float32) / 127.5 - 1.0
         return x
 
     def init_variables(self, model, batch, rng):
@@ -118,7 +197,7 @@ class MLLMQATask(Task):
     def datasets(self, config):
         import grain
 
-        from jaxmm.data import CachedSource, ConversationFormatter
+        from jaxmm.data import CachedSource, ConversationFormatter, sources
 
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
@@ -127,7 +206,7 @@ class MLLMQATask(Task):
                                          max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
         train_src, eval_src = _sources(config, fmt, fmt_eval)
         skipped = self.skipped_records(train_src, eval_src)  # -> summary.json, with or without an eval set
-        wrap = CachedSource if d.cache else (lambda s: s)
+        wrap = CachedSource if d.cache and sources.get(d.source).cacheable else (lambda s: s)  # not file-backed
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
         if eval_src is None:
             return Datasets(train, None, skipped)
@@ -188,20 +267,36 @@ class MLLMQATask(Task):
                 out[f"eval_accuracy/{kind}"] = hit / n
         return out
 
-    def exact_match(self, model, params, batch):
-        """1.0 where greedy generation (up to EOS) equals the reference answer tokens."""
+    def greedy_answers(self, model, params, batch):
+        """Greedy generation from the prompts [B, steps], pad from the first EOS on."""
         from jaxmm.models.mllm import generate
 
         tok = self.tok
-        answer = batch["answer_ids"]
-        steps = self.max_new_tokens or answer.shape[1] + 1
+        steps = self.max_new_tokens or batch["answer_ids"].shape[1] + 1
         new = generate(model, params, batch["prompt_ids"], batch["prompt_mask"], self.media(model, batch),
                        max_new_tokens=steps, eos_id=tok.eos_id, pad_id=tok.pad_id)
         done = jnp.cumsum(new == tok.eos_id, axis=1) > 0  # at and after the first EOS
-        pred = jnp.where(done, tok.pad_id, new)
-        ref = jnp.full(pred.shape, tok.pad_id, pred.dtype).at[:, :min(answer.shape[1], steps)].set(
+        return jnp.where(done, tok.pad_id, new)
+
+    def exact_match(self, model, params, batch):
+        """1.0 where greedy generation (up to EOS) equals the reference answer tokens."""
+        answer, pred = batch["answer_ids"], self.greedy_answers(model, params, batch)
+        steps = pred.shape[1]
+        ref = jnp.full(pred.shape, self.tok.pad_id, pred.dtype).at[:, :min(answer.shape[1], steps)].set(
             answer[:, :steps])
         return jnp.all(pred == ref, axis=1).astype(jnp.float32)
+
+    # ------------------------------------------------------------------ TensorBoard eval samples (train/tensorboard.py)
+    def sample_outputs(self, model, params, batch):
+        return {"answer": self.greedy_answers(model, params, batch)} if "prompt_ids" in batch else {}
+
+    def sample_text(self, batch, outputs) -> list[str]:
+        """'<question> -> <greedy answer> (ref: <reference>)' per row."""
+        if "answer" not in outputs:
+            return [self.tok.decode(ids).strip() for ids in batch["input_ids"]]
+        return [f"{self.tok.decode(q).strip()} -> {self.tok.decode(a).strip()!r} "
+                f"(ref: {self.tok.decode(r).strip()!r})"
+                for q, a, r in zip(batch["prompt_ids"], outputs["answer"], batch["answer_ids"])]
 
 
 register("mllm.qa")(MLLMQATask)

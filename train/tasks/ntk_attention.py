@@ -58,7 +58,7 @@ def check_config(config):
 
 @experiment("ntk_attention.sec44", check=check_config)
 def run(config, report) -> dict:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     e = config.experiment
     d, L, H = int(e.head_dim), int(e.length), int(e.heads)
