@@ -7,6 +7,7 @@ and diffusion. Subpackages load on first use, so `import jaxmm; jaxmm.models.llm
     nn        Flax Linen layers          models   assembled networks (llm, vit, audio, mllm, ...)
     data      tokenizers, datasets, loaders       hf  Hugging Face safetensors import
     privacy   DP mechanisms, DP-NTK, DP cross-attention          tuning  CoMMIT, PEFT helpers
+    ocr       OCR engines (rapidocr / PP-OCR, tesseract, oracle), disk cache, layout recovery
 """
 import importlib
 import importlib.metadata

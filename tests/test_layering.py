@@ -16,7 +16,8 @@ CHAIN = ["checks", "registry", "ops", "kernels", "attention", "nn", "models"]   
 # what each jaxmm package may import (besides itself); packages outside the chain may import the chain
 ALLOWED = {name: set(CHAIN[:i]) for i, name in enumerate(CHAIN)}
 ALLOWED.update({pkg: set(CHAIN) for pkg in ("privacy", "tuning", "hf")})
-ALLOWED["data"] = set(CHAIN)
+ALLOWED["ocr"] = {"checks", "registry"}   # jaxmm.ocr: engines and layout recovery, below data (which may use it)
+ALLOWED["data"] = set(CHAIN) | {"ocr"}
 ALLOWED["metrics"] = {"checks"}   # jaxmm.metrics: plain Python/NumPy scoring, below everything but the checks
 ALLOWED["chat"] = set(CHAIN) | {"data", "hf"}   # jaxmm.chat, the command line: loads models and tokenizers
 ALLOWED["jaxmm"] = None   # the top package itself: anything inside jaxmm
