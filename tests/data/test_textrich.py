@@ -186,3 +186,19 @@ def test_qa_source_and_registry():
     assert len(built) == 3 and built[2]["image"].shape == (32, 32, 3)
     with pytest.raises(ValueError, match="kinds"):
         tr.TextRichQA(3, kinds=("ocr",))
+
+
+@pytest.mark.parametrize("kind", tr.KINDS)
+def test_oracle_ocr_layout_recovers_the_reading_order(kind):
+    """jaxmm.ocr's layout recovery (an independent implementation: lines from box geometry) on the page's true
+    words and boxes gives back the generator's lines and their order, upright and rotated."""
+    from jaxmm import ocr
+
+    for seed in range(2):
+        layout = tr.layout_page(seed, kind)
+        for rotation in (0.0, 3.0):
+            page = tr.page_from_layout(dataclasses.replace(layout, rotation=rotation))
+            result = ocr.read(page.image, engine="oracle", truth=(page.words, page.boxes))
+            got = [line.split() for line in ocr.layout_text(result, width=200).split("\n") if line.strip()]
+            want = [[w for w, ln in zip(page.words, page.lines) if ln == k] for k in np.unique(page.lines)]
+            assert got == want, (kind, seed, rotation)
