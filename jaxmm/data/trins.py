@@ -142,8 +142,12 @@ def _dump(path, obj):
 
 
 def write_trins(root: str | os.PathLike, num_images: int, *, seed: int = 0, kinds=KINDS,
-                with_ocr: bool = True) -> str:
-    """Render `num_images` text-rich pages into a TRINS-layout folder (see the module docstring). Returns root."""
+                with_ocr: bool = True, ocr_engine: str = "oracle", **ocr_settings) -> str:
+    """Render `num_images` text-rich pages into a TRINS-layout folder (see the module docstring). Returns root.
+
+    ocr.json holds the page's true words and boxes (`ocr_engine="oracle"`) or what a real engine reads
+    (`"rapidocr"`, `"tesseract"`: `jaxmm.ocr.read(image, engine, **ocr_settings)`), for no-OCR / oracle-OCR /
+    real-OCR ablations (LaRA, PAPERS.md §9). Captions and QA always come from the ground truth."""
     check_positive("num_images", num_images)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -157,7 +161,13 @@ def write_trins(root: str | os.PathLike, num_images: int, *, seed: int = 0, kind
         Image.fromarray(page.image).save(os.path.join(root, IMAGE_DIR, name))
         captions[name] = caption_page(page)
         qa[name] = trins_qa(page, captions[name], seed + i)
-        ocr[name] = {"words": page.words, "boxes": np.round(page.boxes, 2).tolist()}
+        if with_ocr and ocr_engine == "oracle":
+            ocr[name] = {"words": page.words, "boxes": np.round(page.boxes, 2).tolist()}
+        elif with_ocr:
+            from jaxmm import ocr as ocr_lib
+
+            res = ocr_lib.read(page.image, engine=ocr_engine, **ocr_settings)
+            ocr[name] = {"words": list(res.words), "boxes": np.round(res.boxes, 2).tolist()}
     _dump(os.path.join(root, CAPTION_FILE), captions)
     _dump(os.path.join(root, QA_FILE), qa)
     if with_ocr:

@@ -152,3 +152,18 @@ def test_registered_source(folder):
     train = spec.build(args, split="train", examples=0, seed=0, encoder_args={"image_size": 16})
     assert len(train) == 6 and train[0]["image"].shape == (16, 16, 3)
     assert spec.build(args, split="eval", examples=0, seed=0, encoder_args={}) is None   # no eval_root
+
+
+def test_real_ocr_file(tmp_path):
+    """ocr.json from PP-OCR (rapidocr) on two sign pages (big text): the words it reads are the page's words."""
+    pytest.importorskip("rapidocr")
+    root = trins.write_trins(tmp_path, 2, seed=3, kinds=("sign",), ocr_engine="rapidocr")
+    ocr = json.load(open(os.path.join(root, "ocr.json")))
+    for i in range(2):
+        page = tr.make_page(3 * 1_000_003 + i, "sign")
+        read = [w.lower() for w in ocr[f"{i:06d}.png"]["words"]]
+        assert np.asarray(ocr[f"{i:06d}.png"]["boxes"]).shape == (len(read), 4, 2)
+        big = [w.lower() for w, s in zip(page.words, page.sizes) if s >= 20]
+        assert big and all(w in read for w in big), (big, read)
+    src = trins.TrinsSource(root)
+    assert src[0]["ocr_text"].split() == ocr["000000.png"]["words"]
