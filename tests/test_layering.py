@@ -18,6 +18,7 @@ ALLOWED = {name: set(CHAIN[:i]) for i, name in enumerate(CHAIN)}
 ALLOWED.update({pkg: set(CHAIN) for pkg in ("privacy", "tuning", "hf")})
 ALLOWED["ocr"] = {"checks", "registry"}   # jaxmm.ocr: engines and layout recovery, below data (which may use it)
 ALLOWED["data"] = set(CHAIN) | {"ocr"}
+ALLOWED["metrics"] = {"checks"}   # jaxmm.metrics: plain Python/NumPy scoring, below everything but the checks
 ALLOWED["chat"] = set(CHAIN) | {"data", "hf"}   # jaxmm.chat, the command line: loads models and tokenizers
 ALLOWED["jaxmm"] = None   # the top package itself: anything inside jaxmm
 

@@ -86,6 +86,21 @@ def _digits(args, *, split, examples, seed, encoder_args, formatter=None):
     return digits_data(tuple(args["classes"]), split)
 
 
+def _textrich(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.textrich import TextRichQA
+
+    return TextRichQA(examples, seed=seed, split=split, image_size=encoder_args["image_size"], **args)
+
+
+def _trins(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.trins import TrinsSource
+
+    root = args["train_root"] if split == "train" else args["eval_root"]
+    if not root:
+        return None
+    return TrinsSource(root, task=args["task"], skip_bad_records=args["skip_bad_records"], **_image_size(encoder_args))
+
+
 def _register_builtin() -> None:
     from jaxmm.data import audioqa, textvqa
 
@@ -100,6 +115,12 @@ def _register_builtin() -> None:
                     defaults=dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
                                   question="What is shown in the image?", answer_key="label")))
     register(Source("digits", _digits, defaults=dict(classes=(0, 1, 2, 3, 4)), cacheable=True))
+    from jaxmm.data import textrich
+
+    register(Source("textrich", _textrich, kinds=textrich.QUESTION_KINDS,
+                    defaults=dict(kinds=textrich.QUESTION_KINDS, page_kinds=textrich.KINDS)))
+    register(Source("trins", _trins, kinds=("vqa", "caption"),
+                    defaults=dict(train_root="", eval_root="", task="vqa", skip_bad_records=False)))
 
 
 _register_builtin()
