@@ -10,7 +10,7 @@ import pytest
 import jaxmm
 
 PACKAGES = ["jaxmm.ops", "jaxmm.attention", "jaxmm.privacy", "jaxmm.nn", "jaxmm.data", "jaxmm.hf", "jaxmm.models", "jaxmm.tuning",
-            "jaxmm.kernels", "jaxmm.ocr"]
+            "jaxmm.kernels", "jaxmm.ocr", "jaxmm.diffusion"]
 
 
 def _import_everything():

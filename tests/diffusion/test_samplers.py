@@ -70,7 +70,7 @@ def test_ddim_matches_diffusers(name, variant, eta):
 
 
 DPM_RUNS = {"dpm": {}, "dpm20": {}, "dpm20_sigma_min": {"final_sigmas_type": "sigma_min"},
-            "dpm4_no_lof": {"lower_order_final": False}}
+            "dpm4_no_lof": {"lower_order_final": False, "final_sigmas_type": "sigma_min"}}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
