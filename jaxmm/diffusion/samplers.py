@@ -131,20 +131,23 @@ def dpmpp_2m_step(schedule: Schedule, model_output, sample, sigma_s1, sigma_s0, 
     `prev_x0` and `sigma_s1` are the previous step's x0 prediction and level. `first_order` (bool) takes the
     DPM-Solver++ first-order (DDIM) update instead (first step, and diffusers' lower_order_final rule).
     Returns (prev_sample, x0 prediction for the next step's `prev_x0`)."""
-    alpha_s0_, sigma_s0_ = _alpha_sigma(sigma_s0)
-    x0, _ = _x0_eps(schedule.prediction_type, model_output, sample, alpha_s0_ ** 2)
-    if schedule.prediction_type == "epsilon":       # diffusers' exact expressions (alpha, sigma, not alpha_bar)
-        x0 = (sample - sigma_s0_ * model_output) / alpha_s0_
+    alpha_s0, sig_s0 = _alpha_sigma(sigma_s0)
+    if schedule.prediction_type == "epsilon":       # diffusers' expressions in alpha_t, sigma_t (not alpha_bar)
+        x0 = (sample - sig_s0 * model_output) / alpha_s0
     elif schedule.prediction_type == "v_prediction":
-        x0 = alpha_s0_ * sample - sigma_s0_ * model_output
+        x0 = alpha_s0 * sample - sig_s0 * model_output
+    else:
+        x0, _ = _x0_eps(schedule.prediction_type, model_output, sample, alpha_s0 ** 2)
     alpha_t, sig_t = _alpha_sigma(sigma_t)
     alpha_s1, sig_s1 = _alpha_sigma(sigma_s1)
-    lambda_t = jnp.log(alpha_t) - jnp.log(sig_t)
-    lambda_s0 = jnp.log(alpha_s0_) - jnp.log(sigma_s0_)
+    lambda_t = jnp.log(alpha_t) - jnp.log(sig_t)            # +inf at a final sigma of 0: exp(-h) = 0 below
+    lambda_s0 = jnp.log(alpha_s0) - jnp.log(sig_s0)
     lambda_s1 = jnp.log(alpha_s1) - jnp.log(sig_s1)
     h = lambda_t - lambda_s0
-    first = (sig_t / sigma_s0_) * sample - (alpha_t * (jnp.exp(-h) - 1.0)) * x0
-    r0 = (lambda_s0 - lambda_s1) / h
+    first = (sig_t / sig_s0) * sample - (alpha_t * (jnp.exp(-h) - 1.0)) * x0
+    # r0 is 0 at the first step (no previous level): keep the unused branch finite so that jnp.where's
+    # gradient stays finite too
+    r0 = jnp.where(first_order, 1.0, (lambda_s0 - lambda_s1) / h)
     d1 = (1.0 / r0) * (x0 - prev_x0)
     second = first - 0.5 * (alpha_t * (jnp.exp(-h) - 1.0)) * d1
     return jnp.where(first_order, first, second), x0

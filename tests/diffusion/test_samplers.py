@@ -39,9 +39,10 @@ def _close(got, want, tol, what):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_ddpm_matches_diffusers(name):
-    s = sched(name)
-    key = f"{name}/ddpm"
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ddpm_matches_diffusers(name, variance):
+    s = sched(name, variance_type=variance)
+    key = f"{name}/ddpm" + ("_large" if variance == "fixed_large" else "")
     ts, xs, noise = FIX[key + "/timesteps"], FIX[key + "/xs"], FIX[key + "/noise"]
     np.testing.assert_array_equal(diffusion.timesteps(s, len(ts), "ddpm"), ts)
     prev = np.concatenate([ts[1:], [-1]])
@@ -103,18 +104,21 @@ def test_dpm_lower_order_final_rule():
                                     4)[-1]
 
 
-def test_second_order_term_is_live():
+def test_second_order_term_is_live(monkeypatch):
     """The 2M correction changes the result (so the parity above exercises it): forcing every step first-order
     moves the 20-step sample by far more than the tolerance."""
     s = sched("sd_eps_leading")
     xs = FIX["sd_eps_leading/dpm20/xs"]
-    orig = samplers.dpm_orders
-    try:
-        samplers.dpm_orders = lambda sc, n: np.ones(n, bool)
-        first_only = samplers.sample_dpmpp_2m(model, s, xs[0], 20)
-    finally:
-        samplers.dpm_orders = orig
+    monkeypatch.setattr(samplers, "dpm_orders", lambda sc, n: np.ones(n, bool))
+    first_only = samplers.sample_dpmpp_2m(model, s, xs[0], 20)
     assert np.max(np.abs(np.asarray(first_only) - xs[-1])) > 1e-3
+
+
+def test_dpm_sampler_gradient_is_finite():
+    """The unused second-order branch of the first step (no previous level) must not poison gradients."""
+    s = sched("sd_eps_leading")
+    g = jax.grad(lambda x: diffusion.sample_dpmpp_2m(model, s, x, 5).sum())(jnp.ones((1, 2, 2, 1)))
+    assert np.all(np.isfinite(g))
 
 
 def test_ddpm_and_ddim_sample_with_keys_are_finite_and_reproducible():
