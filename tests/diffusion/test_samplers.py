@@ -1,6 +1,7 @@
-"""Samplers against diffusers 0.42 (fixtures from tests/fixtures/make_diffusion_fixtures.py, torch side env):
+"""Samplers against diffusers 0.42.1 (fixtures from tests/fixtures/make_diffusion_fixtures.py, torch side env):
 every step replayed from diffusers' own input (<= 1e-6) and the whole jitted `lax.scan` sampler from the same
-initial noise (<= 1e-5), errors scaled by max(1, max |diffusers|), for 6 schedule configs x {DDPM, DDIM eta 0 / 0.5, DPM-Solver++(2M) 10 / 20 / 4 steps}."""
+initial noise (<= 1e-5), errors scaled by max(1, max |diffusers|), for 6 schedule configs x {DDPM fixed_small /
+fixed_large, DDIM eta 0 / 0.5, DPM-Solver++(2M) 10 / 20 / 4 steps}."""
 from __future__ import annotations
 
 import json

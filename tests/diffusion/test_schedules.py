@@ -120,7 +120,8 @@ def test_diffusion_loss_is_the_mse_to_the_target():
     ac = jnp.asarray(_np_ac(), jnp.float32)
     x0 = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
     w = 0.7
-    loss, aux = jax.jit(lambda x: diffusion.diffusion_loss(lambda xt, t: w * xt, "v_prediction", ac, x, jax.random.key(1)))(x0)
+    loss, aux = jax.jit(lambda x: diffusion.diffusion_loss(lambda xt, t: w * xt, "v_prediction", ac, x,
+                                                           jax.random.key(1)))(x0)
     a = np.asarray(ac, np.float64)[np.asarray(aux["t"])][:, None, None, None]
     n, x = np.asarray(aux["noise"], np.float64), np.asarray(x0, np.float64)
     xt = np.sqrt(a) * x + np.sqrt(1 - a) * n
