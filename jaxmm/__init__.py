@@ -8,6 +8,7 @@ and diffusion. Subpackages load on first use, so `import jaxmm; jaxmm.models.llm
     data      tokenizers, datasets, loaders       hf  Hugging Face safetensors import
     privacy   DP mechanisms, DP-NTK, DP cross-attention          tuning  CoMMIT, PEFT helpers
     ocr       OCR engines (rapidocr / PP-OCR, tesseract, oracle), disk cache, layout recovery
+    diffusion noise schedules, training targets, DDPM / DDIM / DPM-Solver++(2M) samplers, guidance
 """
 import importlib
 import importlib.metadata

@@ -10,7 +10,7 @@ import pytest
 import jaxmm
 
 PACKAGES = ["jaxmm.ops", "jaxmm.attention", "jaxmm.privacy", "jaxmm.nn", "jaxmm.data", "jaxmm.hf", "jaxmm.models", "jaxmm.tuning",
-            "jaxmm.kernels", "jaxmm.ocr", "jaxmm.metrics"]
+            "jaxmm.kernels", "jaxmm.ocr", "jaxmm.metrics", "jaxmm.diffusion"]
 
 
 def _import_everything():
