@@ -17,6 +17,11 @@ from ml_collections import config_flags
 from train import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]", lock_config=True)
+
+# The config file is completed with the trainer's and the task's defaults when it is loaded, before the
+# `--config.<key>=value` overrides apply: a key the file leaves out can be overridden too.
+_load_file = flags.FLAGS[_CONFIG.name].parser.parse
+flags.FLAGS[_CONFIG.name].parser.parse = lambda path: tasks.full_config(_load_file(path))
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; re-running resumes)")
 _COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
