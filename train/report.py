@@ -8,7 +8,7 @@ workdir goes through here, so every experiment's outputs look alike and survive 
     report.metrics.write(step, {...})               # metrics.jsonl (train.metrics.MetricsWriter)
 
 Only process 0 writes. Helpers shared by the experiments: `table` (a Markdown table), `fmt` (a number for a
-table cell), `time_call` (best or median wall time of a jitted call), `line_plot` (the usual log-log figure).
+table cell), `line_plot` (the usual log-log figure). Timing: `jaxmm.timing.time_call`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
-import time
 
 import jax
 
@@ -97,17 +95,6 @@ def table(headers, rows, spec: str = ".3g") -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(v, spec) for v in r) + " |" for r in rows]
     return "\n".join(out)
-
-
-def time_call(fn, *args, reps: int = 5, stat: str = "min") -> float:
-    """Seconds of `fn(*args)` after one warm-up (compile) call, `stat` ("min" or "median") over `reps` calls."""
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return min(ts) if stat == "min" else statistics.median(ts)
 
 
 def line_plot(report: Reporter, name: str, title: str, xlabel: str, ylabel: str, series: dict, *, logx=True,

@@ -21,9 +21,10 @@ from jaxmm.ops.polynomial import polynomial_features
 from jaxmm.privacy.cross_attention import (dp_cross_attention, dp_cross_attention_init, empirical_epsilon,
                                               exact_cross_attention, llr_scores, release_feature_sums,
                                               release_sensitivity, released_vector)
+from jaxmm.timing import time_call
 from train.experiment import experiment
 from train.metrics import read
-from train.report import line_plot, table as _table, time_call
+from train.report import line_plot, table as _table
 from train.task import Task
 from train.tasks import register
 
@@ -146,14 +147,14 @@ def query_time(c, report):
             init = jax.jit(lambda k, KK, VV, m=method: dp_cross_attention_init(
                 k, KK, VV, epsilon=c.epsilon, delta=c.delta, bound_qk=c.bound_qk, bound_v=c.bound_v,
                 degree=c.degree, method=m))
-            t_init = time_call(init, jax.random.key(0), K, V, reps=3, stat="median")
+            t_init = time_call(init, jax.random.key(0), K, V, reps=3).median
             st = init(jax.random.key(0), K, V)
-            t_q = time_call(dp_cross_attention, st, Q, stat="median")
+            t_q = time_call(dp_cross_attention, st, Q).median
             rows.append([method, n, t_init * 1e3, t_q * 1e3, st.memory_floats])
             series[method][0].append(n)
             series[method][1].append(t_q * 1e3)
             res[f"{method}_{n}"] = {"init_ms": t_init * 1e3, "query_ms": t_q * 1e3}
-        t_ex = time_call(jax.jit(exact_cross_attention), Q, K, V, stat="median")
+        t_ex = time_call(jax.jit(exact_cross_attention), Q, K, V).median
         rows.append(["exact attention", n, None, t_ex * 1e3, n * (c.d + c.d_v)])
         series["exact"][0].append(n)
         series["exact"][1].append(t_ex * 1e3)

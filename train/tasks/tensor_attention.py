@@ -17,8 +17,8 @@ import optax
 
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
+from jaxmm.timing import time_call
 from train.experiment import experiment
-from train.report import time_call
 from train.task import Task
 from train.tasks import register
 
@@ -117,7 +117,7 @@ def scaling(config, report):
             compiled = grad.lower(*args).compile()
             mem = compiled.memory_analysis()
             temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps)
+            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps).min
             name = "exact" if method == "exact" else f"poly g={g}"
             rows.append(dict(method=name, n=n, fwdbwd_s=t, temp_mb=None if temp is None else temp / 2**20))
             print(f"[scaling] {name} n={n}: {t:.4f} s, XLA temp {rows[-1]['temp_mb']} MB", flush=True)
