@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from train import config as config_lib
+from train import tasks
 from train.metrics import pyplot, read, write_atomic
 
 SWEEP_KEYS = ("kind", "modalities", "lora", "base_image", "base_audio", "encoder_lr_factors", "seeds", "methods",
@@ -41,7 +42,7 @@ def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f), read(os.path.join(out, "metrics.jsonl"))
-    c = config_lib.apply_overrides(_copy(base), overrides)
+    c = config_lib.apply_overrides(_copy(tasks.full_config(base)), overrides)  # base: a partial run config
     t0 = time.perf_counter()
     summary = loop.train(c, out, CommitTask)
     summary["wall_s"] = time.perf_counter() - t0
