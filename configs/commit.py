@@ -78,9 +78,9 @@ def run_config(modality: str = "image", lora: bool = False, size: str = "full") 
 
 
 def sweep_config(kind: str) -> ml_collections.ConfigDict:
-    """The experiment drivers (task commit.sweep): every run is `run_config(..., size="small")` + overrides."""
+    """The experiment drivers (experiment commit_sweep): every run is `run_config(..., size="small")` + overrides."""
     c = ml_collections.ConfigDict()
-    c.task = "commit.sweep"
+    c.task = "commit_sweep"
     c.seed = 0
     c.sweep = ml_collections.ConfigDict(dict(kind=kind, modalities=("image", "audio"), lora=False))
     c.sweep.base_image = run_config("image", size="small")
