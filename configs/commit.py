@@ -18,6 +18,7 @@ smoke run in seconds), and the experiments (each writes a Markdown table + PNGs 
     .venv/bin/python -m train --config configs/commit.py:sweep_imbalance   --workdir runs/commit_imbalance
     .venv/bin/python -m train --config configs/commit.py:sweep_convergence --workdir runs/commit_convergence
     .venv/bin/python -m train --config configs/commit.py:sweep_overhead    --workdir runs/commit_overhead
+    .venv/bin/python -m train --config configs/commit.py:sweep_tiny        --workdir /tmp/commit_sweep_tiny  # smoke
 (results and their run times: docs/results/commit.md). The κ formula, LR rule/clip, aux weight and divergence
 are [reconstruction]s, each a `task_args` key (train/tasks/commit.py); κ is measured on the step at the base
 learning rates (`kappa_lr="base"`), the aux loss targets the leading side's last measured step.
@@ -105,6 +106,10 @@ def sweep_config(kind: str) -> ml_collections.ConfigDict:
 
 def get_config(variant: str | None = None):
     variant = variant or "vision"
+    if variant == "sweep_tiny":  # smoke test of the sweep path: the imbalance sweep, one tiny run
+        c = sweep_config("imbalance")
+        c.sweep.update(dict(base_image=run_config("image", size="tiny"), encoder_lr_factors=(1.0,)))
+        return c
     if variant.startswith("sweep_"):
         return sweep_config(variant[len("sweep_"):])
     parts = variant.split("_")
