@@ -9,7 +9,7 @@ FIND_PYTHON := for p in $(PYTHON_CANDIDATES); do \
 	done; echo "no Python >= 3.12 found (tried: $(PYTHON_CANDIDATES))" >&2; exit 1
 
 .PHONY: test demo venv clean-venv fixtures
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	@set -e; py=$$($(FIND_PYTHON)); echo "building $(VENV) from $$py ($$($$py --version))"; \
 	  [ -x $(PY) ] || $$py -m venv $(VENV); \
 	  $(PY) -m pip install -q --upgrade pip; \
@@ -21,8 +21,9 @@ venv: $(VENV)/.installed
 test: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist worksteal
 
+# JAX picks the accelerator when one is installed (pip install '.[cuda]' / '.[tpu]'), else the CPU.
 demo: $(VENV)/.installed
-	JAX_PLATFORMS=cpu $(PY) -m train --config configs/demo.py --workdir runs/demo
+	$(PY) -m train --config configs/demo.py --workdir runs/demo
 
 fixtures:
 	bash tests/fixtures/make_hf_fixtures.sh

@@ -17,6 +17,7 @@ CHAIN = ["checks", "registry", "ops", "kernels", "attention", "nn", "models"]   
 ALLOWED = {name: set(CHAIN[:i]) for i, name in enumerate(CHAIN)}
 ALLOWED.update({pkg: set(CHAIN) for pkg in ("privacy", "tuning", "hf")})
 ALLOWED["data"] = set(CHAIN)
+ALLOWED["chat"] = set(CHAIN) | {"data", "hf"}   # jaxmm.chat, the command line: loads models and tokenizers
 ALLOWED["jaxmm"] = None   # the top package itself: anything inside jaxmm
 
 

@@ -15,6 +15,12 @@ one is used; the data iterator is restored only together with a state that resto
 shapes differ from the current model is refused (a config change, not corruption). Targets are
 `jax.ShapeDtypeStruct`s carrying the *current* mesh's shardings, so a checkpoint written on one mesh restores
 onto another.
+
+Remote directories (`gs://...`, through `etils.epath` and Orbax's own GCS support: tensorstore writes the arrays,
+epath the small files): Orbax then writes each step in place and marks it complete with a `commit_success.txt`
+object written last (GCS has no atomic directory rename), so a step without that marker is an unfinished save:
+removed on the next start like the `*.orbax-checkpoint-tmp` directories locally. Setting a step aside there
+deletes its marker first (one object delete takes it out of Orbax's view), then copies it to `corrupt_<step>`.
 """
 from __future__ import annotations
 
@@ -29,20 +35,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from train.metrics import is_remote
+
+COMMIT_MARKER = "commit_success.txt"  # Orbax's completion marker on an object store (atomicity.CommitFileTemporaryPath)
 
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
     def __init__(self, directory: str, every: int, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.remote = is_remote(directory)
+        self.directory = os.fspath(directory) if self.remote else os.path.abspath(directory)
         self.every = every
         self._remove_unfinished_saves()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             save_interval_steps=1)  # we decide when to save
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
+            epath.Path(self.directory), options=options,
             item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
                                meta=ocp.JsonCheckpointHandler()))
 
@@ -103,11 +115,17 @@ class Checkpointer:
         """Move an unreadable step out of the manager's view (kept as `corrupt_<step>` for inspection), so
         the resumed run can write that step again."""
         if jax.process_index() == 0:
-            bad = os.path.join(self.directory, str(step))
-            dest = os.path.join(self.directory, f"corrupt_{step}")
-            if os.path.exists(dest):
-                shutil.rmtree(dest)
-            os.replace(bad, dest)
+            root = epath.Path(self.directory)
+            bad, dest = root / str(step), root / f"corrupt_{step}"
+            if dest.exists():
+                dest.rmtree()
+            if self.remote:  # no atomic rename: first make the step unfinished (invisible), then move its objects
+                if (bad / COMMIT_MARKER).exists():
+                    (bad / COMMIT_MARKER).unlink()
+                _copy_tree(bad, dest)
+                bad.rmtree()
+            else:
+                os.replace(bad, dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -115,15 +133,21 @@ class Checkpointer:
         self.manager.reload()
 
     def _remove_unfinished_saves(self) -> None:
-        """Delete `<step>.orbax-checkpoint-tmp*` directories: saves cut off by a kill or crash (never visible as
-        a step, so nothing refers to them; Orbax does not remove them itself)."""
-        if jax.process_index() == 0 and os.path.isdir(self.directory):
-            for name in sorted(os.listdir(self.directory)):
-                if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
-                    msg = f"removing an unfinished checkpoint save {os.path.join(self.directory, name)}"
+        """Delete saves cut off by a kill or crash: `<step>.orbax-checkpoint-tmp*` directories locally, `<step>`
+        directories without Orbax's `commit_success.txt` on an object store (never visible as a step, so nothing
+        refers to them; Orbax does not remove them itself)."""
+        root = epath.Path(self.directory)
+        if jax.process_index() == 0 and root.is_dir():
+            for path in sorted(root.iterdir(), key=lambda p: p.name):
+                if (re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", path.name) or
+                        (self.remote and path.name.isdigit() and not (path / COMMIT_MARKER).exists())):
+                    msg = f"removing an unfinished checkpoint save {os.fspath(path)}"
                     warnings.warn(msg)
                     log.warning(msg)
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+                    if self.remote:
+                        path.rmtree()
+                    else:
+                        shutil.rmtree(path, ignore_errors=True)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -144,6 +168,16 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Copy every file under `src` to the same place under `dst` (on an object store: one copy per object)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_dir():
+            _copy_tree(path, dst / path.name)
+        else:
+            path.copy(dst / path.name, overwrite=True)
 
 
 def _leaf_name(path) -> str:

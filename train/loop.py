@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import time
+import warnings
 from typing import Any
 
 import flax
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from jaxmm.data import pipeline
 from train import checkpoint as ckpt_lib
@@ -160,7 +163,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     task = tasks_lib.build(factory, config)  # this run's task object (nothing survives into another run)
     tc = config.train
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local, or gs://... (etils.epath)
         claim_workdir(workdir)  # before anything is written: a refused run must not touch a live run's files
         try:
             check_resumable_config(workdir, config, allow_config_change)
@@ -319,12 +322,14 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
             if eval_out:
                 writer.write(step, eval_out)
         if ckpt.should_save(step, tc.steps):
+            writer.flush()  # remote metrics.jsonl holds every record up to the step being saved
             ckpt.save(step, state.as_dict(), data_iter)
     progress.update(tc.steps - last_step)
     progress.close()
     train_time = time.perf_counter() - t_start
     on_error.clear()
     ckpt.close()
+    writer.flush()
 
     # 8. summary and plots
     if not eval_out:  # resumed after the end, or no step ran
@@ -367,14 +372,13 @@ def _check_batches_fit(config, mesh) -> None:
 def check_resumable_config(workdir: str, config, allow_change: bool = False) -> None:
     """Refuse to resume a workdir's checkpoints with a config that changed (other than RESUMABLE_CHANGES):
     ValueError listing each differing key with its saved and new value."""
-    directory, path = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "config.json")
-    if allow_change or not os.path.exists(path) or not os.path.isdir(directory):
+    directory, path = epath.Path(workdir) / "checkpoints", epath.Path(workdir) / "config.json"
+    if allow_change or not path.exists() or not directory.is_dir():
         return
-    if not any(name.isdigit() for name in os.listdir(directory)):
+    if not any(p.name.isdigit() for p in directory.iterdir()):
         return  # nothing to resume
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # unreadable (written atomically, so only by hand): nothing to compare with
     diffs = config_lib.resume_differences(saved, config)
@@ -385,28 +389,38 @@ def check_resumable_config(workdir: str, config, allow_change: bool = False) -> 
                          f"(python: allow_config_change=True) to resume with the new values.")
 
 
+def _claim_text(workdir) -> str:
+    """RUNNING.pid's content: the pid; on a remote workdir `pid@host` (a pid means nothing on another machine)."""
+    return f"{os.getpid()}@{socket.gethostname()}" if metrics_lib.is_remote(workdir) else str(os.getpid())
+
+
 def release_workdir(workdir: str) -> None:
     """Remove this process's claim (RUNNING.pid) on `workdir`, if it holds it."""
-    path = os.path.join(workdir, "RUNNING.pid")
+    path = epath.Path(workdir) / "RUNNING.pid"
     try:
-        with open(path) as f:
-            mine = f.read().strip() == str(os.getpid())
-        if mine:
-            os.remove(path)
+        if path.read_text().strip() == _claim_text(workdir):
+            path.unlink()
     except OSError:
         pass
 
 
 def claim_workdir(workdir: str) -> None:
     """Refuse to share a workdir with another live run (two runs appending to one metrics.jsonl and racing
-    on checkpoints corrupt both). The pid file survives a SIGKILL; a dead pid does not block the rerun."""
-    path = os.path.join(workdir, "RUNNING.pid")
+    on checkpoints corrupt both). The pid file survives a SIGKILL; a dead pid does not block the rerun.
+    A remote workdir's claim names the host: one from another machine cannot be checked (a preempted VM's
+    restart must go on), so it only warns. Read-then-write, not an atomic create: two runs started in the
+    same instant can both pass."""
+    path = epath.Path(workdir) / "RUNNING.pid"
     try:
-        with open(path) as f:
-            pid = int(f.read().strip() or 0)
+        pid, _, host = path.read_text().strip().partition("@")
+        pid = int(pid or 0)
     except (OSError, ValueError):
-        pid = 0
-    if pid and pid != os.getpid():
+        pid, host = 0, ""
+    if pid and host and host != socket.gethostname():
+        msg = (f"workdir {workdir}: claimed by pid {pid} on host {host}, which this machine cannot check; "
+               f"going on (make sure that run has ended)")
+        warnings.warn(msg)
+    elif pid and pid != os.getpid():
         try:
             os.kill(pid, 0)
             alive = True
@@ -416,9 +430,8 @@ def claim_workdir(workdir: str) -> None:
             alive = True
         if alive:
             raise RuntimeError(f"workdir {workdir}: another run (pid {pid}) is using it; wait for it or use "
-                               f"another --workdir (remove {path} if that process is not a run)")
-    with open(path, "w") as f:
-        f.write(str(os.getpid()))
+                               f"another --workdir (remove {os.fspath(path)} if that process is not a run)")
+    path.write_text(_claim_text(workdir))
 
 
 def _masked_sums(task, model, params, batch, valid):

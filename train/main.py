@@ -1,4 +1,5 @@
-"""Entry point: parse the config, start multi-process JAX when asked, save the config beside the run, and
+"""Entry point: parse the config (a file `configs/<name>.py[:variant]` or a shipped config's name `<name>[:variant]`,
+`config_path`), start multi-process JAX when asked, save the config beside the run, and
 dispatch to the named task: a training task (a `train.task.Task` factory, built per run) runs in the shared
 loop (`train/loop.py`); an experiment (`train.experiment.Experiment`: sweeps, audits, tables, writing through
 `train.report.Reporter`) or a plain `run(config, workdir) -> dict` is called with the workdir.
@@ -10,18 +11,65 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from train import tasks
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]", lock_config=True)
 
-# The config file is completed with the trainer's and the task's defaults when it is loaded, before the
-# `--config.<key>=value` overrides apply: a key the file leaves out can be overridden too.
-_load_file = flags.FLAGS[_CONFIG.name].parser.parse
-flags.FLAGS[_CONFIG.name].parser.parse = lambda path: tasks.full_config(_load_file(path))
+def configs_dir() -> pathlib.Path:
+    """The configs that ship with jaxmm: train/configs/ in an installed wheel (setup.py maps the repository's
+    configs/ there), else configs/ beside train/ (a clone, editable installs included)."""
+    here = pathlib.Path(__file__).resolve().parent
+    return here / "configs" if (here / "configs").is_dir() else here.parent / "configs"
+
+
+def config_names() -> list[str]:
+    """Names `--config` accepts besides file paths: the shipped configs/*.py."""
+    return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def config_path(spec: str) -> str:
+    """`--config`'s value as the `path[:variant]` that ml_collections loads. A file path (it ends in .py or has a
+    directory part: `configs/demo.py:tiny`, read from the working directory) stays as it is; a config name
+    (`demo`, `demo:tiny`) becomes the shipped file's path, so an installed jaxmm needs no clone."""
+    if not isinstance(spec, str) or not spec.split(":", 1)[0]:
+        raise ValueError(f"config: expected configs/<name>.py[:variant] or <name>[:variant], got {spec!r}")
+    head, colon, variant = spec.partition(":")
+    shipped = config_names()
+    names = ", ".join(shipped) or f"none found in {configs_dir()}"
+    if head.endswith(".py") or "/" in head or os.sep in head:
+        if not os.path.isfile(head):
+            raise ValueError(f"config: no file {head!r} (relative paths are read from {os.getcwd()}); the configs "
+                             f"that ship with jaxmm are named without a path: {names}")
+        return spec
+    if head not in shipped:
+        raise ValueError(f"config: expected a file path or the name of a shipped config ({names}) with an optional "
+                         f":variant, got {spec!r}")
+    return str(configs_dir() / f"{head}.py") + colon + variant
+
+
+class _ConfigByName(flags.ArgumentParser):
+    """Wraps ml_collections' config-file parser: `config_path` first; then the config is completed with the
+    trainer's and the task's defaults (`tasks.full_config`) before the `--config.a.b=value` overrides apply, so a
+    key the file leaves out can be overridden too."""
+
+    def __init__(self, file_parser):
+        self.file_parser = file_parser
+
+    def parse(self, argument):
+        return tasks.full_config(self.file_parser.parse(config_path(argument)))
+
+    def flag_type(self):
+        return self.file_parser.flag_type()
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "<name>[:variant] (a shipped config, e.g. demo:tiny; "
+                                          "names: train.main.config_names()) or a file configs/<name>.py[:variant]",
+                                          lock_config=True)
+flags.FLAGS[_CONFIG.name].parser = _ConfigByName(flags.FLAGS[_CONFIG.name].parser)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; re-running resumes)")
 _COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
@@ -44,8 +92,10 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
 
     if all(section in config for section in ("train", "optim", "checkpoint")):
         config_lib.check_values(config)  # a bad value is named as such, not as a change from the saved config
+    from etils import epath
+
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local, or gs://... (etils.epath)
     if lead:
         loop.claim_workdir(workdir)  # before writing: a refused second run must not overwrite the live run's config
     try:

@@ -2,23 +2,51 @@
 
 Only process 0 writes. On resume `MetricsWriter(path, resume_step=s)` drops every record with step > s, so a
 killed-and-resumed run ends with exactly the records an uninterrupted run writes.
+
+Paths go through `etils.epath`: a local path or a `gs://` (`s3://`, ...) URL where its fsspec file system
+(gcsfs, s3fs) is installed. An object store has no append and no atomic rename, but an object upload becomes
+visible only once complete: there `write_atomic` writes the object directly and `MetricsWriter` rewrites
+metrics.jsonl whole (at most every `flush_every_s`, and on `flush()`, which the loop calls before each
+checkpoint save).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import time
 
 import jax
 import numpy as np
+from etils import epath
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Write a whole file or nothing: a temporary file beside it, then one rename (a kill leaves the old file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def is_remote(path) -> bool:
+    """True for a URL path (`gs://`, `s3://`, ...): an object store, not the local file system."""
+    return "://" in os.fspath(path)
+
+
+def write_atomic(path, data: str | bytes) -> None:
+    """Write a whole file or nothing. Locally: a temporary file beside it, then one rename (a kill leaves the old
+    file). On an object store: one upload, which replaces the object only when complete (no rename there)."""
+    path = epath.Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    if is_remote(path):
+        path.write_bytes(raw)
+        return
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(raw)
+    tmp.replace(path)
+
+
+def save_png(fig, path, dpi: int = 100) -> str:
+    """Render a matplotlib figure to PNG bytes and write them atomically (`write_atomic`) to a local or remote
+    path; returns the path as a string."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    write_atomic(path, buf.getvalue())
+    return os.fspath(path)
 
 
 def _clean(v):
@@ -27,14 +55,16 @@ def _clean(v):
 
 
 class MetricsWriter:
-    def __init__(self, path: str, resume_step: int | None = None):
-        self.path = path
+    def __init__(self, path: str, resume_step: int | None = None, flush_every_s: float = 30.0):
+        self.path = os.fspath(path)
         self.active = jax.process_index() == 0
+        self._lines = None  # remote: every line of the file (rewritten whole); local: appended to the file
+        self.flush_every_s, self._flushed = flush_every_s, time.monotonic()
         if not self.active:
             return
         kept = []
-        if resume_step is not None and os.path.exists(path):
-            with open(path) as f:
+        if resume_step is not None and epath.Path(path).exists():
+            with epath.Path(path).open() as f:
                 for line in f:
                     try:
                         rec = json.loads(line)
@@ -43,18 +73,31 @@ class MetricsWriter:
                     if rec.get("step", math.inf) <= resume_step:
                         kept.append(line if line.endswith("\n") else line + "\n")
         write_atomic(path, "".join(kept))
+        if is_remote(path):
+            self._lines = kept
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.active:
             return
         rec = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
+        if self._lines is not None:
+            self._lines.append(json.dumps(rec) + "\n")
+            if time.monotonic() - self._flushed >= self.flush_every_s:
+                self.flush()
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
 
+    def flush(self) -> None:
+        """Remote: write the file with every record so far (one upload). Local: nothing (each write appends)."""
+        if self.active and self._lines is not None:
+            write_atomic(self.path, "".join(self._lines))
+            self._flushed = time.monotonic()
 
-def read(path: str) -> list[dict]:
-    with open(path) as f:
+
+def read(path) -> list[dict]:
+    with epath.Path(path).open() as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -68,7 +111,7 @@ def pyplot():
     return plt
 
 
-def plot(path: str, out_dir: str) -> list[str]:
+def plot(path, out_dir) -> list[str]:
     """One PNG per metric family (loss, lr, eval, then one for the rest); returns the files written."""
     plt = pyplot()
 
@@ -98,10 +141,8 @@ def plot(path: str, out_dir: str) -> list[str]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        file = os.path.join(out_dir, f"{fam}.png")
-        fig.savefig(file, dpi=100)
+        written.append(save_png(fig, epath.Path(out_dir) / f"{fam}.png", dpi=100))
         plt.close(fig)
-        written.append(file)
     return written
 
 

@@ -7,7 +7,8 @@ workdir goes through here, so every experiment's outputs look alike and survive 
     with report.figure("x.png", figsize=(6, 4)) as (fig, ax): ...   # one matplotlib set-up, PNG, closed
     report.metrics.write(step, {...})               # metrics.jsonl (train.metrics.MetricsWriter)
 
-Only process 0 writes. Helpers shared by the experiments: `table` (a Markdown table), `fmt` (a number for a
+Only process 0 writes. The workdir may be local or a `gs://` URL (paths through `etils.epath`, writes through
+`train.metrics.write_atomic`). Helpers shared by the experiments: `table` (a Markdown table), `fmt` (a number for a
 table cell), `line_plot` (the usual log-log figure). Timing: `jaxmm.timing.time_call`.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ import math
 import os
 
 import jax
+from etils import epath
 
-from train.metrics import MetricsWriter, pyplot, write_atomic  # noqa: F401  (pyplot: re-exported)
+from train.metrics import MetricsWriter, pyplot, save_png, write_atomic  # noqa: F401  (pyplot: re-exported)
 
 
 
@@ -31,10 +33,10 @@ class Reporter:
         self.sections: list[str] = []
         self.data: dict = {}
         self._metrics = None
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
+        return os.fspath(epath.Path(self.workdir) / name)
 
     def section(self, markdown: str, **numbers) -> None:
         """Append a Markdown section to `<name>.md` and `numbers` (key -> JSON-able) to `<name>.json`; both files
@@ -60,7 +62,7 @@ class Reporter:
             yield fig, ax
             fig.tight_layout()
             if self.active:
-                fig.savefig(self.path(name), dpi=dpi)
+                save_png(fig, self.path(name), dpi=dpi)
         finally:
             plt.close(fig)
 
@@ -68,7 +70,7 @@ class Reporter:
     def metrics(self) -> MetricsWriter:
         """metrics.jsonl of this run (started empty on first use)."""
         if self._metrics is None:
-            self._metrics = MetricsWriter(self.path("metrics.jsonl"))
+            self._metrics = MetricsWriter(self.path("metrics.jsonl"), flush_every_s=0.0)  # remote: each write whole
         return self._metrics
 
 

@@ -24,6 +24,17 @@ the encoder's N feature vectors itself (the sequence length grows by N-1 inside 
 has no "<image>" / "<audio>" but the example has that modality, "<image>\\n" is prepended to the first user
 turn (the LLaVA convention). More than one placeholder of a kind is an error.
 
+CHAT TEMPLATES: when the tokenizer has one (`HFTokenizer.chat_template`, from the model folder) and
+`chat_template=True` (the default), the conversation is rendered by the template as transformers'
+`apply_chat_template` renders it and tokenised whole (so input_ids equal transformers' ids); the template's own
+BOS and end-of-turn tokens replace [bos] / role prefixes / [eos]. loss_mask is 1 on the tokens that START inside
+an assistant turn's span, the span of turn k being [len(render(turns[:k], add_generation_prompt=True)),
+len(render(turns[:k+1]))) of the characters: the answer and the template's end-of-turn text after it. A
+template whose rendering of a prefix of the conversation is not a prefix of the whole rendering (e.g. one that
+drops earlier turns' reasoning) is refused naming the turn. The eval prompt is the tokens before the last
+assistant turn's span (ending with the template's generation prompt). Without a template: the Vicuna / byte
+format above.
+
 With `eval=True` the output also holds the prompt for generation-based evaluation:
   prompt_ids     int32 [max_prompt_len]  everything before the LAST assistant turn's text, ending with its
                                          role prefix, LEFT-padded with pad_id (for batched `generate`);
@@ -97,12 +108,15 @@ class ConversationFormatter:
       keep: extra example fields to pass through (numpy arrays of a fixed shape, e.g. "boxes").
       truncate: cut sequences longer than max_len on the right (keeping the placeholders and at least one
         answer token; otherwise an error). With truncate=False any overflow is an error.
-      add_bos: emit tokenizer.bos_id first (when the tokenizer has one).
+      add_bos: emit tokenizer.bos_id first (when the tokenizer has one; not with a chat template, which
+        writes its own).
+      chat_template: format with the tokenizer's chat template when it has one (see the module docstring);
+        False: always the Vicuna / byte format.
     """
 
     def __init__(self, tokenizer, *, max_len: int, eval: bool = False, max_prompt_len: int | None = None,
                  max_answer_len: int = 32, keep: Sequence[str] = (), truncate: bool = True,
-                 add_bos: bool = True):
+                 add_bos: bool = True, chat_template: bool = True):
         check_positive("max_len", max_len)
         check_positive("max_answer_len", max_answer_len)
         self.tok = tokenizer
@@ -113,11 +127,14 @@ class ConversationFormatter:
         self.keep = tuple(keep)
         self.truncate = truncate
         self.add_bos = add_bos and getattr(tokenizer, "bos_id", None) is not None
+        self.template = getattr(tokenizer, "chat_template", None) if chat_template else None
 
     def tokenize(self, example: dict) -> tuple[list[int], list[int], int, str]:
         """(ids, mask, start of the last assistant turn's tokens, its text) before padding."""
         modalities = _present(example)
         turns = _normalise_turns(example.get("conversations"), modalities)
+        if self.template is not None:
+            return self._tokenize_with_template(turns)
         ids = [self.tok.bos_id] if self.add_bos else []
         mask = [0] * len(ids)
         last_answer_start, last_answer = -1, ""
@@ -135,6 +152,29 @@ class ConversationFormatter:
                 mask += [0] * len(body)
             ids += body
         return ids, mask, last_answer_start, last_answer
+
+    def _tokenize_with_template(self, turns) -> tuple[list[int], list[int], int, str]:
+        messages = [{"role": r, "content": t} for r, t in turns]
+        render = self.template.render
+        full = render(messages)
+        spans = []
+        for k, (role, _) in enumerate(turns):
+            if role != "assistant":
+                continue
+            if k == 0:
+                fail("conversations", "a user or system turn before the first assistant turn (chat template)",
+                     [r for r, _ in turns])
+            start, upto = render(messages[:k], add_generation_prompt=True), render(messages[:k + 1])
+            if not (full.startswith(upto) and upto.startswith(start)):
+                fail("chat_template", f"a template that renders the conversation up to turn {k} as a prefix of "
+                     "the whole conversation (and the generation prompt as a prefix of that)",
+                     f"{upto[-60:]!r} vs {full[:len(upto)][-60:]!r}")
+            spans.append((len(start), len(upto)))
+        ids, offsets = self.tok.encode_with_offsets(full)
+        placeholders = {getattr(self.tok, f"{m}_id") for m in MODALITIES}
+        mask = [int(any(s <= o[0] < e for s, e in spans) and t not in placeholders) for t, o in zip(ids, offsets)]
+        last = next(i for i, o in enumerate(offsets) if o[0] >= spans[-1][0])
+        return ids, mask, last, [t for r, t in turns if r == "assistant"][-1]
 
     def length_problem(self, example: dict) -> str | None:
         """Why `example` cannot be formatted at these lengths ("prompt of N tokens + 1 answer token exceeds

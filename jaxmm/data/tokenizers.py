@@ -14,6 +14,10 @@ vocab_size = 264. Role markers are single tokens, so a turn costs one token of o
 `HFTokenizer` uses the file's own BOS/EOS/PAD tokens (found by common names, or given) and adds
 "<image>"/"<audio>" as special tokens when the vocabulary lacks them; role prefixes are the text
 "USER: " / " ASSISTANT: " / "SYSTEM: " (the Vicuna / LLaVA-1.5 template: "USER: <q> ASSISTANT: <a></s>").
+An `HFTokenizer` whose folder has a chat template (`chat_template.jinja` or tokenizer_config.json's
+`chat_template`) also has `chat_template` (a `jaxmm.data.chat_template.ChatTemplate`, else None) and
+`apply_chat_template(messages, add_generation_prompt=...)`; `ConversationFormatter` then formats with the
+template, the Vicuna role prefixes being the fallback.
 """
 from __future__ import annotations
 
@@ -113,8 +117,10 @@ class HFTokenizer:
     ROLE_TEXT = {"system": "SYSTEM: ", "user": "USER: ", "assistant": " ASSISTANT: "}
 
     def __init__(self, path: str | os.PathLike, *, bos: str | None = None, eos: str | None = None,
-                 pad: str | None = None):
+                 pad: str | None = None, chat_template: bool = True):
         from tokenizers import AddedToken, Tokenizer
+
+        from jaxmm.data.chat_template import ChatTemplate
 
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -136,6 +142,7 @@ class HFTokenizer:
         self.pad_id = self.eos_id if pad_id is None else pad_id
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self._role_ids = {r: self.encode(t) for r, t in self.ROLE_TEXT.items()}
+        self.chat_template = ChatTemplate.from_folder(os.path.dirname(path)) if chat_template else None
 
     def _find(self, what, given, names, required):
         if given is not None:
@@ -155,6 +162,21 @@ class HFTokenizer:
         if not isinstance(text, str):
             fail("text", "a str", type(text).__name__)
         return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, [(start, end) character span of each token in `text`]); no special tokens added."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = False, tokenize: bool = True,
+                            **kwargs):
+        """transformers' `tokenizer.apply_chat_template(messages, add_generation_prompt=..., tokenize=...)`: the
+        rendered text, or its ids (tokenised without added special tokens, as transformers does)."""
+        if self.chat_template is None:
+            fail("chat_template", f"a chat template in {os.path.dirname(self.path)} (chat_template.jinja or "
+                 "tokenizer_config.json 'chat_template')", None)
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.encode(text) if tokenize else text
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)

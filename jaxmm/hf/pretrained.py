@@ -6,6 +6,8 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
   CLIPVisionModel, CLIPModel (vision tower) -> jaxmm.models.vit.ViT;
     `module.apply({"params": params}, pixel_values)` (NHWC) -> {"last_hidden_state", "pooler_output",
     "hidden_states", "features", ("image_embeds" for CLIPModel)}.
+  LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
+    (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from jaxmm.checks import fail
 
 LLM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel")
-SUPPORTED_ARCHITECTURES = LLM_ARCHITECTURES + VISION_ARCHITECTURES
+MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+SUPPORTED_ARCHITECTURES = LLM_ARCHITECTURES + VISION_ARCHITECTURES + MLLM_ARCHITECTURES
 
 
 def from_pretrained(path, dtype=jnp.float32, **overrides):
@@ -33,6 +36,8 @@ def from_pretrained(path, dtype=jnp.float32, **overrides):
     tensors = load_safetensors(path)
     if arch in LLM_ARCHITECTURES:
         from jaxmm.models.llm import from_hf
+    elif arch in MLLM_ARCHITECTURES:
+        from jaxmm.hf.llava import from_hf
     else:
         from jaxmm.hf.clip import from_hf
     return from_hf(config, tensors, dtype=dtype, **overrides)

@@ -226,6 +226,28 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return jax.lax.cond((top_k > 0) | (top_p < 1.0), apply, lambda x: x, logits)
 
 
+def apply_repetition_penalty(logits, seen, penalty):
+    """HF's RepetitionPenaltyLogitsProcessor (CTRL, Keskar et al. 2019): for every token already in the sequence
+    (`seen` [B, V] bool: the prompt's real tokens and those generated so far) a positive logit is divided by
+    `penalty` and a negative one multiplied by it; others unchanged. penalty 1: identity (exactly); > 1
+    discourages repeats, < 1 encourages them. logits [B, V] -> float32 [B, V]; penalty may be traced.
+    One difference from transformers: HF looks at every id of `input_ids`, left padding included, so it also
+    penalises the pad id of a left-padded batch; here padding (mask 0) does not count as seen."""
+    logits = logits.astype(jnp.float32)
+    penalty = jnp.asarray(penalty, jnp.float32)
+    return jnp.where(seen, jnp.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def process_logits(logits, seen=None, *, repetition_penalty=1.0, temperature=1.0, top_k=0, top_p=1.0):
+    """The scores a sampler draws from, as transformers' generate builds them for do_sample=True: repetition
+    penalty, then temperature, top-k, top-p (HF's processor order); filtered tokens get the float32 minimum (HF:
+    -inf). seen [B, V] bool (None: nothing seen). Returns float32 [B, V]."""
+    logits = logits.astype(jnp.float32)
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    return filter_logits(logits / jnp.asarray(temperature, jnp.float32), top_k, top_p)
+
+
 def sample_logits(logits, rng, *, temperature=0.0, top_k=0, top_p=1.0):
     """logits [B, V] -> token ids [B]. temperature == 0 (a Python number): argmax; otherwise a draw from
     softmax(logits / temperature) restricted by `filter_logits(top_k, top_p)`. temperature, top_k, top_p may be
@@ -233,53 +255,72 @@ def sample_logits(logits, rng, *, temperature=0.0, top_k=0, top_p=1.0):
     logits = logits.astype(jnp.float32)
     if isinstance(temperature, (int, float)) and temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = filter_logits(logits / jnp.asarray(temperature, jnp.float32), top_k, top_p)
+    logits = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "eos_id", "pad_id"))
-def _generate(model, params, prompt_ids, prompt_mask, prefill_embeds, rng, temperature, top_k, top_p, *,
-              max_new_tokens, greedy, eos_id, pad_id):
-    b, lp = prompt_mask.shape
+def _prefill(model, params, prompt_ids, prompt_mask, prefill_embeds, max_length):
+    """Fill the cache with the prompt. Returns (last logits [B, V], cache, seen [B, V]: the prompt's real ids)."""
+    b = prompt_mask.shape[0]
     prompt = {"inputs_embeds": prefill_embeds} if prefill_embeds is not None else {"input_ids": prompt_ids}
     logits, state = model.apply({"params": params}, **prompt, attention_mask=prompt_mask, decode=True,
-                                max_length=lp + max_new_tokens, last_only=True, mutable=["cache"])
+                                max_length=max_length, last_only=True, mutable=["cache"])
+    seen = jnp.zeros((b, model.config.vocab_size), jnp.bool_)
+    if prompt_ids is not None:
+        seen = seen.at[jnp.arange(b)[:, None], prompt_ids].max(prompt_mask > 0)
+    return logits[:, -1], state["cache"], seen
+
+
+def _step(model, params, cache, last, seen, done, rng, knobs, *, greedy, eos_ids, pad_id):
+    """One decoding step: pick each row's token from `last` (penalty, then greedy or sampling), pad finished rows,
+    feed the tokens. Returns (tokens [B], cache, next logits, seen, done)."""
+    temperature, top_k, top_p, penalty = knobs
+    logits = apply_repetition_penalty(last, seen, penalty)
+    tok = sample_logits(logits, rng, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
+    tok = jnp.where(done, pad_id, tok)
+    seen = seen.at[jnp.arange(tok.shape[0]), tok].set(True)
+    new_mask = ~done  # tokens after a row's EOS are pads: hidden from later keys
+    if eos_ids:
+        done = done | jnp.isin(tok, jnp.asarray(eos_ids, jnp.int32))
+    logits, state = model.apply({"params": params, "cache": cache}, tok[:, None], attention_mask=new_mask[:, None],
+                                decode=True, mutable=["cache"])
+    return tok, state["cache"], logits[:, -1], seen, done
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "eos_ids", "pad_id"))
+def _generate(model, params, prompt_ids, prompt_mask, prefill_embeds, rng, knobs, *, max_new_tokens, greedy,
+              eos_ids, pad_id):
+    b, lp = prompt_mask.shape
+    last, cache, seen = _prefill(model, params, prompt_ids, prompt_mask, prefill_embeds, lp + max_new_tokens)
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
 
     def cond(carry):
-        i, _, _, _, done, _ = carry
+        i, done = carry[0], carry[5]
         return (i < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        i, cache, last, out, done, rng = carry
+        i, cache, last, seen, out, done, rng = carry
         rng, sub = jax.random.split(rng)
-        tok = sample_logits(last, sub, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
-        tok = jnp.where(done, pad_id, tok)
+        tok, cache, last, seen, done = _step(model, params, cache, last, seen, done, sub, knobs, greedy=greedy,
+                                             eos_ids=eos_ids, pad_id=pad_id)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
-        new_mask = ~done  # tokens after a row's EOS are pads: hidden from later keys
-        if eos_id is not None:
-            done = done | (tok == eos_id)
-        logits, state = model.apply({"params": params, "cache": cache}, tok[:, None], attention_mask=new_mask[:, None],
-                                    decode=True, mutable=["cache"])
-        return i + 1, state["cache"], logits[:, -1], out, done, rng
+        return i + 1, cache, last, seen, out, done, rng
 
-    carry = (jnp.array(0, jnp.int32), state["cache"], logits[:, -1], out, jnp.zeros((b,), jnp.bool_), rng)
-    return jax.lax.while_loop(cond, body, carry)[3]
+    carry = (jnp.array(0, jnp.int32), cache, last, seen, out, jnp.zeros((b,), jnp.bool_), rng)
+    return jax.lax.while_loop(cond, body, carry)[4]
 
 
-def generate(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens: int, rng=None,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             pad_id: int = 0, prefill_embeds=None, return_sequences: bool = False):
-    """Autoregressive decoding with a KV cache, one jit for prefill and the whole loop (`lax.while_loop`).
+def _eos_tuple(eos_id) -> tuple[int, ...]:
+    if eos_id is None:
+        return ()
+    ids = (eos_id,) if isinstance(eos_id, (int, np.integer)) else tuple(eos_id)
+    if not all(isinstance(i, (int, np.integer)) and i >= 0 for i in ids):
+        fail("eos_id", "None, a token id >= 0 or a sequence of them", repr(eos_id))
+    return tuple(int(i) for i in ids)
 
-    prompt_ids [B, Lp] int, LEFT-padded; prompt_mask [B, Lp] (1 = real token; default all ones).
-    prefill_embeds [B, Lp, D]: prefill from these embeddings instead of prompt_ids (an MLLM's spliced
-      multimodal sequence; prompt_ids may then be None); decoding continues from token ids.
-    temperature 0: greedy; else sampling with temperature, top_k (0: off) and top_p (1: off); rng required.
-      These three are traced: changing them does not recompile (greedy vs sampling does).
-    eos_id: a row stops after emitting it; later slots hold pad_id; the loop ends when every row is done.
-    Returns new ids [B, max_new_tokens] (with return_sequences: (new ids, [B, Lp + max_new_tokens] prompt + new)).
-    """
+
+def _check_generate_args(model, prompt_ids, prompt_mask, prefill_embeds, max_new_tokens, rng, temperature,
+                         top_k, top_p, repetition_penalty):
     check_positive("max_new_tokens", max_new_tokens)
     if prefill_embeds is None:
         check_rank("prompt_ids", prompt_ids, 2, "[batch, prompt_length]")
@@ -297,18 +338,75 @@ def generate(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens
         fail("top_p", "a number in (0, 1]", top_p)
     if temperature > 0 and rng is None:
         fail("rng", "a PRNG key when temperature > 0", None)
-    rng = jax.random.key(0) if rng is None else rng
     if top_k < 0:
         fail("top_k", "an integer >= 0 (0: off)", top_k)
-    new = _generate(model, params, None if prompt_ids is None else jnp.asarray(prompt_ids), prompt_mask,
-                    prefill_embeds, rng, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
-                    max_new_tokens=int(max_new_tokens), greedy=temperature == 0,
-                    eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id))
+    if not repetition_penalty > 0:
+        fail("repetition_penalty", "a number > 0 (1: off)", repetition_penalty)
+    knobs = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty))
+    ids = None if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
+    return ids, prompt_mask, jax.random.key(0) if rng is None else rng, knobs
+
+
+def generate(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens: int, rng=None,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+             eos_id=None, pad_id: int = 0, prefill_embeds=None, return_sequences: bool = False):
+    """Autoregressive decoding with a KV cache, one jit for prefill and the whole loop (`lax.while_loop`).
+
+    prompt_ids [B, Lp] int, LEFT-padded; prompt_mask [B, Lp] (1 = real token; default all ones).
+    prefill_embeds [B, Lp, D]: prefill from these embeddings instead of prompt_ids (an MLLM's spliced
+      multimodal sequence; prompt_ids may then be None, and then only generated tokens count for the repetition
+      penalty); decoding continues from token ids.
+    temperature 0: greedy; else sampling with temperature, top_k (0: off) and top_p (1: off); rng required.
+    repetition_penalty: HF's (see `apply_repetition_penalty`), over the prompt's real tokens and the generated
+      ones, applied before greedy / sampling as in transformers. temperature, top_k, top_p and the penalty are
+      traced: changing them does not recompile (greedy vs sampling does).
+    eos_id: None, one id or a sequence of ids (generation_config.json's list): a row stops after emitting any;
+      later slots hold pad_id; the loop ends when every row is done.
+    `jaxmm.hf.generation_kwargs(folder, prompt_length)` turns a folder's generation_config.json into these
+    arguments. Returns new ids [B, max_new_tokens] (with return_sequences: (new ids, [B, Lp + max_new_tokens]
+    prompt + new)). Token for token equal to transformers' greedy `generate` (tests/hf/test_generate.py).
+    """
+    ids, prompt_mask, rng, knobs = _check_generate_args(model, prompt_ids, prompt_mask, prefill_embeds,
+                                                        max_new_tokens, rng, temperature, top_k, top_p,
+                                                        repetition_penalty)
+    new = _generate(model, params, ids, prompt_mask, prefill_embeds, rng, knobs, max_new_tokens=int(max_new_tokens),
+                    greedy=temperature == 0, eos_ids=_eos_tuple(eos_id), pad_id=int(pad_id))
     if return_sequences:
         if prompt_ids is None:
             fail("prompt_ids", "the prompt ids when return_sequences=True", None)
-        return new, jnp.concatenate([jnp.asarray(prompt_ids, jnp.int32), new], axis=1)
+        return new, jnp.concatenate([ids, new], axis=1)
     return new
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_length"))
+def _prefill_jit(model, params, prompt_ids, prompt_mask, prefill_embeds, *, max_length):
+    return _prefill(model, params, prompt_ids, prompt_mask, prefill_embeds, max_length)
+
+
+_step_jit = jax.jit(_step, static_argnames=("model", "greedy", "eos_ids", "pad_id"))
+
+
+def generate_stream(model: LLM, params, prompt_ids, prompt_mask=None, *, max_new_tokens: int, rng=None,
+                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                    eos_id=None, pad_id: int = 0, prefill_embeds=None):
+    """`generate` one step at a time: yields each step's tokens as a NumPy int32 array [B] (finished rows give
+    pad_id) until every row has emitted an EOS or max_new_tokens steps ran. Same arguments and the same tokens
+    as `generate` (the same step function; a jit per prefill and per step instead of one for the whole loop),
+    for printing text as it is produced."""
+    ids, prompt_mask, rng, knobs = _check_generate_args(model, prompt_ids, prompt_mask, prefill_embeds,
+                                                        max_new_tokens, rng, temperature, top_k, top_p,
+                                                        repetition_penalty)
+    last, cache, seen = _prefill_jit(model, params, ids, prompt_mask, prefill_embeds,
+                                     max_length=prompt_mask.shape[1] + int(max_new_tokens))
+    done = jnp.zeros((prompt_mask.shape[0],), jnp.bool_)
+    for _ in range(int(max_new_tokens)):
+        rng, sub = jax.random.split(rng)
+        tok, cache, last, seen, done = _step_jit(model, params, cache, last, seen, done, sub, knobs,
+                                                 greedy=temperature == 0, eos_ids=_eos_tuple(eos_id),
+                                                 pad_id=int(pad_id))
+        yield np.asarray(tok)
+        if bool(jnp.all(done)):
+            return
 
 
 # ---------------------------------------------------------------------------------------------- HF import
