@@ -49,18 +49,25 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def train_iterator(dataset, batch_size: int, steps: int, seed: int):
+def loader_options(config) -> dict:
+    """Grain worker processes for the loaders: `config.data.worker_count` (0 = decode in this process) and
+    `config.data.worker_buffer_size`, where the task's data schema has them."""
+    return dict(worker_count=int(config.data.get("worker_count", 0)),
+                worker_buffer_size=int(config.data.get("worker_buffer_size", 2)))
+
+
+def train_iterator(dataset, batch_size: int, steps: int, seed: int, **workers):
     """The checkpointable iterator of this process's rows of each global batch (`jaxmm.data.pipeline`: global
     batch s is examples [s*B, (s+1)*B) of a stream with a new permutation each epoch; process p feeds the p-th
-    contiguous slice of it)."""
+    contiguous slice of it). `workers`: `loader_options`."""
     return pipeline.make_loader(dataset, batch_size=batch_size, seed=seed, num_examples=steps * batch_size,
-                                num_threads=1, prefetch=2)
+                                num_threads=1, prefetch=2, **workers)
 
 
-def eval_batches(dataset, batch_size: int, examples: int):
+def eval_batches(dataset, batch_size: int, examples: int, **workers):
     """(this process's rows, their `valid` flags) of each eval batch over the first `examples` examples (0 = all),
     in order (`jaxmm.data.pipeline.eval_batches`: the last batch padded, `valid` 0 on the fillers)."""
-    for batch in pipeline.eval_batches(dataset, batch_size=batch_size, num_examples=examples):
+    for batch in pipeline.eval_batches(dataset, batch_size=batch_size, num_examples=examples, **workers):
         valid = batch.pop("valid")
         yield batch, valid
 
@@ -125,7 +132,7 @@ class EvalContext:
     def batches(self):
         """(global batch, valid) pairs: `valid` [eval_batch_size] int32 is 0 on the filler rows of the last batch."""
         for local, valid in eval_batches(self.eval_data, self.config.train.eval_batch_size,
-                                         self.config.train.eval_examples):
+                                         self.config.train.eval_examples, **loader_options(self.config)):
             yield shard_lib.global_batch(local, self.mesh), shard_lib.global_batch({"v": valid}, self.mesh)["v"]
 
     def default_evaluate(self) -> dict:
@@ -218,7 +225,8 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     on_error.append(ckpt.close_after_error)  # a pending async save completes; no *.orbax-checkpoint-tmp left
     target = ckpt_lib.abstract_target(state.as_dict(), state_sh.as_dict())
     start, restored, data_iter = ckpt.restore_latest(
-        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed))
+        target, lambda: train_iterator(train_ds, tc.batch_size, tc.steps, config.seed, **loader_options(config)))
+    on_error.append(data_iter.close)  # stops its grain worker processes
     if restored is not None:
         state = TrainState(**restored)
     start = int(start or 0)
@@ -326,6 +334,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
             ckpt.save(step, state.as_dict(), data_iter)
     progress.update(tc.steps - last_step)
     progress.close()
+    data_iter.close()
     train_time = time.perf_counter() - t_start
     on_error.clear()
     ckpt.close()

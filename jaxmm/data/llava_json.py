@@ -22,13 +22,22 @@ or, with `skip_bad_records=True`, is dropped and counted (`source.skipped`: reas
   - `image` is not a file name (a one-element list is taken as its element);
   - with `formatter=` (a `ConversationFormatter`): it does not fit the formatter's lengths ("prompt of N
     tokens + 1 answer token exceeds max_len M");
-  - with `check_images` (default True): its image file is missing, its header unreadable (with
-    `check_images="decode"` the whole file is decoded, which also finds truncated files), or its size is out
-    of bounds: aspect ratio over `max_aspect_ratio` or more than `max_pixels` pixels (read from the header,
-    before anything is decoded or padded; `load_image` checks the same bounds again).
-A missing JSON file, image folder or image file raises FileNotFoundError naming the path. A non-UTF-8 or
-malformed JSON file and an empty record list raise ValueError naming the file (and the byte offset / line).
-An image that fails to decode while training raises `BadRecordError` naming the record and the file.
+  - with `check_files="startup"` (or "decode"): its image file is missing, its header unreadable (with
+    "decode" the whole file is decoded, which also finds truncated files), or its size is out of bounds:
+    aspect ratio over `max_aspect_ratio` or more than `max_pixels` pixels (read from the header, before
+    anything is decoded or padded; `load_image` checks the same bounds again).
+Image files are checked lazily by default (`check_files="lazy"`): the build reads only the JSON, and an image
+is first opened when its example is read, so a run over a million-image folder (or a bucket) starts at once.
+A missing image file then fails that read (the training step) with a FileNotFoundError naming the record and
+the file; an undecodable or out-of-bounds one with a `BadRecordError` naming the record and the file (also
+from a grain worker process: both pickle). `skip_bad_records` can only drop what the build saw: use
+`check_files="startup"` to drop records with missing images.
+A missing JSON file or image folder raises FileNotFoundError naming the path. A non-UTF-8 or malformed JSON
+file and an empty record list raise ValueError naming the file (and the byte offset / line).
+Paths go through `etils.epath`: `gs://bucket/llava.json` and a `gs://` image folder work where the file-system
+package is installed (gcsfs, or TensorFlow's gfile). The source holds the parsed records (text and file
+names), never decoded images: memory does not grow with the images read (`file_backed = True`: the
+trainer never caches it; `jaxmm.data.CachedSource` refuses it).
 `write_llava_folder(source, folder, n)` exports any of our sources (e.g. `TextVQA`) in this layout.
 """
 from __future__ import annotations
@@ -40,6 +49,7 @@ import os
 import warnings
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from jaxmm.checks import check_positive, fail
@@ -48,6 +58,7 @@ ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "a
 PAD_COLOR = (122, 116, 104)  # LLaVA-1.5 expand2square: CLIP image mean * 255
 MAX_ASPECT_RATIO = 20.0      # a 20000 x 2 strip would otherwise become a 20000^2 pad canvas (1.2 GB)
 MAX_PIXELS = 64_000_000      # 8000 x 8000; PIL itself refuses beyond 2 * Image.MAX_IMAGE_PIXELS
+CHECK_FILES = ("lazy", "startup", "decode")
 
 
 class BadRecordError(ValueError):
@@ -56,7 +67,11 @@ class BadRecordError(ValueError):
     def __init__(self, json_path: str, index: int, record_id, kind: str, reason: str, more: str = ""):
         self.json_path, self.index, self.record_id = json_path, index, record_id
         self.kind, self.reason = kind, reason
+        self.more = more
         super().__init__(f"{json_path}: record {index} (id {record_id!r}): {reason}{more}")
+
+    def __reduce__(self):  # picklable with its fields (raised in a grain worker, re-raised in the trainer)
+        return type(self), (self.json_path, self.index, self.record_id, self.kind, self.reason, self.more)
 
 
 class _Bad(Exception):
@@ -81,13 +96,12 @@ def size_problem(width: int, height: int, max_aspect_ratio: float = MAX_ASPECT_R
 
 def load_image(path: str, image_size: int, resize: str = "pad", *, max_aspect_ratio: float = MAX_ASPECT_RATIO,
                max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 [image_size, image_size, 3] from an image file (see the module docstring for `resize`).
-    The size is checked against the bounds from the header, before decoding; ValueError when out of bounds."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+    """RGB uint8 [image_size, image_size, 3] from an image file (a local path or any `etils.epath` path; see
+    the module docstring for `resize`). The size is checked against the bounds from the header, before
+    decoding; ValueError when out of bounds, FileNotFoundError naming the path when there is no such file."""
     if resize not in ("pad", "stretch"):
         fail("resize", "'pad' or 'stretch'", repr(resize))
-    with Image.open(path) as im:
+    with _open_image(path) as f, Image.open(f) as im:
         problem = size_problem(*im.size, max_aspect_ratio, max_pixels)
         if problem:
             raise ValueError(f"{path}: {problem}")
@@ -102,11 +116,19 @@ def load_image(path: str, image_size: int, resize: str = "pad", *, max_aspect_ra
         return np.asarray(im, np.uint8)
 
 
+def _open_image(path: str):
+    """The image file opened for binary reading (one request: no separate existence check on a bucket)."""
+    try:
+        return epath.Path(path).open("rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"image file not found: {path}") from None
+
+
 def _read_records(path: str) -> list:
-    if not os.path.isfile(path):
+    p = epath.Path(path)
+    if not p.exists() or p.is_dir():
         raise FileNotFoundError(f"LLaVA conversation file not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = p.read_bytes()
     skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
         text = raw[skip:].decode("utf-8")
@@ -184,30 +206,33 @@ class LlavaJsonSource:
     Args:
       json_path: the conversation file (.json list or .jsonl); image_folder: the folder `image` is relative to.
       image_size / resize: output images (square, "pad" or "stretch").
-      check_images: True (the file exists, its header reads and its size is within bounds), "decode" (also
-        decode it fully: finds truncated files, slow) or False (checked when read).
+      check_files: "lazy" (default: an image file is opened, and checked, when its example is read),
+        "startup" (at the build: the file exists, its header reads and its size is within bounds) or "decode"
+        (also decode it fully at the build: finds truncated files, slow).
       skip_bad_records: drop and count bad records instead of failing the build.
       max_aspect_ratio / max_pixels: image size bounds (0 turns one off).
-      formatter: a `ConversationFormatter`; records that do not fit its lengths are bad.
+      formatter: a `ConversationFormatter`; records that do not fit its lengths are bad (used by the build
+        only, not kept).
     """
+    file_backed = True  # examples are read from files on every access: never cache the whole set in RAM
 
     def __init__(self, json_path: str | os.PathLike, image_folder: str | os.PathLike | None, *,
-                 image_size: int = 64, resize: str = "pad", check_images: bool | str = True,
+                 image_size: int = 64, resize: str = "pad", check_files: str = "lazy",
                  skip_bad_records: bool = False, max_aspect_ratio: float = MAX_ASPECT_RATIO,
                  max_pixels: int = MAX_PIXELS, formatter=None):
         check_positive("image_size", image_size)
         if resize not in ("pad", "stretch"):
             fail("resize", "'pad' or 'stretch'", repr(resize))
-        if check_images not in (True, False, "decode"):
-            fail("check_images", "True, False or 'decode'", repr(check_images))
+        if check_files not in CHECK_FILES:
+            fail("check_files", " | ".join(map(repr, CHECK_FILES)), repr(check_files))
         self.json_path = os.fspath(json_path)
         self.image_size, self.resize = int(image_size), resize
         self.image_folder = None if image_folder is None else os.fspath(image_folder)
         self.max_aspect_ratio, self.max_pixels = max_aspect_ratio, max_pixels
-        self.check_images, self.formatter = check_images, formatter
+        self.check_files = check_files
         raw = _read_records(self.json_path)
         if any(isinstance(r, dict) and r.get("image") for r in raw):
-            if self.image_folder is None or not os.path.isdir(self.image_folder):
+            if self.image_folder is None or not epath.Path(self.image_folder).is_dir():
                 raise FileNotFoundError(f"LLaVA image folder not found: {self.image_folder}")
 
         self.records = []        # (index in the file, id, image path or None, [(role, text)])
@@ -215,7 +240,7 @@ class LlavaJsonSource:
         for i, rec in enumerate(raw):
             rid = str(rec.get("id", i)) if isinstance(rec, dict) else str(i)
             try:
-                self.records.append((i, rid, *self._check(rec)))
+                self.records.append((i, rid, *self._check(rec, formatter)))
             except _Bad as bad:
                 self.bad_records.append((i, rid, bad.kind, bad.reason))
         self.skipped = dict(collections.Counter(kind for _, _, kind, _ in self.bad_records))
@@ -235,21 +260,23 @@ class LlavaJsonSource:
     def num_skipped(self) -> int:
         return len(self.bad_records)
 
-    def _check(self, rec) -> tuple[str | None, list]:
+    def _check(self, rec, formatter) -> tuple[str | None, list]:
         image, turns = _parse(rec)
         path = None if image is None else os.path.join(self.image_folder, image)
-        if self.formatter is not None:
+        if formatter is not None:
             example = {"conversations": turns, "image": np.zeros((1, 1, 3), np.uint8), "has_image": int(bool(path))}
-            problem = self.formatter.length_problem(example)
+            problem = formatter.length_problem(example)
             if problem:
                 raise _Bad("too_long", problem)
-        if path is not None and self.check_images:
-            if not os.path.isfile(path):
-                raise _Bad("image_missing", f"image file not found: {path}")
+        if path is not None and self.check_files != "lazy":
             try:
-                with Image.open(path) as im:
+                f = _open_image(path)
+            except FileNotFoundError as e:
+                raise _Bad("image_missing", str(e)) from None
+            try:
+                with f, Image.open(f) as im:
                     size = im.size
-                    if self.check_images == "decode":
+                    if self.check_files == "decode":
                         im.load()
             except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
                 raise _Bad("image_unreadable", f"cannot read image {path}: {type(e).__name__}: {e}") from None

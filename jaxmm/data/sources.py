@@ -13,6 +13,9 @@ trainer's tasks.
   encoder_args  the selected encoder's config section (`image_size`, `n_mels`, ... to match the model's input);
   formatter     the conversation formatter of that split (a source may check record lengths with it).
 `kinds`: question kinds of the set (examples carry "kind"; eval accuracy is reported per kind).
+`cacheable`: a small procedural set the trainer may keep in RAM once made (`data.cache`); False for sources that
+read files (LLaVA-JSON, TFDS, and future OCR / diffusion folders): they are decoded on every read, in grain
+worker processes with `data.worker_count > 0`, and never cached whole.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class Source:
     build: Callable[..., Any]
     defaults: dict = dataclasses.field(default_factory=dict)
     kinds: tuple = ()
+    cacheable: bool = False
 
 
 SOURCES = Registry("data source", "source")
@@ -57,7 +61,7 @@ def _llava_json(args, *, split, examples, seed, encoder_args, formatter=None):
     path = args["train_json"] if split == "train" else args["eval_json"]
     if not path and split == "eval":
         return None
-    return LlavaJsonSource(path, args["image_folder"] or None, formatter=formatter,
+    return LlavaJsonSource(path, args["image_folder"] or None, formatter=formatter, check_files=args["check_files"],
                            skip_bad_records=args["skip_bad_records"], max_aspect_ratio=args["max_aspect_ratio"],
                            max_pixels=args["max_pixels"], **_image_size(encoder_args))
 
@@ -82,17 +86,17 @@ def _digits(args, *, split, examples, seed, encoder_args, formatter=None):
 def _register_builtin() -> None:
     from jaxmm.data import audioqa, textvqa
 
-    register(Source("textvqa", _textvqa, kinds=tuple(textvqa.KINDS),
+    register(Source("textvqa", _textvqa, kinds=tuple(textvqa.KINDS), cacheable=True,
                     defaults=dict(max_words=3, kinds=("read", "red", "top", "count"), font_sizes=(12, 18))))
-    register(Source("audioqa", _audioqa, kinds=tuple(audioqa.KINDS),
+    register(Source("audioqa", _audioqa, kinds=tuple(audioqa.KINDS), cacheable=True,
                     defaults=dict(max_digits=4, duration=1.0, kinds=("digit", "count", "sequence"), noise=0.02)))
     register(Source("llava_json", _llava_json,
                     defaults=dict(train_json="", eval_json="", image_folder="", skip_bad_records=False,
-                                  max_aspect_ratio=20.0, max_pixels=64_000_000)))
+                                  max_aspect_ratio=20.0, max_pixels=64_000_000, check_files="lazy")))
     register(Source("tfds", _tfds,
                     defaults=dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
                                   question="What is shown in the image?", answer_key="label")))
-    register(Source("digits", _digits, defaults=dict(classes=(0, 1, 2, 3, 4))))
+    register(Source("digits", _digits, defaults=dict(classes=(0, 1, 2, 3, 4)), cacheable=True))
 
 
 _register_builtin()

@@ -9,6 +9,9 @@ files; no TensorFlow needed). The dataset must already be prepared in ArrayRecor
 The mapping: `image_key` (None for text-only), the question as fixed text `question` or a feature
 `question_key`, the answer from feature `answer_key` (ClassLabel ids become their names, bytes are decoded,
 numbers printed); or a `conversation_fn(raw_example) -> [(role, text)]` for anything else.
+`data_dir` goes through `etils.epath` (a `gs://` bucket works where the file-system package is installed).
+Examples are read from the ArrayRecord files on every access (`file_backed = True`: never cached whole in
+RAM); the source pickles, so `make_loader(..., worker_count=N)` decodes it in grain worker processes.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import os
 from typing import Callable
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from jaxmm.checks import check_positive, fail
@@ -32,6 +36,7 @@ def _text(value) -> str:
 
 class TFDSSource:
     """Random-access source over `tfds.data_source(name, split=split, data_dir=data_dir)` (see module doc)."""
+    file_backed = True
 
     def __init__(self, name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
                  image_key: str | None = "image", question: str = "What is shown in the image?",
@@ -42,7 +47,7 @@ class TFDSSource:
 
         if data_dir is not None:
             data_dir = os.fspath(data_dir)
-            if not os.path.isdir(data_dir):
+            if not epath.Path(data_dir).is_dir():
                 raise FileNotFoundError(f"TFDS data_dir not found: {data_dir}")
         if image_size is not None:
             check_positive("image_size", image_size)

@@ -77,8 +77,8 @@ def test_missing_paths_are_named(tmp_path):
         LlavaJsonSource(path, tmp_path / "no_images")
     (folder / "coco" / "b.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=str(folder / "coco" / "b.jpg")):
-        LlavaJsonSource(path, folder)
-    lazy = LlavaJsonSource(path, folder, check_images=False)
+        LlavaJsonSource(path, folder, check_files="startup")
+    lazy = LlavaJsonSource(path, folder)  # the default: files are checked when read
     with pytest.raises(FileNotFoundError, match=str(folder / "coco" / "b.jpg")):
         lazy[1]
     bad = tmp_path / "bad.json"

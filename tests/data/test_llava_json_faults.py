@@ -84,7 +84,9 @@ def test_image_as_a_list(tmp_path):
 def test_missing_image_is_a_file_not_found_naming_the_record(tmp_path):
     path, img = _folder(tmp_path, [{"id": "m", "image": "gone.png", "conversations": GOOD}])
     with pytest.raises(FileNotFoundError, match=r"record 0 \(id 'm'\): image file not found: .*gone.png"):
-        LlavaJsonSource(path, img)
+        LlavaJsonSource(path, img, check_files="startup")
+    with pytest.raises(FileNotFoundError, match=r"record 0 \(id 'm'\): image file not found: .*gone.png"):
+        LlavaJsonSource(path, img)[0]  # lazily (the default): when the example is read
 
 
 def test_non_utf8_malformed_and_empty_files_name_the_file(tmp_path):
@@ -118,9 +120,9 @@ def test_extreme_aspect_ratio_is_refused_from_the_header(tmp_path):
     assert (tmp_path / "img" / "strip.png").stat().st_size < 2000
     t = time.perf_counter()
     e = _fails(tmp_path, {"image": "strip.png", "conversations": GOOD},
-               "image of 20000x2 pixels has aspect ratio 1e+04 > max_aspect_ratio 20")
+               "image of 20000x2 pixels has aspect ratio 1e+04 > max_aspect_ratio 20", check_files="startup")
     assert e.kind == "image_size" and "strip.png" in str(e)
-    lazy = LlavaJsonSource(tmp_path / "data.json", tmp_path / "img", image_size=8, check_images=False)
+    lazy = LlavaJsonSource(tmp_path / "data.json", tmp_path / "img", image_size=8)  # checked when read
     with pytest.raises(BadRecordError, match="record 1 .*max_aspect_ratio"):
         lazy[1]
     with pytest.raises(ValueError, match="ok.png: image of 12x8 = 96 pixels exceeds max_pixels 50"):
@@ -141,10 +143,10 @@ def test_truncated_jpeg_names_the_record_when_decoded(tmp_path):
     records = [{"id": "fine", "image": "ok.png", "conversations": GOOD},
                {"id": "cut", "image": "cut.jpg", "conversations": GOOD}]
     path, img = _folder(tmp_path, records)
-    src = LlavaJsonSource(path, img, image_size=8)  # the header reads: the build passes
+    src = LlavaJsonSource(path, img, image_size=8, check_files="startup")  # the header reads: the build passes
     with pytest.raises(BadRecordError, match=r"record 1 \(id 'cut'\): cannot decode image .*cut.jpg: OSError"):
         src[1]
-    e = _fails(tmp_path, {"image": "cut.jpg", "conversations": GOOD}, "cannot read image", check_images="decode")
+    e = _fails(tmp_path, {"image": "cut.jpg", "conversations": GOOD}, "cannot read image", check_files="decode")
     assert e.kind == "image_unreadable"
 
 

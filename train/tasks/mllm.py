@@ -9,10 +9,13 @@ Data (`config.data.source`, registered in `jaxmm.data.sources`; its settings in 
 text-rich image QA (`textvqa`), the embedded audio QA (`audioqa`), a LLaVA conversation JSON + image folder
 (`llava_json`), a prepared TFDS dataset (`tfds`), or any source a paper registers, all tokenised by
 `jaxmm.data.ConversationFormatter` with the byte tokenizer (or an HF tokenizer via `data.tokenizer`).
-LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`, images
-against `data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
+LLaVA-JSON records are checked when the run starts (lengths against `data.max_len` / `max_prompt_len`; image
+files when read, or at the start with `data.llava_json.check_files="startup"`, against
+`data.llava_json.max_aspect_ratio` / `max_pixels`); a bad one stops the run naming the file, record and
 reason, or with `data.llava_json.skip_bad_records=True` is dropped and counted in summary.json
 (`data_skipped/train`, `data_skipped/train/<reason>`, the same for eval; also in a run without an eval set).
+File-backed sources (llava_json, tfds) are decoded in `data.worker_count` grain worker processes (0 = in the
+training process) and never cached (`data.cache` caches only the procedural sets).
 Loss: answer-token cross-entropy (`loss_mask`). Eval: per-row loss and greedy-generation exact match of the
 answer (stops at EOS), logged as `eval_loss` / `eval_accuracy`.
 
@@ -44,7 +47,7 @@ def _defaults() -> ml_collections.ConfigDict:
         **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
-        max_answer_len=8, cache=True, tokenizer="",
+        max_answer_len=8, cache=True, tokenizer="", worker_count=0, worker_buffer_size=2,
         **{name: dict(s.defaults) for name, s in sources.SOURCES.items()})
     c.task_args = dict(eval_generate=True, max_new_tokens=0)
     return c
@@ -118,7 +121,7 @@ class MLLMQATask(Task):
     def datasets(self, config):
         import grain
 
-        from jaxmm.data import CachedSource, ConversationFormatter
+        from jaxmm.data import CachedSource, ConversationFormatter, sources
 
         d, tok = config.data, tokenizer(config)
         fmt = ConversationFormatter(tok, max_len=d.max_len)
@@ -127,7 +130,7 @@ class MLLMQATask(Task):
                                          max_answer_len=d.max_answer_len, keep=("kind_id",) if kinds else ())
         train_src, eval_src = _sources(config, fmt, fmt_eval)
         skipped = self.skipped_records(train_src, eval_src)  # -> summary.json, with or without an eval set
-        wrap = CachedSource if d.cache else (lambda s: s)
+        wrap = CachedSource if d.cache and sources.get(d.source).cacheable else (lambda s: s)  # not file-backed
         train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
         if eval_src is None:
             return Datasets(train, None, skipped)
