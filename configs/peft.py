@@ -2,12 +2,12 @@
 small LLM pre-trained on embedded data, through the shared trainer (train/tasks/peft.py).
 
 The whole table (pre-train both backbones, then 4 methods × 3 seeds × 2 models, each a run of the shared loop whose
-summary gives the accuracy, the trainable-parameter count and the step time), 35 min wall on 2 CPU cores shared
+summary gives the accuracy, the trainable-parameter count and the step time), 40 min wall on 2 CPU cores shared
 with other jobs:
 
     python -m train --config configs/peft.py:table --workdir runs/peft
     # -> runs/peft/results.md (docs/results/peft.md). Accuracy, ViT digits 5–9: full 0.96, LoRA 0.89, P-Tuning v2
-    #    0.51, NTK 0.52 (lr 1e-3; 0.72 / 0.77 at lr 1e-2: variant `extra`); LLM sentiment: full 0.92, LoRA 0.79,
+    #    0.51, NTK 0.53 (lr 1e-3; 0.71 / 0.77 at lr 1e-2: variant `extra`); LLM sentiment: full 0.92, LoRA 0.79,
     #    P-Tuning v2 and NTK 0.54 (= the linear probe)
     python -m train --config configs/peft.py:extra --workdir runs/peft_extra \
         --config.table.pretrained_from=runs/peft          # the controls, reusing the table run's backbones
