@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,19 +21,12 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxmm.attention import ntk_attention
 from jaxmm.ops.attention import prefix_attention  # noqa: E402
+from jaxmm.timing import time_calls  # noqa: E402
 
 
 def _timed_round_robin(fns, reps):
     """min over `reps` rounds; each round times every case once, so load from other processes hits all alike."""
-    for f, args in fns.values():
-        jax.block_until_ready(f(*args))                       # compile + warm
-    best = {n: float("inf") for n in fns}
-    for _ in range(reps):
-        for n, (f, args) in fns.items():
-            t = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            best[n] = min(best[n], time.perf_counter() - t)
-    return best
+    return {n: t.min for n, t in time_calls(fns, reps=reps).items()}
 
 
 def main():

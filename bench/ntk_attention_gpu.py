@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,17 +31,11 @@ import numpy as np  # noqa: E402
 from jaxmm.kernels.ntk_attention import ntk_attention_cudnn, ntk_attention_pallas  # noqa: E402
 from jaxmm.attention import ntk_attention
 from jaxmm.ops.ntk import ntk_attention_reference  # noqa: E402
+from jaxmm.timing import time_call  # noqa: E402
 
 
 def _bench(fn, *args, reps):
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return time_call(fn, *args, reps=reps, warmup=2).median
 
 
 def _inputs(b, s, h, d, dtype, seed=0):

@@ -27,15 +27,10 @@ def _rss_mb():
 
 
 def _timed(fn, *args, reps=3):
-    import jax
+    from jaxmm.timing import time_call
 
-    jax.block_until_ready(fn(*args))  # compile + warm
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return min(ts), out
+    t = time_call(fn, *args, reps=reps)  # compile + warm, then the best of `reps`
+    return t.min, t.value
 
 
 def _inputs(n, d, scale, seed=0):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,11 +20,11 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from jaxmm.kernels.tensor_attention import tensor_attention_pallas  # noqa: E402
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import tensor_attention_reference  # noqa: E402
+from jaxmm.timing import time_call  # noqa: E402
 
 SMALL = "--small" in sys.argv
 INTERPRET = jax.default_backend() == "cpu"
@@ -34,17 +33,8 @@ print(results["jax"], results["devices"], flush=True)
 
 
 def bench(fn, *args, iters=10, warmup=2):
-    out = None
-    for _ in range(warmup):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        jax.block_until_ready(out)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), out
+    t = time_call(fn, *args, reps=iters, warmup=warmup)
+    return t.median, t.value
 
 
 def row(name, flops, fn, *args, ref=None, **kw):

@@ -18,6 +18,7 @@ smoke run in seconds), and the experiments (each writes a Markdown table + PNGs 
     .venv/bin/python -m train --config configs/commit.py:sweep_imbalance   --workdir runs/commit_imbalance
     .venv/bin/python -m train --config configs/commit.py:sweep_convergence --workdir runs/commit_convergence
     .venv/bin/python -m train --config configs/commit.py:sweep_overhead    --workdir runs/commit_overhead
+    .venv/bin/python -m train --config configs/commit.py:sweep_tiny        --workdir /tmp/commit_sweep_tiny  # smoke
 (results and their run times: docs/results/commit.md). The κ formula, LR rule/clip, aux weight and divergence
 are [reconstruction]s, each a `task_args` key (train/tasks/commit.py); κ is measured on the step at the base
 learning rates (`kappa_lr="base"`), the aux loss targets the leading side's last measured step.
@@ -26,45 +27,33 @@ from __future__ import annotations
 
 import ml_collections
 
-from train import config as config_lib
-from train.tasks.commit import CommitTask
-
 
 def run_config(modality: str = "image", lora: bool = False, size: str = "full") -> ml_collections.ConfigDict:
-    c = config_lib.defaults()
-    task = CommitTask().default_config()
+    """One `commit.train` run: only what differs from the trainer's and the task's defaults."""
+    if size not in ("full", "small", "tiny"):
+        raise ValueError(f"size: expected 'full', 'small' or 'tiny', got {size!r}")
+    encoder, source = {"image": ("vit", "textvqa"), "audio": ("audio", "audioqa")}[modality]
+    c = ml_collections.ConfigDict()
     c.task = "commit.train"
-    c.model, c.data, c.task_args = task.model, task.data, task.task_args
-    c.model.encoder, c.data.source = {"image": ("vit", "textvqa"), "audio": ("audio", "audioqa")}[modality]
-
     # model: the demo's ViT 32x32/4 (64 features) or a Whisper-style audio encoder (100 frames -> 50 features)
     # -> 2-layer MLP projector -> 2-layer GQA Llama, width 64, trained from scratch
-    c.model.vit.update(dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
-    c.data.textvqa.update(dict(max_words=2, kinds=("count", "color", "read"), font_sizes=(10, 14)))
-    c.model.audio.update(dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2))
-    c.model.llm.update(dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
-    c.data.train_examples, c.data.eval_examples = 6000, 256
-    c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 56, 48, 8
-
-    c.train.steps = 900
-    c.train.batch_size = 32
-    c.train.log_every = 10
-    c.train.eval_every = 300
-    c.train.eval_batch_size = 128
-    c.optim.name = "adamw"
-    c.optim.lr = 2e-3
-    c.optim.schedule = "constant"  # the methods shape the LRs (lr_scale); the base is constant
-    c.optim.weight_decay = 0.01
-    c.checkpoint.every = 300
-    c.checkpoint.keep = 2
-
+    c.model = dict(encoder=encoder,
+                   vit=dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
+                   audio=dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2),
+                   llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
+    c.data = dict(source=source, textvqa=dict(max_words=2, kinds=("count", "color", "read"), font_sizes=(10, 14)),
+                  audioqa={}, train_examples=6000, eval_examples=256, max_len=56, max_prompt_len=48,
+                  max_answer_len=8)
+    c.train = dict(steps=900, batch_size=32, log_every=10, eval_every=300, eval_batch_size=128)
+    # the methods shape the LRs (lr_scale); the base is constant
+    c.optim = dict(name="adamw", lr=2e-3, schedule="constant", weight_decay=0.01)
+    c.checkpoint = dict(every=300, keep=2)
     # CoMMIT: κ every 10 steps on 16 probe examples, LRs rewritten every L_lr = 50 steps
-    c.task_args.method = "commit"
-    c.task_args.measure_every, c.task_args.lr_every, c.task_args.probe_size = 10, 50, 16
+    c.task_args = dict(method="commit", measure_every=10, lr_every=50, probe_size=16)
 
     if lora:  # freeze the LLM, rank-8 LoRA on its q/v projections
         c.model.llm.lora_rank = 8
-        c.optim.groups.llm = config_lib.group(frozen=True)
+        c.optim.groups = dict(llm=dict(frozen=True))
 
     if size == "small":  # the experiments: ~0.1 s a step
         c.model.vit.update(dict(image_size=32, patch_size=8, d_model=48, num_layers=1, num_heads=4, mlp_dim=96))
@@ -72,11 +61,8 @@ def run_config(modality: str = "image", lora: bool = False, size: str = "full") 
         c.model.llm.update(dict(num_layers=2, d_model=48, num_heads=4, num_kv_heads=2, mlp_dim=96))
         c.data.textvqa.update(dict(max_words=2, kinds=("read", "count"), font_sizes=(14, 18)))
         c.data.audioqa.update(dict(max_digits=2, duration=0.5, kinds=("digit", "count")))
-        c.data.train_examples, c.data.eval_examples = 2000, 64
-        c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 6
-        c.train.steps, c.train.batch_size, c.train.eval_every, c.train.eval_batch_size = 150, 16, 0, 64
-        c.train.log_every = 5
-        c.train.progress = False
+        c.data.update(dict(train_examples=2000, eval_examples=64, max_len=48, max_prompt_len=40, max_answer_len=6))
+        c.train.update(dict(steps=150, batch_size=16, eval_every=0, eval_batch_size=64, log_every=5, progress=False))
         c.checkpoint.every = 0
         c.task_args.lr_every = 30  # 3 measurements per window
     elif size == "tiny":  # smoke run
@@ -85,21 +71,17 @@ def run_config(modality: str = "image", lora: bool = False, size: str = "full") 
         c.model.llm.update(dict(num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64))
         c.data.textvqa.update(dict(max_words=1, kinds=("read",), font_sizes=(10, 12)))
         c.data.audioqa.update(dict(max_digits=1, duration=0.5, kinds=("digit",)))
-        c.data.train_examples, c.data.eval_examples = 64, 16
-        c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 48, 40, 4
-        c.train.steps, c.train.batch_size, c.train.log_every = 8, 16, 1
-        c.train.eval_every, c.train.eval_batch_size, c.train.progress = 0, 16, False
-        c.checkpoint.every, c.checkpoint.async_save = 0, False
-        c.task_args.measure_every, c.task_args.lr_every, c.task_args.probe_size = 2, 4, 8
-    elif size != "full":
-        raise ValueError(f"size: expected 'full', 'small' or 'tiny', got {size!r}")
+        c.data.update(dict(train_examples=64, eval_examples=16, max_len=48, max_prompt_len=40, max_answer_len=4))
+        c.train.update(dict(steps=8, batch_size=16, log_every=1, eval_every=0, eval_batch_size=16, progress=False))
+        c.checkpoint.update(dict(every=0, async_save=False))
+        c.task_args.update(dict(measure_every=2, lr_every=4, probe_size=8))
     return c
 
 
 def sweep_config(kind: str) -> ml_collections.ConfigDict:
-    """The experiment drivers (task commit.sweep): every run is `run_config(..., size="small")` + overrides."""
+    """The experiment drivers (experiment commit_sweep): every run is `run_config(..., size="small")` + overrides."""
     c = ml_collections.ConfigDict()
-    c.task = "commit.sweep"
+    c.task = "commit_sweep"
     c.seed = 0
     c.sweep = ml_collections.ConfigDict(dict(kind=kind, modalities=("image", "audio"), lora=False))
     c.sweep.base_image = run_config("image", size="small")
@@ -124,6 +106,10 @@ def sweep_config(kind: str) -> ml_collections.ConfigDict:
 
 def get_config(variant: str | None = None):
     variant = variant or "vision"
+    if variant == "sweep_tiny":  # smoke test of the sweep path: the imbalance sweep, one tiny run
+        c = sweep_config("imbalance")
+        c.sweep.update(dict(base_image=run_config("image", size="tiny"), encoder_lr_factors=(1.0,)))
+        return c
     if variant.startswith("sweep_"):
         return sweep_config(variant[len("sweep_"):])
     parts = variant.split("_")

@@ -21,50 +21,31 @@ Variant `:tiny` is a 30-second smoke run.
 """
 from __future__ import annotations
 
-from train import config as config_lib
-from train.tasks.commit import CommitTask
+import ml_collections
 
 
 def get_config(variant: str | None = None):
-    c = config_lib.defaults()
-    task = CommitTask().default_config()  # the mllm.qa schema + CoMMIT's task_args (method "commit")
-    c.task = "commit.train"
-    c.model, c.data, c.task_args = task.model, task.data, task.task_args
-
+    if variant not in (None, "", "tiny"):
+        raise ValueError(f"variant: expected None or 'tiny', got {variant!r}")
+    c = ml_collections.ConfigDict()
+    c.task = "commit.train"  # the mllm.qa schema + CoMMIT's task_args (method "commit" by default)
     # model: ViT 32x32 / patch 4 (64 features) -> 2-layer MLP projector -> 2-layer GQA Llama, width 64.
     # (ViT 48 px / patch 16 = 9 coarse features, this demo until 2026-11-26, plateaued at eval 0.22-0.36: its
     # patch embedding cannot tell colours or words apart at arbitrary x offsets; with 4 px patches the same
     # ViT, trained alone as a classifier, separates the 5 colours in 250 steps — docs/results/trainer.md.)
-    c.model.vit.update(dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128))
-    c.model.llm.update(dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
+    c.model = dict(vit=dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
+                   llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128))
     # data: 1-2 words per image (16 px bands, fonts 10-14 px); questions "how many words",
-    # "what colour is the word <w>", "read the word"
-    c.data.textvqa.max_words = 2
-    c.data.textvqa.font_sizes = (10, 14)
-    c.data.textvqa.kinds = ("count", "color", "read")
-    c.data.train_examples = 6000  # rendered once and cached; 5.3 epochs
-    c.data.eval_examples = 256
-    c.data.max_len, c.data.max_prompt_len, c.data.max_answer_len = 56, 48, 8
-
-    c.train.steps = 1000
-    c.train.batch_size = 32
-    c.train.log_every = 25
-    c.train.eval_every = 500
-    c.train.eval_batch_size = 128
-    c.optim.name = "adamw"
-    c.optim.lr = 1e-3
-    c.optim.schedule = "warmup_cosine"
-    c.optim.warmup_steps = 50
-    c.optim.min_lr_ratio = 0.1
-    c.optim.weight_decay = 0.0
-    c.mesh.shape = (-1, 1, 1)
-    c.checkpoint.every = 500
-    c.checkpoint.keep = 2
-
+    # "what colour is the word <w>", "read the word"; 6000 examples rendered once and cached: 5.3 epochs
+    c.data = dict(textvqa=dict(max_words=2, font_sizes=(10, 14), kinds=("count", "color", "read")),
+                  train_examples=6000, eval_examples=256, max_len=56, max_prompt_len=48, max_answer_len=8)
+    c.train = dict(steps=1000, batch_size=32, log_every=25, eval_every=500, eval_batch_size=128)
+    c.optim = dict(name="adamw", lr=1e-3, schedule="warmup_cosine", warmup_steps=50, min_lr_ratio=0.1,
+                   weight_decay=0.0)
+    c.mesh = dict(shape=(-1, 1, 1))
+    c.checkpoint = dict(every=500, keep=2)
     if variant == "tiny":
-        c.data.train_examples, c.data.eval_examples = 256, 64
-        c.train.steps, c.train.eval_every, c.train.eval_batch_size = 20, 0, 64
+        c.data.update(dict(train_examples=256, eval_examples=64))
+        c.train.update(dict(steps=20, eval_every=0, eval_batch_size=64))
         c.checkpoint.every = 10
-    elif variant not in (None, ""):
-        raise ValueError(f"variant: expected None or 'tiny', got {variant!r}")
     return c

@@ -13,7 +13,7 @@ depth grows with n) and like 1/ε; at ε = ∞ the error vs exact attention is t
 on ε ≤ ε) while the two broken ones (Δ/8, denominator un-noised) fail it; the adaptive attacker recovers the
 private row from exact attention (error 1e-7) but its error against the once-released DP state stays frozen
 however many adaptive queries it asks; the private-context model's accuracy rises with ε and with the context
-length (64 tokens: 0.65 at ε = 1, 0.99 at ε = 10; 1024 tokens: 0.99 at ε = 1). The full default run took ~20
+length (64 tokens: 0.62 at ε = 1, 0.98 at ε = 10; 1024 tokens: 0.99 at ε = 1). The full default run took ~20
 min on that machine at load 15-20 (the summary line prints the seconds); `tiny` (every part at toy size, the
 smoke test) ~30 s.
 

@@ -3,13 +3,14 @@ relative error vs prefix length m.
 
 Command (regenerates results.md, results.json, ntk_attention_sec44.png, metrics.jsonl in the workdir):
 
-    python -m train --config configs/ntk_attention.py:sec44 --workdir /tmp/ntk_sec44    # 12 min measured, see below
+    python -m train --config configs/ntk_attention.py:sec44 --workdir /tmp/ntk_sec44    # 27 min measured, see below
     python -m train --config configs/ntk_attention.py:tiny  --workdir /tmp/ntk_tiny     # smoke test, ~30 s
 
 Expected (measured, docs/results/ntk_attention.md): held-out relative error of NTK-Attention 0.044 at m = 2,
 rising to 0.29 at m = 256 (while the prefix is a perturbation of the L = 128 real keys) and then falling with m
-to 0.16 at m = 16384; dropping the prefix instead gives 0.08 → 1.14. Run time: 702 s wall on a shared 2-core
-machine under load ~16; less on an idle machine.
+to 0.16 at m = 16384; dropping the prefix instead gives 0.08 → 1.14. Run time: 27 min wall on a shared 2-core
+machine under load ~13 (1264 s in the training loops); less on an idle machine. Each m is one run of the shared
+loop (task `ntk_attention.prefix_fit`) in <workdir>/m<m>.
 
 Variants:
 - sec44: the paper's d = 64, L = 128 with m = 2, 4, …, 2^14 (the paper goes to 2^18), one head, frozen random

@@ -23,20 +23,16 @@ VARIANTS = ("word", "color", "tiny")
 
 def get_config(variant: str | None = None):
     variant = pick_variant(__file__, variant, VARIANTS)
-    from train import config as config_lib  # the trainer's defaults [open: issue 13.6, configs as pure data]
-
-    c = config_lib.defaults()
+    c = ml_collections.ConfigDict()
     c.task = "vit_probe"
-    c.model = ml_collections.ConfigDict(dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4,
-                                             mlp_dim=128, pool="mean"))
-    c.data = ml_collections.ConfigDict(dict(target="color" if variant == "color" else "word", font_sizes=(10, 14),
-                                            train_examples=4000, eval_examples=500))
-    c.task_args = ml_collections.ConfigDict(dict(save_encoder=""))
-    c.train.update(steps=250 if variant == "color" else 1000, batch_size=32, grad_clip=0.0, log_every=50,
+    c.model = dict(image_size=32, patch_size=4, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool="mean")
+    c.data = dict(target="color" if variant == "color" else "word", font_sizes=(10, 14), train_examples=4000,
+                  eval_examples=500)
+    c.train = dict(steps=250 if variant == "color" else 1000, batch_size=32, grad_clip=0.0, log_every=50,
                    eval_every=250, eval_batch_size=100, plots=True)
-    c.optim.update(name="adamw", lr=1e-3, schedule="constant", weight_decay=0.0)
+    c.optim = dict(name="adamw", lr=1e-3, schedule="constant", weight_decay=0.0)
     if variant == "tiny":
-        c.model.update(image_size=16, d_model=16, num_layers=1, mlp_dim=32)
-        c.data.update(train_examples=64, eval_examples=32)
-        c.train.update(steps=4, batch_size=8, eval_every=0, eval_batch_size=16, plots=False)
+        c.model.update(dict(image_size=16, d_model=16, num_layers=1, mlp_dim=32))
+        c.data.update(dict(train_examples=64, eval_examples=32))
+        c.train.update(dict(steps=4, batch_size=8, eval_every=0, eval_batch_size=16, plots=False))
     return c

@@ -40,7 +40,9 @@ checkpoint.keep: int            keep the newest K
 checkpoint.async_save: bool     Orbax async saves
 ```
 
-Values are range-checked before anything is built (`check_values`: e.g. batch_size >= 1, steps >= 0, mesh sizes
+A config file gives only the keys that differ: `fill(config, task_schema)` completes it from `defaults()` and
+the task's schema (the loop does, and `python -m train` does when it loads the file, so `--config.train.steps=N`
+works for keys the file leaves out). Values are range-checked before anything is built (`check_values`: e.g. batch_size >= 1, steps >= 0, mesh sizes
 positive or one -1). A workdir with checkpoints resumes only with its saved config.json, except for
 `RESUMABLE_CHANGES` (train.steps growing, eval/logging/checkpoint/mesh settings); other changes need
 `--allow_config_change`.
@@ -138,37 +140,49 @@ def _check(path: str, given, schema) -> None:
                              f"got {type(value).__name__} {value!r}")
 
 
-def check(config: ml_collections.ConfigDict, task_schema: ml_collections.ConfigDict | None = None) -> None:
-    """Raise ValueError naming the first unknown or mistyped key. `task_schema` holds the task's `model`,
-    `data` and `task_args` sections (keys the task reads, with their defaults)."""
+def fill(config, task_schema: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The run's full config, locked: `config` (any subset of the keys: a config file gives only what differs)
+    over the trainer's `defaults()` and the task's schema (`task_schema`: its `model`, `data` and `task_args`
+    sections, keys with defaults). An unknown or mistyped key or a value out of range raises a ValueError naming
+    it, before anything is built. Idempotent: filling a full config returns an equal one."""
     schema = defaults()
     if task_schema is not None:
         check_keys("", task_schema, ("model", "data", "task_args"))
         for section in task_schema:
             schema[section] = task_schema[section]
     _check("", config, schema)
-    check_values(config)
-    if config.train.batch_size % config.train.grad_accum:
+    full = ml_collections.ConfigDict(_merge(schema.to_dict(), config.to_dict()))
+    check_values(full)
+    if full.train.batch_size % full.train.grad_accum:
         raise ValueError(f"config.train.grad_accum: expected a divisor of train.batch_size="
-                         f"{config.train.batch_size}, got {config.train.grad_accum}")
-    shape = tuple(config.mesh.shape)
+                         f"{full.train.batch_size}, got {full.train.grad_accum}")
+    shape = tuple(full.mesh.shape)
     if len(shape) != 3:
-        raise ValueError(f"config.mesh.shape: expected 3 sizes (data, fsdp, tensor), got {config.mesh.shape}")
+        raise ValueError(f"config.mesh.shape: expected 3 sizes (data, fsdp, tensor), got {full.mesh.shape}")
     if any(not _is_int(n) or (n < 1 and n != -1) for n in shape) or shape.count(-1) > 1:
         raise ValueError(f"config.mesh.shape: expected positive integer sizes (data, fsdp, tensor), at most one "
                          f"-1 (= the remaining devices), got {shape}")
-    for g in config.optim.groups:
-        sched = config.optim.groups[g].get("schedule", config.optim.schedule)
-        _check_schedule(f"optim.groups.{g}.schedule", sched)
-    _check_schedule("optim.schedule", config.optim.schedule)
-    if config.optim.name not in ("adamw", "adam", "sgd"):
-        raise ValueError(f"config.optim.name: expected 'adamw', 'adam' or 'sgd', got {config.optim.name!r}")
-    if config.train.compute_dtype not in ("float32", "bfloat16"):
+    for g in full.optim.groups:
+        _check_schedule(f"optim.groups.{g}.schedule", full.optim.groups[g].get("schedule", full.optim.schedule))
+    _check_schedule("optim.schedule", full.optim.schedule)
+    if full.optim.name not in ("adamw", "adam", "sgd"):
+        raise ValueError(f"config.optim.name: expected 'adamw', 'adam' or 'sgd', got {full.optim.name!r}")
+    if full.train.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.train.compute_dtype: expected 'float32' or 'bfloat16', "
-                         f"got {config.train.compute_dtype!r}")
-    profile = tuple(config.train.profile)
+                         f"got {full.train.compute_dtype!r}")
+    profile = tuple(full.train.profile)
     if profile and (len(profile) != 2 or not all(_is_int(n) for n in profile) or min(profile) < 1):
         raise ValueError(f"config.train.profile: expected () or (first_step >= 1, num_steps >= 1), got {profile}")
+    full.lock()
+    return full
+
+
+def _merge(base: dict, given: dict) -> dict:
+    """`given` over `base`, section by section (a section's missing keys keep `base`'s values)."""
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 # (key, smallest allowed value, must be an integer): checked before anything is built, so a bad value fails
@@ -200,19 +214,6 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear")
 def _check_schedule(name, value):
     if value not in SCHEDULES:
         raise ValueError(f"config.{name}: expected one of {SCHEDULES}, got {value!r}")
-
-
-def merge_task_defaults(config: ml_collections.ConfigDict, task_schema) -> ml_collections.ConfigDict:
-    """Fill the task sections' missing keys from the task's defaults (after `check`)."""
-    if task_schema is None:
-        return config
-    out = ml_collections.ConfigDict(config.to_dict())
-    for section in task_schema:
-        merged = ml_collections.ConfigDict(task_schema[section].to_dict())
-        merged.update(out[section].to_dict())
-        out[section] = merged
-    out.lock()
-    return out
 
 
 # Keys a resumed run may change (nothing else): they do not change the maths of the steps already taken.
@@ -255,11 +256,14 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-    """Set dotted keys in place, e.g. {"train.steps": 5, "optim.lr": 1e-3} (the Python form of --config.a.b=v)."""
+    """Set dotted keys in place, e.g. {"train.steps": 5, "optim.lr": 1e-3} (the Python form of --config.a.b=v);
+    a section a partial config lacks is created (unlocked configs)."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
+            if p not in node:
+                node[p] = ml_collections.ConfigDict()
             node = node[p]
         node[leaf] = value
     return config

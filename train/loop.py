@@ -169,9 +169,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     from train import tasks as tasks_lib
 
     # 1. config: unknown or mistyped keys fail here, before any compilation
-    task_schema = tasks_lib.build(factory, None).default_config()
-    config_lib.check(config, task_schema)
-    config = config_lib.merge_task_defaults(config, task_schema)
+    config = config_lib.fill(config, tasks_lib.build(factory, None).default_config())
     task = tasks_lib.build(factory, config)  # this run's task object (nothing survives into another run)
     tc = config.train
     if jax.process_index() == 0:
@@ -210,6 +208,9 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
 
     # 4. optimizer with named groups, the sharded train state
     tx, labels, groups = optim.make_optimizer(config, params)
+    frozen = {g for g in config.optim.groups if config.optim.groups[g].get("frozen", False)}
+    sizes = [(int(np.size(p)), g) for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(labels))]
+    param_counts = {"params": sum(n for n, _ in sizes), "trainable_params": sum(n for n, g in sizes if g not in frozen)}
     repl = shard_lib.replicated(mesh)
     opt_sh = shard_lib.state_shardings(jax.eval_shape(tx.init, params), params, param_sh, repl)
     step_hooks = task.step_hooks(config)
@@ -324,6 +325,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     on_error.append(profiler.stop)
     last_time, last_step, seen, tokens = time.perf_counter(), start, 0, 0
     metrics, eval_out, step_flops, compile_s = {}, {}, None, 0.0
+    step_times = []  # seconds per step of each logging window
     t_start = time.perf_counter()
     for step in range(start + 1, tc.steps + 1):
         local = next(data_iter)
@@ -361,6 +363,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
                 if peak:
                     rate["mfu"] = shown["mfu"] = perf.mfu(step_flops, step - last_step, now - last_time, peak)
             writer.write(step, {**record, **rate})
+            step_times.append((now - last_time) / (step - last_step))
             progress.update(step - last_step, loss=record["loss"], **shown)
             last_time, last_step, seen, tokens = now, step, 0, 0
         if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
@@ -390,7 +393,9 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     losses = [r["loss"] for r in records if "loss" in r]
     # a value that was not computed is None (JSON null) with the reason, never a NaN that reads like a result
     summary = {"steps": tc.steps, "final_loss": losses[-1] if losses else None, **eval_out,
-               "train_time_s": train_time, "resumed_from": start}
+               "train_time_s": train_time, "resumed_from": start, **param_counts,
+               # median over the logging windows after the first (which holds the compilation); None if < 2
+               "step_time_s": float(np.median(step_times[1:])) if len(step_times) > 1 else None}
     mfus = [r["mfu"] for r in records if "mfu" in r]
     summary.update(compile_s=compile_s, step_flops_per_device=step_flops,
                    mfu=sum(mfus) / len(mfus) if mfus else None)  # the mean over the records

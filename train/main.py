@@ -52,13 +52,15 @@ def config_path(spec: str) -> str:
 
 
 class _ConfigByName(flags.ArgumentParser):
-    """Wraps ml_collections' config-file parser: `config_path` first, so `--config.a.b=value` overrides still apply."""
+    """Wraps ml_collections' config-file parser: `config_path` first; then the config is completed with the
+    trainer's and the task's defaults (`tasks.full_config`) before the `--config.a.b=value` overrides apply, so a
+    key the file leaves out can be overridden too."""
 
     def __init__(self, file_parser):
         self.file_parser = file_parser
 
     def parse(self, argument):
-        return self.file_parser.parse(config_path(argument))
+        return tasks.full_config(self.file_parser.parse(config_path(argument)))
 
     def flag_type(self):
         return self.file_parser.flag_type()

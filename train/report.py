@@ -9,7 +9,7 @@ workdir goes through here, so every experiment's outputs look alike and survive 
 
 Only process 0 writes. The workdir may be local or a `gs://` URL (paths through `etils.epath`, writes through
 `train.metrics.write_atomic`). Helpers shared by the experiments: `table` (a Markdown table), `fmt` (a number for a
-table cell), `time_call` (best or median wall time of a jitted call), `line_plot` (the usual log-log figure).
+table cell), `line_plot` (the usual log-log figure). Timing: `jaxmm.timing.time_call`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
-import time
 
 import jax
 from etils import epath
@@ -99,17 +97,6 @@ def table(headers, rows, spec: str = ".3g") -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(v, spec) for v in r) + " |" for r in rows]
     return "\n".join(out)
-
-
-def time_call(fn, *args, reps: int = 5, stat: str = "min") -> float:
-    """Seconds of `fn(*args)` after one warm-up (compile) call, `stat` ("min" or "median") over `reps` calls."""
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return min(ts) if stat == "min" else statistics.median(ts)
 
 
 def line_plot(report: Reporter, name: str, title: str, xlabel: str, ylabel: str, series: dict, *, logx=True,

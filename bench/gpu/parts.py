@@ -29,6 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxmm.timing import time_call  # noqa: E402
+
 # JAXMM_BENCH_FAKE_GPU=1 (with --smoke, on CPU) walks the GPU-only branches: their cuDNN / compiled-Pallas calls
 # fail there and must be recorded as error rows, never crash a part
 ON_GPU = jax.default_backend() == "gpu" or os.environ.get("JAXMM_BENCH_FAKE_GPU") == "1"
@@ -76,26 +78,11 @@ class Record:
         self.flush()
 
 
-def time_fn(fn, *args, reps):
-    """(median s, first call s, spread): two untimed calls (compile, warm-up), then `reps` synchronised calls;
-    spread = (slowest − fastest) / median, to tell a difference between rows from noise."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    med = float(np.median(ts))
-    return med, first, float((max(ts) - min(ts)) / med)
-
-
 def timed_row(rec, name, shape, fn, args, *, flops, reps, peer_s=None, errs=None):
     """Time `fn(*args)` and record a row; an exception becomes an 'error' row. Returns the median or None."""
     try:
-        t, first, spread = time_fn(fn, *args, reps=reps)
+        timing = time_call(fn, *args, reps=reps, warmup=2)  # compile + one warm-up call, then `reps` timed
+        t, first, spread = timing.median, timing.first, timing.spread
     except Exception as e:  # one failing candidate must not hide the others
         traceback.print_exc(limit=3)
         rec.row(name, shape, "error", note=f"{type(e).__name__}: {str(e)[:300]}")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from train import config as config_lib
-from train import loop
+from train import loop, tasks
 from train.main import run
 from train.metrics import read
 from train.task import Hook
@@ -34,12 +34,17 @@ def _config_module(name: str):
 
 commit_config = _config_module("commit")
 
+
+def _full(config):
+    """A config file's (partial) config completed with the trainer's and the task's defaults, unlocked."""
+    return ml_collections.ConfigDict(tasks.full_config(config).to_dict())
+
 LR = 2e-3
 TIMING = ("examples_per_s", "tokens_per_s", "tflops_per_s", "mfu", "kappa_time_s")
 
 
 def tiny(method, steps=8, **over):
-    c = commit_config.get_config("vision_tiny")
+    c = _full(commit_config.get_config("vision_tiny"))
     c.task_args.method = method
     c.task_args.eval_generate = False
     c.train.steps, c.train.plots = steps, False
@@ -228,12 +233,12 @@ def test_demo_config_is_commit_and_runs(tmp_path):
     """configs/demo.py (`make demo`) stays a valid CoMMIT config: its :tiny variant trains, measures κ and ends
     with the per-kind eval accuracies the docstring promises."""
     demo = _config_module("demo")
-    full = demo.get_config()
+    full = _full(demo.get_config())
     assert full.task == "commit.train" and full.task_args.method == "commit"
     assert (full.model.vit.image_size, full.model.vit.patch_size) == (32, 4)
     with pytest.raises(ValueError, match="variant"):
         demo.get_config("huge")
-    c = demo.get_config("tiny")
+    c = _full(demo.get_config("tiny"))
     c.train.steps, c.train.plots, c.mesh.shape = 10, False, (1, 1, 1)
     c.data.train_examples, c.data.eval_examples, c.train.eval_batch_size = 64, 16, 16
     c.checkpoint.update(dict(every=0, async_save=False))

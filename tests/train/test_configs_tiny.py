@@ -2,8 +2,8 @@
 `*_tiny` variants of files with several experiments) goes through `train.main.run` in this process into a
 temporary workdir and must leave a summary.json with finite numbers.
 
-configs/commit.py has no plain `tiny` (its variants are `<vision|audio>[_lora][_small|_tiny]`): it is run as
-`vision_tiny`. The three trainer-loop configs (commit, demo, peft) are marked slow: each tiny run is 40-60 s of
+configs/commit.py has no plain `tiny` (its variants are `<vision|audio>[_lora][_small|_tiny]` and the sweeps): it
+is run as `vision_tiny` and `sweep_tiny` (the CoMMIT sweep experiment with one tiny run). The three trainer-loop configs (commit, demo, peft) are marked slow: each tiny run is 40-60 s of
 compilation on 2 cores at toy size already, and the default suite runs them elsewhere (demo:tiny and commit's
 vision_tiny in tests/train/test_commit_task.py, peft's toy trainer runs in tests/train/test_peft_task.py).
 """
@@ -17,7 +17,7 @@ import pathlib
 import pytest
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny",)}
+TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny", "sweep_tiny")}
 SLOW = {"commit", "demo", "llava", "peft"}  # llava: its stages run in tests/train/test_llava.py (slow)
 
 

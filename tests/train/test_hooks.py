@@ -83,3 +83,21 @@ def test_registry_holds_factories_not_instances():
     assert isinstance(tasks_lib.build("peft.vit"), Task)
     with pytest.raises(TypeError, match="not an instance"):
         tasks_lib.register("toy.instance")(toy.ToyClassify())
+
+
+def test_summary_step_time_and_parameter_counts(tmp_path):
+    """`step_time_s` is the loop's own step (host-side hooks included) without the compiling first window;
+    `params` / `trainable_params` count the leaves (frozen groups excluded from the second)."""
+    from train import config as config_lib
+
+    c = toy.config(**{"train.steps": 6, "train.log_every": 2, "task_args.sleep_s": 0.05, "checkpoint.every": 0})
+    c.optim.groups.encoder = config_lib.group(frozen=True)
+    summary = loop.train(c, str(tmp_path / "w"), toy.ToyClassify)
+    assert 0.05 <= summary["step_time_s"] < summary["train_time_s"] / 3
+    m, d = c.model, c.data  # encoder: Dense(dim -> hidden) + LoRA pair; head: Dense(hidden -> classes)
+    encoder = d.dim * m.hidden + m.hidden
+    lora = m.lora_rank * (d.dim + m.hidden)
+    head = m.hidden * m.classes + m.classes
+    assert summary["params"] == encoder + lora + head and summary["trainable_params"] == lora + head
+    one = loop.train(toy.config(**{"train.steps": 1, "checkpoint.every": 0}), str(tmp_path / "one"), toy.ToyClassify)
+    assert one["step_time_s"] is None  # one logging window: nothing measured after the compilation

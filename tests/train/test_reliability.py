@@ -94,7 +94,7 @@ def test_refused_second_run_leaves_the_live_runs_files_alone(tmp_path):
         (w / "RUNNING.pid").write_text(str(live.pid))
         (w / "config.json").write_text('{"live": true}')
         c = toy.config()
-        c.task = "commit.sweep"  # a plain-function task (writes config.json itself)
+        c.task = "commit_sweep"  # an experiment (main.run writes config.json itself)
         with pytest.raises(RuntimeError, match=f"pid {live.pid}"):
             run(c, str(w))
         with pytest.raises(RuntimeError, match=f"pid {live.pid}"):

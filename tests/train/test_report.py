@@ -28,7 +28,7 @@ def test_sections_accumulate_and_files_are_whole(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
-def test_figure_metrics_and_timing(tmp_path):
+def test_figure_and_metrics(tmp_path):
     r = report_lib.Reporter(str(tmp_path))
     with r.figure("a.png") as (fig, ax):
         ax.plot([1, 2], [3, 4])
@@ -36,9 +36,6 @@ def test_figure_metrics_and_timing(tmp_path):
     assert os.path.getsize(tmp_path / "a.png") > 1000 and os.path.getsize(tmp_path / "b.png") > 1000
     r.metrics.write(3, {"loss": jnp.float32(0.5)})
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "loss": 0.5}
-    calls = []
-    t = report_lib.time_call(lambda x: calls.append(x) or jnp.ones(2), 1, reps=3, stat="median")
-    assert t >= 0 and len(calls) == 4  # one warm-up call, then reps
     assert report_lib.fmt(None) == report_lib.fmt(math.nan) == "–" and report_lib.fmt(0.123456) == "0.123"
 
 

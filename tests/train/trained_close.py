@@ -16,6 +16,7 @@ Losses are O(1) scalars: LOSS_ATOL = 1e-5 is ~100 ulps.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 
@@ -35,11 +36,9 @@ def _as_flat(tree) -> dict:
 
 
 def assert_params_close(got, want, what: str = "") -> None:
-    """Every leaf of `got` within PARAM_ATOL of `want` (trees or flat dicts); names the leaf and the gap."""
-    got, want = _as_flat(got), _as_flat(want)
-    assert got.keys() == want.keys(), f"{what}: parameter names differ: {sorted(set(got) ^ set(want))}"
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=PARAM_ATOL, err_msg=f"{what}: {k}")
+    """Every leaf of `got` within PARAM_ATOL of `want` (trees or flat dicts); chex names the differing leaves
+    (or the structures, if the names differ) and the gap."""
+    chex.assert_trees_all_close(_as_flat(got), _as_flat(want), rtol=0, atol=PARAM_ATOL, custom_message=what)
 
 
 def assert_losses_close(got, want, what: str = "") -> None:

@@ -74,3 +74,13 @@ def build(factory, config=None):
     if not isinstance(task, Task):
         raise TypeError(f"task factory {factory!r}: expected it to return a train.task.Task, got {type(task)}")
     return task
+
+
+def full_config(config):
+    """A training task's config completed from the trainer's and the task's defaults (`train.config.fill`: a
+    config file gives only what differs); an experiment's config as it is."""
+    if not is_training_task(config.task):
+        return config
+    from train import config as config_lib
+
+    return config_lib.fill(config, build(config.task).default_config())

@@ -4,8 +4,8 @@ subclassing) plus κ measurement, the dynamic learning-rate scheduler and the au
 Registered names:
   commit.train   `CommitTask` in the shared loop (also registered as `commit.task`); its end-of-run hook adds
                  `kappa_mean` / `kappa_last` to the summary and writes `kappa.png` (κ, κ̄, D_S, D_T over steps).
-  commit.sweep   the experiments (imbalance / convergence / overhead): several in-process training runs, a
-                 Markdown table and plots (see `run_sweep`).
+The experiments (imbalance / convergence / overhead: several runs of `commit.train`, a table and plots) are
+the experiment `commit_sweep` (train/tasks/commit_sweep.py).
 
 Methods (`config.task_args.method`):
   constant     every group at its configured (constant) LR
@@ -358,11 +358,3 @@ def plot_kappa(records, path: str, title: str = "") -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-@register("commit.sweep")
-def sweep(config, workdir: str) -> dict:
-    """The experiments (train/tasks/commit_sweep.py): imbalance, convergence, overhead."""
-    from train.tasks.commit_sweep import run_sweep
-
-    return run_sweep(config, workdir)

@@ -1,5 +1,6 @@
-"""CoMMIT experiments (task `commit.sweep`, configs/commit.py:sweep_<kind>): several training runs of
-`commit.train` (`CommitTask`) in one process, then a Markdown table (`<kind>.md`) and PNGs in the workdir.
+"""CoMMIT experiments (experiment `commit_sweep`, configs/commit.py:sweep_<kind>): several training runs of
+`commit.train` (`CommitTask`) in the shared loop, in one process, then a Markdown table (results.md, numbers in
+results.json) and PNGs in the workdir, through the reporter.
 
   imbalance    constant LR, the encoder side's LR x1 / x10 / x0.1: κ over steps (PAPERS.md §1 claim 1).
   convergence  methods x LR sweep x seeds x modalities: steps until the smoothed training CE reaches each
@@ -22,7 +23,9 @@ import ml_collections
 import numpy as np
 
 from train import config as config_lib
-from train.metrics import pyplot, read, write_atomic
+from train import tasks
+from train.experiment import experiment
+from train.metrics import read, write_atomic
 
 SWEEP_KEYS = ("kind", "modalities", "lora", "base_image", "base_audio", "encoder_lr_factors", "seeds", "methods",
               "lrs", "target_loss", "measure_every")
@@ -34,16 +37,15 @@ def _copy(c) -> ml_collections.ConfigDict:
 
 def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
     from train import loop
-    from train.tasks.commit import CommitTask
 
     out = os.path.join(workdir, "runs", name)
     done = os.path.join(out, "summary.json")
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f), read(os.path.join(out, "metrics.jsonl"))
-    c = config_lib.apply_overrides(_copy(base), overrides)
+    c = config_lib.apply_overrides(_copy(tasks.full_config(base)), overrides)  # base: a partial run config
     t0 = time.perf_counter()
-    summary = loop.train(c, out, CommitTask)
+    summary = loop.train(c, out, tasks.get(c.task))
     summary["wall_s"] = time.perf_counter() - t0
     write_atomic(done, json.dumps(summary, indent=2, default=str))  # a half-written cache would block the rerun
     print(f"[sweep] {name}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()
@@ -88,9 +90,8 @@ def _fmt(xs, digits=3):
 
 
 # ------------------------------------------------------------------------------------------------ experiments
-def imbalance(s, workdir):
-    plt = pyplot()
-    rows, fig_lines = [], []
+def imbalance(s, report):
+    workdir, rows, fig_lines = report.workdir, [], []
     for modality in s.modalities:
         base = s[f"base_{modality}"]
         lr = base.optim.lr
@@ -113,32 +114,24 @@ def imbalance(s, workdir):
                             f"{summary.get('eval_accuracy', float('nan')):.3f} |")
                 ds = [(r["step"], r["d_s"]) for r in recs if r.get("d_s", 0) > 0]
                 fig_lines.append((f"{modality}, encoder LR ×{f:g} (seed {seed})", ks, ds))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
-    for label, ks, ds in fig_lines:
-        line, = ax.plot(*zip(*ks), lw=1, label=label)
-        bx.plot(*zip(*ds), lw=1, color=line.get_color(), label=label)
-    bx.set_yscale("log")
-    bx.set_xlabel("step")
-    bx.set_ylabel("D_S (KL of the encoder side's proposed step)")
-    bx.grid(alpha=0.3)
-    ax.axhline(0.5, color="gray", ls=":", lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("κ")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("κ under constant LR; encoder-side LR ×1 / ×10 / ×0.1")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "commit_imbalance.png"), dpi=100)
-    plt.close(fig)
+    with report.figure("commit_imbalance.png", figsize=(12, 4), ncols=2, dpi=100) as (fig, (ax, bx)):
+        for label, ks, ds in fig_lines:
+            line, = ax.plot(*zip(*ks), lw=1, label=label)
+            bx.plot(*zip(*ds), lw=1, color=line.get_color(), label=label)
+        bx.set(yscale="log", xlabel="step", ylabel="D_S (KL of the encoder side's proposed step)")
+        ax.axhline(0.5, color="gray", ls=":", lw=1)
+        ax.set(xlabel="step", ylabel="κ", ylim=(-0.02, 1.02),
+               title="κ under constant LR; encoder-side LR ×1 / ×10 / ×0.1")
+        ax.legend(fontsize=7)
+        for a in (ax, bx):
+            a.grid(alpha=0.3)
     head = ("| modality | encoder LR | seed | median D_S | median D_T | mean κ | mean κ (2nd half) | std κ (2nd half) | range | "
             "fraction of measurements where κ−0.5 changes sign (2nd half) | final CE | eval acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows), {}
 
 
-def convergence(s, workdir):
-    plt = pyplot()
-    out, tables, result = [], [], {}
+def convergence(s, report):
+    workdir, tables, result = report.workdir, [], {}
     targets = s.target_loss
     for modality in s.modalities:
         base = s[f"base_{modality}"]
@@ -177,33 +170,27 @@ def convergence(s, workdir):
             f"| method | best LR | final CE at LR {lrs} (seed {s.seeds[0]}) | steps to CE ≤ {tgt:g} (reached) | "
             f"final CE | eval exact match | mean κ | LLM-side LR multiplier per window (first seed) |\n"
             f"|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-        for method, m in per_method.items():
-            curves = [smoothed_ce(r[1]) for r in m["runs"]]
-            n = min(len(c[1]) for c in curves)
-            ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], 0), lw=1.2, label=method)
-            ks = [np.array([(q["step"], q["kappa"]) for q in r[1] if "kappa" in q]) for r in m["runs"]]
-            n = min(len(k) for k in ks)
-            bx.plot(ks[0][:n, 0], np.mean([k[:n, 1] for k in ks], 0), lw=1, label=method)
-        ax.axhline(tgt, color="gray", ls=":", lw=1)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("training CE (EMA, mean over seeds)")
-        bx.set_xlabel("step")
-        bx.set_ylabel("κ (mean over seeds)")
-        bx.set_ylim(-0.02, 1.02)
-        for a in (ax, bx):
-            a.grid(alpha=0.3)
-            a.legend(fontsize=7)
-        fig.suptitle(f"CoMMIT convergence — {modality}{' (LoRA LLM)' if s.lora else ''}")
-        fig.tight_layout()
-        fig.savefig(os.path.join(workdir, f"commit_convergence_{modality}.png"), dpi=100)
-        plt.close(fig)
+        with report.figure(f"commit_convergence_{modality}.png", figsize=(11, 4), ncols=2, dpi=100) as (fig, axes):
+            ax, bx = axes
+            for method, m in per_method.items():
+                curves = [smoothed_ce(r[1]) for r in m["runs"]]
+                n = min(len(c[1]) for c in curves)
+                ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], 0), lw=1.2, label=method)
+                ks = [np.array([(q["step"], q["kappa"]) for q in r[1] if "kappa" in q]) for r in m["runs"]]
+                n = min(len(k) for k in ks)
+                bx.plot(ks[0][:n, 0], np.mean([k[:n, 1] for k in ks], 0), lw=1, label=method)
+            ax.axhline(tgt, color="gray", ls=":", lw=1)
+            ax.set(yscale="log", xlabel="step", ylabel="training CE (EMA, mean over seeds)")
+            bx.set(xlabel="step", ylabel="κ (mean over seeds)", ylim=(-0.02, 1.02))
+            for a in (ax, bx):
+                a.grid(alpha=0.3)
+                a.legend(fontsize=7)
+            fig.suptitle(f"CoMMIT convergence — {modality}{' (LoRA LLM)' if s.lora else ''}")
     return "\n\n".join(tables), result
 
 
-def overhead(s, workdir):
-    rows = []
+def overhead(s, report):
+    workdir, rows = report.workdir, []
     for modality in s.modalities:
         base = s[f"base_{modality}"]
         settings = [("constant", m) for m in s.measure_every] + [("commit", 10)]
@@ -220,22 +207,22 @@ def overhead(s, workdir):
     return head + "\n" + "\n".join(rows), {}
 
 
-def run_sweep(config, workdir: str) -> dict:
+def check_sweep(config):
+    config_lib.check_keys("sweep", config.sweep, SWEEP_KEYS)
+    if config.sweep.kind not in KINDS:
+        raise ValueError(f"config.sweep.kind: expected one of {sorted(KINDS)}, got {config.sweep.kind!r}")
+
+
+KINDS = {"imbalance": imbalance, "convergence": convergence, "overhead": overhead}
+
+
+@experiment("commit_sweep", check=check_sweep)
+def run_sweep(config, report) -> dict:
     s = config.sweep
-    config_lib.check_keys("sweep", s, SWEEP_KEYS)
-    os.makedirs(workdir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", report.path("jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    kinds = {"imbalance": imbalance, "convergence": convergence, "overhead": overhead}
-    if s.kind not in kinds:
-        raise ValueError(f"config.sweep.kind: expected one of {sorted(kinds)}, got {s.kind!r}")
     t0 = time.perf_counter()
-    table, result = kinds[s.kind](s, workdir)
+    table, result = KINDS[s.kind](s, report)
     wall = time.perf_counter() - t0
-    text = f"{table}\n\n(sweep wall clock {wall / 60:.1f} min)\n"
-    with open(os.path.join(workdir, f"{s.kind}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(workdir, f"{s.kind}.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    print(text, flush=True)
-    return {"kind": s.kind, "wall_s": wall, "table": os.path.join(workdir, f"{s.kind}.md")}
+    report.section(f"{table}\n\n(sweep wall clock {wall / 60:.1f} min)\n", **{s.kind: result})
+    return {"kind": s.kind, "wall_s": wall, "table": report.path("results.md")}

@@ -2,6 +2,7 @@
 the theorem's rates, query time and memory, an empirical privacy audit, an adaptive attacker, and a small model
 answering from a private context.
 
+The `model` part trains through the shared loop (task `dp_cross_attention.private_context`, in <workdir>/model).
 Each part writes a Markdown section (results.md, sections in order) and a PNG into the workdir through
 `train.report`; every number also goes to results.json. Data: rows of K, Q uniform in [−R, R]^d, V uniform in
 [−R_w, R_w]^{d_v}.
@@ -13,14 +14,19 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jaxmm.ops.polynomial import polynomial_features
 from jaxmm.privacy.cross_attention import (dp_cross_attention, dp_cross_attention_init, empirical_epsilon,
                                               exact_cross_attention, llr_scores, release_feature_sums,
                                               release_sensitivity, released_vector)
+from jaxmm.timing import time_call
 from train.experiment import experiment
-from train.report import line_plot, table as _table, time_call
+from train.metrics import read
+from train.report import line_plot, table as _table
+from train.task import Task
+from train.tasks import register
 
 EXPERIMENTS = ("error_vs_n", "error_vs_eps", "error_vs_degree", "query_time", "memory", "audit", "adaptive",
                "model")
@@ -141,14 +147,14 @@ def query_time(c, report):
             init = jax.jit(lambda k, KK, VV, m=method: dp_cross_attention_init(
                 k, KK, VV, epsilon=c.epsilon, delta=c.delta, bound_qk=c.bound_qk, bound_v=c.bound_v,
                 degree=c.degree, method=m))
-            t_init = time_call(init, jax.random.key(0), K, V, reps=3, stat="median")
+            t_init = time_call(init, jax.random.key(0), K, V, reps=3).median
             st = init(jax.random.key(0), K, V)
-            t_q = time_call(dp_cross_attention, st, Q, stat="median")
+            t_q = time_call(dp_cross_attention, st, Q).median
             rows.append([method, n, t_init * 1e3, t_q * 1e3, st.memory_floats])
             series[method][0].append(n)
             series[method][1].append(t_q * 1e3)
             res[f"{method}_{n}"] = {"init_ms": t_init * 1e3, "query_ms": t_q * 1e3}
-        t_ex = time_call(jax.jit(exact_cross_attention), Q, K, V, stat="median")
+        t_ex = time_call(jax.jit(exact_cross_attention), Q, K, V).median
         rows.append(["exact attention", n, None, t_ex * 1e3, n * (c.d + c.d_v)])
         series["exact"][0].append(n)
         series["exact"][1].append(t_ex * 1e3)
@@ -338,73 +344,106 @@ def adaptive(c, report):
     return md, {k: v[1] for k, v in curves.items()}
 
 
+def _contexts(rng, b, n, lq):
+    """b private contexts of n labelled points and lq queries each: (queries [b, lq, 2], context [b, n, 4],
+    query labels [b, lq]); a context's hidden sign σ decides y = [σ·x₁ > 0]."""
+    sig = rng.choice([-1.0, 1.0], (b, 1))
+    x = rng.uniform(-1, 1, (b, n, 2))
+    y = (sig * x[..., 0] > 0).astype(np.int32)
+    qx = rng.uniform(-1, 1, (b, lq, 2))
+    qy = (sig * qx[..., 0] > 0).astype(np.int32)
+    return qx.astype(np.float32), np.concatenate([x, np.eye(2)[y]], -1).astype(np.float32), qy
+
+
+class PrivateContext(Task):
+    """The private-context model (part `model`) in the shared loop: a one-layer `DPCrossAttention` trained with
+    the noise off (ε = ∞) on public synthetic contexts (training example i drawn from seed [data.seed, i]); at
+    the end (`on_end`) the accuracy with private contexts at each ε of `task_args.eval_eps`."""
+
+    metric = "final_loss"
+
+    def default_config(self):
+        return ml_collections.ConfigDict(dict(
+            model=dict(head_dim=4, degree=2, scale=1.0, delta=1e-5),
+            data=dict(context=64, queries=8, train_contexts=12800, seed=0),
+            task_args=dict(eval_ns=(64,), eval_eps=(1.0,), eval_contexts=4, eval_queries=16)))
+
+    def build_model(self, config):
+        from jaxmm.privacy.layers import DPCrossAttention
+
+        m = config.model
+        return DPCrossAttention(num_heads=1, head_dim=m.head_dim, out_features=2, epsilon=math.inf, delta=m.delta,
+                                bound_qk=1.0, bound_v=1.0, degree=m.degree, method="release", scale=m.scale)
+
+    def datasets(self, config):
+        import grain
+
+        d = config.data
+
+        def example(i):
+            qx, ctx, qy = _contexts(np.random.default_rng([d.seed, int(i)]), 1, d.context, d.queries)
+            return {"x": qx[0], "context": ctx[0], "labels": qy[0]}
+
+        return grain.MapDataset.range(d.train_contexts).map(example), None
+
+    def model_inputs(self, batch):
+        return {"x": batch["x"], "context": batch["context"]}
+
+    def loss_fn(self, model, params, batch, rng, extra=None):
+        import optax
+
+        logits = model.apply({"params": params}, batch["x"], batch["context"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean(), {}
+
+    def on_end(self, ctx):
+        a, out = ctx.config.task_args, {}
+        for n_eval in a.eval_ns:
+            for eps in a.eval_eps:
+                qx, cx, qy = _contexts(np.random.default_rng(1), a.eval_contexts, n_eval, a.eval_queries)
+                logits = jax.jit(lambda p, x, c, m=ctx.model.clone(epsilon=eps): m.apply(
+                    {"params": p}, x, c, rngs={"dp": jax.random.key(5)}))(ctx.state.params, qx, cx)
+                out[f"accuracy_n{n_eval}_eps{eps}"] = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == qy))
+        return out
+
+
+register("dp_cross_attention.private_context")(PrivateContext)
+
+
 def model(c, report):
     """A one-layer model answers "which side of the hidden boundary is q?" by reading a private context of
     labelled points through DPCrossAttention. Each context draws a hidden sign σ; token i = [x_i, onehot(y_i)],
     y_i = [σ·x_i1 > 0]. Without the context the answer is a coin flip (σ is per context). Trained with the
     noise off (ε = ∞: polynomial attention) on public synthetic contexts, evaluated with private contexts
     at each ε."""
-    import optax
+    from train.main import run
 
-    from jaxmm.privacy.layers import DPCrossAttention
-
-    def batch(rng, b, n, lq):
-        sig = rng.choice([-1.0, 1.0], (b, 1))
-        x = rng.uniform(-1, 1, (b, n, 2))
-        y = (sig * x[..., 0] > 0).astype(np.int32)
-        qx = rng.uniform(-1, 1, (b, lq, 2))
-        qy = (sig * qx[..., 0] > 0).astype(np.int32)
-        ctx = np.concatenate([x, np.eye(2)[y]], -1).astype(np.float32)
-        return qx.astype(np.float32), ctx, qy
-
-    def make(eps):
-        return DPCrossAttention(num_heads=1, head_dim=c.model_head_dim, out_features=2, epsilon=eps,
-                                delta=c.delta, bound_qk=1.0, bound_v=1.0, degree=c.model_degree, method="release",
-                                scale=c.model_scale)
-
-    rng = np.random.default_rng(0)
-    qx, ctx, qy = batch(rng, 8, c.model_train_n, 8)
-    params = make(math.inf).init(jax.random.key(0), qx, ctx)
-    opt = optax.adam(c.model_lr)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(p, o, qx, ctx, qy):
-        def loss_fn(p):
-            logits = make(math.inf).apply(p, qx, ctx)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, qy).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        upd, o = opt.update(grads, o, p)
-        return optax.apply_updates(p, upd), o, loss
-
-    losses = []
-    for i in range(c.model_steps):
-        qx, ctx, qy = batch(rng, 32, c.model_train_n, 8)
-        params, opt_state, loss = step(params, opt_state, qx, ctx, qy)
-        losses.append(float(loss))
+    cfg = ml_collections.ConfigDict(dict(
+        task="dp_cross_attention.private_context", seed=0,
+        model=dict(head_dim=c.model_head_dim, degree=c.model_degree, scale=c.model_scale, delta=c.delta),
+        data=dict(context=c.model_train_n, train_contexts=32 * c.model_steps),
+        task_args=dict(eval_ns=c.model_eval_ns, eval_eps=c.model_eps, eval_contexts=c.model_eval_contexts),
+        train=dict(steps=c.model_steps, batch_size=32, grad_clip=0.0, log_every=max(1, c.model_steps // 20),
+                   progress=False, plots=False),
+        optim=dict(name="adam", lr=c.model_lr, schedule="constant"), checkpoint=dict(async_save=False)))
+    out = run(cfg, report.path("model"))
+    losses = [r["loss"] for r in read(report.path("model/metrics.jsonl")) if "loss" in r]
+    final = float(np.mean(losses[-5:]))
     rows, res, series = [], {}, {}
     for n_eval in c.model_eval_ns:
-        accs = []
-        for eps in c.model_eps:
-            erng = np.random.default_rng(1)
-            qx, ctx, qy = batch(erng, c.model_eval_contexts, n_eval, 16)
-            logits = jax.jit(lambda p, a, b, e=eps: make(e).apply(p, a, b, rngs={"dp": jax.random.key(5)}))(
-                params, qx, ctx)
-            acc = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == qy))
-            accs.append(acc)
-            rows.append([n_eval, eps, acc])
-            res[f"{n_eval}_{eps}"] = acc
+        accs = [out[f"accuracy_n{n_eval}_eps{eps}"] for eps in c.model_eps]
+        rows += [[n_eval, eps, acc] for eps, acc in zip(c.model_eps, accs)]
+        res.update({f"{n_eval}_{eps}": acc for eps, acc in zip(c.model_eps, accs)})
         series[f"n = {n_eval}"] = ([e if math.isfinite(e) else 1e4 for e in c.model_eps], accs)
     line_plot(report, "dp_xattn_model.png", "private-context model: accuracy vs ε (∞ drawn at 1e4)", "ε",
-          "accuracy", series, logy=False)
-    md = (f"### A small model answering from a private context ({c.model_steps} Adam steps at ε = ∞ on "
-          f"contexts of {c.model_train_n} tokens; final train loss {np.mean(losses[-20:]):.3f}; evaluated on "
-          f"{c.model_eval_contexts} private contexts × 16 queries; chance = 0.5)\n\n"
-          + model.__doc__.replace("\n   ", "").split("\n\n")[0] + "\n\n"
+              "accuracy", series, logy=False)
+    md = (f"### A small model answering from a private context ({c.model_steps} Adam steps of 32 contexts at "
+          f"ε = ∞ on contexts of {c.model_train_n} tokens, in the shared loop; final train loss {final:.3f} (mean "
+          f"of the last 5 logged); evaluated on {c.model_eval_contexts} private contexts × 16 queries; chance = 0.5)"
+          "\n\n" + model.__doc__.replace("\n   ", "").split("\n\n")[0] + "\n\n"
           + _table(["context tokens n", "ε", "accuracy"], rows)
           + "\n\nThe noise on the released sums is fixed by ε while the signal grows with n: larger contexts "
             "stay accurate at smaller ε.\n![](dp_xattn_model.png)\n")
-    return md, {"accuracy": res, "final_loss": float(np.mean(losses[-20:]))}
+    return md, {"accuracy": res, "final_loss": final}
 
 
 FNS = dict(error_vs_n=error_vs_n, error_vs_eps=error_vs_eps, error_vs_degree=error_vs_degree,

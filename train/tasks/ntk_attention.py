@@ -9,25 +9,24 @@ plain attention) and are trained with Adam on the mean squared error over a fixe
 `param_scale="m"` (default) Adam trains (Z, k)/m: both are sums over the m prefix tokens in the paper's derivation
 and must grow like m, which Adam at lr 1e-3 (steps of ~1e-3) cannot reach from zero within a few thousand steps
 when m is large (measured with param_scale="1": m = 16384 stays at the untrained error). Reported: the
-relative Frobenius error ‖NTK − Prefix‖ / ‖Prefix‖ on held-out inputs, computed with `jaxmm.ops.ntk_attention`
+relative Frobenius error ‖NTK − Prefix‖ / ‖Prefix‖ on held-out inputs, computed with `jaxmm.attention.ntk_attention`
 itself, next to the error of dropping the prefix altogether (Z = k = 0).
 
-Speed: Q, K, V are frozen, so the real-key half of NTK-Attention (the flash output o and log-sum-exp of the real
-keys) is computed once per input; a training step only recomputes the prefix terms (φ(Q)Z, φ(Q)|k|) and the
-exact combine — the same functions the op uses (`prefix_terms`, `combine`).
+Each m is one run of the training task `ntk_attention.prefix_fit` in the shared loop (train/loop.py), in
+<workdir>/m<m>. Q, K, V are frozen, so the task's examples carry the real-key half of NTK-Attention (the flash
+output o and log-sum-exp of the real keys, computed once); a step only recomputes the prefix terms (φ(Q)Z, φ(Q)|k|)
+and the exact combine — the functions the op uses (`prefix_terms`, `combine`).
 
-Writes into the workdir through `train.report`: results.md (table), results.json, ntk_attention_sec44.png (error vs
-m), metrics.jsonl.
+The experiment `ntk_attention.sec44` writes results.md (table), results.json and ntk_attention_sec44.png.
 """
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
 from jaxmm.attention import ntk_attention
 from jaxmm.ops.attention import prefix_attention
@@ -35,10 +34,105 @@ from jaxmm.ops.flash import flash_attention_xla
 from jaxmm.ops.ntk import combine, prefix_terms
 from train.experiment import experiment
 from train.report import table
+from train.task import Task
+from train.tasks import register
 
 
 def _rel_err(a, b):
     return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
+
+
+def _fit_output(params, q, o, lse, scale):
+    """NTK-Attention from the frozen real-key half (o, lse) and the trained prefix statistics scale·(Z, k)."""
+    c, w = prefix_terms(q, scale * params["z"], scale * params["kvec"])
+    return combine(o, lse, c, w)[0]
+
+
+class PrefixFit(Task):
+    """(Z, k) of one prefix length `model.prefix_length` fitted to explicit prefix attention (module docstring).
+    The model is the pure function `_fit_output` (no Linen module: two arrays). Eval: the relative errors of the
+    op itself on the held-out inputs."""
+
+    metric = "rel_err_ntk"
+
+    def default_config(self):
+        return ml_collections.ConfigDict(dict(
+            model=dict(prefix_length=2, head_dim=64, heads=1, init="zeros", param_scale="m"),
+            data=dict(length=128, n_train=512, n_test=128, is_causal=False, chunk=16)))
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if config is not None:
+            m = config.model
+            self.scale = float(m.prefix_length if m.param_scale == "m" else 1.0)
+
+    def build_model(self, config):
+        m = config.model
+        if m.param_scale not in ("m", "1"):
+            raise ValueError(f"config.model.param_scale: expected 'm' or '1', got {m.param_scale!r}")
+        if m.init not in ("zeros", "normal"):
+            raise ValueError(f"config.model.init: expected 'zeros' or 'normal', got {m.init!r}")
+        return None
+
+    def datasets(self, config):
+        """Train rows (q, o, lse, target) and held-out rows (+ k, v for the op), all from `config.seed`."""
+        m, dc = config.model, config.data
+        d, H, L, n_all = m.head_dim, m.heads, dc.length, dc.n_train + dc.n_test
+        k_w, k_x, k_p = jax.random.split(jax.random.key(config.seed), 3)
+        w_q, w_k, w_v = jax.random.normal(k_w, (3, d, H, d)) / math.sqrt(d)       # frozen projections
+        proj = lambda t, w: jnp.einsum("bld,dhe->blhe", t, w)                     # noqa: E731
+        x = jax.random.normal(k_x, (n_all, L, d))
+        q, k, v = proj(x, w_q), proj(x, w_k), proj(x, w_v)                          # [N, L, H, d]
+        o, lse = jax.jit(lambda q, k, v: flash_attention_xla(q, k, v, is_causal=dc.is_causal, block_k=L))(q, k, v)
+        p = jax.random.normal(jax.random.fold_in(k_p, m.prefix_length), (1, m.prefix_length, d))
+        target_fn = jax.jit(lambda q, k, v: prefix_attention(q, k, v, proj(p, w_k), proj(p, w_v),
+                                                             is_causal=dc.is_causal))
+        target = jnp.concatenate([target_fn(q[i:i + dc.chunk], k[i:i + dc.chunk], v[i:i + dc.chunk])
+                                  for i in range(0, n_all, dc.chunk)])
+        cols = {n: np.asarray(a) for n, a in dict(q=q, o=o, lse=lse, target=target, k=k, v=v).items()}
+        rows = lambda lo, hi, names: [{n: cols[n][i] for n in names} for i in range(lo, hi)]  # noqa: E731
+        return (rows(0, dc.n_train, ("q", "o", "lse", "target")),
+                rows(dc.n_train, n_all, ("q", "o", "lse", "target", "k", "v")))
+
+    def init_variables(self, model, batch, rng):
+        m = self.config.model
+        H, d = m.heads, m.head_dim
+        if m.init == "zeros":
+            return {"params": {"z": jnp.zeros((H, d, d)), "kvec": jnp.zeros((H, d))}}
+        kz, kk = jax.random.split(rng)
+        return {"params": {"z": 0.02 * jax.random.normal(kz, (H, d, d)), "kvec": 0.02 * jax.random.normal(kk, (H, d))}}
+
+    def loss_fn(self, model, params, batch, rng, extra=None):
+        out = _fit_output(params, batch["q"], batch["o"], batch["lse"], self.scale)
+        return jnp.mean((out - batch["target"]) ** 2), {}
+
+    def evaluate(self, ctx):
+        """Held-out errors through the op (not the training shortcut), and the "drop the prefix" error."""
+        ev = {n: jnp.stack([ex[n] for ex in ctx.eval_data]) for n in ctx.eval_data[0]}
+        m, dc = self.config.model, self.config.data
+        op = jax.jit(lambda z, kv: ntk_attention(ev["q"], ev["k"], ev["v"], z, kv, is_causal=dc.is_causal,
+                                                 implementation="xla", block_k=dc.length))
+        params = jax.device_get(ctx.state.params)
+        ntk_out = op(self.scale * params["z"], self.scale * params["kvec"])
+        no_prefix = op(jnp.zeros((m.heads, m.head_dim, m.head_dim)), jnp.zeros((m.heads, m.head_dim)))
+        shortcut = _fit_output(params, ev["q"], ev["o"], ev["lse"], self.scale)
+        return {"rel_err_ntk": _rel_err(ntk_out, ev["target"]), "rel_err_no_prefix": _rel_err(no_prefix, ev["target"]),
+                "op_vs_shortcut": _rel_err(shortcut, ntk_out)}
+
+
+register("ntk_attention.prefix_fit")(PrefixFit)
+
+
+def run_config(e, m: int, seed: int) -> ml_collections.ConfigDict:
+    """The trainer config of prefix length m (only what differs from the trainer's and the task's defaults)."""
+    return ml_collections.ConfigDict(dict(
+        task="ntk_attention.prefix_fit", seed=seed,
+        model=dict(prefix_length=m, head_dim=e.head_dim, heads=e.heads, init=e.init, param_scale=e.param_scale),
+        data=dict(length=e.length, n_train=e.n_train, n_test=e.n_test, is_causal=e.is_causal, chunk=e.chunk),
+        train=dict(steps=e.steps, batch_size=e.batch_size, grad_clip=0.0, log_every=e.log_every,
+                   eval_batch_size=e.n_test, progress=False, plots=False),
+        optim=dict(name="adam", lr=e.learning_rate, schedule="constant"),
+        checkpoint=dict(async_save=False)))
 
 
 def check_config(config):
@@ -50,111 +144,26 @@ def check_config(config):
         raise ValueError(f"config.experiment.prefix_lengths: expected positive integers, got {e.prefix_lengths}")
     if e.batch_size > e.n_train:
         raise ValueError(f"config.experiment.batch_size: expected <= n_train ({e.n_train}), got {e.batch_size}")
-    if e.param_scale not in ("m", "1"):
-        raise ValueError(f"config.experiment.param_scale: expected 'm' or '1', got {e.param_scale!r}")
-    if e.init not in ("zeros", "normal"):
-        raise ValueError(f"config.experiment.init: expected 'zeros' or 'normal', got {e.init!r}")
+    if e.param_scale not in ("m", "1") or e.init not in ("zeros", "normal"):
+        raise ValueError(f"config.experiment.param_scale / init: expected 'm' or '1' / 'zeros' or 'normal', got "
+                         f"{e.param_scale!r} / {e.init!r}")
 
 
 @experiment("ntk_attention.sec44", check=check_config)
 def run(config, report) -> dict:
-    from tqdm.auto import tqdm
+    from train.main import run as run_one
 
-    e = config.experiment
-    d, L, H = int(e.head_dim), int(e.length), int(e.heads)
-    causal = bool(e.is_causal)
-    t_start = time.time()
-    key = jax.random.key(int(config.seed))
-    k_w, k_x, k_p, k_init = jax.random.split(key, 4)
-    w_q, w_k, w_v = jax.random.normal(k_w, (3, d, H, d)) / math.sqrt(d)       # frozen projections
-    n_all = int(e.n_train) + int(e.n_test)
-    x = jax.random.normal(k_x, (n_all, L, d))
-    proj = lambda t, w: jnp.einsum("bld,dhe->blhe", t, w)
-    q, k, v = proj(x, w_q), proj(x, w_k), proj(x, w_v)                          # [N, L, H, d]
-
-    # the frozen real-key half of NTK-Attention, once for all m
-    real = jax.jit(lambda q, k, v: flash_attention_xla(q, k, v, is_causal=causal, block_k=L))
-    o_real, lse_real = real(q, k, v)
-    tr, te = slice(0, int(e.n_train)), slice(int(e.n_train), n_all)
-
-    def ntk_from_parts(params, qb, o, lse, scale):
-        c, w = prefix_terms(qb, scale * params["z"], scale * params["kvec"])
-        return combine(o, lse, c, w)[0]
-
-    def loss_fn(params, qb, ob, lb, target, scale):
-        return jnp.mean((ntk_from_parts(params, qb, ob, lb, scale) - target) ** 2)
-
-    opt = optax.adam(float(e.learning_rate))
-
-    @jax.jit
-    def train_steps(params, state, batches, scale):
-        def step(carry, b):
-            params, state = carry
-            loss, g = jax.value_and_grad(loss_fn)(params, *b, scale)
-            upd, state = opt.update(g, state, params)
-            return (optax.apply_updates(params, upd), state), loss
-        (params, state), losses = jax.lax.scan(step, (params, state), batches)
-        return params, state, losses
-
-    op = jax.jit(lambda q, k, v, z, kv: ntk_attention(q, k, v, z, kv, is_causal=causal, implementation="xla",
-                                                      block_k=L))
-    rows, metrics = [], report.metrics
-    ms = [int(m) for m in e.prefix_lengths]
-    steps, log_every = int(e.steps), max(1, int(e.log_every))
-    bar = tqdm(total=len(ms) * steps, desc="ntk_attention.sec44", unit="step")
-    for mi, m in enumerate(ms):
-        kp_m = jax.random.normal(jax.random.fold_in(k_p, m), (1, m, d))
-        kp, vp = proj(kp_m, w_k), proj(kp_m, w_v)                               # [1, m, H, d]
-        target_fn = jax.jit(lambda qq, kk, vv: prefix_attention(qq, kk, vv, kp, vp, is_causal=causal))
-        chunk = int(e.chunk)
-        target = jnp.concatenate([target_fn(q[i:i + chunk], k[i:i + chunk], v[i:i + chunk])
-                                  for i in range(0, n_all, chunk)], axis=0)
-        if e.init == "zeros":
-            params = {"z": jnp.zeros((H, d, d)), "kvec": jnp.zeros((H, d))}
-        else:
-            kz, kk_ = jax.random.split(jax.random.fold_in(k_init, m))
-            params = {"z": 0.02 * jax.random.normal(kz, (H, d, d)), "kvec": 0.02 * jax.random.normal(kk_, (H, d))}
-        # Z and k stand for sums over the m prefix tokens (Z = Σ_p φ(k_p)ᵀ v_p, k = Σ_p φ(k_p) in the paper's
-        # derivation), so with param_scale="m" Adam trains (Z, k) / m [reconstruction, see the module docstring]
-        scale = jnp.float32(m if e.param_scale == "m" else 1.0)
-        state = opt.init(params)
-        rng = np.random.default_rng(int(config.seed) * 1000 + m)
-        done, losses = 0, []
-        while done < steps:
-            n = min(log_every, steps - done)
-            idx = rng.integers(0, int(e.n_train), size=(n, int(e.batch_size)))
-            batches = (q[tr][idx], o_real[tr][idx], lse_real[tr][idx], target[tr][idx])
-            params, state, ls = train_steps(params, state, batches, scale)
-            done += n
-            loss = float(ls[-1])
-            losses.append(loss)
-            metrics.write(done, {"m": m, "train_mse": loss})
-            bar.update(n)
-            bar.set_postfix(m=m, mse=f"{loss:.2e}")
-        # held-out error through the op itself (not the training shortcut), and the "drop the prefix" error
-        tgt = target[te]
-        z_fit, k_fit = scale * params["z"], scale * params["kvec"]
-        ntk_out = op(q[te], k[te], v[te], z_fit, k_fit)
-        no_prefix = op(q[te], k[te], v[te], jnp.zeros((H, d, d)), jnp.zeros((H, d)))
-        shortcut = ntk_from_parts(params, q[te], o_real[te], lse_real[te], scale)
-        row = {"m": m, "rel_err_ntk": _rel_err(ntk_out, tgt), "rel_err_no_prefix": _rel_err(no_prefix, tgt),
-               "op_vs_shortcut": _rel_err(shortcut, ntk_out), "final_train_mse": losses[-1]}
-        rows.append(row)
-        metrics.write(done, {"m": m, "eval": row})
-    bar.close()
-    wall = time.time() - t_start
-    _write_outputs(report, config, rows, wall)
-    summary = {"wall_s": wall, "n_prefix_lengths": len(rows)}
-    for r in rows:
-        summary[f"rel_err_m{r['m']}"] = r["rel_err_ntk"]
-    return summary
-
-
-def _write_outputs(report, config, rows, wall):
-    e = config.experiment
+    e, rows = config.experiment, []
+    for m in e.prefix_lengths:
+        out = run_one(run_config(e, int(m), int(config.seed)), report.path(f"m{m}"))
+        rows.append({"m": int(m), **{k: out[k] for k in ("rel_err_ntk", "rel_err_no_prefix", "op_vs_shortcut")},
+                     "final_train_mse": out["final_loss"], "train_time_s": out["train_time_s"]})
+        print(f"[sec44] m={m}: rel. error {out['rel_err_ntk']:.4f} (no prefix {out['rel_err_no_prefix']:.4f})",
+              flush=True)
+    wall = sum(r["train_time_s"] for r in rows)
     head = (f"NTK-Attention Sec. 4.4 [reconstruction]: d={e.head_dim}, L={e.length}, heads={e.heads}, "
             f"causal={e.is_causal}, Adam lr {e.learning_rate} on (Z, k)/{e.param_scale}, {e.steps} steps x batch "
-            f"{e.batch_size} on {e.n_train} inputs, error on {e.n_test} held-out inputs; wall {wall:.0f} s")
+            f"{e.batch_size} on {e.n_train} inputs, error on {e.n_test} held-out inputs; training {wall:.0f} s")
     cells = [[r["m"], f"{r['rel_err_ntk']:.4f}", f"{r['rel_err_no_prefix']:.4f}", f"{r['final_train_mse']:.2e}"]
              for r in rows]
     with report.figure("ntk_attention_sec44.png", figsize=(5.5, 3.8)) as (fig, ax):
@@ -169,4 +178,5 @@ def _write_outputs(report, config, rows, wall):
         ax.legend()
     report.section(head + "\n\n" + table(["prefix length m", "rel. error NTK-Attention (trained Z, k)",
                                            "rel. error without prefix (Z = k = 0)", "final train MSE"], cells),
-                   rows=rows, wall_s=wall, experiment=e.to_dict())
+                   rows=rows, train_time_s=wall, experiment=e.to_dict())
+    return {"train_time_s": wall, "n_prefix_lengths": len(rows), **{f"rel_err_m{r['m']}": r["rel_err_ntk"] for r in rows}}

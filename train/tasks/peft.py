@@ -1,35 +1,30 @@
 """PEFT through the shared trainer: full fine-tuning, LoRA, P-Tuning v2 and NTK-Attention (arXiv 2406.14036) on a
 small ViT and a small LLM pre-trained on embedded data, and the experiment that fills the PEFT table.
 
-Tasks:
-  `peft.vit`    images -> ViT -> pooled [CLS] -> linear head; scikit-learn's 8×8 digits (1 channel, 2×2 patches)
+Tasks (model: `jaxmm.models.classifier.Classifier`, a backbone + linear `head`):
+  `peft.vit`    images -> ViT -> pooled [CLS] -> head; scikit-learn's 8×8 digits (1 channel, 2×2 patches)
                 restricted to `data.classes` (pre-train: digits 0–4; adapt: digits 5–9 — unseen classes, new head).
   `peft.llm`    byte-level LLM. objective "lm": next-byte pre-training on procedural review sentences;
                 objective "classify": the same kind of sentences -> the last real token's final hidden state ->
-                linear head; label = sentiment of the last clause: polarity(adjective) XOR "not", and with
-                "but" the second clause decides ("the food was not good but the song was great" -> positive).
-  `peft.table`  the experiment (a plain run(config, workdir)): pre-train each backbone once, adapt with every
-                method × seed, then time the train steps of all methods back to back in this process
-                (round-robin, median), and write table.md / table.json into the workdir.
+                head; label = sentiment of the last clause: polarity(adjective) XOR "not", and with "but" the
+                second clause decides ("the food was not good but the song was great" -> positive).
+  `peft.table`  the experiment: pre-train each backbone once, adapt with every method × seed, each a run of the
+                shared loop; the table (accuracy, trainable params and the step time, both from the runs'
+                summaries) goes to results.md / results.json through the reporter.
 
 Methods (`model.method`): "full" (every param trains), "lora" (r=8, α=16 on q, v), "prefix" (P-Tuning v2,
-m=10 prefix keys/values in every layer), "ntk" (per-head Z [d, d], k [d], zero-init). For every method but
-"full" the config freezes the `backbone` group (train/optim.py), so only the method's group (`lora`, `prefix`,
-`ntk`) and the task `head` train; the loss also stops the gradient into frozen groups so their weight gradients
-are never computed (the step time is then that of a real PEFT step).
+m=10 prefix keys/values in every layer), "ntk" (per-head Z [d, d], k [d], zero-init), "head" (the linear-probe
+control). For every method but "full" the run freezes the `backbone` group (train/optim.py), so only the
+method's group (`lora`, `prefix`, `ntk`) and the `head` train; the loss also stops the gradient into frozen
+groups so their weight gradients are never computed (the step time is then that of a real PEFT step).
 The backbone of an adapt run is loaded from `task_args.init_from` (a flax msgpack of the pre-trained `backbone`
 params, written by a pre-train run with `task_args.save_params`); the method's params and the head are fresh.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
-import statistics
-import time
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,6 +33,7 @@ import optax
 from flax import serialization, traverse_util
 
 from train.metrics import write_atomic
+from train.experiment import experiment
 from train.task import Hook, Task
 from train.tasks import register
 
@@ -88,60 +84,20 @@ def sentence_data(n: int, seed: int, max_len: int, split: str):
 
 
 # ------------------------------------------------------------------------------------------------ model
-class PeftModel(nn.Module):
-    """`backbone` (ViT or LLM) + `head` (Dense to num_classes; absent for the LM objective)."""
-
-    arch: str
-    backbone_config: Any
-    num_classes: int
-    objective: str = "classify"
-
-    @nn.compact
-    def __call__(self, inputs, attention_mask=None):
-        from jaxmm.models.llm import LLM
-        from jaxmm.models.vit import ViT
-        from jaxmm.nn.layers import Dense
-
-        if self.arch == "vit":
-            feats = ViT(self.backbone_config, name="backbone")(inputs)["pooler_output"]
-        else:
-            logits, hidden = LLM(self.backbone_config, name="backbone")(inputs, attention_mask=attention_mask,
-                                                                         return_hidden=True)
-            if self.objective == "lm":
-                return logits
-            last = jnp.sum(attention_mask.astype(jnp.int32), axis=1) - 1  # right padding: the last real token
-            feats = jnp.take_along_axis(hidden[-1], last[:, None, None], axis=1)[:, 0]
-        return Dense(self.num_classes, axes=("embed", None), name="head")(feats).astype(jnp.float32)
-
-
-def _kind_args(m):
-    """The attention kind's arguments (BlockConfig.attention_args) from the task's model config."""
-    return {"ntk": (("init", m.ntk_init),), "prefix": (("length", m.prefix_length),)}.get(m.method, ())
-
-
-def _vit_config(m, dtype, remat):
-    from jaxmm.models.vit import ViTConfig
-
-    method = m.method
-    return ViTConfig(image_size=m.image_size, patch_size=m.patch_size, num_channels=1, d_model=m.d_model,
-                     num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim, mlp="gelu",
-                     attention=method if method in ("ntk", "prefix") else "softmax",
-                     lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
-                     attention_args=_kind_args(m), dtype=dtype,
-                     remat=remat)
-
-
-def _llm_config(m, dtype, remat):
+def backbone_config(arch, m, dtype, remat):
+    """The ViTConfig / LLMConfig of the task's `model` section, with the method's attention kind or LoRA."""
     from jaxmm.data import ByteTokenizer
     from jaxmm.models.llm import LLMConfig
+    from jaxmm.models.vit import ViTConfig
 
-    method = m.method
-    return LLMConfig(vocab_size=ByteTokenizer().vocab_size, num_layers=m.num_layers, d_model=m.d_model,
-                     num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, mlp_dim=m.mlp_dim, tie_embeddings=True,
-                     attention=method if method in ("ntk", "prefix") else "softmax",
-                     lora_rank=m.lora_rank if method == "lora" else 0, lora_alpha=m.lora_alpha,
-                     attention_args=_kind_args(m), dtype=dtype,
-                     remat=remat)
+    kind = dict(attention=m.method if m.method in ("ntk", "prefix") else "softmax",
+                attention_args={"ntk": (("init", m.ntk_init),), "prefix": (("length", m.prefix_length),)}.get(
+                    m.method, ()),
+                lora_rank=m.lora_rank if m.method == "lora" else 0, lora_alpha=m.lora_alpha, dtype=dtype,
+                remat=remat, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim)
+    if arch == "vit":
+        return ViTConfig(image_size=m.image_size, patch_size=m.patch_size, num_channels=1, mlp="gelu", **kind)
+    return LLMConfig(vocab_size=ByteTokenizer().vocab_size, num_kv_heads=m.num_kv_heads, tie_embeddings=True, **kind)
 
 
 def frozen_groups(config) -> tuple[str, ...]:
@@ -155,13 +111,6 @@ def stop_frozen(params, frozen):
     from train.optim import group_labels
 
     return jax.tree.map(lambda p, g: jax.lax.stop_gradient(p) if g in frozen else p, params, group_labels(params))
-
-
-def trainable_count(params, frozen) -> int:
-    from train.optim import group_labels
-
-    return int(sum(np.size(p) for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(group_labels(params)))
-                   if g not in frozen))
 
 
 def load_backbone(params, path: str):
@@ -221,13 +170,15 @@ class PeftTask(Task):
         if m.objective not in ("classify", "lm") or (m.objective == "lm" and self.arch == "vit"):
             raise ValueError(f"config.model.objective: expected 'classify'{' or lm' * (self.arch == 'llm')}, "
                              f"got {m.objective!r}")
+        from jaxmm.models.classifier import Classifier
+
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
-        make = _vit_config if self.arch == "vit" else _llm_config
         init_from = config.task_args.init_from
         if init_from and not os.path.isfile(init_from):
             raise FileNotFoundError(f"config.task_args.init_from: no file {init_from!r} (run the pretrain "
                                     "variant first)")
-        return PeftModel(self.arch, make(m, dtype, config.train.remat), m.num_classes, m.objective)
+        return Classifier(self.arch, backbone_config(self.arch, m, dtype, config.train.remat), m.num_classes,
+                          m.objective)
 
     def datasets(self, config):
         import grain
@@ -296,160 +247,70 @@ register("peft.vit", factory=functools.partial(PeftTask, "vit"))
 register("peft.llm", factory=functools.partial(PeftTask, "llm"))
 
 
-# ------------------------------------------------------------------------------------------------ configs
-# steps, batch, eval batch for each (arch, stage) at size "default" (the table) and "toy" (the tests)
-SIZES = {
-    "default": {("vit", "pretrain"): (500, 64, 128), ("vit", "adapt"): (250, 64, 128),
-                ("llm", "pretrain"): (800, 32, 128), ("llm", "adapt"): (300, 32, 128)},
-    "toy": {("vit", "pretrain"): (3, 8, 16), ("vit", "adapt"): (3, 8, 16),
-            ("llm", "pretrain"): (3, 8, 16), ("llm", "adapt"): (3, 8, 16)},
-}
+# ------------------------------------------------------------------------------------------------ the table
+NAMES = {"full": "full fine-tuning", "lora": "LoRA (r=8, α=16; q, v)", "prefix": "P-Tuning v2 (m=10)",
+         "ntk": "NTK-Attention (Z, k zero-init)", "head": "head only (linear probe)"}
 
 
-def make_config(arch: str, stage: str, method: str = "full", *, seed: int = 0, init_from: str = "",
-                save_params: str = "", size: str = "default", lr: float = 1e-3) -> ml_collections.ConfigDict:
-    """The trainer config of one run. stage "pretrain": full training of backbone + head (ViT: digits 0–4; LLM:
-    next-byte LM on reviews, data seed 1) writing the backbone to `save_params`; stage "adapt": the backbone from
-    `init_from`, a new head, `method` (METHODS); PEFT methods freeze the `backbone` group."""
-    from train import config as config_lib
+def table_run(base, method: str = "full", *, seed: int = 0, init_from: str = "", save_params: str = "",
+              lr: float | None = None) -> ml_collections.ConfigDict:
+    """One run of the table: a copy of `base` (a stage's config, configs/peft.py `stage_config`) with the
+    method, seed, backbone files and lr; every method but "full" freezes the `backbone` group."""
+    from train.config import apply_overrides
 
-    if arch not in ("vit", "llm") or stage not in ("pretrain", "adapt") or method not in ALL_METHODS:
-        raise ValueError(f"make_config: expected arch vit|llm, stage pretrain|adapt, method in {ALL_METHODS}; got "
-                         f"{arch!r}, {stage!r}, {method!r}")
-    task = PeftTask(arch).default_config()
-    c = config_lib.defaults()
-    c.task, c.seed = f"peft.{arch}", seed
-    c.model, c.data, c.task_args = task.model, task.data, task.task_args
-    steps, batch, eval_batch = SIZES[size][(arch, stage)]
-    c.train.update(steps=steps, batch_size=batch, eval_batch_size=eval_batch, log_every=max(steps // 10, 1),
-                   progress=False, plots=False)
-    c.optim.update(name="adamw", lr=lr, schedule="warmup_cosine", warmup_steps=max(steps // 20, 1),
-                   weight_decay=0.0)
-    c.checkpoint.async_save = False
-    c.model.method = method if stage == "adapt" else "full"
-    if arch == "vit":
-        c.data.classes = (0, 1, 2, 3, 4) if stage == "pretrain" else (5, 6, 7, 8, 9)
-        c.model.num_classes = 5
-    else:
-        c.model.objective = "lm" if stage == "pretrain" else "classify"
-        c.data.seed = 1 if stage == "pretrain" else 0
-    if size == "toy":
-        c.model.update(d_model=16, num_heads=2, mlp_dim=32, num_layers=1)
-        if arch == "llm":
-            c.model.num_kv_heads = 1
-            c.data.update(train_examples=32, eval_examples=16, max_len=40)
-    c.task_args.update(init_from=init_from, save_params=save_params)
-    if stage == "adapt" and method != "full":
-        c.optim.groups.backbone = config_lib.group(frozen=True)
+    c = apply_overrides(ml_collections.ConfigDict(base.to_dict()), {
+        "seed": seed, "model.method": method, "task_args.init_from": init_from,
+        "task_args.save_params": save_params})
+    if lr is not None:
+        c.optim.lr = lr
+    if method != "full":
+        apply_overrides(c, {"optim.groups.backbone": {"frozen": True}})
     return c
 
 
-# ------------------------------------------------------------------------------------------- step timing
-def time_steps(configs: dict, *, rounds: int = 5, steps: int = 10) -> dict:
-    """{name: median seconds per optimizer step} of the trainer's step (loss + grads + grouped AdamW update) for
-    each config, measured round-robin in this process (each round times `steps` steps of every config, so a
-    load change on a shared machine hits all of them alike). Single device, no sharding."""
-    from train import config as config_lib
-    from train import optim
-    from train import tasks as task_registry
-    from train.loop import example_batch
-
-    runners = {}
-    for name, cfg in configs.items():
-        factory = task_registry.get(cfg.task)
-        cfg = config_lib.merge_task_defaults(cfg, task_registry.build(factory).default_config())
-        task = task_registry.build(factory, cfg)
-        model = task.build_model(cfg)
-        train_ds, _ = task.datasets(cfg)
-        batch = example_batch(train_ds)
-        batch = {k: np.repeat(v, cfg.train.batch_size, axis=0) for k, v in batch.items()}
-        params = nn.unbox(task.init_variables(model, batch, jax.random.key(cfg.seed))["params"])
-        tx, _, _ = optim.make_optimizer(cfg, params)
-
-        def step(params, opt_state, batch, task=task, model=model, tx=tx):
-            (loss, _), grads = jax.value_and_grad(lambda p: task.loss_fn(model, p, batch, None, {}), has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        fn = jax.jit(step)
-        state = [params, tx.init(params)]
-        p, o, loss = fn(*state, batch)  # compile
-        jax.block_until_ready(loss)
-        state[:] = [p, o]
-        runners[name] = (fn, state, batch)
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, (fn, state, batch) in runners.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                p, o, loss = fn(*state, batch)
-                state[:] = [p, o]
-            jax.block_until_ready(loss)
-            times[name].append((time.perf_counter() - t0) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
+def check_table(config):
+    t = config.table
+    for arch in t.archs:
+        if arch not in ("vit", "llm") or arch not in t.runs:
+            raise ValueError(f"config.table.archs: expected 'vit' / 'llm' with a config.table.runs.<arch> section, "
+                             f"got {arch!r}")
+    bad = [m for m in t.methods if m not in ALL_METHODS]
+    if bad:
+        raise ValueError(f"config.table.methods: expected names from {ALL_METHODS}, got {bad}")
 
 
-# ----------------------------------------------------------------------------------------------- the table
-def run_table(config, workdir: str) -> dict:
-    """Pre-train (once; reused when its params file exists), adapt every method × seed, time the steps; write
-    table.md and table.json. config.table: archs, methods, seeds, size, timing_rounds, timing_steps, lr, and
-    optionally lrs ({method: lr} overrides) and pretrained_from (a directory holding <arch>/pretrain/backbone.msgpack
-    of an earlier table run, instead of this workdir)."""
-    from train import config as config_lib
+@experiment("peft.table", check=check_table)
+def run_table(config, report) -> dict:
+    """Pre-train (once; reused when its params file exists), adapt every method × seed through the shared loop
+    (<workdir>/<arch>/<method>_seed<seed>), and write the table. config.table: archs, methods, seeds, lr, lrs
+    ({method: lr} overrides), runs.<arch>.{pretrain, adapt} (the stages' run configs) and pretrained_from (a
+    directory holding <arch>/pretrain/backbone.msgpack of an earlier table run, instead of this workdir)."""
     from train.main import run
 
     t = config.table
     rows, summary = [], {}
     for arch in t.archs:
-        base = os.path.join(workdir, arch)
-        pre_dir = t.get("pretrained_from", "") or workdir
-        pre_params = os.path.join(pre_dir, arch, "pretrain", "backbone.msgpack")
+        pre_params = os.path.join(t.get("pretrained_from", "") or report.workdir, arch, "pretrain", "backbone.msgpack")
         if not os.path.isfile(pre_params):
-            pre = run(make_config(arch, "pretrain", size=t.size, save_params=pre_params, lr=t.lr),
-                      os.path.join(base, "pretrain"))
+            pre = run(table_run(t.runs[arch].pretrain, save_params=pre_params, lr=t.lr),
+                      report.path(os.path.join(arch, "pretrain")))
             summary[f"{arch}/pretrain_{pre['metric']}"] = pre[pre["metric"]]
-        timing_cfgs = {}
         for method in t.methods:
-            accs, times, count = [], [], None
-            for seed in t.seeds:
-                lr = dict(t.get("lrs", {}) or {}).get(method, t.lr)
-                cfg = make_config(arch, "adapt", method, seed=seed, init_from=pre_params, size=t.size, lr=lr)
-                out = run(cfg, os.path.join(base, f"{method}_seed{seed}"))
-                accs.append(out["eval_accuracy"])
-                times.append(out["train_time_s"])
-            task = PeftTask(arch)
-            merged = config_lib.merge_task_defaults(cfg, task.default_config())
-            model = task.build_model(merged)
-            ex = {k: np.asarray(v)[None] for k, v in task.datasets(merged)[0][0].items()}
-            shapes = jax.eval_shape(lambda: nn.unbox(task.init_variables(model, ex, jax.random.key(0))["params"]))
-            count = trainable_count(shapes, frozen_groups(merged))
-            total = trainable_count(shapes, ())
-            timing_cfgs[f"{arch}/{method}"] = cfg
+            lr = dict(t.get("lrs", {}) or {}).get(method, t.lr)
+            outs = [run(table_run(t.runs[arch].adapt, method, seed=seed, init_from=pre_params, lr=lr),
+                        report.path(os.path.join(arch, f"{method}_seed{seed}"))) for seed in t.seeds]
+            accs = [o["eval_accuracy"] for o in outs]
             rows.append(dict(arch=arch, method=method, lr=lr, accuracy=accs, mean=float(np.mean(accs)),
-                             std=float(np.std(accs)), trainable=count, total=total,
-                             train_time_s=float(np.mean(times))))
-        step = time_steps(timing_cfgs, rounds=t.timing_rounds, steps=t.timing_steps)
-        for r in rows:
-            if r["arch"] == arch:
-                r["step_ms"] = 1e3 * step[f"{arch}/{r['method']}"]
-    names = {"full": "full fine-tuning", "lora": "LoRA (r=8, α=16; q, v)", "prefix": "P-Tuning v2 (m=10)",
-             "ntk": "NTK-Attention (Z, k zero-init)", "head": "head only (linear probe)"}
+                             std=float(np.std(accs)), trainable=outs[0]["trainable_params"], total=outs[0]["params"],
+                             step_ms=1e3 * float(np.mean([o["step_time_s"] for o in outs])),
+                             train_time_s=float(np.mean([o["train_time_s"] for o in outs]))))
     lines = ["| model | method | lr | accuracy (mean ± std, seeds) | trainable params | step time (ms) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         seeds = ", ".join(f"{a:.3f}" for a in r["accuracy"])
-        lines.append(f"| {r['arch']} | {names[r['method']]} | {r['lr']:g} | {r['mean']:.3f} ± {r['std']:.3f} ({seeds}) | "
-                     f"{r['trainable']:,} / {r['total']:,} | {r['step_ms']:.1f} |")
-        summary[f"{r['arch']}/{r['method']}/accuracy"] = r["mean"]
-        summary[f"{r['arch']}/{r['method']}/trainable"] = r["trainable"]
-        summary[f"{r['arch']}/{r['method']}/step_ms"] = r["step_ms"]
-    table = "\n".join(lines)
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(workdir, "table.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    print(table, flush=True)
+        lines.append(f"| {r['arch']} | {NAMES[r['method']]} | {r['lr']:g} | {r['mean']:.3f} ± {r['std']:.3f} "
+                     f"({seeds}) | {r['trainable']:,} / {r['total']:,} | {r['step_ms']:.1f} |")
+        for key in ("accuracy", "trainable", "step_ms"):
+            summary[f"{r['arch']}/{r['method']}/{key}"] = r["mean" if key == "accuracy" else key]
+    report.section("\n".join(lines), rows=rows)
     return summary
-
-
-register("peft.table")(run_table)

@@ -17,8 +17,8 @@ import optax
 
 from jaxmm.attention import tensor_attention
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
+from jaxmm.timing import time_call
 from train.experiment import experiment
-from train.report import time_call
 from train.task import Task
 from train.tasks import register
 
@@ -117,7 +117,7 @@ def scaling(config, report):
             compiled = grad.lower(*args).compile()
             mem = compiled.memory_analysis()
             temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps)
+            t = time_call(compiled, *args, reps=1 if (method == "exact" and n >= 512) else config.reps).min
             name = "exact" if method == "exact" else f"poly g={g}"
             rows.append(dict(method=name, n=n, fwdbwd_s=t, temp_mb=None if temp is None else temp / 2**20))
             print(f"[scaling] {name} n={n}: {t:.4f} s, XLA temp {rows[-1]['temp_mb']} MB", flush=True)
@@ -187,33 +187,6 @@ def pick_modulus(n, rng, distinct, target=0.5):
     raise AssertionError("no modulus found")
 
 
-def _match3_model(kind, config, modulus):
-    import flax.linen as nn
-
-    from jaxmm.nn.layers import Embed
-    from jaxmm.nn.tensor_attention import TensorAttention
-    from jaxmm.nn.transformer import MLP, Attention, BlockConfig
-
-    cfg = BlockConfig(d_model=config.width, num_heads=config.heads, mlp_dim=config.mlp_dim, rope_theta=None,
-                      norm="layer", mlp="gelu")
-
-    class Match3Model(nn.Module):
-        @nn.compact
-        def __call__(self, tokens):
-            h = Embed(modulus, config.width, name="embed")(tokens)
-            a = nn.LayerNorm(name="attn_norm")(h)
-            if kind == "softmax":
-                h = h + Attention(cfg, name="attn")(a)
-            else:
-                method = "poly" if kind == "tensor_poly" else "exact"
-                h = h + TensorAttention(cfg, method=method, degree=config.poly_degree, scale=config.tensor_scale,
-                                        name="attn")(a)
-            h = h + MLP(cfg, name="mlp")(nn.LayerNorm(name="mlp_norm")(h))
-            return nn.Dense(1, name="head")(nn.LayerNorm(name="out_norm")(h))[..., 0]
-
-    return Match3Model()
-
-
 class Match3(Task):
     """One Match3 model (`model.kind`: softmax | tensor | tensor_poly) in the shared loop: sigmoid cross-entropy
     per token on random sequences (example i of the training stream is drawn from seed [data.seed, i]), eval
@@ -228,9 +201,11 @@ class Match3(Task):
             task_args={}))
 
     def build_model(self, config):
-        if config.model.kind not in MATCH3_MODELS:
-            raise ValueError(f"config.model.kind: expected one of {MATCH3_MODELS}, got {config.model.kind!r}")
-        return _match3_model(config.model.kind, config.model, match3_data(config.data)[0])
+        from jaxmm.models.match3 import KINDS, Match3Model
+
+        if config.model.kind not in KINDS:
+            raise ValueError(f"config.model.kind: expected one of {KINDS}, got {config.model.kind!r}")
+        return Match3Model(vocab=match3_data(config.data)[0], **config.model)
 
     def datasets(self, config):
         import grain
@@ -245,8 +220,8 @@ class Match3(Task):
         evals = [{"tokens": x.astype(np.int32), "labels": y.astype(np.float32)} for x, y in zip(eval_x, eval_y)]
         return grain.MapDataset.range(d.train_sequences).map(example), grain.MapDataset.source(evals)
 
-    def init_variables(self, model, batch, rng):
-        return model.init(rng, batch["tokens"])
+    def model_inputs(self, batch):
+        return {"tokens": batch["tokens"]}
 
     def loss_fn(self, model, params, batch, rng, extra=None):
         logits = model.apply({"params": params}, batch["tokens"])
@@ -259,7 +234,6 @@ class Match3(Task):
                 "accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0), axis=-1)}
 
 
-MATCH3_MODELS = ("softmax", "tensor", "tensor_poly")
 register("tensor_attention.match3_model")(Match3)
 
 
@@ -277,24 +251,21 @@ def match3_data(d):
 
 
 def match3_run_config(config, kind, seed):
-    """The trainer config of one (model, seed) run of the match3 experiment config."""
-    from train import config as config_lib
-
-    c = config_lib.defaults()
-    c.task, c.seed = "tensor_attention.match3_model", seed
-    c.model = ml_collections.ConfigDict(dict(kind=kind, width=config.width, heads=config.heads,
-                                             mlp_dim=config.mlp_dim, poly_degree=config.poly_degree,
-                                             tensor_scale=config.tensor_scale))
-    c.data = ml_collections.ConfigDict(dict(seq_len=config.seq_len, modulus=config.modulus, distinct=config.distinct,
-                                            train_sequences=config.steps * config.batch_size,
-                                            eval_sequences=config.eval_sequences, seed=config.seed))
-    c.train.update(steps=config.steps, batch_size=config.batch_size, grad_clip=0.0, log_every=config.log_every,
+    """The trainer config of one (model, seed) run of the match3 experiment config (what differs from the
+    trainer's and the task's defaults)."""
+    return ml_collections.ConfigDict(dict(
+        task="tensor_attention.match3_model", seed=seed,
+        model=dict(kind=kind, width=config.width, heads=config.heads, mlp_dim=config.mlp_dim,
+                   poly_degree=config.poly_degree, tensor_scale=config.tensor_scale),
+        data=dict(seq_len=config.seq_len, modulus=config.modulus, distinct=config.distinct,
+                  train_sequences=config.steps * config.batch_size, eval_sequences=config.eval_sequences,
+                  seed=config.seed),
+        train=dict(steps=config.steps, batch_size=config.batch_size, grad_clip=0.0, log_every=config.log_every,
                    eval_every=config.log_every, eval_batch_size=min(1024, config.eval_sequences), progress=False,
-                   plots=False)
-    c.optim.update(name="adamw", lr=config.learning_rate, schedule="warmup_cosine",
-                   warmup_steps=min(config.warmup, config.steps // 2), weight_decay=0.01)
-    c.checkpoint.async_save = False
-    return c
+                   plots=False),
+        optim=dict(name="adamw", lr=config.learning_rate, schedule="warmup_cosine",
+                   warmup_steps=min(config.warmup, config.steps // 2), weight_decay=0.01),
+        checkpoint=dict(async_save=False)))
 
 
 @experiment("tensor_attention.match3")

@@ -17,25 +17,6 @@ from train.task import Hook, Task
 from train.tasks import register
 
 
-class Probe(nn.Module):
-    config: object  # jaxmm.models.vit.ViTConfig
-    classes: int
-    pool: str = "mean"
-
-    @nn.compact
-    def __call__(self, image):
-        from jaxmm.models.vit import ViT
-
-        f = ViT(self.config, name="encoder")(image)["features"]
-        if self.pool == "attn":
-            d = self.config.d_model
-            q = self.param("query", nn.initializers.normal(0.02), (1, 1, d))
-            f = nn.MultiHeadDotProductAttention(num_heads=4)(jnp.broadcast_to(q, (f.shape[0], 1, d)), f)[:, 0]
-        else:
-            f = f.mean(1)
-        return nn.Dense(self.classes)(f)
-
-
 def _labels(target):
     from jaxmm.data.textvqa import COLORS, DEFAULT_WORDS
 
@@ -56,12 +37,14 @@ class ViTProbe(Task):
     def build_model(self, config):
         from jaxmm.models.vit import ViTConfig
 
+        from jaxmm.models.classifier import PooledViTClassifier
+
         m = config.model
         if m.pool not in ("mean", "attn"):
             raise ValueError(f"config.model.pool: expected 'mean' or 'attn', got {m.pool!r}")
         cfg = ViTConfig(image_size=m.image_size, patch_size=m.patch_size, d_model=m.d_model, num_layers=m.num_layers,
                         num_heads=m.num_heads, mlp_dim=m.mlp_dim, feature_layer=-1, remat=config.train.remat)
-        return Probe(cfg, len(_labels(config.data.target)), m.pool)
+        return PooledViTClassifier(cfg, len(_labels(config.data.target)), m.pool)
 
     def datasets(self, config):
         import grain
@@ -80,8 +63,8 @@ class ViTProbe(Task):
         return (grain.MapDataset.source(load(d.train_examples, "train")),
                 grain.MapDataset.source(load(d.eval_examples, "eval")))
 
-    def init_variables(self, model, batch, rng):
-        return model.init(rng, batch["image"])
+    def model_inputs(self, batch):
+        return {"image": batch["image"]}
 
     def loss_fn(self, model, params, batch, rng, extra=None):
         logits = model.apply({"params": params}, batch["image"])
