@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxmm import attention as attention_ops
 from jaxmm.nn.layers import ACTIVATIONS, Dense, make_norm
+from jaxmm.nn.scan import SCAN_AXIS
 from jaxmm.ops import rope
 from jaxmm.checks import check_rank, fail
 
@@ -313,9 +314,10 @@ class Stack(nn.Module):
         flags = (is_causal, deterministic, decode, max_length)
         x = constrain_residual(cfg, x)
         if cfg.scan_layers:
-            scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True,
-                              "dropout": True}, in_axes=(nn.broadcast,) * 6, length=self.num_layers,
-                              metadata_params={nn.PARTITION_NAME: "layers"})
+            # params and the KV cache stacked on axis 0; mask, positions and the Python flags shared by every layer
+            scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                              split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 6,
+                              length=self.num_layers, metadata_params=SCAN_AXIS)
             out, ys = scanned(cfg, keep=return_hidden, name="layers")(x, mask, positions, *flags)
             return (out, [x, *ys]) if return_hidden else out
         hidden = [x]

@@ -83,7 +83,8 @@ def test_residual_stream_is_constrained_at_every_block_boundary(scan):
 
     def constraints(model):
         text = jax.jit(_hidden_fn(model)).lower(params, IDS).as_text()
-        return [line for line in text.splitlines() if "sdy.sharding_constraint" in line and "tensor<4x8x32xf32>" in line]
+        return [line for line in text.splitlines()
+                if "sdy.sharding_constraint" in line and "tensor<4x8x32xf32>" in line]
 
     # without a mesh the option is a no-op (nothing to constrain to)
     assert constraints(constrained) == []

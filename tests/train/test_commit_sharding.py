@@ -1,6 +1,7 @@
 """Issue 14.7: CoMMIT's Δ snapshot (`TrainState.extra["lead_update"]`, the aux loss's target, param-shaped) is
 sharded like the params instead of replicated on every device, and the run's numbers do not change: the same tiny
-run on a (data 1, fsdp 2, tensor 4) mesh of 8 CPU devices and on one device gives the same κ, losses and Δ."""
+run on a (data 1, fsdp 2, tensor 4) mesh of 8 CPU devices and on one device (where sharded and replicated are the
+same placement, i.e. the numbers of the replicated snapshot) gives the same κ, losses and Δ."""
 from __future__ import annotations
 
 import importlib.util
@@ -40,7 +41,8 @@ def test_snapshot_is_sharded_like_the_params_and_kappa_is_unchanged(tmp_path):
 
     params, snap = state8.params, state8.extra["lead_update"]
     assert jax.tree.structure(snap) == jax.tree.structure(params)
-    p_sh, s_sh = jax.tree.leaves(jax.tree.map(lambda x: x.sharding, params)), [x.sharding for x in jax.tree.leaves(snap)]
+    p_sh = [x.sharding for x in jax.tree.leaves(params)]
+    s_sh = [x.sharding for x in jax.tree.leaves(snap)]
     for p, s, x in zip(p_sh, s_sh, jax.tree.leaves(params)):
         assert s.is_equivalent_to(p, x.ndim), (s, p)
     sharded = [s for s in s_sh if not s.is_fully_replicated]
