@@ -83,6 +83,19 @@ def test_llm_lowers_for_tpu(with_mask):
     assert (TPU_KERNEL in hlo) == (not with_mask)   # the kernel without a mask, XLA with one
 
 
+def test_scanned_llm_with_remat_policy_lowers_for_tpu():
+    """The deep-LLM configuration (issue 14.7): blocks in one nn.scan, each rematerialised under a policy, bf16
+    params; the Pallas TPU kernel inside the scanned body, forward and backward."""
+    cfg = LLMConfig(vocab_size=64, num_layers=4, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128,
+                    scan_layers=True, remat_policy="dots_with_no_batch_dims_saveable", param_dtype=jnp.bfloat16,
+                    dtype=jnp.bfloat16)
+    ids = jnp.zeros((2, 128), jnp.int32)
+    params = LLM(cfg).init(jax.random.key(0), ids)
+    hlo = lowered_text(fwd_bwd(lambda p, i: LLM(cfg).apply(p, i)), params, ids, platform="tpu")
+    assert TPU_KERNEL in hlo
+    assert hlo.count("stablehlo.while") >= 2  # one loop over the layers each way (the unrolled model has none)
+
+
 def test_whisper_encoder_lowers_for_tpu():
     cfg = AudioConfig(n_mels=16, max_frames=64, d_model=64, num_layers=2, num_heads=4, mlp_dim=128)
     mel = jnp.zeros((2, 64, 16))

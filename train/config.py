@@ -67,6 +67,10 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("kv", None),
     ("length", None),
+    # the residual stream, where a model sets residual_axes=("batch", "act_length", "act_embed") (jaxmm.nn
+    # BlockConfig): replicated over tensor here; ("act_length", "tensor") shards it by sequence between blocks
+    ("act_length", None),
+    ("act_embed", None),
 )
 
 

@@ -217,8 +217,9 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     extra = dict(task.init_extra(config, params))
     for hook in step_hooks:
         extra.update(hook.init(params) if hook.init else {})
+    # an extra entry shaped like a param (an EMA, CoMMIT's Δ snapshot) is sharded like it; the rest is replicated
     state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl,
-                          extra=jax.tree.map(lambda _: repl, extra))
+                          extra=shard_lib.state_shardings(extra, params, param_sh, repl))
     state = jax.jit(lambda p, e: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), state_rng, e),
                     out_shardings=state_sh)(params, extra)
     del params
@@ -241,7 +242,8 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
     # 6. the jitted step
     def loss_and_grads(params, batch, rng, extra):
         loss_fn = lambda p: task.loss_fn(model, p, batch, rng, extra)  # noqa: E731
-        with nn.logical_axis_rules(rules):
+        # the mesh in context: the model's activation constraints (BlockConfig.residual_axes) apply under it
+        with nn.logical_axis_rules(rules), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, aux, grads
 

@@ -14,7 +14,8 @@ Masks and positions:
   [B, 1, L, max_length] mask (padding remembered, causal by absolute slot, unfilled slots hidden).
 
 HF import: `llm_config_from_hf(config.json dict)` and `from_hf(config, tensors)` (a per-family name map and
-per-tensor transforms; every tensor must be used exactly once).
+per-tensor transforms; every tensor must be used exactly once). With `scan_layers=True` the blocks are one `layers`
+subtree, every leaf stacked on a leading [num_layers] axis (jaxmm.nn.scan.stack_layers / unstack_layers convert).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmm.nn.layers import Dense, Embed, RMSNorm
+from jaxmm.nn.scan import stack_layers
 from jaxmm.nn.transformer import BlockConfig, Stack, rope_scaling_items
 from jaxmm.checks import check_positive, check_rank, check_shape, fail
 
@@ -61,7 +63,11 @@ class LLMConfig:
     lora_targets: tuple[str, ...] = ("q", "v")
     block_extra: tuple = ()  # further BlockConfig fields as (name, value) pairs (e.g. implementation)
     dtype: Any = None  # compute dtype (None: the params' / embeddings' dtype)
-    remat: bool = False
+    param_dtype: Any = jnp.float32  # storage dtype of every param (e.g. jnp.bfloat16 with dtype=jnp.float32)
+    remat: bool = False  # = remat_policy "full"
+    remat_policy: str = "none"  # jaxmm.nn.REMAT_POLICIES: "none" | "full" | "dots_saveable" | ...
+    scan_layers: bool = False  # blocks as one nn.scan: params under `layers`, stacked (jaxmm.nn.scan converts)
+    residual_axes: tuple | None = None  # logical sharding names of the residual stream (BlockConfig.residual_axes)
 
     def block(self) -> BlockConfig:
         return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
@@ -72,7 +78,9 @@ class LLMConfig:
                            attention_fn=self.attention_fn, implementation=self.implementation,
                            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                            lora_dropout=self.lora_dropout, lora_targets=self.lora_targets, dtype=self.dtype,
-                           remat=self.remat, **dict(self.block_extra))
+                           param_dtype=self.param_dtype, remat=self.remat, remat_policy=self.remat_policy,
+                           scan_layers=self.scan_layers, residual_axes=self.residual_axes,
+                           **dict(self.block_extra))
 
 
 def tiny_llm_config(vocab_size: int, **overrides) -> LLMConfig:
@@ -121,12 +129,13 @@ class LLM(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embed = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, name="embedder")
+        self.token_embed = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                 name="embedder")
         self.stack = Stack(cfg.block(), cfg.num_layers)
-        nn.share_scope(self, self.stack)  # blocks appear as layers_i at the top of the param tree
-        self.final_norm = RMSNorm(cfg.norm_eps)
+        nn.share_scope(self, self.stack)  # blocks appear as layers_i (scanned: layers) at the top of the param tree
+        self.final_norm = RMSNorm(cfg.norm_eps, param_dtype=cfg.param_dtype)
         if not cfg.tie_embeddings:
-            self.lm_head = Dense(cfg.vocab_size, axes=("embed", "vocab"), dtype=cfg.dtype)
+            self.lm_head = Dense(cfg.vocab_size, axes=("embed", "vocab"), dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         self.decode_state = _DecodeState()
 
     def embed(self, ids):
@@ -187,8 +196,9 @@ class LLM(nn.Module):
                     positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
             is_causal = True
 
-        h, hidden = self.stack(x, mask=mask, positions=positions, is_causal=is_causal, deterministic=deterministic,
-                               decode=decode, max_length=max_length, return_hidden=True)
+        out = self.stack(x, mask=mask, positions=positions, is_causal=is_causal, deterministic=deterministic,
+                         decode=decode, max_length=max_length, return_hidden=return_hidden)
+        h, hidden = out if return_hidden else (out, None)  # (a scanned stack stacks the hidden states only if asked)
         h = self.final_norm(h)
         logits = self.logits(h[:, -1:] if last_only else h)
         if return_hidden:
@@ -537,10 +547,12 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
         if not np.array_equal(head, tensors.get("model.embed_tokens.weight")):
             fail("tensors['lm_head.weight']", "the embedding (tie_word_embeddings=True)", "a different tensor")
     model = LLM(cfg)
-    shapes = param_shapes(model, jnp.zeros((1, 1), jnp.int32))
+    # the name map addresses layers_i: convert into the unrolled layout, then stack it for a scanned model
+    shapes = param_shapes(LLM(dataclasses.replace(cfg, scan_layers=False)), jnp.zeros((1, 1), jnp.int32))
     params = convert_tensors(_hf_name_map(cfg), tensors, ignore=lambda n: bool(re.search(r"rotary_emb\.inv_freq$", n)),
                              expected_shapes=shapes, dtype=dtype)
-    return model, add_fresh_lora(params, shapes, dtype=dtype)
+    params = add_fresh_lora(params, shapes, dtype=dtype)
+    return model, (stack_layers(params) if cfg.scan_layers else params)
 
 
 def add_fresh_lora(params: dict, shapes: dict, *, dtype=jnp.float32, seed: int = 0) -> dict:

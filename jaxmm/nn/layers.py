@@ -124,11 +124,11 @@ class LayerNorm(nn.Module):
         return norms.layer_norm(x, scale, bias, self.eps)
 
 
-def make_norm(kind: str, eps: float, name: str | None = None):
+def make_norm(kind: str, eps: float, name: str | None = None, param_dtype: Dtype = jnp.float32):
     if kind == "rms":
-        return RMSNorm(eps=eps, name=name)
+        return RMSNorm(eps=eps, param_dtype=param_dtype, name=name)
     if kind == "layer":
-        return LayerNorm(eps=eps, name=name)
+        return LayerNorm(eps=eps, param_dtype=param_dtype, name=name)
     fail("norm", "'rms' or 'layer'", repr(kind))
 
 

@@ -5,6 +5,12 @@ with that kind's arguments in `BlockConfig.attention_args`. "softmax" (standard 
 `jaxmm.attention.dot_product_attention`, or `attention_fn` if given) is registered here; "ntk" and "prefix" by
 jaxmm/nn/peft.py, "tensor" by jaxmm/nn/tensor_attention.py; a new kind calls `register_attention_kind` (no edit
 here). Backend choice is not made here: `BlockConfig.implementation` goes to `jaxmm.attention`.
+
+Memory and sharding (`Stack`, docs/ARCHITECTURE.md "Memory and sharding"): `scan_layers` runs the blocks as one
+`nn.scan` (params stacked on a leading "layers" axis: one compiled block however deep the model;
+jaxmm.nn.scan converts between the layouts), `remat_policy` rematerialises each block under a
+`jax.checkpoint_policies` policy, `param_dtype` stores the params in another dtype than the compute `dtype`,
+and `residual_axes` constrains the residual stream's sharding at every block boundary.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxmm import attention as attention_ops
 from jaxmm.nn.layers import ACTIVATIONS, Dense, make_norm
+from jaxmm.nn.scan import SCAN_AXIS
 from jaxmm.ops import rope
 from jaxmm.checks import check_rank, fail
 
@@ -47,7 +54,13 @@ class BlockConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q", "v")  # any of q, k, v, o, gate, up, down, fc1, fc2
     dtype: Any = None  # compute dtype (None = input dtype)
-    remat: bool = False
+    param_dtype: Any = jnp.float32  # storage dtype of the block's params (e.g. jnp.bfloat16; compute: `dtype`)
+    remat: bool = False  # True: rematerialise every block (= remat_policy "full" when remat_policy is "none")
+    remat_policy: str = "none"  # a name in REMAT_POLICIES; anything but "none" rematerialises the blocks
+    scan_layers: bool = False  # Stack: one nn.scan over the blocks (params under "layers", stacked on axis 0)
+    residual_axes: tuple | None = None  # logical names of the residual stream [batch, length, d_model], constrained
+    #   at every block boundary (nn.with_logical_constraint: a no-op without a mesh and rules), e.g.
+    #   ("batch", "act_length", "act_embed") with the rule ("act_length", "tensor") (sequence parallelism)
 
     @property
     def resolved_num_kv_heads(self) -> int:
@@ -60,6 +73,11 @@ class BlockConfig:
         return self.head_dim or self.d_model // self.num_heads
 
     @property
+    def resolved_remat_policy(self) -> str:
+        """remat_policy, or "full" when it is "none" and `remat` is True."""
+        return "full" if self.remat and self.remat_policy == "none" else self.remat_policy
+
+    @property
     def biases(self) -> tuple[bool, bool, bool]:
         b = self.qkv_bias
         return (b, b, b) if isinstance(b, bool) else tuple(b)
@@ -67,6 +85,10 @@ class BlockConfig:
     def __post_init__(self):
         if self.num_heads % self.resolved_num_kv_heads:
             fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}", self.num_kv_heads)
+        if self.remat_policy not in REMAT_POLICIES:
+            fail("remat_policy", f"one of {sorted(REMAT_POLICIES)}", repr(self.remat_policy))
+        if self.residual_axes is not None and len(self.residual_axes) != 3:
+            fail("residual_axes", "None or 3 logical axis names for [batch, length, d_model]", self.residual_axes)
         if self.implementation not in attention_ops.IMPLEMENTATIONS:
             fail("implementation", f"one of {attention_ops.IMPLEMENTATIONS}", repr(self.implementation))
         args = self.attention_args
@@ -88,9 +110,18 @@ class BlockConfig:
 
     def dense(self, name: str, features: int, use_bias: bool, axes) -> Dense:
         lora = name in self.lora_targets and self.lora_rank > 0
-        return Dense(features, use_bias=use_bias, axes=axes, dtype=self.dtype, name=name,
-                     lora_rank=self.lora_rank if lora else 0, lora_alpha=self.lora_alpha,
+        return Dense(features, use_bias=use_bias, axes=axes, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name=name, lora_rank=self.lora_rank if lora else 0, lora_alpha=self.lora_alpha,
                      lora_dropout=self.lora_dropout)
+
+
+# remat_policy names -> what jax.checkpoint saves for the backward pass ("none": no rematerialisation)
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # save only the block's inputs; recompute everything
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def rope_scaling_items(scaling: dict | None) -> tuple | None:
@@ -236,15 +267,34 @@ class Block(nn.Module):
     def __call__(self, x, mask=None, positions=None, is_causal: bool = False, deterministic: bool = True,
                  decode: bool = False, max_length: int | None = None):
         cfg = self.config
-        h = make_norm(cfg.norm, cfg.norm_eps, name="attn_norm")(x)
+        h = make_norm(cfg.norm, cfg.norm_eps, name="attn_norm", param_dtype=cfg.param_dtype)(x)
         x = x + attention_module(cfg, "attn")(h, mask=mask, positions=positions, is_causal=is_causal,
                                               deterministic=deterministic, decode=decode, max_length=max_length)
-        h = make_norm(cfg.norm, cfg.norm_eps, name="mlp_norm")(x)
+        h = make_norm(cfg.norm, cfg.norm_eps, name="mlp_norm", param_dtype=cfg.param_dtype)(x)
         return x + MLP(cfg, name="mlp")(h, deterministic)
 
 
+class _ScanStep(Block):
+    """A Block as one step of `nn.scan`: returns (carry, per-layer output) — the output only when `keep`."""
+
+    keep: bool = False
+
+    def __call__(self, x, mask, positions, is_causal, deterministic, decode, max_length):
+        y = constrain_residual(self.config, super().__call__(x, mask, positions, is_causal, deterministic,
+                                                             decode, max_length))
+        return y, (y if self.keep else None)
+
+
+def constrain_residual(cfg: BlockConfig, x):
+    """x [B, L, D] constrained to `cfg.residual_axes` (logical names; a no-op when None or without mesh/rules)."""
+    return x if cfg.residual_axes is None else nn.with_logical_constraint(x, tuple(cfg.residual_axes))
+
+
 class Stack(nn.Module):
-    """`num_layers` Blocks named layers_0 … (optionally rematerialised)."""
+    """`num_layers` Blocks: named layers_0 … (unrolled), or one `nn.scan` named "layers" whose params carry a
+    leading [num_layers] axis (`config.scan_layers`; logical axis name "layers"; jaxmm.nn.scan converts). Each
+    block is rematerialised under `config.resolved_remat_policy` and the residual stream is constrained to
+    `config.residual_axes` at every block boundary. return_hidden: also the list [x, block outputs...]."""
 
     config: BlockConfig
     num_layers: int
@@ -252,12 +302,26 @@ class Stack(nn.Module):
     @nn.compact
     def __call__(self, x, *, mask=None, positions=None, is_causal=False, deterministic=True, decode=False,
                  max_length=None, return_hidden: bool = False):
-        # remat traces every argument it is given by keyword: pass the Python flags positionally as static
-        # (argnums count `self` as 0: is_causal=4, deterministic=5, decode=6, max_length=7)
-        block = nn.remat(Block, static_argnums=(4, 5, 6, 7)) if self.config.remat else Block
+        cfg = self.config
+        policy = cfg.resolved_remat_policy
+        block = _ScanStep if cfg.scan_layers else Block
+        if policy != "none":
+            # remat traces every argument it is given by keyword: pass the Python flags positionally as static
+            # (argnums count `self` as 0: is_causal=4, deterministic=5, decode=6, max_length=7). Under scan the
+            # loop already keeps XLA from merging the recomputation with the forward pass (prevent_cse off).
+            block = nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=not cfg.scan_layers,
+                             static_argnums=(4, 5, 6, 7))
+        flags = (is_causal, deterministic, decode, max_length)
+        x = constrain_residual(cfg, x)
+        if cfg.scan_layers:
+            # params and the KV cache stacked on axis 0; mask, positions and the Python flags shared by every layer
+            scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                              split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 6,
+                              length=self.num_layers, metadata_params=SCAN_AXIS)
+            out, ys = scanned(cfg, keep=return_hidden, name="layers")(x, mask, positions, *flags)
+            return (out, [x, *ys]) if return_hidden else out
         hidden = [x]
         for i in range(self.num_layers):
-            x = block(self.config, name=f"layers_{i}")(x, mask, positions, is_causal, deterministic, decode,
-                                                        max_length)
+            x = constrain_residual(cfg, block(cfg, name=f"layers_{i}")(x, mask, positions, *flags))
             hidden.append(x)
         return (x, hidden) if return_hidden else x

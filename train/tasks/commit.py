@@ -267,8 +267,8 @@ class CommitTask(MLLMQATask):
                 count += 1
             copy = replicate(ctx)
             extra["kappa_window"], extra["window_count"] = copy(jnp.asarray(window)), copy(jnp.asarray(count, jnp.int32))
-            if "lead_update" in extra:
-                extra["lead_update"] = copy(updates)
+            if "lead_update" in extra:  # the Δ snapshot: sharded like the params (never replicated whole)
+                extra["lead_update"] = copy(updates, like=ctx.state.params)
             ctx.state = ctx.state.replace(extra=extra)
             return {**out, "kappa_time_s": elapsed}
 
@@ -302,18 +302,31 @@ register("commit.task")(CommitTask)
 
 
 def replicator():
-    """`fn(ctx) -> jitted copy` into fresh replicated buffers (never an alias of the donated params), compiled
-    once per mesh; one per run (built in `hooks`)."""
+    """`fn(ctx) -> copy`, where `copy(tree, like=None)` is a jitted copy into fresh buffers (never an alias of the
+    donated params): replicated over ctx.mesh, or with the shardings of the arrays of `like` (the Δ snapshot is
+    copied like the params, as the loop shards it). Compiled once per mesh and sharding; one per run (built in
+    `hooks`)."""
     from train import sharding as shard_lib
 
     cache = {}
 
     def get(ctx):
         if cache.get("mesh") is not ctx.mesh:
-            repl = shard_lib.replicated(ctx.mesh)
-            cache["fn"] = jax.jit(lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t), out_shardings=repl)
+            cache.clear()
             cache["mesh"] = ctx.mesh
-        return cache["fn"]
+
+        def copy(tree, like=None):
+            if like is None:
+                out_sh, key = shard_lib.replicated(ctx.mesh), "replicated"
+            else:
+                out_sh = jax.tree.map(lambda x: x.sharding, like)
+                key = (jax.tree.structure(out_sh), tuple(jax.tree.leaves(out_sh)))
+            if key not in cache:
+                cache[key] = jax.jit(lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t),
+                                     out_shardings=out_sh)
+            return cache[key](tree)
+
+        return copy
 
     return get
 
