@@ -61,7 +61,8 @@ def _defaults() -> ml_collections.ConfigDict:
 
 
 LLM_DEFAULTS = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
-                    lora_rank=0, lora_alpha=16.0)
+                    lora_rank=0, lora_alpha=16.0,
+                    scan_layers=False, remat_policy="none")  # scan / remat: jaxmm.nn.transformer, ARCHITECTURE.md
 
 
 def tokenizer(config):
