@@ -181,7 +181,8 @@ def clip_text_hf_config(cfg, architecture: str | None = None) -> dict:
            "max_position_embeddings": cfg.max_positions, "hidden_size": cfg.d_model,
            "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
            "num_attention_heads": cfg.num_heads, "hidden_act": _CLIP_ACTS[cfg.mlp], "layer_norm_eps": cfg.norm_eps,
-           "eos_token_id": cfg.eos_token_id, "attention_dropout": 0.0}
+           "eos_token_id": cfg.eos_token_id, "attention_dropout": 0.0,
+           "bos_token_id": None, "pad_token_id": None}  # unknown to jaxmm (CLIP's forward uses only eos)
     if cfg.projection_dim:
         out["projection_dim"] = cfg.projection_dim
     return out
