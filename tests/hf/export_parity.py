@@ -12,8 +12,9 @@ input holds N image tokens where jaxmm holds one placeholder); the encoder famil
 fixture and initialised by jaxmm: SigLIP vision (SiglipVisionModel, with and without the pooling head), CLIP text
 (CLIPTextModel; CLIPTextModelWithProjection from CLIPModel's text tower and jaxmm-initialised), CLIP vision with
 projection (CLIPVisionModelWithProjection from CLIPModel's vision tower) and the Whisper encoder (transformers'
-WhisperEncoder, loaded by that class: AutoModel would build a WhisperModel and leave its decoder random). Step 2 (`--hf`, run under the side env) loads
-each folder with transformers (eager attention, float32, `output_loading_info=True`). Step 3 compares.
+WhisperEncoder, loaded by that class: AutoModel would build a WhisperModel and leave its decoder random).
+Step 2 (`--hf`, run under the side env) loads each folder with transformers (eager attention, float32,
+`output_loading_info=True`). Step 3 compares.
 Not a pytest test (needs torch); about a minute on CPU.
 """
 import argparse

@@ -1,7 +1,8 @@
 """jaxmm.hf.save_pretrained: the written tensors are the HF fixture files' tensors bit for bit, folders load back
 with from_pretrained to the same logits, LoRA is merged, shards + index above max_shard_size, config.json, the
 LLaVA layout for an MLLM; the encoder families (SigLIP vision, CLIP text, CLIP vision/text with projection, the
-Whisper encoder) round trip to the fixtures' HF reference outputs. (transformers loading the folders: tests/hf/export_parity.py, side env.)"""
+Whisper encoder) round trip to the fixtures' HF reference outputs. (transformers loading the folders:
+tests/hf/export_parity.py, side env.)"""
 import dataclasses
 import functools
 import json
