@@ -1,6 +1,7 @@
 """HF CLIP vision tower (`CLIPVisionModel`, or the vision half of `CLIPModel`) -> jaxmm.models.vit.ViT params.
 
-Name map (HF -> jaxmm), with an optional `vision_model.` prefix (transformers < 5 and CLIPModel use it):
+Name map (HF -> jaxmm), with an optional `vision_model.` prefix (transformers < 5, CLIPModel and
+CLIPVisionModelWithProjection use it):
   embeddings.patch_embedding.weight [D, C, p, p]  -> patch_embed/kernel [p, p, C, D]
   embeddings.class_embedding [D]                  -> class_embedding
   embeddings.position_embedding.weight [1+N, D]   -> position_embedding
@@ -8,9 +9,10 @@ Name map (HF -> jaxmm), with an optional `vision_model.` prefix (transformers < 
   encoder.layers.i.layer_norm1 / layer_norm2      -> encoder/layers_i/attn_norm / mlp_norm
   encoder.layers.i.self_attn.{q,k,v,out}_proj     -> encoder/layers_i/attn/{q,k,v,o} (kernel = weightᵀ, bias)
   encoder.layers.i.mlp.fc1 / fc2                  -> encoder/layers_i/mlp/fc1 / fc2
-  visual_projection.weight [P, D] (CLIPModel)     -> projection/kernel [D, P]
+  visual_projection.weight [P, D] (CLIPModel, CLIPVisionModelWithProjection) -> projection/kernel [D, P]
 `from_hf` reads CLIPModel's vision tower (its text tower and `logit_scale` are read and dropped); `text_from_hf`
-reads the text tower (`CLIPTextModel`, or CLIPModel's `text_model.*` + `text_projection.weight`) into
+reads the text tower (`CLIPTextModel`, or CLIPModel's / CLIPTextModelWithProjection's `text_model.*` +
+`text_projection.weight`) into
 jaxmm.models.text_encoder.TextEncoder:
   embeddings.token_embedding.weight [V, D]      -> token_embed/embedding
   embeddings.position_embedding.weight [P, D]   -> position_embedding
@@ -27,8 +29,8 @@ from jaxmm.models.text_encoder import TextEncoder, TextEncoderConfig
 from jaxmm.models.vit import ViT, ViTConfig
 from jaxmm.checks import fail
 
-CLIP_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel")
-CLIP_TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPModel")
+CLIP_ARCHITECTURES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel")
+CLIP_TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPModel")
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
@@ -47,7 +49,8 @@ def vit_config_from_hf(config: dict, **overrides) -> ViTConfig:
                 num_heads=int(vision.get("num_attention_heads", 12)),
                 mlp_dim=int(vision.get("intermediate_size", 3072)), mlp=_ACTIVATIONS[act],
                 norm_eps=float(vision.get("layer_norm_eps", 1e-5)),
-                projection_dim=int(config.get("projection_dim", 512)) if arch == "CLIPModel" else None)
+                projection_dim=(int(config.get("projection_dim", 512))
+                                if arch in ("CLIPModel", "CLIPVisionModelWithProjection") else None))
     base.update(overrides)
     return ViTConfig(**base)
 
@@ -131,9 +134,22 @@ def text_config_from_hf(config: dict, **overrides) -> TextEncoderConfig:
                 num_heads=int(text.get("num_attention_heads", 8)), mlp_dim=int(text.get("intermediate_size", 2048)),
                 mlp=_ACTIVATIONS[act], norm_eps=float(text.get("layer_norm_eps", 1e-5)),
                 eos_token_id=int(text.get("eos_token_id", 2)),
-                projection_dim=int(config.get("projection_dim", 512)) if arch == "CLIPModel" else None)
+                projection_dim=(int(config.get("projection_dim", 512))
+                                if arch in ("CLIPModel", "CLIPTextModelWithProjection") else None))
     base.update(overrides)
     return TextEncoderConfig(**base)
+
+
+def text_name_map(cfg: TextEncoderConfig, prefix: str) -> dict:
+    """HF CLIP text tower names (under `prefix`) -> TextEncoder param paths."""
+    m = {f"{prefix}embeddings.token_embedding.weight": (("token_embed", "embedding"), ""),
+         f"{prefix}embeddings.position_embedding.weight": (("position_embedding",), ""),
+         f"{prefix}final_layer_norm.weight": (("final_norm", "scale"), ""),
+         f"{prefix}final_layer_norm.bias": (("final_norm", "bias"), ""),
+         **encoder_layer_map(cfg.num_layers, f"{prefix}encoder.", ("encoder",))}
+    if cfg.projection_dim:
+        m["text_projection.weight"] = (("projection", "kernel"), "T")
+    return m
 
 
 def text_from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tuple[TextEncoder, dict]:
@@ -142,13 +158,7 @@ def text_from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) ->
     (and text_embeds for CLIPModel). Raises ValueError listing unmapped / missing tensor names."""
     cfg = text_config_from_hf(config, **overrides)
     prefix = "text_model." if any(n.startswith("text_model.") for n in tensors) else ""
-    m = {f"{prefix}embeddings.token_embedding.weight": (("token_embed", "embedding"), ""),
-         f"{prefix}embeddings.position_embedding.weight": (("position_embedding",), ""),
-         f"{prefix}final_layer_norm.weight": (("final_norm", "scale"), ""),
-         f"{prefix}final_layer_norm.bias": (("final_norm", "bias"), ""),
-         **encoder_layer_map(cfg.num_layers, f"{prefix}encoder.", ("encoder",))}
-    if cfg.projection_dim:
-        m["text_projection.weight"] = (("projection", "kernel"), "T")
+    m = text_name_map(cfg, prefix)
     ignore = lambda n: (n.startswith(("vision_model.", "visual_projection.")) or n == "logit_scale"  # noqa: E731
                         or n.endswith("embeddings.position_ids"))
     model = TextEncoder(cfg)

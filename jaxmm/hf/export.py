@@ -2,13 +2,17 @@
 
 The inverse of `from_pretrained`: each exportable module class has one `Family` entry holding the SAME name map
 its importer uses ({HF name: (param path, transform)}) and a config.json writer; the weights are that map run
-backwards (transform "T": kernelᵀ, "conv": [kh, kw, in, out] -> [out, in, kh, kw]). Adding a family (SigLIP,
-Whisper encoder, CLIP text, ...) is one `register(Family(...))` next to its importer.
+backwards (transform "T": kernelᵀ, "conv": [kh, kw, in, out] -> [out, in, kh, kw], "conv1d": [k, in, out] ->
+[out, in, k]), then the family's `finish` adds what HF stores outside that map (SigLIP's packed in_proj, Whisper's
+fixed sinusoid positions). Adding a family is one `register(Family(...))`.
 
 | module | written as | config.json |
 |---|---|---|
-| `jaxmm.models.llm.LLM` | LlamaForCausalLM (default), Qwen2ForCausalLM (q/k/v bias without o bias), MistralForCausalLM (a sliding window); `architecture=` chooses | legacy rope form (`rope_theta` + `rope_scaling`), read by transformers 4 and 5 |
-| `jaxmm.models.vit.ViT` (no projection) | CLIPVisionModel, keys without `vision_model.` (what transformers 5 writes) | clip_vision_model |
+| `jaxmm.models.llm.LLM` | LlamaForCausalLM (default), Qwen2ForCausalLM (q/k/v bias without o bias), MistralForCausalLM (a sliding window); `architecture=` chooses (LLMConfig does not record the HF family: a Mistral without sliding window is written as Llama unless `architecture=` says otherwise -- the same function) | legacy rope form (`rope_theta` + `rope_scaling`), read by transformers 4 and 5; `max_position_embeddings` 4096 (LLMConfig does not hold a context length; pass `extra_config=`) |
+| `jaxmm.models.vit.ViT`, `class_token=True` (CLIP) | CLIPVisionModel, keys without `vision_model.` (what transformers 5 writes); with `projection_dim`: CLIPVisionModelWithProjection (`vision_model.*` + `visual_projection`) | clip_vision_model |
+| `jaxmm.models.vit.ViT`, `class_token=False` (SigLIP) | SiglipVisionModel (`vision_use_head` = `pool == "map"`; the head's q/k/v packed into torch's `in_proj_weight`/`in_proj_bias`) | siglip_vision_model |
+| `jaxmm.models.text_encoder.TextEncoder` | CLIPTextModel; with `projection_dim`: CLIPTextModelWithProjection (`text_model.*` + `text_projection`) | clip_text_model |
+| `jaxmm.models.audio.AudioEncoder` (`pool=1`) | WhisperEncoder (keys without prefix + `embed_positions.weight` = the fixed sinusoids), what transformers' own `WhisperEncoder.save_pretrained` writes; load it with `transformers.models.whisper.modeling_whisper.WhisperEncoder.from_pretrained` (AutoModel maps model_type whisper to WhisperModel, whose decoder the folder lacks) | whisper (encoder fields; decoder fields left at WhisperConfig's defaults) |
 | `jaxmm.models.mllm.MLLM` ("vit" encoder, mlp2x_gelu projector) | LlavaForConditionalGeneration, transformers 5.24's saved names (see jaxmm.hf.llava) | llava |
 
 LoRA pairs are merged into their kernels (W + A·B·alpha/rank, each submodule with its own alpha) before
@@ -30,9 +34,11 @@ import jax
 import numpy as np
 
 from jaxmm.checks import fail
-from jaxmm.hf import clip, llava
+from jaxmm.hf import clip, llava, whisper
 from jaxmm.models import llm as llm_lib
+from jaxmm.models.audio import AudioEncoder, sinusoids
 from jaxmm.models.mllm import MLLM
+from jaxmm.models.text_encoder import TextEncoder
 from jaxmm.models.vit import ViT
 from jaxmm.nn.layers import merge_lora
 
@@ -42,11 +48,13 @@ SAFETENSORS_METADATA = {"format": "pt"}  # what transformers expects in the head
 @dataclasses.dataclass(frozen=True)
 class Family:
     """How instances of `module` are written. name_map(cfg) -> the importer's {HF name: (path, transform)};
-    hf_config(cfg, architecture) -> config.json dict; lora_alphas(cfg) -> {param subtree path: LoRA alpha}."""
+    hf_config(cfg, architecture) -> config.json dict; lora_alphas(cfg) -> {param subtree path: LoRA alpha};
+    finish(cfg, tensors) -> the HF tensors (for names the map cannot express one to one)."""
     module: type
     name_map: Callable[[Any], dict]
     hf_config: Callable[[Any, str | None], dict]
     lora_alphas: Callable[[Any], dict]
+    finish: Callable[[Any, dict], dict] = lambda cfg, tensors: tensors
 
 
 FAMILIES: dict[type, Family] = {}
@@ -98,21 +106,120 @@ def llm_hf_config(cfg: llm_lib.LLMConfig, architecture: str | None = None) -> di
 
 
 _CLIP_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+_SIGLIP_ACTS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+
+
+def vit_family(cfg) -> str:
+    """"clip" or "siglip" for a ViTConfig, decided by `class_token` (CLIP's towers have a class token, SigLIP's do
+    not); the other fields that differ between the two must agree with it (else an error naming them)."""
+    kind = "clip" if cfg.class_token else "siglip"
+    want = (dict(pre_norm=True, patch_bias=False, pool="cls") if kind == "clip"
+            else dict(pre_norm=False, patch_bias=True))
+    got = {k: getattr(cfg, k) for k in want}
+    if got != want or (kind == "siglip" and cfg.pool not in ("map", "none")):
+        fail("ViTConfig", f"a CLIP tower (class_token=True, {want}) or a SigLIP tower (class_token=False, "
+             "pre_norm=False, patch_bias=True, pool 'map' or 'none')",
+             f"class_token={cfg.class_token}, pre_norm={cfg.pre_norm}, patch_bias={cfg.patch_bias}, pool={cfg.pool!r}")
+    return kind
+
+
+def _vit_arch(cfg) -> str:
+    if vit_family(cfg) == "siglip":
+        return "SiglipVisionModel"
+    return "CLIPVisionModelWithProjection" if cfg.projection_dim else "CLIPVisionModel"
 
 
 def clip_vision_hf_config(cfg, architecture: str | None = None) -> dict:
-    if architecture not in (None, "CLIPVisionModel"):
-        fail("architecture", "'CLIPVisionModel' for a ViT", repr(architecture))
+    """config.json of a ViTConfig: CLIPVisionModel(WithProjection) or SiglipVisionModel (see `vit_family`)."""
+    arch = _vit_arch(cfg)
+    if architecture not in (None, arch):
+        fail("architecture", f"{arch!r} for this ViT (the family follows ViTConfig.class_token)", repr(architecture))
+    acts = _CLIP_ACTS if arch.startswith("CLIP") else _SIGLIP_ACTS
+    if cfg.attention != "softmax" or cfg.mlp not in acts:
+        fail("ViTConfig", f"softmax attention and an mlp among {sorted(acts)}", f"{cfg.attention}, {cfg.mlp}")
+    if arch == "SiglipVisionModel" and cfg.projection_dim:
+        fail("ViTConfig.projection_dim", "None for a SigLIP tower (SiglipVisionModel has no projection)",
+             cfg.projection_dim)
+    out = {"architectures": [arch], "hidden_size": cfg.d_model,
+           "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
+           "num_attention_heads": cfg.num_heads, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+           "num_channels": cfg.num_channels, "hidden_act": acts[cfg.mlp], "layer_norm_eps": cfg.norm_eps,
+           "attention_dropout": 0.0}
+    if arch == "SiglipVisionModel":
+        out.update(model_type="siglip_vision_model", vision_use_head=cfg.pool == "map")
+    else:
+        out["model_type"] = "clip_vision_model"
+        if cfg.projection_dim:
+            out["projection_dim"] = cfg.projection_dim
+    return out
+
+
+def _vit_name_map(cfg) -> dict:
+    prefix = "vision_model." if _vit_arch(cfg) == "CLIPVisionModelWithProjection" else ""
+    return clip.vision_name_map(cfg, prefix)
+
+
+def _pack_in_proj(cfg, tensors: dict) -> dict:
+    """SigLIP's pooling head: q/k/v -> torch MultiheadAttention's packed in_proj_weight [3D, D] / in_proj_bias."""
+    if vit_family(cfg) != "siglip" or cfg.pool != "map":
+        return tensors
+    h = "head.attention."
+    for what in ("weight", "bias"):
+        tensors[h + f"in_proj_{what}"] = np.concatenate([tensors.pop(h + f"{n}_proj.{what}")
+                                                         for n in ("q", "k", "v")], axis=0)
+    return tensors
+
+
+def clip_text_hf_config(cfg, architecture: str | None = None) -> dict:
+    """config.json of a TextEncoderConfig: CLIPTextModel, or CLIPTextModelWithProjection with a projection."""
+    arch = "CLIPTextModelWithProjection" if cfg.projection_dim else "CLIPTextModel"
+    if architecture not in (None, arch):
+        fail("architecture", f"{arch!r} for this TextEncoder", repr(architecture))
+    if cfg.mlp not in _CLIP_ACTS:
+        fail("TextEncoderConfig.mlp", f"one of {sorted(_CLIP_ACTS)}", repr(cfg.mlp))
+    out = {"architectures": [arch], "model_type": "clip_text_model", "vocab_size": cfg.vocab_size,
+           "max_position_embeddings": cfg.max_positions, "hidden_size": cfg.d_model,
+           "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
+           "num_attention_heads": cfg.num_heads, "hidden_act": _CLIP_ACTS[cfg.mlp], "layer_norm_eps": cfg.norm_eps,
+           "eos_token_id": cfg.eos_token_id, "attention_dropout": 0.0,
+           "bos_token_id": None, "pad_token_id": None}  # unknown to jaxmm (CLIP's forward uses only eos)
     if cfg.projection_dim:
-        fail("ViTConfig.projection_dim", "None (a projection needs CLIPModel's text tower, which jaxmm does not "
-             "hold)", cfg.projection_dim)
-    if cfg.attention != "softmax" or cfg.mlp not in _CLIP_ACTS:
-        fail("ViTConfig", f"softmax attention and an mlp among {sorted(_CLIP_ACTS)}", f"{cfg.attention}, {cfg.mlp}")
-    return {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": cfg.d_model,
-            "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
-            "num_channels": cfg.num_channels, "hidden_act": _CLIP_ACTS[cfg.mlp], "layer_norm_eps": cfg.norm_eps,
-            "attention_dropout": 0.0}
+        out["projection_dim"] = cfg.projection_dim
+    return out
+
+
+def _clip_text_name_map(cfg) -> dict:
+    return clip.text_name_map(cfg, "text_model." if cfg.projection_dim else "")
+
+
+def whisper_hf_config(cfg, architecture: str | None = None) -> dict:
+    """config.json of an AudioConfig as transformers' WhisperEncoder (model_type whisper; decoder fields are
+    WhisperConfig's defaults, unused by the encoder)."""
+    if architecture not in (None, "WhisperEncoder"):
+        fail("architecture", "'WhisperEncoder' for an AudioEncoder (WhisperModel needs a decoder jaxmm does not "
+             "hold)", repr(architecture))
+    if cfg.pool != 1 or cfg.attention != "softmax" or cfg.norm_eps != 1e-5 or cfg.max_frames % 2:
+        fail("AudioConfig", "pool=1, attention='softmax', norm_eps=1e-5 (torch LayerNorm's) and an even max_frames "
+             "(Whisper's encoder)", f"pool={cfg.pool}, attention={cfg.attention!r}, norm_eps={cfg.norm_eps}, "
+             f"max_frames={cfg.max_frames}")
+    return {"architectures": ["WhisperEncoder"], "model_type": "whisper", "num_mel_bins": cfg.n_mels,
+            "max_source_positions": cfg.max_frames // 2, "d_model": cfg.d_model, "encoder_layers": cfg.num_layers,
+            "encoder_attention_heads": cfg.num_heads, "encoder_ffn_dim": cfg.mlp_dim,
+            "activation_function": "gelu", "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+            "encoder_layerdrop": 0.0, "scale_embedding": False}
+
+
+def _whisper_name_map(cfg) -> dict:
+    m = whisper._name_map(cfg, "")
+    for conv in ("conv1", "conv2"):
+        m[f"{conv}.weight"] = ((conv, "kernel"), "conv1d")
+    return m
+
+
+def _whisper_positions(cfg, tensors: dict) -> dict:
+    dtype = tensors["conv1.weight"].dtype
+    tensors["embed_positions.weight"] = sinusoids(cfg.max_frames // 2, cfg.d_model).astype(dtype)
+    return tensors
 
 
 def llava_hf_config(cfg, architecture: str | None = None) -> dict:
@@ -121,6 +228,9 @@ def llava_hf_config(cfg, architecture: str | None = None) -> dict:
     llava.name_map(cfg)  # refuses non-CLIP encoders and other projectors, naming them
     text = llm_hf_config(cfg.llm)
     vision = clip_vision_hf_config(cfg.encoder_config)
+    if vision["architectures"] != ["CLIPVisionModel"]:
+        fail("MLLMConfig.encoder_config", "a CLIP tower without projection for LlavaForConditionalGeneration",
+             vision["architectures"][0])
     for c in (text, vision):
         c.pop("architectures")
     vit = cfg.encoder_config
@@ -132,8 +242,10 @@ def llava_hf_config(cfg, architecture: str | None = None) -> dict:
 
 
 register(Family(llm_lib.LLM, llm_lib._hf_name_map, llm_hf_config, lambda c: {(): c.lora_alpha}))
-register(Family(ViT, lambda c: clip.vision_name_map(c, ""), clip_vision_hf_config,
-                lambda c: {(): c.lora_alpha}))
+register(Family(ViT, _vit_name_map, clip_vision_hf_config, lambda c: {(): c.lora_alpha}, _pack_in_proj))
+register(Family(TextEncoder, _clip_text_name_map, clip_text_hf_config, lambda c: {(): c.lora_alpha}))
+register(Family(AudioEncoder, _whisper_name_map, whisper_hf_config, lambda c: {(): c.lora_alpha},
+                _whisper_positions))
 register(Family(MLLM, llava.name_map, llava_hf_config,
                 lambda c: {("encoder",): getattr(c.encoder_config, "lora_alpha", 16.0), ("llm",): c.llm.lora_alpha}))
 
@@ -174,6 +286,8 @@ def hf_tensors(module, params) -> dict[str, np.ndarray]:
             a = a.T
         elif transform == "conv":
             a = a.transpose(3, 2, 0, 1)
+        elif transform == "conv1d":
+            a = a.transpose(2, 1, 0)
         elif transform:
             raise ValueError(f"unknown transform {transform!r}")
         out[name] = np.ascontiguousarray(a)
@@ -181,7 +295,7 @@ def hf_tensors(module, params) -> dict[str, np.ndarray]:
     left = sorted("/".join(p) for p in flat if p not in used)
     if left:
         fail("params", f"only params the {type(module).__name__} -> HF name map writes", f"also {left}")
-    return out
+    return family.finish(module.config, out)
 
 
 def parse_size(size) -> int:

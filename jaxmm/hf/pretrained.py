@@ -3,13 +3,13 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
 
   LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM -> jaxmm.models.llm.LLM;
     `module.apply({"params": params}, input_ids)` -> float32 logits [B, L, vocab].
-  CLIPVisionModel, CLIPModel (vision tower), SiglipVisionModel, SiglipModel (vision tower) ->
+  CLIPVisionModel(WithProjection), CLIPModel (vision tower), SiglipVisionModel, SiglipModel (vision tower) ->
     jaxmm.models.vit.ViT; `module.apply({"params": params}, pixel_values)` (NHWC) -> {"last_hidden_state",
     "pooler_output", "hidden_states", "features", ("image_embeds" for CLIPModel)}.
-  CLIPTextModel, CLIPModel with tower="text" -> jaxmm.models.text_encoder.TextEncoder;
+  CLIPTextModel(WithProjection), CLIPModel with tower="text" -> jaxmm.models.text_encoder.TextEncoder;
     `module.apply({"params": params}, input_ids, attention_mask)` -> {"last_hidden_state", "pooler_output",
     "hidden_states", ("text_embeds" for CLIPModel)}.
-  WhisperForConditionalGeneration, WhisperModel (encoder) -> jaxmm.models.audio.AudioEncoder;
+  WhisperForConditionalGeneration, WhisperModel (encoder), WhisperEncoder -> jaxmm.models.audio.AudioEncoder;
     `module.apply({"params": params}, mel)` (mel [B, frames, n_mels]) -> {"last_hidden_state", "features"}.
   LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
     (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
@@ -22,9 +22,10 @@ from jaxmm.hf.io import load_safetensors, read_config
 from jaxmm.checks import fail
 
 LLM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPModel", "SiglipVisionModel", "SiglipModel")
-TEXT_ARCHITECTURES = ("CLIPTextModel",)
-AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel")
+VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel", "SiglipVisionModel",
+                        "SiglipModel")
+TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
 SUPPORTED_ARCHITECTURES = (LLM_ARCHITECTURES + VISION_ARCHITECTURES + TEXT_ARCHITECTURES + AUDIO_ARCHITECTURES
                            + MLLM_ARCHITECTURES)
@@ -41,7 +42,7 @@ def loader(arch: str, tower: str | None = None):
         from jaxmm.models.llm import from_hf
     elif arch in MLLM_ARCHITECTURES:
         from jaxmm.hf.llava import from_hf
-    elif arch in ("CLIPTextModel",) or tower == "text":
+    elif arch in TEXT_ARCHITECTURES or tower == "text":
         from jaxmm.hf.clip import text_from_hf as from_hf
     elif arch.startswith("Siglip"):
         from jaxmm.hf.siglip import from_hf

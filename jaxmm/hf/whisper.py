@@ -1,7 +1,8 @@
 """HF Whisper encoder (`WhisperForConditionalGeneration` / `WhisperModel`: the encoder half) ->
 jaxmm.models.audio.AudioEncoder.
 
-Name map (HF -> jaxmm), under `model.encoder.` (WhisperForConditionalGeneration) or `encoder.` (WhisperModel):
+Name map (HF -> jaxmm), under `model.encoder.` (WhisperForConditionalGeneration), `encoder.` (WhisperModel) or no
+prefix (transformers' WhisperEncoder, what jaxmm.hf.save_pretrained writes):
   conv1 / conv2 .weight [D, C, 3] / .bias        -> conv1 / conv2 kernel [3, C, D] / bias
   embed_positions.weight [max_source_positions, D] -> (not a param: checked to be Whisper's fixed sinusoids,
                                                     which transformers never trains; a checkpoint with other
@@ -23,7 +24,7 @@ from jaxmm.checks import fail
 from jaxmm.models.audio import AudioConfig, AudioEncoder, sinusoids
 from jaxmm.models.llm import add_fresh_lora, convert_tensors, param_shapes
 
-WHISPER_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel")
+WHISPER_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 
 
 def audio_config_from_hf(config: dict, **overrides) -> AudioConfig:
@@ -70,7 +71,8 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides) -> tupl
     last_hidden_state. Raises ValueError listing unmapped / missing tensors, or when `embed_positions` is not
     Whisper's sinusoids."""
     cfg = audio_config_from_hf(config, **overrides)
-    prefix = next((p for p in ("model.encoder.", "encoder.") if any(n.startswith(p) for n in tensors)), None)
+    prefixes = ("",) if config["architectures"][0] == "WhisperEncoder" else ("model.encoder.", "encoder.")
+    prefix = next((p for p in prefixes if any(n.startswith(p) for n in tensors)), None)
     if prefix is None:
         fail("tensors", "Whisper encoder tensors under 'model.encoder.' or 'encoder.'", f"{sorted(tensors)[:5]}...")
     tensors = dict(tensors)

@@ -8,8 +8,13 @@ re-exported; a Qwen2 with a trained LoRA adapter (exported merged; jaxmm's outpu
 a Llama initialised by jaxmm (not from HF: GQA 4/2, head_dim 12 != 40/4, attention + MLP biases, Llama-3 rope
 scaling, untied) written in 50 KB shards; a jaxmm-initialised CLIP vision tower; a tiny MLLM (ViT + projector +
 Llama with LoRA) written as LlavaForConditionalGeneration, compared on text only and with an image (HF's
-input holds N image tokens where jaxmm holds one placeholder). Step 2 (`--hf`, run under the side env) loads
-each folder with transformers (eager attention, float32, `output_loading_info=True`). Step 3 compares.
+input holds N image tokens where jaxmm holds one placeholder); the encoder families, each re-exported from its
+fixture and initialised by jaxmm: SigLIP vision (SiglipVisionModel, with and without the pooling head), CLIP text
+(CLIPTextModel; CLIPTextModelWithProjection from CLIPModel's text tower and jaxmm-initialised), CLIP vision with
+projection (CLIPVisionModelWithProjection from CLIPModel's vision tower) and the Whisper encoder (transformers'
+WhisperEncoder, loaded by that class: AutoModel would build a WhisperModel and leave its decoder random).
+Step 2 (`--hf`, run under the side env) loads each folder with transformers (eager attention, float32,
+`output_loading_info=True`). Step 3 compares.
 Not a pytest test (needs torch); about a minute on CPU.
 """
 import argparse
@@ -27,13 +32,17 @@ TOL = 1e-4
 
 
 def build(out):
+    import dataclasses
+
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
     from jaxmm.hf import from_pretrained, save_pretrained
     from jaxmm.models import encoders
+    from jaxmm.models.audio import AudioConfig, AudioEncoder
     from jaxmm.models.llm import LLM, LLMConfig
+    from jaxmm.models.text_encoder import TextEncoder, TextEncoderConfig
     from jaxmm.models.mllm import MLLM, MLLMConfig
     from jaxmm.models.vit import ViT, ViTConfig
 
@@ -96,6 +105,49 @@ def build(out):
     hf_ids = np.stack([np.concatenate([r[:list(r).index(7)], [7] * n, r[list(r).index(7) + 1:]]) for r in ids])
     np.savez(os.path.join(folder, "jaxmm.npz"), ids=ids, hf_ids=hf_ids, img=img, logits=logits, text=text, n=n)
     cases["llava_jaxmm_mllm"] = "llava"
+
+    def enc_case(name, model, params, inputs, **save_kw):  # inputs in jaxmm's layout: px NHWC, ids + mask, mel
+        folder = os.path.join(out, name)
+        save_pretrained(model, params, folder, **save_kw)
+        args = [jnp.asarray(inputs[k]) for k in ("px", "ids", "mask", "mel") if k in inputs]
+        o = model.apply({"params": params}, *args)
+        outs = {f"out_{k}": np.asarray(v) for k, v in o.items()
+                if k in ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds")}
+        np.savez(os.path.join(folder, "jaxmm.npz"), **{f"in_{k}": v for k, v in inputs.items()}, **outs)
+        cases[name] = "enc"
+
+    for fixture, tower in (("siglip_vision", None), ("clip_text", None), ("clip_model", "text"),
+                           ("clip_model", None), ("whisper_encoder", None)):
+        model, params = from_pretrained(os.path.join(FIXTURES, fixture), tower=tower)
+        ref = dict(np.load(os.path.join(FIXTURES, fixture, "reference.npz")))
+        if fixture == "whisper_encoder":
+            inputs = {"mel": ref["input_features"]}
+        elif tower == "text" or fixture == "clip_text":
+            inputs = {"ids": ref["input_ids"], "mask": ref["attention_mask"]}
+        else:
+            inputs = {"px": ref["pixel_values"]}
+        enc_case(f"reexport_{fixture}" + (f"_{tower}" if tower else ""), model, params, inputs)
+    siglip = ViT(ViTConfig(image_size=28, patch_size=7, d_model=48, num_layers=2, num_heads=3, mlp_dim=64,
+                           mlp="gelu_tanh", norm_eps=1e-6, class_token=False, pre_norm=False, patch_bias=True,
+                           pool="map"))
+    px = rng.standard_normal((2, 28, 28, 3)).astype(np.float32)
+    params = noisy(siglip.init(jax.random.key(9), jnp.asarray(px))["params"], 0.1, 10)
+    enc_case("siglip_vision_jaxmm_init", siglip, params, {"px": px})
+    headless = ViT(dataclasses.replace(siglip.config, pool="none"))
+    enc_case("siglip_vision_jaxmm_init_no_head", headless, {k: v for k, v in params.items() if k != "head"},
+             {"px": px})
+    text = TextEncoder(TextEncoderConfig(vocab_size=90, max_positions=16, d_model=40, num_layers=2, num_heads=4,
+                                         mlp_dim=72, mlp="gelu", eos_token_id=5, projection_dim=24))
+    ids = rng.integers(6, 90, size=(2, 16)).astype(np.int32)
+    ids[0, 11], ids[1, 7] = 5, 5  # end of text inside the row; row 1 right-padded after it
+    mask = np.ones_like(ids)
+    mask[1, 8:] = 0
+    params = noisy(text.init(jax.random.key(11), jnp.asarray(ids), jnp.asarray(mask))["params"], 0.1, 12)
+    enc_case("clip_text_jaxmm_init_projection", text, params, {"ids": ids, "mask": mask})
+    audio = AudioEncoder(AudioConfig(n_mels=20, max_frames=40, d_model=48, num_layers=2, num_heads=4, mlp_dim=96))
+    mel = rng.standard_normal((2, 40, 20)).astype(np.float32)
+    params = noisy(audio.init(jax.random.key(13), jnp.asarray(mel))["params"], 0.1, 14)
+    enc_case("whisper_encoder_jaxmm_init", audio, params, {"mel": mel})
     with open(os.path.join(out, "cases.json"), "w") as f:
         json.dump(cases, f)
 
@@ -104,13 +156,18 @@ def run_hf(out):
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, CLIPVisionModel, LlavaForConditionalGeneration
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     cases = json.load(open(os.path.join(out, "cases.json")))
     info_all = {"transformers": transformers.__version__, "torch": torch.__version__}
     for name, kind in cases.items():
         folder = os.path.join(out, name)
         z = np.load(os.path.join(folder, "jaxmm.npz"))
-        cls = {"llm": AutoModelForCausalLM, "clip": CLIPVisionModel, "llava": LlavaForConditionalGeneration}[kind]
+        if kind == "enc":  # the class config.json names (WhisperEncoder is not exported at transformers' top level)
+            arch = json.load(open(os.path.join(folder, "config.json")))["architectures"][0]
+            cls = WhisperEncoder if arch == "WhisperEncoder" else getattr(transformers, arch)
+        else:
+            cls = {"llm": AutoModelForCausalLM, "clip": CLIPVisionModel, "llava": LlavaForConditionalGeneration}[kind]
         model, info = cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager",
                                           output_loading_info=True)
         model.eval()
@@ -122,6 +179,18 @@ def run_hf(out):
                 pos = np.where(mask == 0, 1, np.cumsum(mask, 1) - 1)
                 res["logits"] = model(torch.tensor(z["ids"]).long(), attention_mask=torch.tensor(mask),
                                       position_ids=torch.tensor(pos)).logits.numpy()
+            elif kind == "enc":
+                kw = {}
+                if "in_px" in z:
+                    kw["pixel_values"] = torch.tensor(z["in_px"].transpose(0, 3, 1, 2))
+                if "in_ids" in z:
+                    kw.update(input_ids=torch.tensor(z["in_ids"]).long(), attention_mask=torch.tensor(z["in_mask"]))
+                if "in_mel" in z:
+                    kw["input_features"] = torch.tensor(z["in_mel"].transpose(0, 2, 1))
+                r = model(**kw)
+                for k in ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds"):
+                    if getattr(r, k, None) is not None:
+                        res[k] = r[k].numpy()
             elif kind == "clip":
                 r = model(pixel_values=torch.tensor(z["px"].transpose(0, 3, 1, 2)))
                 res["last"], res["pooled"] = r.last_hidden_state.numpy(), r.pooler_output.numpy()
@@ -152,6 +221,19 @@ def compare(out):
         if kind == "llm":
             real = z["mask"].astype(bool)
             rows.append(("logits (real tokens)", np.abs(z["logits"] - h["logits"])[real].max(), np.abs(h["logits"]).max()))
+        elif kind == "enc":  # every output transformers returns (WithProjection classes: no pooler_output)
+            for k in ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds"):
+                if k not in h:
+                    continue
+                if f"out_{k}" not in z:  # jaxmm lacks an output transformers gives: a failure
+                    ok = False
+                    rows.append((f"{k} (missing in jaxmm)", np.inf, 0.0))
+                    continue
+                a, b = z[f"out_{k}"], h[k]
+                if "in_mask" in z and k == "last_hidden_state":  # padded positions are not compared
+                    real = z["in_mask"].astype(bool)
+                    a, b = a[real], b[real]
+                rows.append((k, np.abs(a - b).max(), np.abs(b).max()))
         elif kind == "clip":
             rows.append(("last_hidden_state", np.abs(z["last"] - h["last"]).max(), np.abs(h["last"]).max()))
             rows.append(("pooler_output", np.abs(z["pooled"] - h["pooled"]).max(), np.abs(h["pooled"]).max()))
@@ -178,10 +260,13 @@ if __name__ == "__main__":
     ap.add_argument("--dir", default="/tmp/jaxmm_export_parity")
     ap.add_argument("--ref-python", help="python of the side environment with torch + transformers")
     ap.add_argument("--hf", action="store_true", help="(internal) load the folders with transformers")
+    ap.add_argument("--compare-only", action="store_true", help="(debug) redo step 3 on an existing --dir")
     args = ap.parse_args()
     if args.hf:
         run_hf(args.dir)
         sys.exit(0)
+    if args.compare_only:
+        sys.exit(0 if compare(args.dir) else 1)
     if os.path.isdir(args.dir):
         shutil.rmtree(args.dir)
     os.makedirs(args.dir)

@@ -1,6 +1,9 @@
 """jaxmm.hf.save_pretrained: the written tensors are the HF fixture files' tensors bit for bit, folders load back
 with from_pretrained to the same logits, LoRA is merged, shards + index above max_shard_size, config.json, the
-LLaVA layout for an MLLM. (transformers loading the folders: tests/hf/export_parity.py, side env.)"""
+LLaVA layout for an MLLM; the encoder families (SigLIP vision, CLIP text, CLIP vision/text with projection, the
+Whisper encoder) round trip to the fixtures' HF reference outputs. (transformers loading the folders:
+tests/hf/export_parity.py, side env.)"""
+import dataclasses
 import functools
 import json
 import os
@@ -23,8 +26,8 @@ LLMS = {"llama_mha": "LlamaForCausalLM", "llama3_gqa_tied": "LlamaForCausalLM", 
 
 
 @functools.cache
-def loaded(name):
-    return from_pretrained(os.path.join(HF, name))
+def loaded(name, tower=None):
+    return from_pretrained(os.path.join(HF, name), tower=tower)
 
 
 def max_err(a, b):
@@ -187,3 +190,102 @@ def test_mllm_without_clip_encoder_or_with_linear_projector_is_refused(tmp_path)
         model = tiny_mllm(**kw)
         with pytest.raises(ValueError, match=match):
             save_pretrained(model, {}, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- encoder families
+# (fixture, tower) -> (architecture written, prefix of the fixture's names for the written ones, prefixes of the
+# fixture's names that belong to this tower)
+ENCODERS = {("siglip_vision", None): ("SiglipVisionModel", "", ("",)),
+            ("clip_text", None): ("CLIPTextModel", "", ("",)),
+            ("clip_model", "text"): ("CLIPTextModelWithProjection", "", ("text_model.", "text_projection.")),
+            ("clip_model", None): ("CLIPVisionModelWithProjection", "", ("vision_model.", "visual_projection.")),
+            ("whisper_encoder", None): ("WhisperEncoder", "model.encoder.", ("model.encoder.",))}
+
+
+@pytest.mark.parametrize("name,tower", sorted(ENCODERS, key=str))
+def test_encoder_written_tensors_are_the_hf_files_tensors(name, tower):
+    model, params = loaded(name, tower)
+    _, prefix, tower_names = ENCODERS[name, tower]
+    out = hf_tensors(model, params)
+    ref = load_safetensors(os.path.join(HF, name))
+    assert {prefix + k for k in out} == {k for k in ref if k.startswith(tower_names)}
+    for k in out:
+        want = ref[prefix + k]
+        assert out[k].dtype == want.dtype, k
+        if k.endswith("embed_positions.weight"):  # written from jaxmm's sinusoids, torch computed the fixture's
+            np.testing.assert_allclose(out[k], want, atol=1e-6, err_msg=k)
+        else:
+            assert np.array_equal(out[k], want), k
+
+
+def _outputs(model, params, ref):
+    if "input_features" in ref:
+        return model.apply({"params": params}, jnp.asarray(ref["input_features"])), ""
+    if "input_ids" in ref and type(model).__name__ == "TextEncoder":
+        out = model.apply({"params": params}, jnp.asarray(ref["input_ids"]), jnp.asarray(ref["attention_mask"]))
+        return out, "text_"
+    return model.apply({"params": params}, jnp.asarray(ref["pixel_values"])), ""
+
+
+@pytest.mark.parametrize("name,tower", sorted(ENCODERS, key=str))
+def test_encoder_round_trip_config_and_outputs(name, tower, tmp_path):
+    model, params = loaded(name, tower)
+    save_pretrained(model, params, tmp_path)
+    assert read_config(tmp_path)["architectures"] == [ENCODERS[name, tower][0]]
+    model2, params2 = from_pretrained(tmp_path)
+    assert model2.config == model.config
+    ref = dict(np.load(os.path.join(HF, name, "reference.npz")))
+    out, p = _outputs(model2, params2, ref)
+    assert max_err(out["last_hidden_state"], ref[p + "last_hidden_state"]) < 1e-4
+    for h, r in zip(out.get("hidden_states", ()), ref[p + "hidden_states"]):  # AudioEncoder returns none
+        assert max_err(h, r) < 1e-4
+    if p + "pooler_output" in ref:
+        assert max_err(out["pooler_output"], ref[p + "pooler_output"]) < 1e-4
+    if getattr(model.config, "projection_dim", None):
+        embeds = "text_embeds" if p else "image_embeds"
+        assert max_err(out[embeds], ref[embeds]) < 1e-4
+
+
+def test_siglip_without_head_writes_vision_use_head_false(tmp_path):
+    model, params = loaded("siglip_vision")
+    from jaxmm.models.vit import ViT
+    headless = ViT(dataclasses.replace(model.config, pool="none"))
+    p = {k: v for k, v in params.items() if k != "head"}
+    save_pretrained(headless, p, tmp_path)
+    assert read_config(tmp_path)["vision_use_head"] is False
+    assert not any(k.startswith("head.") for k in load_safetensors(tmp_path))
+    model2, params2 = from_pretrained(tmp_path)
+    assert model2.config.pool == "none"
+    ref = np.load(os.path.join(HF, "siglip_vision", "reference.npz"))
+    out = model2.apply({"params": params2}, jnp.asarray(ref["pixel_values"]))
+    assert max_err(out["last_hidden_state"], ref["last_hidden_state"]) < 1e-4
+
+
+def test_lora_in_an_encoder_is_merged(tmp_path):
+    model, params = from_pretrained(os.path.join(HF, "whisper_encoder"), lora_rank=2, lora_targets=("q", "v"))
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: 0.3 * jax.random.normal(jax.random.key(len(str(p))), x.shape) if p[-1].key == "lora_b" else x,
+        params)
+    mel = jnp.asarray(np.load(os.path.join(HF, "whisper_encoder", "reference.npz"))["input_features"])
+    want = model.apply({"params": params}, mel)["last_hidden_state"]
+    base = loaded("whisper_encoder")
+    assert max_err(want, base[0].apply({"params": base[1]}, mel)["last_hidden_state"]) > 0.05  # adapter matters
+    save_pretrained(model, params, tmp_path)
+    model2, params2 = from_pretrained(tmp_path)
+    assert max_err(model2.apply({"params": params2}, mel)["last_hidden_state"], want) < 1e-4
+
+
+def test_mixed_vit_and_unexportable_encoders_are_named(tmp_path):
+    from jaxmm.models.audio import AudioConfig, AudioEncoder
+    from jaxmm.models.vit import ViT, ViTConfig
+    siglip = dict(class_token=False, pre_norm=False, patch_bias=True, pool="map", mlp="gelu_tanh")
+    for cfg, match in ((ViTConfig(class_token=False), "SigLIP tower"),  # SigLIP without its patch bias
+                       (ViTConfig(**siglip, projection_dim=8), "projection_dim"),
+                       (ViTConfig(**{**siglip, "mlp": "quick_gelu"}), "mlp among")):
+        with pytest.raises(ValueError, match=match):
+            save_pretrained(ViT(cfg), {}, tmp_path)
+    with pytest.raises(ValueError, match="pool=1"):
+        save_pretrained(AudioEncoder(AudioConfig(pool=2)), {}, tmp_path)
+    model, params = loaded("whisper_encoder")
+    with pytest.raises(ValueError, match="WhisperEncoder"):
+        save_pretrained(model, params, tmp_path, architecture="WhisperModel")
