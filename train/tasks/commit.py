@@ -48,7 +48,6 @@ Every formula here is our [reconstruction] (PAPERS.md §1); each is a `task_args
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import jax
@@ -56,7 +55,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from etils import epath
+
 from jaxmm.tuning import commit as C
+from train.metrics import save_png
 from train.task import Hook
 from train.tasks import register
 from train.tasks.mllm import MLLMQATask
@@ -180,7 +182,7 @@ class CommitTask(MLLMQATask):
         if jax.process_index() != 0:
             return {}
         if ctx.config.train.plots and any("kappa" in r for r in ctx.records):
-            plot_kappa(ctx.records, os.path.join(ctx.workdir, "kappa.png"),
+            plot_kappa(ctx.records, str(epath.Path(ctx.workdir) / "kappa.png"),
                        f"κ — method {ctx.config.task_args.method}")
         return kappa_summary(ctx.records)
 
@@ -368,6 +370,6 @@ def plot_kappa(records, path: str, title: str = "") -> str:
     for a in (ax, bx):
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path)  # local or gs:// workdir
     plt.close(fig)
     return path

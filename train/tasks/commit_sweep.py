@@ -15,11 +15,11 @@ re-run continues. Compiled programs are shared across runs through JAX's persist
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import ml_collections
+from etils import epath
 import numpy as np
 
 from train import config as config_lib
@@ -38,11 +38,10 @@ def _copy(c) -> ml_collections.ConfigDict:
 def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
     from train import loop
 
-    out = os.path.join(workdir, "runs", name)
-    done = os.path.join(out, "summary.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            return json.load(f), read(os.path.join(out, "metrics.jsonl"))
+    out = str(epath.Path(workdir) / "runs" / name)  # local or gs:// workdir
+    done = epath.Path(out) / "summary.json"
+    if done.exists():
+        return json.loads(done.read_text()), read(epath.Path(out) / "metrics.jsonl")
     c = config_lib.apply_overrides(_copy(tasks.full_config(base)), overrides)  # base: a partial run config
     t0 = time.perf_counter()
     summary = loop.train(c, out, tasks.get(c.task))
@@ -50,7 +49,7 @@ def _run_one(base, workdir: str, name: str, **overrides) -> tuple[dict, list]:
     write_atomic(done, json.dumps(summary, indent=2, default=str))  # a half-written cache would block the rerun
     print(f"[sweep] {name}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()
                                        if isinstance(v, float)), flush=True)
-    return summary, read(os.path.join(out, "metrics.jsonl"))
+    return summary, read(epath.Path(out) / "metrics.jsonl")
 
 
 def smoothed_ce(records, alpha: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
