@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,7 +138,7 @@ def unet_from_diffusers(config: dict, tensors: dict, dtype=jnp.float32, **overri
     f = 2 ** (len(cfg.block_out_channels) - 1)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, f, f, cfg.in_channels)),
                             jnp.zeros((1,)), jnp.zeros((1, 1, cfg.cross_attention_dim)))["params"]
-    return module, convert(tensors, nn_unbox(shapes), dtype)
+    return module, convert(tensors, nn.meta.unbox(shapes), dtype)
 
 
 def vae_from_diffusers(config: dict, tensors: dict, dtype=jnp.float32, **overrides):
@@ -146,12 +147,7 @@ def vae_from_diffusers(config: dict, tensors: dict, dtype=jnp.float32, **overrid
     module = AutoencoderKL(cfg)
     f = 2 ** (len(cfg.block_out_channels) - 1)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, f, f, cfg.in_channels)))["params"]
-    return module, convert(tensors, nn_unbox(shapes), dtype)
-
-
-def nn_unbox(tree):
-    import flax.linen as nn
-    return nn.meta.unbox(tree)
+    return module, convert(tensors, nn.meta.unbox(shapes), dtype)
 
 
 def from_hf(config: dict, tensors: dict, dtype=jnp.float32, **overrides):

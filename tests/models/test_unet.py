@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _random_params import random_params  # tests/ is on sys.path (rootdir conftest)
 from jaxmm.models import unet as unet_mod
 from jaxmm.models.unet import UNet, UNetConfig, timestep_embedding
 
@@ -16,21 +17,6 @@ CFG = UNetConfig(in_channels=3, out_channels=3, block_out_channels=(8, 16), norm
                  num_attention_heads=2, cross_attention_dim=6,
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-
-
-def random_params(module, *args, seed=0):
-    """Params shaped as module.init gives them, drawn with NumPy (no 50-s XLA compile of the init's RNG):
-    kernels N(0, 1/fan_in), norm scales 1 + 0.1 N, biases 0.1 N, so a reference that ignores one of them fails."""
-    import flax.linen as nn
-    shapes = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args)["params"])
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), jnp.float32)
-        return jnp.asarray((name == "scale") + 0.1 * rng.normal(size=s.shape), jnp.float32)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module")
