@@ -46,7 +46,7 @@ def test_unet_linear_config_read():
     """unet_linear's config exercises the per-level heads, linear projections and the sinusoid conventions."""
     cfg = unet_config(json.loads((FIX / "unet_linear" / "config.json").read_text()))
     assert (cfg.num_attention_heads, cfg.use_linear_projection, cfg.flip_sin_to_cos, cfg.freq_shift,
-            cfg.transformer_layers_per_block, cfg.layers_per_block) == ((2, 2, 4), True, False, 1, 2, 2)
+            cfg.transformer_layers_per_block, cfg.layers_per_block) == ((2, 2, 4), True, False, 1, (1, 1, 2), 2)
 
 
 def test_unet_features_match_diffusers_hooks(unet_tiny):
