@@ -4,6 +4,10 @@ jaxmm.models.vae.AutoencoderKL (config.json + diffusion_pytorch_model.safetensor
     module, params = jaxmm.hf.from_pretrained("sd/unet")     # dispatches on config.json's `_class_name`
     eps = module.apply({"params": params}, x_nhwc, timesteps, context)
 
+Weights out: `save_diffusers(module, params, folder)` writes the same layout (config.json with `_class_name`,
+diffusion_pytorch_model.safetensors) that diffusers' own `from_pretrained` loads; `to_diffusers(params)` gives
+the tensors alone.
+
 Names map one to one: jaxmm's parameter paths mirror diffusers' module names with "." -> "_" (a leaf `kernel` or
 `scale` is diffusers' `weight`). Conv weights go OIHW -> HWIO, Linear weights [out, in] -> [in, out]. The VAE's
 pre-0.14 attention names (query/key/value/proj_attn, possibly as 1x1 convs) are renamed. Every checkpoint tensor
@@ -11,6 +15,7 @@ must land on a parameter and every parameter must be found, else ValueError list
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import flax.linen as nn
@@ -166,3 +171,68 @@ def load_weights(path) -> dict:
     p = Path(path)
     single = p / WEIGHTS_NAME
     return load_safetensors(single if single.is_file() else p)
+
+
+# ------------------------------------------------------------------------------------------------- weights out
+_LISTS = r"(down_blocks|up_blocks|resnets|attentions|downsamplers|upsamplers|transformer_blocks|to_out|net)_(\d+)"
+
+
+def _diffusers_name(path: tuple[str, ...]) -> str:
+    """("down_blocks_0_resnets_1", "norm1", "scale") -> "down_blocks.0.resnets.1.norm1.weight"."""
+    segs = []
+    for seg in path[:-1]:
+        seg = re.sub(_LISTS, r"\1.\2", seg)
+        seg = re.sub(r"(\.\d+)_", r"\1.", seg)
+        seg = re.sub(r"^(mid_block|time_embedding)_", r"\1.", seg)
+        segs.append(seg)
+    return ".".join(segs + ["weight" if path[-1] in ("kernel", "scale") else path[-1]])
+
+
+def to_diffusers(params, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The inverse of `convert`: a jaxmm UNet / AutoencoderKL params tree -> {diffusers name: array} in torch
+    layouts (conv HWIO -> OIHW, Linear [in, out] -> [out, in])."""
+    out = {}
+    for path, a in traverse_util.flatten_dict(nn.meta.unbox(params)).items():
+        a = np.asarray(a, np.float32)
+        a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+        out[_diffusers_name(path)] = np.ascontiguousarray(a.astype(dtype))
+    return out
+
+
+def _config_out(cfg) -> dict:
+    if isinstance(cfg, UNetConfig):
+        heads = cfg.num_attention_heads
+        tl = cfg.transformer_layers_per_block
+        return {"_class_name": "UNet2DConditionModel", "in_channels": cfg.in_channels,
+                "out_channels": cfg.out_channels, "block_out_channels": list(cfg.block_out_channels),
+                "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
+                "mid_block_type": cfg.mid_block_type, "layers_per_block": cfg.layers_per_block,
+                "attention_head_dim": heads if isinstance(heads, int) else list(heads),   # diffusers' name for heads
+                "transformer_layers_per_block": tl if isinstance(tl, int) else list(tl),
+                "cross_attention_dim": cfg.cross_attention_dim, "norm_num_groups": cfg.norm_num_groups,
+                "norm_eps": cfg.norm_eps, "flip_sin_to_cos": cfg.flip_sin_to_cos, "freq_shift": cfg.freq_shift,
+                "use_linear_projection": cfg.use_linear_projection,
+                "mid_block_scale_factor": cfg.mid_block_scale_factor}
+    n = len(cfg.block_out_channels)
+    return {"_class_name": "AutoencoderKL", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+            "block_out_channels": list(cfg.block_out_channels), "layers_per_block": cfg.layers_per_block,
+            "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+            "latent_channels": cfg.latent_channels, "norm_num_groups": cfg.norm_num_groups,
+            "scaling_factor": cfg.scaling_factor, "use_quant_conv": cfg.use_quant_conv,
+            "use_post_quant_conv": cfg.use_post_quant_conv, "mid_block_add_attention": cfg.mid_block_add_attention}
+
+
+def save_diffusers(module, params, folder, dtype=np.float32) -> Path:
+    """Write `folder/config.json` + `folder/diffusion_pytorch_model.safetensors` that diffusers'
+    `UNet2DConditionModel.from_pretrained` / `AutoencoderKL.from_pretrained` (and `from_pretrained` here) load."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    if not isinstance(module, (UNet, AutoencoderKL)):
+        fail("module", "a jaxmm.models.unet.UNet or jaxmm.models.vae.AutoencoderKL", type(module).__name__)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(to_diffusers(params, dtype), str(folder / WEIGHTS_NAME))
+    (folder / "config.json").write_text(json.dumps(_config_out(module.config), indent=2) + "\n")
+    return folder
