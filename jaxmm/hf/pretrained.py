@@ -11,6 +11,9 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
     "hidden_states", ("text_embeds" for CLIPModel)}.
   WhisperForConditionalGeneration, WhisperModel (encoder), WhisperEncoder -> jaxmm.models.audio.AudioEncoder;
     `module.apply({"params": params}, mel)` (mel [B, frames, n_mels]) -> {"last_hidden_state", "features"}.
+  UNet2DConditionModel, AutoencoderKL (diffusers folders: config.json's `_class_name`,
+    diffusion_pytorch_model.safetensors) -> jaxmm.models.unet.UNet / jaxmm.models.vae.AutoencoderKL
+    (jaxmm.hf.diffusers); `module.apply({"params": params}, x_nhwc, timesteps, context)` for the UNet.
   LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
     (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
 """
@@ -27,8 +30,9 @@ VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLI
 TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+DIFFUSERS_CLASSES = ("UNet2DConditionModel", "AutoencoderKL")   # config.json `_class_name`, not `architectures`
 SUPPORTED_ARCHITECTURES = (LLM_ARCHITECTURES + VISION_ARCHITECTURES + TEXT_ARCHITECTURES + AUDIO_ARCHITECTURES
-                           + MLLM_ARCHITECTURES)
+                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES)
 
 
 def loader(arch: str, tower: str | None = None):
@@ -36,12 +40,14 @@ def loader(arch: str, tower: str | None = None):
     "vision" or "text" for CLIPModel; default vision)."""
     if arch not in SUPPORTED_ARCHITECTURES:
         fail("config.json architectures[0]", f"one of {list(SUPPORTED_ARCHITECTURES)}", repr(arch))
-    if tower not in (None, "vision", "text") or (tower == "text" and arch not in ("CLIPModel", "CLIPTextModel")):
+    if tower not in (None, "vision", "text") or (tower == "text" and arch not in ("CLIPModel",) + TEXT_ARCHITECTURES):
         fail("tower", "None, 'vision', or 'text' (CLIPModel / CLIPTextModel)", f"{tower!r} for {arch}")
     if arch in LLM_ARCHITECTURES:
         from jaxmm.models.llm import from_hf
     elif arch in MLLM_ARCHITECTURES:
         from jaxmm.hf.llava import from_hf
+    elif arch in DIFFUSERS_CLASSES:
+        from jaxmm.hf.diffusers import from_hf
     elif arch in TEXT_ARCHITECTURES or tower == "text":
         from jaxmm.hf.clip import text_from_hf as from_hf
     elif arch.startswith("Siglip"):
@@ -62,6 +68,9 @@ def from_pretrained(path, dtype=jnp.float32, *, tower: str | None = None, **over
     Raises ValueError for an unsupported architecture (listing the supported ones) or a pickle-only folder."""
     config = read_config(path)
     archs = config.get("architectures") or []
-    arch = archs[0] if archs else None
+    arch = archs[0] if archs else config.get("_class_name")   # diffusers configs name their class there
     from_hf = loader(arch, tower)
+    if arch in DIFFUSERS_CLASSES:
+        from jaxmm.hf.diffusers import load_weights
+        return from_hf(config, load_weights(path), dtype=dtype, **overrides)
     return from_hf(config, load_safetensors(path), dtype=dtype, **overrides)
