@@ -156,9 +156,9 @@ def demo_rate(steps: int, log_every: int, train_examples: int = 512) -> dict:
     examples_per_s over the log intervals after the first, which holds compilation)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from configs import demo
-    from train import loop
+    from train import loop, tasks
 
-    c = demo.get_config()
+    c = tasks.full_config(demo.get_config())  # the config file gives only what differs from the defaults
     c.data.train_examples, c.data.eval_examples = train_examples, 32  # the step's cost does not depend on it
     c.train.update(dict(steps=steps, log_every=log_every, eval_every=0, eval_examples=32, eval_batch_size=32,
                         progress=False, plots=False))

@@ -253,7 +253,7 @@ def test_file_backed_sources_hold_no_decoded_images_and_are_never_cached(tmp_pat
     config.task = "mllm.qa"
     config.data = dict(source="llava_json", llava_json=dict(train_json=str(path), image_folder=str(img)))
     config.model = dict(vit=dict(image_size=8))
-    config = config_lib.merge_task_defaults(config, task.default_config())
+    config = config_lib.fill(config, task.default_config())
     train, _ = MLLMQATask(config).datasets(config)
     assert not _sources_in(train, CachedSource) and _sources_in(train, LlavaJsonSource)
     assert config.data.cache

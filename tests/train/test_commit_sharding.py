@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from train import loop
+from train import loop, tasks
 from train.metrics import read
 from train.tasks.commit import CommitTask
 
@@ -23,7 +23,7 @@ def _run(tmp_path, name, mesh):
     spec = importlib.util.spec_from_file_location("commit_config", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.get_config("vision_tiny")
+    cfg = tasks.full_config(module.get_config("vision_tiny"))  # the file gives only what differs
     cfg.train.steps, cfg.train.plots, cfg.mesh.shape = 2, False, mesh
     # SGD + momentum: linear in the gradient, so two meshes agree to float32 reordering (tests/train/trained_close.py)
     cfg.optim.update(dict(name="sgd", momentum=0.9, lr=0.05))

@@ -98,7 +98,7 @@ def test_each_stage_freezes_the_expected_groups(variant):
         assert bool(c.model.init.from_workdir) == (variant != "stage1")
         if name.endswith("_tiny"):  # the model's groups (abstract shapes: nothing computed)
             factory = tasks.get(c.task)
-            c = config_lib.merge_task_defaults(c, tasks.build(factory, None).default_config())
+            c = config_lib.fill(c, tasks.build(factory, None).default_config())
             task = tasks.build(factory, c)
             model = task.build_model(c)
             ds = task.datasets(c)[0]
@@ -209,7 +209,7 @@ def test_images_follow_the_encoder_folders_preprocessor(llava_data):
 
     c = tiny("stage1", llava_data, "captions.json")
     factory = tasks.get(c.task)
-    c = config_lib.merge_task_defaults(c, tasks.build(factory, None).default_config())
+    c = config_lib.fill(c, tasks.build(factory, None).default_config())
     task = tasks.build(factory, c)
     proc = ImageProcessor.from_folder(HF / "clip_model")
     assert task.processor == proc and proc.shortest_edge == 20 and proc.crop == (16, 16)

@@ -19,7 +19,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from train import config as config_lib
-from train import loop, perf
+from train import loop, perf, tasks
 from train import tensorboard as tb_lib
 from train.metrics import read
 from train.tasks import toy
@@ -138,7 +138,7 @@ def test_mllm_sample_text_decodes_question_prediction_and_reference():
     from configs import demo
     from train.tasks.mllm import MLLMQATask
 
-    task = MLLMQATask(demo.get_config("tiny"))
+    task = MLLMQATask(tasks.full_config(demo.get_config("tiny")))
     tok = task.tok
     pad = lambda ids, n: np.array(ids + [tok.pad_id] * (n - len(ids)), np.int32)  # noqa: E731
     batch = {"prompt_ids": np.stack([pad(tok.encode("how many words?"), 48)]),
@@ -222,7 +222,7 @@ def test_bad_profile_window_fails_naming_the_key(window):
     c = toy.config()
     c.train.profile = window
     with pytest.raises(ValueError, match=r"config\.train\.profile"):
-        config_lib.check(c, toy.ToyClassify().default_config())
+        config_lib.fill(c, toy.ToyClassify().default_config())
 
 
 def test_tensorboard_writes_a_gs_workdir_through_epath(tmp_path):
