@@ -340,7 +340,7 @@ def test_renyi_divergence_formula_and_bound():
 
 def _digits2():
     from configs.dp_ntk import get_config
-    from train.tasks.dp_ntk import load_data
+    from jaxmm.data.features import load_data
 
     c = get_config("digits2")
     Xtr, ytr, Xte, yte, C = load_data(c.data)
@@ -586,7 +586,7 @@ def test_npy_variant_paths(tmp_path):
 def test_cifar_variant_with_mock_tfds(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     from configs.dp_ntk import get_config
-    from train.tasks.dp_ntk import load_data
+    from jaxmm.data.features import load_data
 
     cfg = get_config("cifar2").data
     cfg.n_train, cfg.n_test, cfg.embed_dim = 12, 6, 16

@@ -6,7 +6,6 @@ shared loop (train/loop.py), each in <workdir>/<model>_seed<seed> (metrics.jsonl
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -16,6 +15,8 @@ import numpy as np
 import optax
 
 from jaxmm.attention import tensor_attention
+from jaxmm.data.match3 import eval_set as match3_eval_set
+from jaxmm.data.match3 import match3_labels
 from jaxmm.ops.tensor import poly_rank, tensor_attention_loss_grad
 from jaxmm.timing import time_call
 from train.experiment import experiment
@@ -165,28 +166,6 @@ def scaling(config, report):
 
 
 # ------------------------------------------------------------------------------------------------ 3. Match3
-def match3_labels(x, modulus, distinct=True):
-    """x [..., n] ints in [0, M): label_i = 1 iff x_i + x_j + x_k ≡ 0 (mod M) for some positions j, k
-    (distinct=True: i, j, k pairwise different, so no pair or single-token shortcut exists). NumPy or JAX."""
-    xp = jnp if isinstance(x, jax.Array) else np
-    n = x.shape[-1]
-    s = (x[..., :, None, None] + x[..., None, :, None] + x[..., None, None, :]) % modulus
-    hit = s == 0
-    if distinct:
-        i, j, k = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
-        hit = hit & xp.asarray((i != j) & (j != k) & (i != k))
-    return xp.any(hit, axis=(-1, -2)).astype(xp.int32)
-
-
-def pick_modulus(n, rng, distinct, target=0.5):
-    """Smallest M whose positive rate is at or below `target` (estimated on 2000 random sequences)."""
-    for m in range(3, 10 * n * n):
-        x = rng.integers(0, m, size=(2000, n))
-        if match3_labels(x, m, distinct).mean() <= target:
-            return m
-    raise AssertionError("no modulus found")
-
-
 class Match3(Task):
     """One Match3 model (`model.kind`: softmax | tensor | tensor_poly) in the shared loop: sigmoid cross-entropy
     per token on random sequences (example i of the training stream is drawn from seed [data.seed, i]), eval
@@ -237,17 +216,9 @@ class Match3(Task):
 register("tensor_attention.match3_model")(Match3)
 
 
-@functools.lru_cache(maxsize=4)
-def _match3_data(seq_len, modulus, distinct, eval_sequences, seed):
-    rng = np.random.default_rng(seed)
-    modulus = modulus or pick_modulus(seq_len, rng, distinct)
-    eval_x = rng.integers(0, modulus, size=(eval_sequences, seq_len))
-    return modulus, eval_x, match3_labels(eval_x, modulus, distinct)
-
-
 def match3_data(d):
     """(modulus, eval tokens, eval labels) of a Match3 data section (modulus 0: picked for ~50% positives)."""
-    return _match3_data(d.seq_len, d.modulus, d.distinct, d.eval_sequences, d.seed)
+    return match3_eval_set(d.seq_len, d.modulus, d.distinct, d.eval_sequences, d.seed)
 
 
 def match3_run_config(config, kind, seed):
@@ -276,7 +247,7 @@ def match3(config, report):
     from train.metrics import read
 
     n = config.seq_len
-    modulus, _, eval_y = _match3_data(n, config.modulus, config.distinct, config.eval_sequences, config.seed)
+    modulus, _, eval_y = match3_eval_set(n, config.modulus, config.distinct, config.eval_sequences, config.seed)
     base = max(eval_y.mean(), 1 - eval_y.mean())
     print(f"[match3] n={n} M={modulus} positive rate {eval_y.mean():.3f} (majority baseline {base:.3f})", flush=True)
     results, curves = {}, {}
