@@ -420,7 +420,49 @@ def part_llm(rec, smoke):
             rec.row("loss cuDNN vs XLA attention", shape, "error", note=f"{type(e).__name__}: {str(e)[:300]}")
 
 
-PARTS = {"env": part_env, "ntk": part_ntk, "tensor": part_tensor, "llm": part_llm}
+def part_unet(rec, smoke):
+    """The diffusion UNet (jaxmm.models.unet, a UNet2DConditionModel equivalent): an eps-prediction training
+    step's forward + backward at bf16 compute against the same step in float32 on the same card (the peer; no
+    diffusers on the device machine), with the bf16 output's error against float32."""
+    import flax.linen as nn
+
+    from jaxmm.models.unet import UNet, UNetConfig
+
+    if smoke:
+        kw = dict(block_out_channels=(16, 32), num_attention_heads=2, cross_attention_dim=16, norm_num_groups=8)
+        batch, size, ctx_len, reps = 2, 8, 4, 2
+    else:  # SD-1.5-like widths at a 64 x 64 latent (512 px images), two levels fewer blocks
+        kw = dict(block_out_channels=(320, 640, 1280), num_attention_heads=8, cross_attention_dim=768,
+                  norm_num_groups=32, layers_per_block=2,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        batch, size, ctx_len, reps = 8, 64, 77, 10
+    models = {name: UNet(UNetConfig(dtype=dt, **kw)) for name, dt in (("bf16", jnp.bfloat16), ("f32", jnp.float32))}
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch, size, size, 4)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 1000, size=(batch,)), jnp.int32)
+    ctx = jnp.asarray(rng.normal(size=(batch, ctx_len, kw["cross_attention_dim"])), jnp.float32)
+    # params drawn with NumPy from the abstract shapes (a jitted init compiles every parameter's RNG: slow)
+    shapes = nn.meta.unbox(jax.eval_shape(models["f32"].init, jax.random.key(0), x, t, ctx)["params"])
+    params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.normal(size=s.shape), jnp.float32), shapes)
+    shape = f"B{batch} {size}x{size}x4 ctx{ctx_len} ch{kw['block_out_channels']}"
+
+    def step_fn(model):
+        def loss(p, x, t, ctx):
+            return jnp.mean((model.apply({"params": p}, x, t, ctx).astype(jnp.float32) - x) ** 2)
+        return jax.jit(jax.value_and_grad(loss))
+
+    steps = {name: step_fn(m) for name, m in models.items()}
+    errs = errors(steps["bf16"](params, x, t, ctx), steps["f32"](params, x, t, ctx))  # loss and every grad leaf
+    peer = timed_row(rec, "unet train step float32 (peer)", shape, steps["f32"], (params, x, t, ctx), flops=None,
+                     reps=reps)
+    cand = timed_row(rec, "unet train step bf16 (errors: worst leaf vs float32)", shape, steps["bf16"],
+                     (params, x, t, ctx), flops=None, reps=reps, peer_s=peer, errs=errs)
+    rec.target("UNet train step bf16 / float32 time", (cand / peer) if cand and peer else None, 1.0, "<=",
+               "" if ON_GPU else NEEDS_CUDA)
+
+
+PARTS = {"env": part_env, "ntk": part_ntk, "tensor": part_tensor, "llm": part_llm, "unet": part_unet}
 
 
 def main():
