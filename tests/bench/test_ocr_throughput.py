@@ -19,8 +19,7 @@ def test_recall_precision_counts():
 
 
 def test_small_run(tmp_path):
-    if ocr.ENGINES["rapidocr"].missing():
-        pytest.skip(ocr.ENGINES["rapidocr"].missing())
+    assert not ocr.ENGINES["rapidocr"].missing(), "rapidocr is installed by `make test` (the ocr extra)"
     res = ocr_throughput.main(["--small", "--workers", "1", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "ocr_bench.json").read_text())["accuracy"] == res["accuracy"]
     assert "| 24 |" in (tmp_path / "ocr_bench.md").read_text()

@@ -156,7 +156,7 @@ def test_registered_source(folder):
 
 def test_real_ocr_file(tmp_path):
     """ocr.json from PP-OCR (rapidocr) on two sign pages (big text): the words it reads are the page's words."""
-    pytest.importorskip("rapidocr")
+    import rapidocr  # noqa: F401  (the ocr extra, installed by `make test`)
     root = trins.write_trins(tmp_path, 2, seed=3, kinds=("sign",), ocr_engine="rapidocr")
     ocr = json.load(open(os.path.join(root, "ocr.json")))
     for i in range(2):

@@ -584,7 +584,7 @@ def test_npy_variant_paths(tmp_path):
 
 
 def test_cifar_variant_with_mock_tfds(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # the data extra, installed by `make test`
     from configs.dp_ntk import get_config
     from jaxmm.data.features import load_data
 
