@@ -20,7 +20,7 @@ venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	@command -v java >/dev/null || echo "note: no java on PATH: the METEOR / PTB-tokenizer caption-metric tests are skipped (jaxmm.metrics)"
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist worksteal
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist worksteal --durations=30
 
 # JAX picks the accelerator when one is installed (pip install '.[cuda]' / '.[tpu]'), else the CPU.
 demo: $(VENV)/.installed

@@ -7,8 +7,10 @@
     fn = diffusion.cfg_model_fn(lambda x, t, c: unet(x, t, c), 7.5, context, null_context)
     x = jax.jit(lambda x: diffusion.sample_dpmpp_2m(fn, sched, x, 20))(noise)
 
-The UNet and VAE live in jaxmm.models; EMA of the params is the trainer's `train.hooks.ema_hook`.
+The UNet and VAE live in jaxmm.models; EMA of the params is the trainer's `train.hooks.ema_hook`;
+sample grids: `diffusion.save_grid(images, path, labels=prompts)`.
 """
+from jaxmm.diffusion.grid import image_grid, save_grid
 from jaxmm.diffusion.losses import (cfg_model_fn, diffusion_loss, drop_condition, prediction_target, q_sample,
                                     v_target)
 from jaxmm.diffusion.samplers import (ddim_step, ddpm_step, dpm_orders, dpmpp_2m_step, sample_ddim, sample_ddpm,
@@ -18,4 +20,4 @@ from jaxmm.diffusion.schedules import Schedule, alphas_cumprod, betas, dpm_sigma
 __all__ = ["Schedule", "alphas_cumprod", "betas", "dpm_sigmas", "from_config", "timesteps",
            "cfg_model_fn", "diffusion_loss", "drop_condition", "prediction_target", "q_sample", "v_target",
            "ddim_step", "ddpm_step", "dpm_orders", "dpmpp_2m_step", "sample_ddim", "sample_ddpm",
-           "sample_ddpm_with_noise", "sample_dpmpp_2m"]
+           "sample_ddpm_with_noise", "sample_dpmpp_2m", "image_grid", "save_grid"]
