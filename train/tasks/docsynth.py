@@ -291,3 +291,46 @@ def evaluate_samples(config, model, params, workdir):
 
 
 register("docsynth")(DocSynth)
+
+
+# ------------------------------------------------------------------------------- the results table
+TABLE_KEYS = (("layout_perplexity", "layout ppl ↓"), ("perplexity", "all-token ppl"), ("valid_unconstrained",
+              "parse w/o mask"), ("gen_alignment_x100", "Alignment ×100 ↓"), ("gen_overlap_x100", "Overlap ×100 ↓"),
+              ("gen_fid", "layout-FID ↓"), ("cond_max_iou", "Max-IoU (cat.-cond.) ↑"), ("gen_coherence",
+              "coherence ↑"))
+
+
+def results_table(workdirs) -> str:
+    """Markdown: one row per variant (data.with_text), mean ± sd over the runs (seeds) in `workdirs`, plus the
+    real held-out pages' own numbers.
+
+        python -m train.tasks.docsynth /tmp/docsynth_text_s* /tmp/docsynth_layout_s*
+    """
+    import json
+
+    rows = {}
+    for w in workdirs:
+        with open(os.path.join(w, "summary.json")) as f:
+            s = json.load(f)
+        with open(os.path.join(w, "config.json")) as f:
+            with_text = json.load(f)["data"]["with_text"]
+        rows.setdefault("layout + text" if with_text else "layout only", []).append(s)
+    head = "| model | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 2)]
+    fmt = lambda v: f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else f"{v[0]:.3g}"  # noqa: E731
+    for name in sorted(rows, reverse=True):
+        runs = rows[name]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(fmt([r[k] for r in runs]) for k, _ in TABLE_KEYS)
+                     + " |")
+    real = next(iter(rows.values()))[0]
+    ref = {"gen_alignment_x100": real["real_alignment_x100"], "gen_overlap_x100": real["real_overlap_x100"],
+           "gen_fid": real["real_fid"], "gen_coherence": real["real_coherence"], "cond_max_iou": None}
+    lines.append("| real held-out pages | – | – | – | – | " + " | ".join(
+        "–" if ref[k] is None else f"{ref[k]:.3g}" for k, _ in TABLE_KEYS[3:]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(results_table(sys.argv[1:]))
