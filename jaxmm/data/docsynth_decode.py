@@ -1,9 +1,9 @@
 """Sampling documents from a jaxmm LLM trained on `jaxmm.data.docsynth` sequences (DocSynthv2, PAPERS.md §8).
 
     from jaxmm.data.docsynth_decode import sample_documents
-    ids = sample_documents(model, params, vocab, rng, num=16, max_length=96, top_p=0.9)          # unconditional
-    ids = sample_documents(..., categories=[("title", "text", "figure")] * 16)                     # category-conditioned
-    ids = sample_documents(..., prompts=[serialize(partial_layout, vocab)[:-1]] * 16)            # completion
+    ids = sample_documents(model, params, vocab, rng, num=16, max_length=96, top_p=0.9)   # unconditional
+    ids = sample_documents(..., categories=[("title", "text", "figure")] * 16)     # category-conditioned
+    ids = sample_documents(..., prompts=[serialize(partial_layout, vocab)[:-1]] * 16)   # completion
 
 One KV-cache prefill of the (left-padded) prompts, then one jitted decode step per token. Before each draw the
 logits outside `allowed_tokens(prefix)` (constrained=True; a host-side pure function of each row's prefix) are

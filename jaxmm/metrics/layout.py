@@ -65,9 +65,10 @@ def layout_overlap(boxes) -> float:
 
 
 def _intersection(a, b) -> np.ndarray:
-    iw = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    return np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
+    side = np.clip(hi - lo, 0, None)
+    return side[..., 0] * side[..., 1]
 
 
 def box_iou(a, b) -> np.ndarray:

@@ -268,7 +268,9 @@ def evaluate_samples(config, model, params, workdir):
             if e.text:
                 texts.setdefault(e.category, []).append(e.text)
     enc = train_fid_encoder(train_pages, vocab.categories, t.fid_steps)
-    feats = lambda lays: np.asarray(_encode(enc, *map(jnp.asarray, _features_input(lays, vocab.categories))))  # noqa: E731
+    def feats(lays):
+        return np.asarray(_encode(enc, *map(jnp.asarray, _features_input(lays, vocab.categories))))
+
     real_feats = feats(real)
     for name, lays in (("gen", gen), ("real", real[:t.samples])):
         out[f"{name}_alignment_x100"] = 100 * float(np.mean([layout_alignment(b) for b, _ in boxes(lays)] or [0]))
@@ -283,8 +285,10 @@ def evaluate_samples(config, model, params, workdir):
         prompts = [serialize(Layout(p.elements[:1]), vocab, with_text=d.with_text)[:-1] for p in real[:t.render]]
         done = parsed(sample_documents(model, params, vocab, jax.random.fold_in(rng, 3), prompts=prompts, **knobs))
         blank = np.full_like(render_layout(real[0], width=120), 255)
-        imgs = [img for row in (gen, cond, done, real)
-                for img in [render_layout(p, width=120, font_size=6) for p in row[:t.render]] + [blank] * (t.render - len(row[:t.render]))]
+        imgs = []
+        for row in (gen, cond, done, real):  # one grid row each, padded with blanks
+            imgs += [render_layout(p, width=120, font_size=6) for p in row[:t.render]]
+            imgs += [blank] * (t.render - len(row[:t.render]))
         if imgs:
             out["samples_png"] = save_grid(np.stack(imgs), os.path.join(workdir, "samples.png"), nrow=t.render)
     return out
@@ -294,10 +298,10 @@ register("docsynth")(DocSynth)
 
 
 # ------------------------------------------------------------------------------- the results table
-TABLE_KEYS = (("layout_perplexity", "layout ppl ↓"), ("perplexity", "all-token ppl"), ("valid_unconstrained",
-              "parse w/o mask"), ("gen_alignment_x100", "Alignment ×100 ↓"), ("gen_overlap_x100", "Overlap ×100 ↓"),
-              ("gen_fid", "layout-FID ↓"), ("cond_max_iou", "Max-IoU (cat.-cond.) ↑"), ("gen_coherence",
-              "coherence ↑"))
+TABLE_KEYS = (("layout_perplexity", "layout ppl ↓"), ("perplexity", "all-token ppl"),
+              ("valid_unconstrained", "parse w/o mask"), ("gen_alignment_x100", "Alignment ×100 ↓"),
+              ("gen_overlap_x100", "Overlap ×100 ↓"), ("gen_fid", "layout-FID ↓"),
+              ("cond_max_iou", "Max-IoU (cat.-cond.) ↑"), ("gen_coherence", "coherence ↑"))
 
 
 def results_table(workdirs) -> str:
@@ -317,7 +321,9 @@ def results_table(workdirs) -> str:
         rows.setdefault("layout + text" if with_text else "layout only", []).append(s)
     head = "| model | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 2)]
-    fmt = lambda v: f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else f"{v[0]:.3g}"  # noqa: E731
+    def fmt(v):
+        return f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else f"{v[0]:.3g}"
+
     for name in sorted(rows, reverse=True):
         runs = rows[name]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(fmt([r[k] for r in runs]) for k, _ in TABLE_KEYS)
