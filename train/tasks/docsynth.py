@@ -313,7 +313,7 @@ def results_table(workdirs) -> str:
     import json
 
     rows = {}
-    for w in workdirs:
+    for w in [w for w in workdirs if os.path.isdir(w)]:
         with open(os.path.join(w, "summary.json")) as f:
             s = json.load(f)
         with open(os.path.join(w, "config.json")) as f:
