@@ -8,8 +8,10 @@ multi-column pages, layout + text vs layout only (train/tasks/docsynth.py, jaxmm
 
 Each run: 600 steps of batch 32 on 2000 pages (32 x 32 grid, <= 8 elements, sequences <= 96 tokens), then 64
 constrained samples (nucleus p = 0.9) scored against 200 held-out pages; summary.json holds the metrics and
-samples.png the rendered pages. A few CPU minutes per run. Measured (docs/results/docsynth.md): see the
-table there (3 seeds per variant).
+samples.png the rendered pages. ~100 CPU seconds (layout_text) / ~50 (layout_only) per run; 4-12 min wall on
+the shared 2-core machine. Expected (docs/results/docsynth.md, 3 seeds): coherence 0.94 (layout_text) vs 0.39
+(layout_only + random same-category text), layout perplexity 2.01 vs 1.72, Overlap x100 6.3 vs 0.8, Alignment
+0 for both (saturated on grid pages), Max-IoU 0.36 for both, every constrained sample parses.
 """
 from __future__ import annotations
 
