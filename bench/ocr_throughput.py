@@ -81,7 +81,7 @@ def _cpu():
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
-def accuracy_table(sizes, rotations, n_pages, cache=False, kinds=KINDS):
+def accuracy_table(sizes, rotations, n_pages, cache=False, kinds=KINDS, **settings):
     cells = defaultdict(lambda: dict(words=0, matched=0, read=0, read_matched=0, pages=set(), out_of_frame=0))
     t0 = time.perf_counter()
     for size in sizes:
@@ -89,7 +89,7 @@ def accuracy_table(sizes, rotations, n_pages, cache=False, kinds=KINDS):
             for k in range(n_pages):
                 sign = 1 if (k + k // len(kinds)) % 2 == 0 else -1
                 page = make_page(1000 + k, kinds[k % len(kinds)], text_size=size, rotation=sign * rot)
-                res = ocr.read(page.image, "rapidocr", cache=cache)
+                res = ocr.read(page.image, "rapidocr", cache=cache, **settings)
                 tm, rm, near = match_words(page.words, page.boxes, res.words, res.boxes)
                 h, w = page.image.shape[:2]
                 q = page.boxes
@@ -190,19 +190,25 @@ def main(argv=None):
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--pages", type=int, default=12, help="pages per (text size, rotation) cell")
     p.add_argument("--throughput-pages", type=int, default=24)
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="text sizes of the accuracy table")
+    p.add_argument("--rotations", type=int, nargs="+", default=list(ROTATIONS), help="its rotations (degrees)")
+    p.add_argument("--use-cls", choices=["true", "false"], default=None,
+                   help="rapidocr's 180-degree line classifier for the accuracy table (default: the engine's)")
     p.add_argument("--cache", default=None, help="OCR cache folder for the accuracy table (reruns are free)")
     p.add_argument("--parts", nargs="+", default=["throughput", "cache", "accuracy"],
                    choices=["throughput", "cache", "accuracy"], help="what to measure (default: all)")
     p.add_argument("--out", default=None, help="folder for ocr_bench.json and ocr_bench.md")
     a = p.parse_args(argv)
+    settings = {}
     if a.small:
         sizes, rotations, n_pages, n_tp, kinds = [24], [0, 5], 2, 2, ("sign", "receipt")
     else:
-        sizes, rotations, n_pages, n_tp, kinds = SIZES, ROTATIONS, a.pages, a.throughput_pages, KINDS
+        sizes, rotations, n_pages, n_tp, kinds = a.sizes, a.rotations, a.pages, a.throughput_pages, KINDS
+    settings = {} if a.use_cls is None else {"use_cls": a.use_cls == "true"}
     pages = [make_page(3000 + k, kinds[k % len(kinds)]).image for k in range(n_tp)]
     page = f"{n_tp} textrich pages, seeds 3000-{3000 + n_tp - 1}, kinds {', '.join(kinds)}, " \
            f"{sum(x.shape[0] * x.shape[1] for x in pages) / n_tp / 1e3:.0f} kpx on average"
-    res = dict(command="python bench/ocr_throughput.py" + (" --small" if a.small else ""), page=page,
+    res = dict(command="python bench/ocr_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]), page=page,
                cpus=os.cpu_count(), versions=_versions())
     if "throughput" in a.parts:
         print("throughput:", page)
@@ -212,7 +218,8 @@ def main(argv=None):
             res["cache"] = cache_timing(folder)
     if "accuracy" in a.parts:
         print("accuracy:")
-        res["accuracy"] = accuracy_table(sizes, rotations, n_pages, cache=a.cache or False, kinds=kinds)
+        res["accuracy"] = accuracy_table(sizes, rotations, n_pages, cache=a.cache or False, kinds=kinds, **settings)
+        res["accuracy_settings"] = settings
     md = markdown(res)
     print(md)
     if a.out:
