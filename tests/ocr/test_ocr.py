@@ -90,6 +90,7 @@ def test_unreadable_file_names_the_path(tmp_path):
 @pytest.mark.parametrize("array, match", [
     (np.zeros((8, 8, 3), np.float32), "uint8"),
     (np.zeros((8, 8, 3), np.int64), "uint8"),
+    (np.zeros((8, 8, 3), bool), "uint8"),
     (np.zeros((2, 8, 8, 3), np.uint8), r"\[H, W, C\]"),
     (np.zeros((8,), np.uint8), r"\[H, W, C\]"),
     (np.zeros((8, 8, 5), np.uint8), "C in"),
