@@ -2,7 +2,7 @@
 word recall and precision by font size and page rotation, the disk cache on a 1024 px page, and read_many's
 throughput at 1 and 2 worker processes (wall and CPU time, with the load average beside them).
 
-    python bench/ocr_throughput.py --out runs/ocr_bench        # full table (about 15 CPU-minutes)
+    python bench/ocr_throughput.py --out runs/ocr_bench        # everything (about 8 CPU-minutes)
     python bench/ocr_throughput.py --small                     # seconds: 24 px, 0 and 5 degrees, 2 small pages
 
 Pages: for every requested text size and rotation, the same page seeds (1000 + k, kind KINDS[k % 6]) drawn with
