@@ -1,146 +1,225 @@
-"""rapidocr (PP-OCR on onnxruntime) through jaxmm.ocr: throughput in images/s at 1 and 2 worker processes, and
-word recall / precision on PIL-rendered words by font size and rotation (issue 16; docs/results/ocr.md).
+"""rapidocr (PP-OCR on onnxruntime) through jaxmm.ocr on jaxmm.data.textrich pages (issue 16; docs/results/ocr.md):
+word recall and precision by font size and page rotation, the disk cache on a 1024 px page, and read_many's
+throughput at 1 and 2 worker processes (wall and CPU time, with the load average beside them).
 
-    python bench/ocr_throughput.py                 # full table (a few minutes on 2 cores)
-    python bench/ocr_throughput.py --small         # seconds: 24 px at 0 and 5 degrees, 1 page per worker count
+    python bench/ocr_throughput.py --out runs/ocr_bench        # everything (about 8 CPU-minutes)
+    python bench/ocr_throughput.py --small                     # seconds: 24 px, 0 and 5 degrees, 2 small pages
 
-Pages are rendered here with matplotlib's DejaVu fonts (the textrich page generator may replace this later).
-Matching is the TextDiffuser protocol: lower-cased words, multiset intersection; recall = matched / rendered,
-precision = matched / read. Words come from a fixed list plus prices and numbers; a seeded RNG picks them."""
+Pages: for every requested text size and rotation, the same page seeds (1000 + k, kind KINDS[k % 6]) drawn with
+`make_page(seed, kind, text_size=size, rotation=+-angle)` (sign alternating, so each kind is seen turned both
+ways with 12 pages), so cells differ only in size and angle. Rows bin each word by its own drawn size (`Page.sizes`: an element
+can shrink below the requested size to fit its width).
+
+Matching rule (one-to-one, position-aware): a read word matches a ground-truth word when their lower-cased texts
+are equal and the read word's box centre lies inside the truth word's quadrilateral grown by half its height on
+every side; candidate pairs are taken greedily by centre distance, each word used once. Recall = matched truth
+words / truth words; precision = matched read words / read words, a read word counted in the cell of the truth
+word it matched or, unmatched, of the nearest truth word (by box centre). Truth words not wholly inside the image
+(corners turned out of the frame) are left out, with the read words nearest to them."""
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
+import resource
 import sys
+import tempfile
 import time
+from collections import defaultdict
 
-import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from jaxmm import ocr  # noqa: E402
+from jaxmm.data.textrich import KINDS, make_page  # noqa: E402
 
-FONTS = [os.path.join(matplotlib.get_data_path(), "fonts", "ttf", f)
-         for f in ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")]
-VOCAB = ("open hours coffee menu price total receipt street market garden station north south river bridge "
-         "library museum theatre bakery pizza pasta salad water juice ticket platform exit entrance monday "
-         "friday sunday morning evening school office hotel airport parking free sale discount order table "
-         "chair window paper letter number account balance amount invoice customer service delivery city "
-         "village mountain forest ocean island yellow purple orange silver golden winter summer autumn spring "
-         "Welcome Closed Special Today Fresh Local Daily Grand Central Public").split()
+SIZES = (6, 8, 10, 12, 16, 20, 24, 32, 40)
+ROTATIONS = (0, 5, 15)
+ROWS = ((6, 7), (8, 9), (10, 11), (12, 15), (16, 19), (20, 23), (24, 31), (32, 40))   # word size bins, inclusive
 
 
-def random_words(rng, n):
-    out = []
-    for _ in range(n):
-        r = rng.random()
-        if r < 0.15:
-            out.append(f"${rng.integers(1, 100)}.{rng.integers(0, 100):02d}")
-        elif r < 0.25:
-            out.append(str(rng.integers(1, 10000)))
-        else:
-            out.append(str(rng.choice(VOCAB)))
-    return out
+def _frame(quads: np.ndarray):
+    """Per quad [N, 4, 2] (TL, TR, BR, BL of a rotated rectangle): origin, unit axes, width and height."""
+    e1, e2 = quads[:, 1] - quads[:, 0], quads[:, 3] - quads[:, 0]
+    w, h = np.linalg.norm(e1, axis=-1), np.linalg.norm(e2, axis=-1)
+    return quads[:, 0], e1 / np.maximum(w, 1e-9)[:, None], e2 / np.maximum(h, 1e-9)[:, None], w, h
 
 
-def render_page(words, font_px, rotation=0.0, width=800, font=FONTS[0]):
-    """Words laid out left to right in lines on a white page (black text), then the page rotated by `rotation`
-    degrees (expand, white fill). Returns a PIL image."""
-    f = ImageFont.truetype(font, font_px)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    margin, gap, line_h = font_px, probe.textlength("  ", font=f), int(font_px * 1.6)
-    rows, row, x = [], [], margin
-    for w in words:
-        wl = probe.textlength(w, font=f)
-        if row and x + wl > width - margin:
-            rows.append(row)
-            row, x = [], margin
-        row.append((w, x))
-        x += wl + gap
-    rows.append(row)
-    img = Image.new("RGB", (width, 2 * margin + line_h * len(rows)), "white")
-    draw = ImageDraw.Draw(img)
-    for i, r in enumerate(rows):
-        for w, x in r:
-            draw.text((x, margin + i * line_h), w, fill="black", font=f)
-    if rotation:
-        img = img.rotate(rotation, expand=True, fillcolor="white", resample=Image.BICUBIC)
-    return img
+def match_words(truth_words, truth_quads, read_words, read_quads):
+    """The matching rule of the module docstring -> (truth_matched bool [N], read_matched bool [M],
+    nearest int [M]: each read word's matched truth word, else the truth word with the nearest centre)."""
+    n, m = len(truth_words), len(read_words)
+    truth_matched, read_matched = np.zeros(n, bool), np.zeros(m, bool)
+    nearest = np.zeros(m, np.int64)
+    if n == 0 or m == 0:
+        return truth_matched, read_matched, nearest
+    tq, rq = np.asarray(truth_quads, np.float64), np.asarray(read_quads, np.float64)
+    rc, tc = rq.mean(1), tq.mean(1)
+    dist = np.linalg.norm(rc[:, None] - tc[None], axis=-1)                      # [M, N]
+    nearest[:] = dist.argmin(1)
+    origin, u, v, w, h = _frame(tq)
+    d = rc[:, None] - origin[None]                                               # [M, N, 2]
+    pu, pv = (d * u[None]).sum(-1), (d * v[None]).sum(-1)
+    g = h[None] / 2
+    inside = (pu >= -g) & (pu <= w[None] + g) & (pv >= -g) & (pv <= h[None] + g)
+    same = np.array([[a.lower() == b.lower() for b in truth_words] for a in read_words])
+    cand = np.argwhere(inside & same)
+    for j, i in sorted(cand.tolist(), key=lambda ji: dist[ji[0], ji[1]]):
+        if not read_matched[j] and not truth_matched[i]:
+            read_matched[j] = truth_matched[i] = True
+            nearest[j] = i
+    return truth_matched, read_matched, nearest
 
 
-def recall_precision(true_words, read_words):
-    """Multiset match of lower-cased words -> (matched, n_true, n_read)."""
-    t = collections.Counter(w.lower() for w in true_words)
-    r = collections.Counter(w.lower() for w in read_words)
-    return sum((t & r).values()), sum(t.values()), sum(r.values())
+def _row(size: int) -> str:
+    return next(f"{a}-{b}" for a, b in ROWS if a <= size <= b)
 
 
-def accuracy_table(sizes, rotations, n_words, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
+def _cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+
+
+def accuracy_table(sizes, rotations, n_pages, cache=False, kinds=KINDS, **settings):
+    cells = defaultdict(lambda: dict(words=0, matched=0, read=0, read_matched=0, pages=set(), out_of_frame=0))
+    t0 = time.perf_counter()
     for size in sizes:
         for rot in rotations:
-            words = random_words(rng, n_words)
-            res = ocr.read(render_page(words, size, rot), "rapidocr", cache=False)
-            m, nt, nr = recall_precision(words, res.words)
-            rows.append(dict(font_px=size, rotation=rot, words=nt, read=nr, matched=m,
-                             recall=m / nt, precision=m / nr if nr else 0.0))
-            print(f"  {size:3d} px {rot:+4.0f} deg: recall {m / nt:.3f} precision {rows[-1]['precision']:.3f}",
+            for k in range(n_pages):
+                sign = 1 if (k + k // len(kinds)) % 2 == 0 else -1
+                page = make_page(1000 + k, kinds[k % len(kinds)], text_size=size, rotation=sign * rot)
+                res = ocr.read(page.image, "rapidocr", cache=cache, **settings)
+                tm, rm, near = match_words(page.words, page.boxes, res.words, res.boxes)
+                h, w = page.image.shape[:2]
+                q = page.boxes
+                framed = np.all((q[..., 0] >= 0) & (q[..., 0] <= w) & (q[..., 1] >= 0) & (q[..., 1] <= h), 1)
+                for i, s in enumerate(page.sizes):
+                    c = cells[(_row(int(s)), rot)]
+                    if not framed[i]:
+                        c["out_of_frame"] += 1
+                        continue
+                    c["words"] += 1
+                    c["matched"] += int(tm[i])
+                    c["pages"].add(k)
+                for j in range(len(res)):
+                    i = int(near[j])
+                    if framed[i]:
+                        c = cells[(_row(int(page.sizes[i])), rot)]
+                        c["read"] += 1
+                        c["read_matched"] += int(rm[j])
+            print(f"  text_size {size:2d} rotation +-{rot:2d}: {n_pages} pages, {time.perf_counter() - t0:.0f} s",
                   flush=True)
+    rows = []
+    for (row, rot), c in sorted(cells.items(), key=lambda kv: (int(kv[0][0].split("-")[0]), kv[0][1])):
+        rows.append(dict(font_px=row, rotation=rot, words=c["words"], matched=c["matched"], read=c["read"],
+                         read_matched=c["read_matched"], pages=len(c["pages"]), out_of_frame=c["out_of_frame"],
+                         recall=c["matched"] / c["words"] if c["words"] else None,
+                         precision=c["read_matched"] / c["read"] if c["read"] else None))
     return rows
+
+
+def cache_timing(folder):
+    """A 1024 px page (the first document seed whose long side is 1024) read twice through the disk cache."""
+    seed = next(s for s in range(100) if max(make_page(s, "document").image.shape[:2]) == 1024)
+    page = make_page(seed, "document")
+    out = dict(seed=seed, shape=list(page.image.shape[:2]), words=len(page.words))
+    results = []
+    for call in ("first", "second"):
+        (c0, _), t0 = _cpu(), time.perf_counter()
+        results.append(ocr.read(page.image, "rapidocr", cache=folder))
+        out[f"{call}_s"], out[f"{call}_cpu_s"] = time.perf_counter() - t0, _cpu()[0] - c0
+    assert results[0].words == results[1].words and np.array_equal(results[0].boxes, results[1].boxes)
+    out["words_read"] = len(results[0])
+    print(f"  cache: {out}", flush=True)
+    return out
 
 
 def throughput(pages, workers):
     ocr.read(np.zeros((8, 8, 3), np.uint8), "rapidocr", cache=False)   # load the model in this process first
     out = []
     for n in workers:
-        t0 = time.perf_counter()
+        load = os.getloadavg()[0]
+        (s0, c0), t0 = _cpu(), time.perf_counter()
         ocr.read_many(pages, "rapidocr", workers=n, cache=False, progress=False)
         dt = time.perf_counter() - t0
-        out.append(dict(workers=n, images=len(pages), seconds=dt, images_per_s=len(pages) / dt))
-        print(f"  workers={n}: {len(pages)} pages in {dt:.1f} s = {len(pages) / dt:.2f} images/s", flush=True)
+        s1, c1 = _cpu()
+        out.append(dict(workers=n, images=len(pages), seconds=dt, images_per_s=len(pages) / dt,
+                        cpu_s=(s1 - s0) + (c1 - c0), load_before=load, load_after=os.getloadavg()[0]))
+        print(f"  workers={n}: {len(pages)} pages in {dt:.1f} s = {len(pages) / dt:.2f} images/s, "
+              f"CPU {out[-1]['cpu_s']:.1f} s, load {load:.1f} -> {out[-1]['load_after']:.1f}", flush=True)
     return out
 
 
+def _f(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
 def markdown(res):
-    lines = [f"Throughput ({res['page']}; wall time of read_many, worker start-up and model load included):", "",
-             "| workers | images | seconds | images/s |", "|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} |"
-              for r in res["throughput"]]
-    rots = sorted({r["rotation"] for r in res["accuracy"]}, key=lambda a: (abs(a), a))
-    lines += ["", "Word recall / precision (rows: font px; columns: rotation in degrees):", "",
-              "| px | " + " | ".join(f"{a:+g}°" for a in rots) + " |", "|---" * (len(rots) + 1) + "|"]
-    for size in sorted({r["font_px"] for r in res["accuracy"]}):
-        cells = {r["rotation"]: r for r in res["accuracy"] if r["font_px"] == size}
-        lines.append(f"| {size} | " + " | ".join(
-            f"{cells[a]['recall']:.2f} / {cells[a]['precision']:.2f}" for a in rots) + " |")
+    lines = []
+    if "throughput" in res:
+        lines += [f"Throughput ({res['page']}; read_many wall time with worker start-up and model load included; "
+                  "CPU time of this process and its workers):", "",
+                  "| workers | images | wall s | images/s | CPU s | load avg before / after |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {r['cpu_s']:.1f} "
+                  f"| {r['load_before']:.1f} / {r['load_after']:.1f} |" for r in res["throughput"]]
+    c = res.get("cache")
+    lines += [] if c is None else ["", f"Cache: a {c['shape'][0]} x {c['shape'][1]} px document page (seed {c['seed']}, {c['words']} "
+              f"words, {c['words_read']} read): first read {c['first_s']:.2f} s wall / {c['first_cpu_s']:.2f} s CPU, "
+              f"second (cache hit) {c['second_s'] * 1000:.1f} ms wall / {c['second_cpu_s'] * 1000:.1f} ms CPU."]
+    if "accuracy" not in res:
+        return "\n".join(lines)
+    rots = sorted({r["rotation"] for r in res["accuracy"]})
+    lines += ["", "Word recall / precision (words in the cell) by the word's font size (rows, px) and the page's "
+              "rotation (columns, degrees, either sign):", "",
+              "| font px | " + " | ".join(f"{'±' if a else ''}{a}°" for a in rots) + " |", "|---" * (len(rots) + 1) + "|"]
+    for row in [f"{a}-{b}" for a, b in ROWS]:
+        cells = {r["rotation"]: r for r in res["accuracy"] if r["font_px"] == row}
+        if not any(c["words"] for c in cells.values()):
+            continue
+        lines.append(f"| {row} | " + " | ".join(
+            f"{_f(cells[a]['recall'])} / {_f(cells[a]['precision'])} ({cells[a]['words']})" if a in cells else "—"
+            for a in rots) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true", help="a quick run: 1 size x 2 rotations, 1 page")
+    p.add_argument("--small", action="store_true", help="a quick run: 24 px x 2 rotations, a sign and a receipt "
+                   "page, no cache timing")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--pages", type=int, default=12, help="pages per (text size, rotation) cell")
+    p.add_argument("--throughput-pages", type=int, default=24)
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="text sizes of the accuracy table")
+    p.add_argument("--rotations", type=int, nargs="+", default=list(ROTATIONS), help="its rotations (degrees)")
+    p.add_argument("--use-cls", choices=["true", "false"], default=None,
+                   help="rapidocr's 180-degree line classifier for the accuracy table (default: the engine's)")
+    p.add_argument("--cache", default=None, help="OCR cache folder for the accuracy table (reruns are free)")
+    p.add_argument("--parts", nargs="+", default=["throughput", "cache", "accuracy"],
+                   choices=["throughput", "cache", "accuracy"], help="what to measure (default: all)")
     p.add_argument("--out", default=None, help="folder for ocr_bench.json and ocr_bench.md")
     a = p.parse_args(argv)
+    settings = {}
     if a.small:
-        sizes, rotations, n_words, n_pages, page_words = [24], [0, 5], 10, 1, 20
+        sizes, rotations, n_pages, n_tp, kinds = [24], [0, 5], 2, 2, ("sign", "receipt")
     else:
-        sizes, rotations, n_words, n_pages, page_words = [6, 8, 10, 12, 16, 20, 24, 32, 40], [0, -5, 5, -15, 15], \
-            40, 8, 120
-    rng = np.random.default_rng(1)
-    pages = [render_page(random_words(rng, page_words), int(rng.choice([12, 16, 20])), width=800)
-             for _ in range(n_pages)]
-    page = f"{n_pages} pages of 800 x {pages[0].size[1]} px, {page_words} words at 12-20 px"
-    print("throughput:", page)
-    res = dict(command="python bench/ocr_throughput.py" + (" --small" if a.small else ""), page=page,
-               cpus=os.cpu_count(), throughput=throughput(pages, a.workers))
-    print("accuracy:")
-    res["accuracy"] = accuracy_table(sizes, rotations, n_words)
+        sizes, rotations, n_pages, n_tp, kinds = a.sizes, a.rotations, a.pages, a.throughput_pages, KINDS
+    settings = {} if a.use_cls is None else {"use_cls": a.use_cls == "true"}
+    pages = [make_page(3000 + k, kinds[k % len(kinds)]).image for k in range(n_tp)]
+    page = f"{n_tp} textrich pages, seeds 3000-{3000 + n_tp - 1}, kinds {', '.join(kinds)}, " \
+           f"{sum(x.shape[0] * x.shape[1] for x in pages) / n_tp / 1e3:.0f} kpx on average"
+    res = dict(command="python bench/ocr_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]), page=page,
+               cpus=os.cpu_count(), versions=_versions())
+    if "throughput" in a.parts:
+        print("throughput:", page)
+        res["throughput"] = throughput(pages, a.workers)
+    if "cache" in a.parts and not a.small:
+        with tempfile.TemporaryDirectory() as folder:
+            res["cache"] = cache_timing(folder)
+    if "accuracy" in a.parts:
+        print("accuracy:")
+        res["accuracy"] = accuracy_table(sizes, rotations, n_pages, cache=a.cache or False, kinds=kinds, **settings)
+        res["accuracy_settings"] = settings
     md = markdown(res)
     print(md)
     if a.out:
@@ -150,6 +229,11 @@ def main(argv=None):
         with open(os.path.join(a.out, "ocr_bench.md"), "w") as f:
             f.write(md + "\n")
     return res
+
+
+def _versions():
+    from importlib.metadata import version
+    return {n: version(n) for n in ("rapidocr", "onnxruntime")}
 
 
 if __name__ == "__main__":

@@ -120,8 +120,9 @@ class Layout:
 
 
 class _Builder:
-    def __init__(self, rng, kind, width, height, fonts):
+    def __init__(self, rng, kind, width, height, fonts, text_size=None):
         self.rng, self.kind, self.w, self.h, self.fonts = rng, kind, width, height, fonts
+        self.text_size = text_size
         self.words, self.fills, self.shapes, self.fields, self.line = [], [], [], {}, 0
         self.font = fonts[int(rng.integers(len(fonts)))]
         self.title_font = fonts[int(rng.integers(len(fonts)))]
@@ -130,7 +131,8 @@ class _Builder:
         return seq[int(self.rng.integers(len(seq)))]
 
     def size(self, lo, hi):
-        return int(self.rng.integers(max(MIN_TEXT, lo), min(MAX_TEXT, hi) + 1))
+        drawn = int(self.rng.integers(max(MIN_TEXT, lo), min(MAX_TEXT, hi) + 1))   # drawn either way: same stream
+        return drawn if self.text_size is None else self.text_size
 
     def width_of(self, text, font, size):
         return _font(font, size).getlength(text)
@@ -193,8 +195,9 @@ def _receipt(b: _Builder):
     m = int(b.w * 0.06) + 4
     s = b.size(8, 16)
     shop = b.pick(SHOPS).upper().split()
-    b.put(shop, b.w / 2, m + int(s * 1.4), size=int(s * 1.4), align="center", font=b.title_font)
-    y, total = m + int(s * 1.4) + 2 * s, 0
+    s_shop = min(MAX_TEXT, int(s * 1.4))      # the cap matters only with a forced text_size (s <= 16 otherwise)
+    b.put(shop, b.w / 2, m + s_shop, size=s_shop, align="center", font=b.title_font)
+    y, total = m + s_shop + 2 * s, 0
     for item in b.rng.choice(ITEMS, size=int(b.rng.integers(3, 8)), replace=False):
         cents = int(b.rng.integers(50, 2000))
         price = f"{cents // 100}.{cents % 100:02d}"
@@ -335,12 +338,25 @@ _SIZES = {"document": ((400, 1024), (1.2, 1.42)), "receipt": ((224, 400), (1.6, 
 
 
 def layout_page(seed: int, kind: str | None = None, *, fonts: Sequence[str] | None = None,
-                max_rotation: float = 4.0) -> Layout:
-    """The upright layout of page `seed` (kind drawn from KINDS when None). Deterministic in its arguments."""
+                max_rotation: float = 4.0, text_size: int | None = None, rotation: float | None = None) -> Layout:
+    """The upright layout of page `seed` (kind drawn from KINDS when None). Deterministic in its arguments.
+
+    For measurements per font size / rotation (docs/results/ocr.md): `text_size` (px, MIN_TEXT..MAX_TEXT) sets the
+    size every text element would draw at random; an element that must fit a width still shrinks to fit, and
+    a receipt's shop name stays 1.4x the item text (up to MAX_TEXT), so read `Page.sizes` for the size of each word. `rotation`
+    (degrees in [-30, 30]) replaces the random rotation and changes nothing else on the page. `text_size` keeps
+    what is drawn before the text (kind, page size, background, fonts); the words can differ, since a line at
+    another size holds another number of them. The page is rotated within its frame (no expansion), so at large
+    angles words near the corners can leave it: their boxes then lie partly outside the image."""
     if kind is not None and kind not in KINDS:
         fail("kind", f"one of {KINDS} or None", repr(kind))
     if not 0 <= max_rotation <= 30:
         fail("max_rotation", "degrees in [0, 30]", max_rotation)
+    if text_size is not None and (isinstance(text_size, bool) or not isinstance(text_size, (int, np.integer))
+                                  or not MIN_TEXT <= text_size <= MAX_TEXT):
+        fail("text_size", f"None or an integer font size in px in [{MIN_TEXT}, {MAX_TEXT}]", repr(text_size))
+    if rotation is not None and not (isinstance(rotation, (int, float, np.number)) and -30 <= rotation <= 30):
+        fail("rotation", "None or degrees in [-30, 30]", repr(rotation))
     fonts = tuple(fonts) if fonts is not None else available_fonts()
     if not fonts:
         fail("fonts", "at least one .ttf path", fonts)
@@ -352,10 +368,11 @@ def layout_page(seed: int, kind: str | None = None, *, fonts: Sequence[str] | No
     (lo, hi), (alo, ahi) = _SIZES[kind]
     width = int(rng.integers(lo, hi + 1))
     height = int(np.clip(round(width * rng.uniform(alo, ahi)), MIN_SIDE, MAX_SIDE))
-    b = _Builder(rng, kind, width, height, fonts)
+    b = _Builder(rng, kind, width, height, fonts, None if text_size is None else int(text_size))
     background = b.pick(list(BACKGROUNDS))
     _BUILD[kind](b)
-    rotation = 0.0 if rng.random() < 0.5 or max_rotation == 0 else float(rng.uniform(-max_rotation, max_rotation))
+    drawn = 0.0 if rng.random() < 0.5 or max_rotation == 0 else float(rng.uniform(-max_rotation, max_rotation))
+    rotation = drawn if rotation is None else float(rotation)
     return Layout(kind, width, height, background, b.fills, b.words, b.shapes, b.fields, round(rotation, 3))
 
 
@@ -435,9 +452,11 @@ def page_from_layout(layout: Layout) -> Page:
 
 
 def make_page(seed: int, kind: str | None = None, *, fonts: Sequence[str] | None = None,
-              max_rotation: float = 4.0) -> Page:
-    """Page `seed` (see the module docstring); the same arguments give the same page, pixel for pixel."""
-    return page_from_layout(layout_page(seed, kind, fonts=fonts, max_rotation=max_rotation))
+              max_rotation: float = 4.0, text_size: int | None = None, rotation: float | None = None) -> Page:
+    """Page `seed` (see the module docstring and `layout_page` for text_size / rotation); the same arguments give
+    the same page, pixel for pixel."""
+    return page_from_layout(layout_page(seed, kind, fonts=fonts, max_rotation=max_rotation, text_size=text_size,
+                                        rotation=rotation))
 
 
 # ------------------------------------------------------------------------------------------------ questions

@@ -155,11 +155,36 @@ def _rapidocr_missing():
     return None
 
 
+MAX_ASPECT = 16   # rapidocr is given images at most this elongated (see `pad_to_aspect`)
+
+
+def pad_to_aspect(image: np.ndarray, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+    """`image` [H, W, 3] extended at the bottom or right with its median border colour until long side / short
+    side <= max_aspect; pixel coordinates of the original are unchanged. rapidocr needs this: it rounds each side
+    to a multiple of 32 after scaling the long side to max_side_len, so a strip under ~1/120 as tall as it is long
+    raises its ResizeImgError (seen with 1 x 3000 and 8 x 4000 arrays, rapidocr 3.10), and its detector scales the
+    short side up to 736 px, so a 1 x 1900 strip would become a 736 x 1.4 M px input (from its resize rule; not
+    run). At 16 the detector input is at most 736 x 11,776 px (about 2 s of CPU)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_aspect * min(h, w):
+        return image
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    fill = np.median(border, axis=0).astype(np.uint8)
+    short = int(np.ceil(max(h, w) / max_aspect))
+    shape = (short, w, 3) if h < w else (h, short, 3)
+    out = np.empty(shape, np.uint8)
+    out[...] = fill
+    out[:h, :w] = image
+    return out
+
+
 def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
     reason = _rapidocr_missing()
     if reason:
         raise ImportError(reason)
     _rapidocr_check(s)
+    h, w = image.shape[:2]
+    image = pad_to_aspect(image)
     key = (s["threads"], s["max_side_len"], s["use_cls"])
     if key not in _RAPID:
         from rapidocr import RapidOCR
@@ -167,7 +192,6 @@ def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
             "Global.log_level": "error", "Global.max_side_len": s["max_side_len"], "Global.use_cls": s["use_cls"],
             "EngineConfig.onnxruntime.intra_op_num_threads": s["threads"],
             "EngineConfig.onnxruntime.inter_op_num_threads": 1})
-    h, w = image.shape[:2]
     # rapidocr takes BGR arrays (OpenCV order) when given an ndarray
     ctc = s["word_boxes"] == "ctc"
     out = _RAPID[key](np.ascontiguousarray(image[..., ::-1]), text_score=s["text_score"],
@@ -196,10 +220,18 @@ def _rapidocr_run(image: np.ndarray, s: dict) -> OcrResult:
 def _rapidocr_check(s: dict) -> None:
     if s["word_boxes"] not in ("ctc", "interpolate"):
         fail("word_boxes", "'ctc' or 'interpolate'", repr(s["word_boxes"]))
+    m = s["max_side_len"]
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 640:
+        # >= 640 keeps a MAX_ASPECT strip's short side >= 40 px after rapidocr's resize (it rounds to 32s)
+        fail("max_side_len", "an integer >= 640 (px)", repr(m))
 
 
+# use_cls=False (rapidocr's own default is True): its 180-degree line classifier turned whole upright lines of
+# dense textrich documents upside down, which were then read as fragments ("lot t za t a t x ple"); 16 px documents
+# went from 0.84-0.91 word recall with it to 0.99 without (docs/results/ocr.md). Pass use_cls=True for pages that
+# may be upside down.
 register(Engine("rapidocr", _rapidocr_run, missing=_rapidocr_missing, check=_rapidocr_check, defaults=dict(
-    text_score=0.5, box_thresh=0.5, unclip_ratio=1.6, max_side_len=2000, use_cls=True, threads=1,
+    text_score=0.5, box_thresh=0.5, unclip_ratio=1.6, max_side_len=2000, use_cls=False, threads=1,
     word_boxes="ctc")))
 
 

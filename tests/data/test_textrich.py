@@ -202,3 +202,32 @@ def test_oracle_ocr_layout_recovers_the_reading_order(kind):
             got = [line.split() for line in ocr.layout_text(result, width=200).split("\n") if line.strip()]
             want = [[w for w, ln in zip(page.words, page.lines) if ln == k] for k in np.unique(page.lines)]
             assert got == want, (kind, seed, rotation)
+
+
+def test_text_size_and_rotation_arguments():
+    """The controls the OCR table (docs/results/ocr.md) uses: text_size sets the size text is drawn at (an element
+    only ever shrinks from it to fit; a receipt's shop name is 1.4x), rotation replaces the random angle and
+    changes nothing else."""
+    for kind in tr.KINDS:
+        base = tr.make_page(7, kind, rotation=0.0)
+        small, big = (tr.make_page(7, kind, text_size=s, rotation=0.0) for s in (8, 24))
+        assert 8 in small.sizes and small.sizes.max() <= (11 if kind == "receipt" else 8), kind
+        assert big.sizes.max() <= (33 if kind == "receipt" else 24) and big.sizes.min() > 8, kind
+        for page in (small, big):
+            assert page.image.shape == base.image.shape and page.background == base.background
+        turned = tr.make_page(7, kind, rotation=-12.5)
+        assert turned.rotation == -12.5 and turned.words == base.words
+        np.testing.assert_array_equal(turned.upright_boxes, base.upright_boxes)
+        centre = np.array([base.image.shape[1] / 2, base.image.shape[0] / 2])
+        a = np.radians(-12.5)                      # counter-clockwise on screen (y down)
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        np.testing.assert_allclose(turned.boxes, (base.boxes - centre) @ rot.T + centre, atol=1e-3)
+    doc_sizes, counts = np.unique(tr.make_page(7, "document", text_size=12).sizes, return_counts=True)
+    assert doc_sizes[np.argmax(counts)] == 12          # nothing in a document shrinks at 12: the body is 12
+    assert tr.make_page(7).words == tr.make_page(7, rotation=None, text_size=None).words
+    for bad in (5, 41, 12.5, True):
+        with pytest.raises(ValueError, match="text_size"):
+            tr.make_page(0, text_size=bad)
+    for bad in (31, -45.0, "3"):
+        with pytest.raises(ValueError, match="rotation"):
+            tr.make_page(0, rotation=bad)

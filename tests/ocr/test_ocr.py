@@ -90,6 +90,7 @@ def test_unreadable_file_names_the_path(tmp_path):
 @pytest.mark.parametrize("array, match", [
     (np.zeros((8, 8, 3), np.float32), "uint8"),
     (np.zeros((8, 8, 3), np.int64), "uint8"),
+    (np.zeros((8, 8, 3), bool), "uint8"),
     (np.zeros((2, 8, 8, 3), np.uint8), r"\[H, W, C\]"),
     (np.zeros((8,), np.uint8), r"\[H, W, C\]"),
     (np.zeros((8, 8, 5), np.uint8), "C in"),
@@ -277,6 +278,34 @@ def test_rapidocr_empty_page_and_odd_arrays(sign):
 def test_rapidocr_settings_are_checked(sign):
     with pytest.raises(ValueError, match="text_scor"):
         ocr.read(np.zeros((8, 8, 3), np.uint8), "rapidocr", text_scor=0.3)
+    for bad in (100, 640.0, None):
+        with pytest.raises(ValueError, match="max_side_len.*640"):
+            ocr.read(np.zeros((8, 8, 3), np.uint8), "rapidocr", max_side_len=bad)
+
+
+def test_pad_to_aspect():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (3, 100, 3), dtype=np.uint8)
+    img[0] = img[-1] = (10, 20, 30)                       # the border's median colour is (10, 20, 30)
+    out = engines_mod.pad_to_aspect(img, 16)
+    assert out.shape == (7, 100, 3)                       # ceil(100 / 16) rows
+    np.testing.assert_array_equal(out[:3], img)           # the original keeps its pixel coordinates
+    np.testing.assert_array_equal(out[3:], np.broadcast_to([10, 20, 30], (4, 100, 3)))
+    tall = engines_mod.pad_to_aspect(np.ascontiguousarray(img.transpose(1, 0, 2)), 16)
+    np.testing.assert_array_equal(tall, out.transpose(1, 0, 2))
+    square = np.zeros((20, 300, 3), np.uint8)
+    assert engines_mod.pad_to_aspect(square, 16) is square   # within the ratio: untouched
+
+
+def test_rapidocr_extreme_strips_read_without_crashing(sign):
+    """rapidocr 3.10 alone raises ResizeImgError on a 2 x 2100 strip (its resize rounds the short side to 0);
+    through jaxmm the strip is padded (pad_to_aspect) and reads as empty. A real 20 x 760 text strip (aspect 38,
+    padded too) reads its words, with boxes inside the original strip."""
+    assert ocr.read(np.zeros((2, 2100, 3), np.uint8), "rapidocr").size == (2, 2100)
+    img, words, boxes = render([("OPEN 24 HOURS EVERY DAY", 4, -3)], size=(760, 20), font_px=16)
+    r = ocr.read(img, "rapidocr")
+    assert r.words == words and r.size == (20, 760)
+    assert r.boxes[..., 1].max() <= 22 and r.boxes[..., 0].max() <= 762
 
 
 def test_read_many_workers_match_sequential(sign, monkeypatch):
