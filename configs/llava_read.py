@@ -42,13 +42,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         vit=dict(patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, feature_layer=-1),
         convnext=dict(patch_size=4, hidden_sizes=(16, 32), depths=(1, 1), feature_stage=-1)))
     ocr = {"ocr_plain": "plain", "low_res": "none", "dual_res": "none"}.get(row, "layout")
-    c.data = dict(source="llava_read", train_examples=1200, eval_examples=96, max_len=200, max_prompt_len=190,
+    c.data = dict(source="llava_read", train_examples=320, eval_examples=48, max_len=200, max_prompt_len=190,
                   max_answer_len=10,
                   llava_read=dict(stage="pretrain" if variant == "pretrain" else "finetune", ocr=ocr, width=32,
                                   budget=96, engine="oracle",
                                   eval_engine="rapidocr" if variant.endswith("_rapidocr") else "",
                                   ocr_cache="runs/llava_read_ocr_cache"))
-    c.train = dict(steps=400, batch_size=16, log_every=50, eval_every=0, eval_batch_size=48, plots=True)
+    c.train = dict(steps=200, batch_size=16, log_every=50, eval_every=0, eval_batch_size=48, plots=True)
     c.optim = dict(name="adamw", lr=2e-3, schedule="warmup_cosine", warmup_steps=30, weight_decay=0.0)
     if variant == "pretrain":
         c.data.update(max_answer_len=40)

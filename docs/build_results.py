@@ -5,7 +5,7 @@
 import pathlib
 import re
 
-ORDER = ["hf_import", "data", "ocr", "textrich", "trainer", "commit", "ntk_attention", "peft", "tensor_attention", "dp_ntk",
+ORDER = ["hf_import", "data", "ocr", "textrich", "llava_read", "trainer", "commit", "ntk_attention", "peft", "tensor_attention", "dp_ntk",
          "dp_cross_attention"]
 HEADER = """# jaxmm results
 

@@ -34,3 +34,24 @@ def test_tiny_eval_prompts_carry_rapidocr_text_of_the_page():
     read = ex["ocr_text"].lower().split()
     page_words = set(truth["ocr_text"].lower().split())
     assert read and sum(w in page_words for w in read) >= 0.6 * len(read), (read, page_words)
+
+
+def test_chat_puts_rapidocr_text_of_a_user_png_before_the_question(tmp_path):
+    from PIL import Image
+
+    from jaxmm.chat import Session, with_ocr
+    from jaxmm.data import ByteTokenizer
+    from jaxmm.data.textrich import make_page
+
+    page = make_page(5, "sign")
+    path = str(tmp_path / "sign.png")
+    Image.fromarray(page.image).save(path)
+    session = Session(None, None, ByteTokenizer(), gen_source={})
+    assert with_ocr(session, path, "What does it say?", None) == "What does it say?"   # trained without OCR
+    session.ocr = {"ocr": "plain", "width": 32, "budget": 64, "budget_rule": "head"}
+    text = with_ocr(session, path, "What does it say?", None)
+    assert text.startswith("OCR:\n") and text.endswith("\n\nWhat does it say?")
+    read = text[len("OCR:\n"):-len("\n\nWhat does it say?")].lower().split()
+    truth = {w.lower() for w in page.words}
+    assert read and sum(w in truth for w in read) >= 0.6 * len(read), (read, truth)
+    assert with_ocr(session, path, "Q?", "none") == "Q?"
