@@ -20,7 +20,10 @@ Ablation rows (all fine-tuned directly on the reading questions, no pre-training
   <row>_rapidocr: the same run with the eval set's OCR read by rapidocr from the page (training OCR: the oracle).
 Scale: LLM 2 layers d 64 (byte tokenizer), ViT 2 layers d 64, ConvNeXt 2 stages (16, 32); LLaVA-Read's fusion
 after blocks 1, 4, 7 needs >= 7 ViT blocks (the default of model.dual_res), here blocks 1 and 2 of 2. OCR budget
-96 byte tokens (head rule), canvas 32 characters wide. Results and run times: docs/results/llava_read.md.
+96 byte tokens (head rule), canvas 32 characters wide; 320 training pages, 200 steps of batch 16, 48 eval
+questions. Expected: about 90 CPU seconds per row (quiet machine: a few minutes wall); at this size every row
+answers ~0 exactly (the LLM has not learned to copy from the OCR block yet) — results, and what a run that can
+show the claim needs: docs/results/llava_read.md. `tiny` (rapidocr at eval, 2 steps): ~35 CPU seconds.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import json, os, sys
 rows = [("low_res", "low-res ViT only (32 px view), no OCR"), ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
         ("ocr_plain", "low-res + OCR without layout"), ("ocr_layout", "low-res + OCR with layout"),
         ("full", "full LLaVA-Read: dual-res + OCR with layout")]
-print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | rapidocr at eval: large | final train loss | CPU time |")
-print("|---|---|---|---|---|---|---|")
+print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | rapidocr at eval: large | final train loss | eval answer loss | CPU time |")
+print("|---|---|---|---|---|---|---|---|")
 def get(v):
     p = f"runs/lr_{v}_s0/summary.json"
     return json.load(open(p)) if os.path.exists(p) else None
@@ -26,4 +26,5 @@ for v, name in rows:
         r = s  # no OCR in these rows: the eval engine does not enter
     print(f"| {name} (`{v}`) | {acc(s, 'eval_accuracy/small')} | {acc(s, 'eval_accuracy/large')} | "
           f"{acc(r, 'eval_accuracy/small')} | {acc(r, 'eval_accuracy/large')} | "
-          f"{'—' if s is None else format(s['final_loss'], '.3f')} | {cpu(v)} |")
+          f"{'—' if s is None else format(s['final_loss'], '.3f')} | "
+          f"{'—' if s is None else format(s['eval_loss'], '.3f')} | {cpu(v)} |")
