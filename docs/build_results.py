@@ -5,8 +5,8 @@
 import pathlib
 import re
 
-ORDER = ["hf_import", "data", "ocr", "textrich", "trainer", "commit", "ntk_attention", "peft", "tensor_attention", "dp_ntk",
-         "dp_cross_attention", "docsynth"]
+ORDER = ["hf_import", "data", "ocr", "textrich", "diffusion", "trainer", "commit", "llava_read", "lara", "ntk_attention",
+         "peft", "tensor_attention", "dp_ntk", "dp_cross_attention", "artist", "toffee", "docsynth"]
 HEADER = """# jaxmm results
 
 Every table below was measured by the command printed beside it; rerunning that command regenerates it.

@@ -25,7 +25,10 @@
 Images (--image): resized to the encoder's square input (bilinear, no crop); for HF folders normalised with
 preprocessor_config.json's image_mean / image_std (CLIP's when absent) after x / 255. The REPL keeps the
 conversation (each turn re-reads it whole, the image placed in the first user turn); an empty line or EOF ends
-it.
+it. LLaVA-Read workdirs (data.source "llava_read" trained with OCR): the first turn becomes "OCR:\n<text>\n\n
+<question>" with the image's text read by rapidocr (`--ocr tesseract` / `--ocr none`), laid out and budgeted as
+in training (jaxmm.data.ocr_text):
+    python -m jaxmm.chat --model runs/lr_full --image receipt.png --prompt "What is the total?"
 """
 from __future__ import annotations
 
@@ -76,6 +79,7 @@ class Session:
         self.gen_source = gen_source  # a folder or a dict for jaxmm.hf.generation_kwargs
         self.image_size, self.mean, self.std = image_size, mean, std
         self.formatter_args = formatter_args or {}
+        self.ocr = None  # LLaVA-Read workdirs: {"ocr", "width", "budget", "budget_rule"} of its data (issue 18)
 
     def image(self, path: str) -> np.ndarray:
         """[1, S, S, 3] float32 model input from an image file."""
@@ -155,9 +159,27 @@ def load_workdir(workdir: str) -> Session:
              f"differences {diff[:6]}")
     d = config.get("data", {})
     fmt = dict(max_len=int(d.get("max_len", 512)), max_prompt_len=int(d.get("max_prompt_len", 512)))
-    return Session(model, params, tok, gen_source={"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
-                                                   "max_new_tokens": int(d.get("max_answer_len", 32)) + 1},
-                   image_size=size, formatter_args=fmt)
+    session = Session(model, params, tok, gen_source={"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
+                                                      "max_new_tokens": int(d.get("max_answer_len", 32)) + 1},
+                      image_size=size, formatter_args=fmt)
+    lr = d.get("llava_read") if d.get("source") == "llava_read" else None
+    if lr and lr.get("ocr", "none") != "none":
+        session.ocr = {k: lr[k] for k in ("ocr", "width", "budget", "budget_rule")}
+    return session
+
+
+def with_ocr(session: Session, image_path: str, text: str, engine: str | None) -> str:
+    """LLaVA-Read: the first user turn as trained, OCR text of the image between it and the instruction
+    (jaxmm.data.ocr_text; the formatter puts <image> first). engine None: rapidocr for a workdir trained with
+    OCR, else unchanged; "none": unchanged."""
+    if engine == "none" or (engine is None and session.ocr is None):
+        return text
+    from jaxmm.data import ocr_text
+
+    o = session.ocr or {"ocr": "layout", "width": 80, "budget": 256, "budget_rule": "head"}
+    context = ocr_text.read_context(image_path, engine or "rapidocr", layout=o["ocr"] == "layout", width=o["width"])
+    budget = None if o["budget"] is None or o["budget"] < 0 else o["budget"]
+    return ocr_text.ocr_prompt(text, ocr_text.fit_text(context, session.tok, budget, o["budget_rule"]), image=False)
 
 
 def load(spec: str) -> Session:
@@ -238,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=float)
     ap.add_argument("--repetition-penalty", type=float)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ocr", help="OCR engine whose text of --image goes before the question (rapidocr, tesseract; "
+                    "default rapidocr for a LLaVA-Read workdir trained with OCR; 'none': off)")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
                                        repetition_penalty=args.repetition_penalty).items() if v is not None}
@@ -247,8 +271,10 @@ def main(argv=None) -> int:
     session = load(args.model)
     image = session.image(args.image) if args.image else None
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    first = (lambda t: with_ocr(session, args.image, t, args.ocr)) if args.image else (lambda t: t)
     if args.prompt is not None:
-        reply(session, messages + [{"role": "user", "content": args.prompt}], image, seed=args.seed, **overrides)
+        reply(session, messages + [{"role": "user", "content": first(args.prompt)}], image, seed=args.seed,
+              **overrides)
         return 0
     turn = 0
     while True:
@@ -258,7 +284,7 @@ def main(argv=None) -> int:
             return 0
         if not text.strip():
             return 0
-        messages.append({"role": "user", "content": text})
+        messages.append({"role": "user", "content": first(text) if turn == 0 else text})
         answer = reply(session, messages, image, seed=args.seed + turn, **overrides)
         messages.append({"role": "assistant", "content": answer})
         turn += 1

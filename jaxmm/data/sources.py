@@ -101,6 +101,15 @@ def _trins(args, *, split, examples, seed, encoder_args, formatter=None):
     return TrinsSource(root, task=args["task"], skip_bad_records=args["skip_bad_records"], **_image_size(encoder_args))
 
 
+def _llava_read(args, *, split, examples, seed, encoder_args, formatter=None):
+    from jaxmm.data.llava_read import LlavaReadSource
+
+    args = dict(args)
+    args["budget"] = None if args["budget"] < 0 else args["budget"]   # -1: no OCR token budget
+    return LlavaReadSource(examples, seed=seed, split=split, image_size=encoder_args["image_size"],
+                           tokenizer=getattr(formatter, "tok", None), **args)
+
+
 def _register_builtin() -> None:
     from jaxmm.data import audioqa, textvqa
 
@@ -119,6 +128,13 @@ def _register_builtin() -> None:
 
     register(Source("textrich", _textrich, kinds=textrich.QUESTION_KINDS,
                     defaults=dict(kinds=textrich.QUESTION_KINDS, page_kinds=textrich.KINDS)))
+    from jaxmm.data import llava_read
+
+    register(Source("llava_read", _llava_read, kinds=llava_read.LlavaReadSource.kinds, cacheable=True,
+                    defaults=dict(stage="finetune", tasks=llava_read.PRETRAIN_TASKS, qa_kinds=llava_read.READING_KINDS,
+                                  page_kinds=textrich.KINDS, ocr="layout", engine="oracle", eval_engine="",
+                                  width=48, budget=128, budget_rule="head", box_bins=100, small_text=0.03,
+                                  ocr_cache="")))
     register(Source("trins", _trins, kinds=("vqa", "caption"),
                     defaults=dict(train_root="", eval_root="", task="vqa", skip_bad_records=False)))
 

@@ -14,6 +14,9 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
   UNet2DConditionModel, AutoencoderKL (diffusers folders: config.json's `_class_name`,
     diffusion_pytorch_model.safetensors) -> jaxmm.models.unet.UNet / jaxmm.models.vae.AutoencoderKL
     (jaxmm.hf.diffusers); `module.apply({"params": params}, x_nhwc, timesteps, context)` for the UNet.
+  ConvNextModel, ConvNextForImageClassification (backbone only) -> jaxmm.models.convnext.ConvNeXt (NHWC)
+    (jaxmm.hf.convnext); `module.apply({"params": params}, pixel_values)` -> {"last_hidden_state",
+    "pooler_output", "hidden_states", "features"}.
   LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
     (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
 """
@@ -30,9 +33,10 @@ VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLI
 TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+CONVNEXT_ARCHITECTURES = ("ConvNextModel", "ConvNextForImageClassification")   # jaxmm.hf.convnext (issue 18)
 DIFFUSERS_CLASSES = ("UNet2DConditionModel", "AutoencoderKL")   # config.json `_class_name`, not `architectures`
 SUPPORTED_ARCHITECTURES = (LLM_ARCHITECTURES + VISION_ARCHITECTURES + TEXT_ARCHITECTURES + AUDIO_ARCHITECTURES
-                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES)
+                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES + CONVNEXT_ARCHITECTURES)
 
 
 def loader(arch: str, tower: str | None = None):
@@ -54,6 +58,8 @@ def loader(arch: str, tower: str | None = None):
         from jaxmm.hf.siglip import from_hf
     elif arch in AUDIO_ARCHITECTURES:
         from jaxmm.hf.whisper import from_hf
+    elif arch in CONVNEXT_ARCHITECTURES:
+        from jaxmm.hf.convnext import from_hf
     else:
         from jaxmm.hf.clip import from_hf
     return from_hf

@@ -59,5 +59,20 @@ def _register_builtin() -> None:
         defaults=dict(n_mels=80, max_frames=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, pool=2,
                       lora_rank=0)))
 
+    # LLaVA-Read (issue 18): the high-res ConvNeXt alone, and the dual-resolution ViT + ConvNeXt with fusion
+    from jaxmm.models.convnext import ConvNeXt, ConvNeXtConfig
+    from jaxmm.models.dual_encoder import DualEncoder, DualEncoderConfig
+
+    register(Encoder(
+        "convnext", ConvNeXtConfig, ConvNeXt, "image",
+        feature_shape=lambda cfg, shape: (cfg.num_features, cfg.d_model),
+        defaults=dict(image_size=64, patch_size=4, hidden_sizes=(32, 64), depths=(1, 1))))
+    register(Encoder(
+        "dual_res", DualEncoderConfig, DualEncoder, "image",
+        feature_shape=lambda cfg, shape: (cfg.num_features, cfg.d_model),
+        defaults=dict(image_size=192, low_res=48, fuse_after=(1, 4, 7), fusion_dim=0, low_res_only=False,
+                      vit=dict(patch_size=8, d_model=64, num_layers=8, num_heads=4, mlp_dim=128, feature_layer=-1),
+                      convnext=dict(patch_size=4, hidden_sizes=(32, 64), depths=(1, 1), feature_stage=-1))))
+
 
 _register_builtin()

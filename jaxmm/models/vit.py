@@ -80,7 +80,8 @@ class ViT(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, pixel_values, *, deterministic: bool = True):
+    def __call__(self, pixel_values, *, deterministic: bool = True, after_block=None):
+        """after_block: optional (i, x [B, tokens, D]) -> x applied after block i (0-based), see Stack."""
         cfg = self.config
         check_rank("pixel_values", pixel_values, 4, "[batch, height, width, channels] (NHWC)")
         expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
@@ -104,7 +105,7 @@ class ViT(nn.Module):
         if cfg.pre_norm:
             x = LayerNorm(cfg.norm_eps, name="pre_norm")(x)
         last, hidden = Stack(cfg.block(), cfg.num_layers, name="encoder")(x, deterministic=deterministic,
-                                                                          return_hidden=True)
+                                                                          return_hidden=True, after_layer=after_block)
         feats = hidden[cfg.feature_layer]
         out = {"hidden_states": hidden, "features": feats[:, 1:] if cfg.class_token and cfg.drop_cls else feats}
         if cfg.pool == "cls":

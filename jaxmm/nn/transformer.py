@@ -294,14 +294,15 @@ class Stack(nn.Module):
     """`num_layers` Blocks: named layers_0 … (unrolled), or one `nn.scan` named "layers" whose params carry a
     leading [num_layers] axis (`config.scan_layers`; logical axis name "layers"; jaxmm.nn.scan converts). Each
     block is rematerialised under `config.resolved_remat_policy` and the residual stream is constrained to
-    `config.residual_axes` at every block boundary. return_hidden: also the list [x, block outputs...]."""
+    `config.residual_axes` at every block boundary. return_hidden: also the list [x, block outputs...]. after_layer: an optional (i, x) -> x
+    applied to block i's output (unrolled stacks only; jaxmm.models.dual_encoder injects features with it)."""
 
     config: BlockConfig
     num_layers: int
 
     @nn.compact
     def __call__(self, x, *, mask=None, positions=None, is_causal=False, deterministic=True, decode=False,
-                 max_length=None, return_hidden: bool = False):
+                 max_length=None, return_hidden: bool = False, after_layer=None):
         cfg = self.config
         policy = cfg.resolved_remat_policy
         block = _ScanStep if cfg.scan_layers else Block
@@ -313,6 +314,8 @@ class Stack(nn.Module):
                              static_argnums=(4, 5, 6, 7))
         flags = (is_causal, deterministic, decode, max_length)
         x = constrain_residual(cfg, x)
+        if cfg.scan_layers and after_layer is not None:
+            fail("after_layer", "scan_layers=False (a hook between layers needs the unrolled stack)", "scan_layers=True")
         if cfg.scan_layers:
             # params and the KV cache stacked on axis 0; mask, positions and the Python flags shared by every layer
             scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
@@ -323,5 +326,7 @@ class Stack(nn.Module):
         hidden = [x]
         for i in range(self.num_layers):
             x = constrain_residual(cfg, block(cfg, name=f"layers_{i}")(x, mask, positions, *flags))
+            if after_layer is not None:   # (i, x) -> x after block i (0-based): LLaVA-HR's feature injection
+                x = after_layer(i, x)
             hidden.append(x)
         return (x, hidden) if return_hidden else x

@@ -1,0 +1,68 @@
+"""LLaVA-Read (arXiv 2407.19185; PAPERS.md §2) at CPU scale: dual-resolution encoder (low-res ViT + high-res
+ConvNeXt, LLaVA-HR fusion), OCR text with layout recovery between the image and the instruction, layout-aware
+pre-training then instruction tuning, on the procedural text-rich pages (train/tasks/llava_read.py).
+
+    python -m train --config configs/llava_read.py:pretrain --workdir runs/llava_read_pretrain    # 4 pre-training tasks
+    python -m train --config configs/llava_read.py:finetune --workdir runs/llava_read_finetune    # from pretrain's checkpoint
+    python -m train --config configs/llava_read.py:tiny --workdir /tmp/llava_read_tiny            # smoke: rapidocr at eval
+    # the ablation table (docs/results/llava_read.md), one run per row and seed; rapidocr at eval with the suffix:
+    python -m train --config configs/llava_read.py:low_res --workdir runs/lr_low_res --config.seed=0
+    python -m train --config configs/llava_read.py:dual_res --workdir runs/lr_dual_res
+    python -m train --config configs/llava_read.py:ocr_plain --workdir runs/lr_ocr_plain
+    python -m train --config configs/llava_read.py:ocr_layout --workdir runs/lr_ocr_layout
+    python -m train --config configs/llava_read.py:full --workdir runs/lr_full
+    python -m train --config configs/llava_read.py:full_rapidocr --workdir runs/lr_full_rapidocr
+
+Ablation rows (all fine-tuned directly on the reading questions, no pre-training, same LLM and steps):
+  low_res     the ViT alone on a 32 px view, no OCR          dual_res    + the 128 px ConvNeXt fused after blocks 1, 2
+  ocr_plain   low_res + OCR words in reading order           ocr_layout  low_res + OCR with layout recovery
+  full        dual_res + OCR with layout recovery (LLaVA-Read)
+  <row>_rapidocr: the same run with the eval set's OCR read by rapidocr from the page (training OCR: the oracle).
+Scale: LLM 2 layers d 64 (byte tokenizer), ViT 2 layers d 64, ConvNeXt 2 stages (16, 32); LLaVA-Read's fusion
+after blocks 1, 4, 7 needs >= 7 ViT blocks (the default of model.dual_res), here blocks 1 and 2 of 2. OCR budget
+96 byte tokens (head rule), canvas 32 characters wide; 320 training pages, 200 steps of batch 16, 48 eval
+questions. Expected: about 90 CPU seconds per row (quiet machine: a few minutes wall); at this size every row
+answers ~0 exactly (the LLM has not learned to copy from the OCR block yet) — results, and what a run that can
+show the claim needs: docs/results/llava_read.md. `tiny` (rapidocr at eval, 2 steps): ~35 CPU seconds.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxmm.config_utils import pick_variant
+
+ROWS = ("low_res", "dual_res", "ocr_plain", "ocr_layout", "full")
+VARIANTS = ("pretrain", "finetune", "tiny") + ROWS + tuple(f"{r}_rapidocr" for r in ROWS)
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    variant = pick_variant(__file__, variant, VARIANTS)
+    row = variant.removesuffix("_rapidocr")
+    c = ml_collections.ConfigDict()
+    c.task = "llava_read"
+    c.model = dict(encoder="dual_res", dual_res=dict(
+        image_size=128, low_res=32, fuse_after=(1, 2), low_res_only=row in ("low_res", "ocr_plain", "ocr_layout"),
+        vit=dict(patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, feature_layer=-1),
+        convnext=dict(patch_size=4, hidden_sizes=(16, 32), depths=(1, 1), feature_stage=-1)))
+    ocr = {"ocr_plain": "plain", "low_res": "none", "dual_res": "none"}.get(row, "layout")
+    c.data = dict(source="llava_read", train_examples=320, eval_examples=48, max_len=200, max_prompt_len=190,
+                  max_answer_len=10,
+                  llava_read=dict(stage="pretrain" if variant == "pretrain" else "finetune", ocr=ocr, width=32,
+                                  budget=96, engine="oracle",
+                                  eval_engine="rapidocr" if variant.endswith("_rapidocr") else "",
+                                  ocr_cache="runs/llava_read_ocr_cache"))
+    c.train = dict(steps=200, batch_size=16, log_every=50, eval_every=0, eval_batch_size=48, plots=True)
+    c.optim = dict(name="adamw", lr=2e-3, schedule="warmup_cosine", warmup_steps=30, weight_decay=0.0)
+    if variant == "pretrain":
+        c.data.update(max_answer_len=40)
+    if variant == "finetune":
+        c.model.init = dict(from_workdir="runs/llava_read_pretrain:encoder,projector,llm")
+    if variant == "tiny":   # end to end in seconds of compute: rapidocr reads the eval pages
+        c.model.dual_res.update(image_size=64, low_res=16, fuse_after=(1,), low_res_only=False)
+        c.model.dual_res.vit.update(patch_size=4, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
+        c.model.dual_res.convnext.update(hidden_sizes=(8,), depths=(1,))
+        c.model.llm = dict(num_layers=1, d_model=32, num_heads=2, num_kv_heads=1, mlp_dim=64)
+        c.data.update(train_examples=8, eval_examples=2, max_len=128, max_prompt_len=120)
+        c.data.llava_read.update(budget=32, eval_engine="rapidocr", ocr_cache="", page_kinds=("sign", "poster"))
+        c.train.update(steps=2, batch_size=4, log_every=1, eval_batch_size=2, plots=False, progress=False)
+    return c

@@ -1,0 +1,57 @@
+"""Issue 18: the `llava_read` task's data path with rapidocr (the `:tiny` config's eval set; the run itself goes end
+to end in tests/train/test_configs_tiny.py): the OCR block of an eval prompt is what rapidocr reads from the
+full-resolution page, and those words are the page's own (checked against the generator's truth)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "llava_read.py"
+
+
+def _config(variant):
+    spec = importlib.util.spec_from_file_location("_config_llava_read", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def test_tiny_eval_prompts_carry_rapidocr_text_of_the_page():
+    from jaxmm.data.llava_read import LlavaReadSource
+    from train.config import fill
+    from train.tasks.llava_read import LlavaReadTask
+    from train.tasks.mllm import _sources
+
+    task = LlavaReadTask()
+    config = fill(_config("tiny"), task.default_config())
+    assert config.model.encoder == "dual_res" and config.data.source == "llava_read"
+    train, evals = _sources(config)
+    assert (train.engine, evals.engine) == ("oracle", "rapidocr")
+    oracle_twin = LlavaReadSource(len(evals), seed=config.seed, split="eval", image_size=evals.image_size,
+                                  ocr="plain", budget=None, page_kinds=evals.page_kinds)
+    ex, truth = evals[0], oracle_twin[0]
+    assert ex["conversations"][0][1] == "<image>\nOCR:\n" + ex["ocr_text"] + "\n\n" + ex["question"]
+    read = ex["ocr_text"].lower().split()
+    page_words = set(truth["ocr_text"].lower().split())
+    assert read and sum(w in page_words for w in read) >= 0.6 * len(read), (read, page_words)
+
+
+def test_chat_puts_rapidocr_text_of_a_user_png_before_the_question(tmp_path):
+    from PIL import Image
+
+    from jaxmm.chat import Session, with_ocr
+    from jaxmm.data import ByteTokenizer
+    from jaxmm.data.textrich import make_page
+
+    page = make_page(5, "sign")
+    path = str(tmp_path / "sign.png")
+    Image.fromarray(page.image).save(path)
+    session = Session(None, None, ByteTokenizer(), gen_source={})
+    assert with_ocr(session, path, "What does it say?", None) == "What does it say?"   # trained without OCR
+    session.ocr = {"ocr": "plain", "width": 32, "budget": 64, "budget_rule": "head"}
+    text = with_ocr(session, path, "What does it say?", None)
+    assert text.startswith("OCR:\n") and text.endswith("\n\nWhat does it say?")
+    read = text[len("OCR:\n"):-len("\n\nWhat does it say?")].lower().split()
+    truth = {w.lower() for w in page.words}
+    assert read and sum(w in truth for w in read) >= 0.6 * len(read), (read, truth)
+    assert with_ocr(session, path, "Q?", "none") == "Q?"
