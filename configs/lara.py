@@ -17,11 +17,13 @@ Variants (the table's): `small_no_ocr` / `small_oracle` / `small_rapidocr` (OCR 
 rapidocr on the full-resolution page); `small_rapidocr_layout` (the OCR text layout-recovered, LATIN style, instead
 of words joined by spaces); `small_rapidocr_tuned` (the low-res encoder trained instead of frozen). All `small_*`
 runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with the byte
-tokenizer, 200 steps of 8 examples from 128 training pages (receipts, posters, signs, charts, tables), a mix of 30%
-caption instruction and 70% VQA, sequences of 288 tokens (captions are cut there in training; generated captions
-get 128 tokens and are scored against the whole reference), OCR text budget 96 tokens; evaluated on 64 unseen pages.
-Sized for 2 CPU cores shared by 8 sessions (a few CPU minutes a run). `paper`: what the published model's setup maps to (**[reconstruction]**: the
-LLM and batch sizes are not given in the abstract; LLaVA-1.5's stage-2 settings are used).
+tokenizer, 400 steps of 8 examples (3200) from 128 training pages (receipts, posters, signs, charts, tables), a
+mix of 30% caption instruction and 70% VQA, sequences of 288 tokens (captions are cut there in training; generated
+captions get 128 tokens and are scored against the whole reference), OCR text budget 96 tokens; evaluated on 64
+unseen pages. `small_pretrain`: 200 steps, half captions, no OCR, everything trained. Sized for 2 CPU cores
+shared by 8 sessions: ~1.5-3 CPU minutes a run, 15-30 minutes of wall clock under that load.
+`paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
+the abstract; LLaVA-1.5's stage-2 settings are used).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ PRETRAIN_WORKDIR = "runs/lara/pretrain"
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = pick_variant(__file__, variant, VARIANTS)
     c = ml_collections.ConfigDict(dict(task="lara", seed=0))
-    c.train = dict(steps=200, batch_size=8, log_every=20, eval_every=0, eval_batch_size=32, progress=True,
+    c.train = dict(steps=400, batch_size=8, log_every=20, eval_every=0, eval_batch_size=32, progress=True,
                    plots=True)
     c.optim = dict(name="adamw", lr=3e-3, schedule="warmup_cosine", warmup_steps=20, weight_decay=0.0,
                    groups=dict(encoder=dict(frozen=True)))
@@ -49,7 +51,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                    vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
                    llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
                    init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
-    c.data = dict(source="lara", train_examples=1600, eval_examples=128, max_len=288, max_prompt_len=192,
+    c.data = dict(source="lara", train_examples=3200, eval_examples=128, max_len=288, max_prompt_len=192,
                   max_answer_len=24,
                   lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=128, eval_pages=64,
                             caption_fraction=0.3))
@@ -69,12 +71,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                        init=dict(encoder=os.path.join(FIXTURES, "clip_model"), from_workdir=""))
         c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16)
         c.data.lara.update(ocr_budget=64, train_pages=2, eval_pages=2, page_kinds=("sign", "poster"))
-        c.train.update(steps=3, batch_size=4, log_every=1, eval_batch_size=4, progress=False, plots=False)
+        c.train.update(steps=3, batch_size=8, log_every=1, eval_batch_size=8, progress=False, plots=False)
         c.task_args.update(visual_examples=2, caption_examples=2, caption_tokens=17,  # = VQA steps: one compile
                            caption_tokenizer="whitespace", caption_metrics=("bleu", "rouge", "cider"))
     elif variant == "small_pretrain":   # stage 0: the low-res encoder, trained with everything, no OCR
         c.model.init.from_workdir = ""
         c.optim.groups = {}
+        c.train.steps, c.data.train_examples = 200, 1600
         c.data.lara.update(ocr="none", caption_fraction=0.5)
         c.task_args.update(caption_examples=0)
     else:

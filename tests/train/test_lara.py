@@ -127,9 +127,11 @@ def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_ru
     import jax
 
     from jaxmm.hf import init as hf_init
+    from train import tasks
     from train.tasks.lara import LaraTask
 
     config, _, state = tiny_run
+    config = tasks.full_config(config)
     cfg = LaraTask(config).build_model(config).config
     loaded = hf_init.load_group(jax.tree.map(np.zeros_like, state.params), "encoder", config.model.init.encoder,
                                 cfg.encoder_config)["encoder"]
