@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	@set -e; py=$$($(FIND_PYTHON)); echo "building $(VENV) from $$py ($$($$py --version))"; \
 	  [ -x $(PY) ] || $$py -m venv $(VENV); \
 	  $(PY) -m pip install -q --upgrade pip; \
-	  $(PY) -m pip install -q -e '.[test,data,ocr]'; \
+	  $(PY) -m pip install -q -e '.[test,data,ocr,notebooks]'; \
 	  touch $@
 
 venv: $(VENV)/.installed

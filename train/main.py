@@ -51,6 +51,32 @@ def config_path(spec: str) -> str:
     return str(configs_dir() / f"{head}.py") + colon + variant
 
 
+def load_config(spec: str, **overrides):
+    """The config `--config <spec>` gives, from Python (notebooks, scripts): `spec` is a shipped config's name or a
+    file path with an optional `:variant` (`config_path`), completed with the trainer's and the task's defaults
+    (`tasks.full_config`). `overrides` set dotted keys as `--config.a.b=value` does: `load_config("demo:tiny",
+    **{"train.steps": 50})`; an unknown key is an error naming it."""
+    import importlib.util
+
+    path, _, variant = config_path(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_jaxmm_config_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = tasks.full_config(module.get_config(variant or None))
+    for key, value in overrides.items():
+        node, *_ = key.rsplit(".", 1)
+        parent = config
+        for part in key.split(".")[:-1]:
+            if part not in parent:
+                raise ValueError(f"overrides: no config key {key!r} (no {part!r} under {node!r})")
+            parent = parent[part]
+        leaf = key.split(".")[-1]
+        if leaf not in parent:
+            raise ValueError(f"overrides: no config key {key!r}; keys there: {sorted(parent.keys())}")
+        parent[leaf] = value
+    return config
+
+
 class _ConfigByName(flags.ArgumentParser):
     """Wraps ml_collections' config-file parser: `config_path` first; then the config is completed with the
     trainer's and the task's defaults (`tasks.full_config`) before the `--config.a.b=value` overrides apply, so a

@@ -50,3 +50,21 @@ def test_command_line_overrides_a_key_the_file_leaves_out(monkeypatch):
         assert config.to_dict() == tasks.full_config(config).to_dict()
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_load_config_from_python_equals_the_cli_config_and_names_bad_overrides():
+    import pytest as _pytest
+
+    from train import tasks
+    from train.main import config_path, load_config
+
+    c = load_config("vit_probe:tiny", **{"train.steps": 3, "optim.lr": 0.5})
+    assert (c.task, c.train.steps, c.optim.lr) == ("vit_probe", 3, 0.5)
+    assert "log_every" in c.train and "checkpoint" in c  # completed with the trainer's defaults, as --config is
+    path = config_path("vit_probe:tiny").partition(":")[0]
+    assert path.endswith("configs/vit_probe.py")
+    assert set(tasks.full_config(load_config("vit_probe:tiny")).keys()) == set(c.keys())
+    with _pytest.raises(ValueError, match="train.stepz"):
+        load_config("vit_probe:tiny", **{"train.stepz": 3})
+    with _pytest.raises(ValueError, match="nosuch"):
+        load_config("vit_probe:tiny", **{"nosuch.steps": 3})

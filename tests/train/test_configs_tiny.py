@@ -4,7 +4,8 @@ temporary workdir and must leave a summary.json with finite numbers.
 
 configs/commit.py has no plain `tiny` (its variants are `<vision|audio>[_lora][_small|_tiny]` and the sweeps): it
 is run as `vision_tiny` and `sweep_tiny` (the CoMMIT sweep experiment with one tiny run). The three trainer-loop configs (commit, demo, peft) are marked slow: each tiny run is 40-60 s of
-compilation on 2 cores at toy size already, and the default suite runs them elsewhere (demo:tiny and commit's
+compilation on 2 cores at toy size already, and the default suite runs them elsewhere. Tiny variants that a
+notebook runs (notebooks/*.py, executed by tests/test_notebooks.py) are not run twice (demo:tiny and commit's
 vision_tiny in tests/train/test_commit_task.py, peft's toy trainer runs in tests/train/test_peft_task.py).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 
 import pytest
 
@@ -29,15 +31,36 @@ def _load(name):
     return module
 
 
-def _cases():
+NOTEBOOKS = CONFIGS.parent / "notebooks"
+
+
+def notebook_runs() -> set[tuple[str, str]]:
+    """(config, variant) pairs a notebook twin runs through `train.main.run` (`load_config("name:variant"`):
+    tests/test_notebooks.py executes those in every `make test`, so they are not run a second time here."""
+    found = set()
+    for twin in NOTEBOOKS.glob("[0-9][0-9]_*.py"):
+        for name, variant in re.findall(r'load_config\(\s*"([\w]+):(\w+)"', twin.read_text()):
+            found.add((name, variant))
+    return found
+
+
+def _all_cases():
     names = sorted(p.stem for p in CONFIGS.glob("*.py") if not p.stem.startswith("_"))
+    return [(n, v) for n in names for v in TINY.get(n, ("tiny",))]
+
+
+def _cases():
+    in_notebooks = notebook_runs()
     return [pytest.param(n, v, id=f"{n}:{v}", marks=[pytest.mark.slow] if n in SLOW else [])
-            for n in names for v in TINY.get(n, ("tiny",))]
+            for n, v in _all_cases() if (n, v) not in in_notebooks]
 
 
 def test_every_config_file_has_a_case():
-    assert {c.values[0] for c in _cases()} >= {"commit", "demo", "dp_cross_attention", "dp_ntk", "ntk_attention",
-                                               "peft", "tensor_attention"}
+    """Each config's tiny variants run here or in a notebook (no config is left out of both)."""
+    covered = {c.values[:2] for c in _cases()} | notebook_runs()
+    assert set(_all_cases()) <= covered
+    assert {n for n, _ in covered} >= {"commit", "demo", "dp_cross_attention", "dp_ntk", "ntk_attention", "peft",
+                                       "tensor_attention"}
 
 
 @pytest.mark.parametrize("name,variant", _cases())
