@@ -1,0 +1,88 @@
+"""LaRA (TRINS, Zhang et al. CVPR 2024, arXiv 2406.06730): an MLLM that reads through OCR words fed as text tokens
+beside the visual tokens of a frozen low-resolution encoder; TRINS-Cap / TRINS-VQA / non-text VQA evaluation
+(train/tasks/lara.py, data: jaxmm/data/lara.py).
+
+    # smoke test (seconds; the tiny HF CLIP fixture as the frozen encoder, rapidocr OCR):
+    python -m train --config configs/lara.py:tiny --workdir /tmp/lara_tiny
+    # the ablation at CPU size (docs/results/lara.md): stage 0 trains the low-res encoder (no OCR), then every
+    # variant starts from its encoder + projector (model.init.from_workdir) and freezes the encoder
+    python -m train --config configs/lara.py:small_pretrain --workdir runs/lara/pretrain
+    for v in small_no_ocr small_oracle small_rapidocr small_rapidocr_layout small_rapidocr_tuned; do
+      python -m train --config configs/lara.py:$v --workdir runs/lara/$v --config.seed=0; done
+    # the published shape (needs the HF folders; not run here): CLIP ViT-L/14 at 224 px, frozen, + a 7B LLM
+    python -m train --config configs/lara.py:paper --workdir runs/lara_paper \
+        --config.model.init.encoder=hf/clip-vit-large-patch14 --config.model.init.llm=hf/vicuna-7b-v1.5
+
+Variants (the table's): `small_no_ocr` / `small_oracle` / `small_rapidocr` (OCR words: none, the page's truth,
+rapidocr on the full-resolution page); `small_rapidocr_layout` (the OCR text layout-recovered, LATIN style, instead
+of words joined by spaces); `small_rapidocr_tuned` (the low-res encoder trained instead of frozen). All `small_*`
+runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with the byte
+tokenizer, 400 steps of 8 examples (3200) from 128 training pages (receipts, posters, signs, charts, tables), a
+mix of 30% caption instruction and 70% VQA, sequences of 288 tokens (captions are cut there in training; generated
+captions get 128 tokens and are scored against the whole reference), OCR text budget 96 tokens; evaluated on 64
+unseen pages. `small_pretrain`: 200 steps, half captions, no OCR, everything trained. Sized for 2 CPU cores
+shared by 8 sessions: ~1.5-3 CPU minutes a run, 15-30 minutes of wall clock under that load.
+`paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
+the abstract; LLaVA-1.5's stage-2 settings are used).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxmm.config_utils import pick_variant
+
+ABLATIONS = ("small_no_ocr", "small_oracle", "small_rapidocr", "small_rapidocr_layout", "small_rapidocr_tuned")
+VARIANTS = ("paper", "tiny", "small_pretrain") + ABLATIONS
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "hf")
+PRETRAIN_WORKDIR = "runs/lara/pretrain"
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    variant = pick_variant(__file__, variant, VARIANTS)
+    c = ml_collections.ConfigDict(dict(task="lara", seed=0))
+    c.train = dict(steps=400, batch_size=8, log_every=20, eval_every=0, eval_batch_size=32, progress=True,
+                   plots=True)
+    c.optim = dict(name="adamw", lr=3e-3, schedule="warmup_cosine", warmup_steps=20, weight_decay=0.0,
+                   groups=dict(encoder=dict(frozen=True)))
+    c.checkpoint = dict(every=0, keep=1, async_save=False)
+    c.model = dict(encoder="vit", projector="mlp2x_gelu",
+                   vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
+                   llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
+                   init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
+    c.data = dict(source="lara", train_examples=3200, eval_examples=128, max_len=288, max_prompt_len=192,
+                  max_answer_len=24,
+                  lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=128, eval_pages=64,
+                            caption_fraction=0.3))
+    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128)
+    if variant == "paper":
+        c.model = dict(encoder="vit", projector="mlp2x_gelu", vit=dict(feature_layer=-2),
+                       init=dict(encoder="hf/clip-vit-large-patch14", llm="hf/vicuna-7b-v1.5", from_workdir=""))
+        c.data.update(train_examples=248_000, eval_examples=1000, max_len=2048, max_prompt_len=1536,
+                      max_answer_len=64)
+        c.data.lara.update(ocr_budget=1024, train_pages=39_153, eval_pages=1000)
+        c.train.update(steps=1940, batch_size=128)   # ~248k samples, one epoch
+        c.optim.update(lr=2e-5, warmup_steps=58)
+        c.task_args.update(visual_examples=1000, caption_examples=1000, caption_tokens=160)
+    elif variant == "tiny":   # seconds: the tiny CLIP fixture (16 px) as frozen encoder, rapidocr, 3 steps
+        c.model = dict(encoder="vit", projector="mlp2x_gelu", llm=dict(num_layers=1, d_model=32, num_heads=2,
+                                                                       num_kv_heads=1, mlp_dim=64),
+                       init=dict(encoder=os.path.join(FIXTURES, "clip_model"), from_workdir=""))
+        c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16)
+        c.data.lara.update(ocr_budget=64, train_pages=2, eval_pages=2, page_kinds=("sign", "poster"))
+        c.train.update(steps=3, batch_size=8, log_every=1, eval_batch_size=8, progress=False, plots=False)
+        c.task_args.update(visual_examples=2, caption_examples=2, caption_tokens=17,  # = VQA steps: one compile
+                           caption_tokenizer="whitespace", caption_metrics=("bleu", "rouge", "cider"))
+    elif variant == "small_pretrain":   # stage 0: the low-res encoder, trained with everything, no OCR
+        c.model.init.from_workdir = ""
+        c.optim.groups = {}
+        c.train.steps, c.data.train_examples = 200, 1600
+        c.data.lara.update(ocr="none", caption_fraction=0.5)
+        c.task_args.update(caption_examples=0)
+    else:
+        ocr = {"small_no_ocr": "none", "small_oracle": "oracle"}.get(variant, "rapidocr")
+        c.data.lara.update(ocr=ocr, layout=variant == "small_rapidocr_layout")
+        if variant == "small_rapidocr_tuned":
+            c.optim.groups = {}
+    return c

@@ -1,0 +1,140 @@
+"""LaRA (issue 19): the OCR token path into the prompt, the TRINS-VQA / TRINS-Cap evaluation loops against
+hand-computed scores, and the `:tiny` run end to end with rapidocr (frozen encoder checked)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxmm.data import ByteTokenizer, ConversationFormatter
+from jaxmm.data import lara
+from jaxmm.data.textrich import make_page
+from jaxmm.data.trins import CAPTION_PROMPT, caption_page
+from train.tasks.lara import generated_texts, vqa_scores
+
+
+def _user(example) -> str:
+    return example["conversations"][0][1]
+
+
+# ------------------------------------------------------------------------------------------------ OCR token path
+def test_oracle_ocr_words_reach_the_tokens_in_reading_order_under_the_budget():
+    tok = ByteTokenizer()
+    src = lara.LaraData(6, split="eval", pages=3, ocr="oracle", task="vqa", page_kinds=("sign",), ocr_budget=None)
+    ex = src[0]
+    page_words = ex["ocr_text"].split(" ")
+    question = ex["question"]
+    # independent reference: the user turn is [image] "OCR:" [the page's words in reading order] [question]
+    rng = np.random.default_rng([0, 1, 0, 7])
+    page = make_page(int(rng.integers(2**31)), "sign")
+    assert page_words == page.words
+    assert _user(ex) == "<image>\nOCR:\n" + " ".join(page.words) + "\n\n" + question
+    ids = ConversationFormatter(tok, max_len=256)(ex)["input_ids"]
+    assert (" ".join(page.words) + "\n\n" + question).encode() in bytes(int(i) for i in ids if i < 256)
+    # the budget: byte tokens, the head of the page kept
+    short = lara.LaraData(6, split="eval", pages=3, ocr="oracle", task="vqa", page_kinds=("sign",), ocr_budget=7)[0]
+    assert short["ocr_text"] == " ".join(page.words)[:7]
+    assert _user(short).startswith("<image>\nOCR:\n" + " ".join(page.words)[:7] + "\n\n")
+    # no OCR: no OCR block at all; layout: one canvas row per text line
+    none = lara.LaraData(6, split="eval", pages=3, ocr="none", task="vqa", page_kinds=("sign",))[0]
+    assert _user(none) == "<image>\n" + question
+    laid = lara.LaraData(6, split="eval", pages=3, ocr="oracle", layout=True, ocr_budget=None, task="vqa",
+                         page_kinds=("sign",))[0]["ocr_text"]
+    assert laid.count("\n") == len(set(page.lines.tolist())) - 1
+    assert laid.split() == page.words
+
+
+def test_tasks_give_the_right_kinds_and_captions():
+    cap = lara.LaraData(4, split="eval", pages=2, task="caption", page_kinds=("chart",))
+    rng = np.random.default_rng([0, 1, 1, 7])
+    assert cap[1]["answer"] == caption_page(make_page(int(rng.integers(2**31)), "chart"))
+    assert cap[1]["question"] == CAPTION_PROMPT and cap[1]["kind"] == "caption"
+    vqa = lara.LaraData(40, split="eval", pages=4, task="vqa")
+    vis = lara.LaraData(40, split="eval", pages=4, task="visual")
+    assert {vqa[i]["kind"] for i in range(40)} <= set(lara.VQA_KINDS)
+    assert {vis[i]["kind"] for i in range(40)} <= set(lara.VISUAL_KINDS)
+    mix = lara.LaraData(200, split="train", pages=8, task="mix", caption_fraction=0.3)
+    share = np.mean([mix[i]["kind"] == "caption" for i in range(200)])
+    assert 0.2 < share < 0.4
+    with pytest.raises(ValueError, match="ocr"):
+        lara.LaraData(4, ocr="easyocr")
+
+
+def test_rapidocr_reads_a_sign():
+    page = make_page(3, "sign")
+    text = lara.page_ocr_text(page, "rapidocr", cache=False)
+    truth = {w.lower() for w in page.words}
+    read = {w.lower() for w in text.split()}
+    assert len(truth & read) >= 0.75 * len(truth), (page.words, text)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation loops
+def test_vqa_scores_by_hand():
+    preds = ["Blue", "the cat", "7", "a red apple"]
+    answers = ["blue", "cat", "8", "apple"]
+    out = vqa_scores(preds, answers, ["c", "r", "n", "r"])
+    # normalised: blue=blue, cat=cat (article dropped), 7!=8, "red apple" != "apple" but contains it
+    assert out == {"exact": 0.5, "contains": 0.75, "exact/c": 1.0, "exact/n": 0.0, "exact/r": 0.5}
+
+
+def test_generation_loop_decodes_valid_rows_and_scores_captions_by_hand():
+    from jaxmm.metrics import caption_scores
+
+    tok = ByteTokenizer()
+    refs = ["the cat sat down", "a b c d", "ignored filler row"]
+    preds = ["the cat sat down", "a b x d", "anything"]
+
+    def ids(texts, n=24):
+        out = np.full((len(texts), n), tok.pad_id, np.int32)
+        for i, t in enumerate(texts):
+            out[i, :len(t)] = list(t.encode())
+        return out
+
+    batch = {"answer_ids": ids(refs), "kind_id": np.array([0, 1, 2], np.int32)}
+    got_preds, got_refs, kinds = generated_texts([(batch, np.array([1, 1, 0]))], lambda b: ids(preds), tok)
+    assert got_preds == preds[:2] and got_refs == refs[:2] and kinds == [0, 1]
+    s = caption_scores(dict(enumerate(got_preds)), {i: [r] for i, r in enumerate(got_refs)},
+                       metrics=("bleu", "rouge"), tokenizer="whitespace")
+    # corpus BLEU-4: 1..4-gram precisions 7/8, 4/6, 2/4, 1/2, brevity penalty 1
+    assert s["BLEU-4"] == pytest.approx((7 / 8 * 4 / 6 * 2 / 4 * 1 / 2) ** 0.25, abs=1e-6)
+    # ROUGE-L: LCS 3 of 4 both ways -> F_beta = 0.75 for the second caption, 1 for the first
+    assert s["ROUGE-L"] == pytest.approx((1.0 + 0.75) / 2, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ the tiny run
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from configs.lara import get_config
+    from train import loop
+
+    config = get_config("tiny")
+    config.data.lara.ocr_cache = str(tmp_path_factory.mktemp("ocr"))
+    workdir = str(tmp_path_factory.mktemp("lara_tiny"))
+    summary, state = loop.train(config, workdir, "lara", return_state=True)
+    return config, summary, state
+
+
+def test_tiny_run_with_rapidocr_end_to_end(tiny_run):
+    config, summary, state = tiny_run
+    assert config.data.lara.ocr == "rapidocr"
+    for key in ("eval_loss", "eval_trins_vqa_exact", "eval_trins_vqa_contains", "eval_visual_exact",
+                "eval_trins_cap_BLEU-4", "eval_trins_cap_ROUGE-L", "eval_trins_cap_CIDEr"):
+        assert np.isfinite(summary[key]), key
+        assert key == "eval_loss" or 0.0 <= summary[key] <= 10.0
+    assert summary["metric"] == "eval_trins_vqa_contains"
+
+
+def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_run):
+    import jax
+
+    from jaxmm.hf import init as hf_init
+    from train import tasks
+    from train.tasks.lara import LaraTask
+
+    config, _, state = tiny_run
+    config = tasks.full_config(config)
+    cfg = LaraTask(config).build_model(config).config
+    loaded = hf_init.load_group(jax.tree.map(np.zeros_like, state.params), "encoder", config.model.init.encoder,
+                                cfg.encoder_config)["encoder"]
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state.params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(np.abs(np.asarray(x)).sum() > 0 for x in jax.tree.leaves(loaded))
