@@ -19,7 +19,7 @@ def frechet_distance(a, b) -> float:
         fail("a, b", "[N, D] and [M, D] feature rows with N, M >= 2", f"{a.shape} and {b.shape}")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():   # singular product: offset both covariances (pytorch-fid's fallback)
         eps = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))

@@ -31,7 +31,7 @@ def test_frechet_distance_matches_eigen_reference():
 
 def _toy():
     sched = diffusion.Schedule(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
-    model = lambda x, t, c: 0.3 * x + 0.01 * t + c[:, None, None, :1]  # noqa: E731
+    model = lambda x, t, c: 0.3 * x + 0.01 * t + c[:, 0, 0][:, None, None, None]  # noqa: E731
     return sched, model
 
 
