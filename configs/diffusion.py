@@ -11,7 +11,8 @@ guidance 3, EMA 0.999, DDIM 25 steps (train/tasks/diffusion.py).
 Expected (docs/results/diffusion.md): attribute accuracy of the EMA model's samples, scored by a CNN trained on
 real images, on 64 held-out single-object and 64 multi-object captions, and FID in that CNN's feature space
 (self-trained features, not Inception). CLIP text tower from a folder instead:
-`--config.model.text_init=DIR` (a CLIPTextModel folder with its tokenizer; width = cross-attention width).
+`--config.model.text_init=DIR` (a CLIPTextModel folder; its tokenizer, or `--config.model.text_tokenizer=words` for
+the shapes word ids; the UNet's cross-attention width follows the tower's).
 """
 from __future__ import annotations
 

@@ -89,3 +89,33 @@ def test_scorer_reads_real_images():
     truth = np.stack([ds[i]["halves"] for i in range(40)])
     pred = predict(params, np.stack([ds[i]["image"] for i in range(40)]))
     assert shapes.attribute_accuracy(pred, truth)["attribute_accuracy"] >= 0.85
+
+
+def test_clip_text_tower_from_a_folder():
+    """model.text_init: the tiny HF CLIP text fixture becomes the `text_encoder` subtree (every weight equal to
+    jaxmm.hf.from_pretrained's), the UNet's cross-attention width follows the tower's."""
+    import flax.linen as nn
+
+    from configs.diffusion import get_config
+    from jaxmm.hf import from_pretrained
+    from train import tasks
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "clip_text")
+    config = tasks.full_config(get_config("tiny"))
+    config.model.text_init, config.model.text_tokenizer = folder, "words"
+    task = tasks.build("diffusion.t2i", config)
+    model = task.build_model(config)
+    assert model.unet_config.cross_attention_dim == 32 == model.text_config.d_model
+    batch = {k: np.stack([v] * 2) for k, v in task.datasets(config)[0][0].items()}
+    shapes = nn.meta.unbox(jax.eval_shape(lambda r: task.init_variables(model, batch, r), jax.random.PRNGKey(0))["params"])
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    params = task.initial_params(params)
+    ref = from_pretrained(folder)[1]
+    for (pa, a), (pb, b) in zip(jax.tree_util.tree_flatten_with_path(params["text_encoder"])[0],
+                                jax.tree_util.tree_flatten_with_path(ref)[0]):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(params["unet"]))
+    config.model.text_tokenizer = "bpe"
+    with pytest.raises(ValueError, match="text_tokenizer"):
+        task.build_model(config)

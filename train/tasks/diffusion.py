@@ -45,6 +45,7 @@ def build_model(config):
     from jaxmm.models.unet import UNetConfig
 
     m = config.model
+    tokenizer_kind(config)  # a bad text_tokenizer fails before anything is built
     dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
     if m.text_init:
         from jaxmm.hf.pretrained import from_pretrained
@@ -66,11 +67,21 @@ def build_model(config):
     return TextToImage(text_cfg, unet_cfg)
 
 
+def tokenizer_kind(config) -> str:
+    kind = config.model.text_tokenizer or ("folder" if config.model.text_init else "words")
+    if kind not in ("words", "folder"):
+        raise ValueError(f"config.model.text_tokenizer: expected '', 'words' or 'folder', got {kind!r}")
+    if kind == "folder" and not config.model.text_init:
+        raise ValueError("config.model.text_tokenizer: 'folder' needs config.model.text_init (a CLIP text folder)")
+    return kind
+
+
 def tokenize(config, prompts):
-    """ids, mask [N, L] for prompts: the shapes word vocabulary, or the CLIP tokenizer of `model.text_init`."""
+    """ids, mask [N, L] for prompts: `model.text_tokenizer` "words" (the shapes word vocabulary; the default
+    without `text_init`) or "folder" (the tokenizer saved in the `model.text_init` folder; its default)."""
     from jaxmm.data import shapes
 
-    if not config.model.text_init:
+    if tokenizer_kind(config) == "words":
         pairs = [shapes.encode(p) for p in prompts]
         return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
     from transformers import AutoTokenizer
@@ -125,7 +136,7 @@ class TextToImageTask(Task):
     def default_config(self):
         return ml_collections.ConfigDict(dict(
             model=dict(image_size=32, channels=(16, 32, 64), attention_levels=(1, 2), layers_per_block=1, heads=4,
-                       groups=8, text_width=32, text_layers=2, text_heads=4, text_init=""),
+                       groups=8, text_width=32, text_layers=2, text_heads=4, text_init="", text_tokenizer=""),
             data=dict(train_examples=20000, eval_examples=512, multi_fraction=0.5, max_count=2),
             task_args=dict(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2", p_uncond=0.1,
                            ema_decay=0.999, sample_every=500, sampler="ddim", sample_steps=25, guidance=3.0,
@@ -144,7 +155,8 @@ class TextToImageTask(Task):
         def source(n, split, keep):
             ds = Shapes(n, seed=config.seed, split=split, size=size, multi_fraction=d.multi_fraction,
                         max_count=d.max_count)
-            texts = [ds.text(i) for i in range(n)] if config.model.text_init else None
+            folder_tok = tokenizer_kind(config) == "folder"
+            texts = [ds.text(i) for i in range(n)] if folder_tok else None   # re-tokenized with the folder's
 
             def item(i):
                 e = ds[i]
@@ -171,7 +183,7 @@ class TextToImageTask(Task):
         from jaxmm.hf.init import replace_group
         from jaxmm.hf.pretrained import from_pretrained
 
-        return replace_group(params, "text_encoder", from_pretrained(path)[1])
+        return replace_group(params, "text_encoder", from_pretrained(path)[1], source=path)
 
     def loss_fn(self, model, params, batch, rng, extra=None):
         from jaxmm.diffusion.training import conditional_loss
