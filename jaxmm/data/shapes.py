@@ -10,7 +10,7 @@ colour and shape stacked top to bottom (jittered position and size). Captions:
   single-object: "{a|two|three} {colour} {shape}[s] on the {left|right}"       (one group, the other half empty)
   multi-object:  "{group A} {left|right} of {group B}"                           (A on that side, B on the other)
 Each caption is a deterministic function of the scene, so the scene's labels are what a generated image for that
-caption should show; `attribute_hits` compares them with what a classifier (jaxmm.models.shapes_scorer) reads.
+caption should show; `attribute_hits` compares them with what a classifier (jaxmm.data.shapes_scorer) reads.
 Black background, pure colours; every example is a pure function of (seed, split, index).
 """
 from __future__ import annotations

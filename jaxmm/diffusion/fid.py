@@ -1,7 +1,7 @@
 """Fréchet distance between two feature sets (Heusel et al. 2017, the "FID" formula), in float64 NumPy:
 ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)). Which network gives the features is the caller's choice and
 belongs in every report: FID with Inception-v3 pool features is the field's number; jaxmm's shapes task uses a
-self-trained scorer's features (jaxmm.models.shapes_scorer), comparable only with itself."""
+self-trained scorer's features (jaxmm.data.shapes_scorer), comparable only with itself."""
 from __future__ import annotations
 
 import numpy as np

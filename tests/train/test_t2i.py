@@ -81,7 +81,7 @@ def test_sample_command_writes_a_grid_deterministically(run, tmp_path):
 
 def test_scorer_reads_real_images():
     from jaxmm.data import shapes
-    from jaxmm.models.shapes_scorer import predict, train_scorer
+    from jaxmm.data.shapes_scorer import predict, train_scorer
 
     # 16 px keeps this test cheap; three objects in a 16-px column are ~3 px wide, so shape is the hard head here
     # (measured 0.75 at these settings, chance 1/3; at the demo's 32 px the scorer is trained for 600 steps)

@@ -6,7 +6,7 @@ configs/diffusion.py runs it; docs/results/diffusion.md has the numbers.
 During training every `task_args.sample_every` steps: a grid of the EMA model's samples for fixed prompts in
 `<workdir>/samples/step_<N>.png` and in TensorBoard. Evaluation (`evaluate`, at every eval): samples for
 `task_args.eval_prompts` single-object and as many multi-object captions of the held-out split, scored by the
-attribute scorer trained on REAL images (jaxmm.models.shapes_scorer; its held-out real accuracy is reported
+attribute scorer trained on REAL images (jaxmm.data.shapes_scorer; its held-out real accuracy is reported
 beside, as the bound), and FID in that scorer's feature space (self-trained features, NOT Inception).
 At the end: the EMA params in `<workdir>/ema_params.msgpack` (what `python -m train.sample` loads).
 """
@@ -125,7 +125,7 @@ def sample_images(fn, params, config, prompts, seed: int = 0, chunk: int = 64) -
 @functools.lru_cache(maxsize=4)
 def scorer(seed: int, size: int, steps: int):
     """The attribute scorer trained on real images (memoised: a pure function of its arguments)."""
-    from jaxmm.models.shapes_scorer import train_scorer
+    from jaxmm.data.shapes_scorer import train_scorer
 
     return train_scorer(seed=seed, size=size, steps=steps)
 
@@ -233,7 +233,7 @@ class TextToImageTask(Task):
     def evaluate(self, ctx):
         from jaxmm.data import shapes
         from jaxmm.diffusion.fid import frechet_distance
-        from jaxmm.models import shapes_scorer
+        from jaxmm.data import shapes_scorer
 
         config, a = ctx.config, ctx.config.task_args
         size = config.model.image_size
