@@ -202,9 +202,10 @@ def attribute_hits(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]
 
 def attribute_accuracy(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Mean hit rate per attribute and overall ("attribute_accuracy": every attribute of every image counted
-    once), see `attribute_hits`."""
+    once), see `attribute_hits`. An attribute no image has (position, for multi-object captions only) is left
+    out rather than reported as NaN."""
     hits = attribute_hits(pred, truth)
-    out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in hits.items()}
+    out = {k: float(np.nanmean(v)) for k, v in hits.items() if np.isfinite(v).any()}
     allv = np.concatenate([v.reshape(-1) for v in hits.values()])
     out["attribute_accuracy"] = float(np.nanmean(allv))
     return out

@@ -66,6 +66,7 @@ def test_attribute_hits_by_hand():
     assert acc["count"] == pytest.approx(2 / 3) and acc["position"] == 0.0
     assert acc["attribute_accuracy"] == pytest.approx(7 / 10)   # 4 attributes + 6 attributes, 7 hits
     assert shapes.attribute_accuracy(truth, truth)["attribute_accuracy"] == 1.0
+    assert "position" not in shapes.attribute_accuracy(pred[1:], truth[1:])   # multi only: no NaN entry
 
 
 def test_bad_input_errors():
