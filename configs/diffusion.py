@@ -8,9 +8,11 @@ guidance 3, EMA 0.999, DDIM 25 steps (train/tasks/diffusion.py).
     python -m train.sample --workdir runs/t2i --prompt "a red circle on the left" \\
         --prompt "two blue squares right of a green triangle" --out grid.png --sampler dpmpp_2m --guidance 3
 
-Expected (docs/results/diffusion.md): attribute accuracy of the EMA model's samples, scored by a CNN trained on
+Reports (docs/results/diffusion.md): attribute accuracy of the EMA model's samples, scored by a CNN trained on
 real images, on 64 held-out single-object and 64 multi-object captions, and FID in that CNN's feature space
-(self-trained features, not Inception). CLIP text tower from a folder instead:
+(self-trained features, not Inception). Target (issue 17): >= 0.8 on single-object captions within 15 minutes
+on a quiet 2-core machine. NOT YET MEASURED: the demo was written on a machine at load 25-55 and never reached
+its first log record; its 3000 steps are a guess. `:tiny` took 148 s CPU time (most of it compilation). CLIP text tower from a folder instead:
 `--config.model.text_init=DIR` (a CLIPTextModel folder; its tokenizer, or `--config.model.text_tokenizer=words` for
 the shapes word ids; the UNet's cross-attention width follows the tower's).
 """
