@@ -1,7 +1,10 @@
 """diffusion.t2i end to end at toy size (configs/diffusion.py:tiny, one run shared by the module): sample grids
 written during training, TensorBoard images, EMA params that differ from the raw params, the evaluation's
 numbers, and `python -m train.sample` on the finished workdir. The attribute scorer trained on real images
-reads real held-out images correctly (the bound the generated samples are scored against)."""
+reads real held-out images correctly (the bound the generated samples are scored against).
+
+The three tests on the tiny run are marked slow: the run compiles the train step, two samplers and the scorer
+(148 s CPU time measured, over the default suite's budget); run them with `-m slow`."""
 import glob
 import json
 import os
@@ -26,6 +29,7 @@ def run(tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_grids_tensorboard_and_summary(run):
     workdir, summary = run
     grids = sorted(glob.glob(os.path.join(workdir, "samples", "step_*.png")))
@@ -47,6 +51,7 @@ def test_grids_tensorboard_and_summary(run):
     assert summary["metric"] == "eval_single_attribute_accuracy"
 
 
+@pytest.mark.slow
 def test_ema_params_written_and_not_the_raw_params(run):
     from flax import serialization
 
@@ -58,6 +63,7 @@ def test_ema_params_written_and_not_the_raw_params(run):
     assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in leaves) > 1e-6
 
 
+@pytest.mark.slow
 def test_sample_command_writes_a_grid_deterministically(run, tmp_path):
     from train import sample
 
