@@ -96,6 +96,7 @@ class HookContext:
     groups: list
     mesh: Any
     _grad_fn: Any = None
+    workdir: str = ""   # the run's workdir (hooks that write files: sample grids)
 
     def lrs(self) -> dict:
         return {g: float(v) for g, v in optim.group_lrs(self.state.opt_state, self.groups).items()}
@@ -350,7 +351,7 @@ def _train(config, workdir, factory, return_state, allow_config_change, on_error
         for hook in hooks:
             if step % hook.every == 0:
                 ctx = HookContext(step, state, batch, model, task, config, tx, labels, groups, mesh,
-                                  proposed_fn)
+                                  proposed_fn, workdir)
                 record.update(hook.fn(ctx) or {})
                 state = ctx.state
         if step % tc.log_every == 0 or step == tc.steps or record:

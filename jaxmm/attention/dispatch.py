@@ -78,7 +78,8 @@ def tpu_flash_fits(q, k, *, bias, mask, is_causal) -> bool:
     """Shapes JAX's TPU flash attention takes with its default blocks (checked at trace time by that kernel)."""
     lq, lk = q.shape[1], k.shape[1]
     return (bias is None and mask is None and (lq == lk or not is_causal) and lq % TPU_FLASH_BLOCK == 0
-            and lk % TPU_FLASH_BLOCK == 0 and q.dtype in (jnp.float32, jnp.bfloat16))
+            and lk % TPU_FLASH_BLOCK == 0 and q.dtype in (jnp.float32, jnp.bfloat16)
+            and (q.shape[-1] <= 128 or q.shape[-1] % 128 == 0))   # the kernel refuses e.g. SD-1.5's head dim 160
 
 
 def tpu_flash_attention(q, k, v, *, is_causal, scale):

@@ -14,6 +14,7 @@ fixed sinusoid positions). Adding a family is one `register(Family(...))`.
 | `jaxmm.models.text_encoder.TextEncoder` | CLIPTextModel; with `projection_dim`: CLIPTextModelWithProjection (`text_model.*` + `text_projection`) | clip_text_model |
 | `jaxmm.models.audio.AudioEncoder` (`pool=1`) | WhisperEncoder (keys without prefix + `embed_positions.weight` = the fixed sinusoids), what transformers' own `WhisperEncoder.save_pretrained` writes; load it with `transformers.models.whisper.modeling_whisper.WhisperEncoder.from_pretrained` (AutoModel maps model_type whisper to WhisperModel, whose decoder the folder lacks) | whisper (encoder fields; decoder fields left at WhisperConfig's defaults) |
 | `jaxmm.models.mllm.MLLM` ("vit" encoder, mlp2x_gelu projector) | LlavaForConditionalGeneration, transformers 5.24's saved names (see jaxmm.hf.llava) | llava |
+| `jaxmm.models.unet.UNet` / `jaxmm.models.vae.AutoencoderKL` | UNet2DConditionModel / AutoencoderKL in diffusers' folder layout (config.json + diffusion_pytorch_model.safetensors, one file), through `jaxmm.hf.diffusers.save_diffusers` | diffusers' model config |
 
 LoRA pairs are merged into their kernels (W + A·B·alpha/rank, each submodule with its own alpha) before
 writing; a param the map does not write (e.g. NTK-attention or prefix params) is an error naming it. Tied
@@ -346,6 +347,41 @@ def _dtype_name(tensors) -> str:
     return dtypes.pop() if len(dtypes) == 1 else "float32"
 
 
+def _is_diffusers(module) -> bool:
+    from jaxmm.models.unet import UNet
+    from jaxmm.models.vae import AutoencoderKL
+
+    return isinstance(module, (UNet, AutoencoderKL))
+
+
+def _save_diffusers(module, params, folder, architecture, max_shard_size, extra_config, overwrite) -> str:
+    """A UNet / AutoencoderKL through `jaxmm.hf.diffusers.save_diffusers` (config.json +
+    diffusion_pytorch_model.safetensors, unsharded); `extra_config` keys are added to its config.json."""
+    from jaxmm.hf import diffusers
+
+    want = "UNet2DConditionModel" if type(module).__name__ == "UNet" else "AutoencoderKL"
+    if architecture not in (None, want):
+        fail("architecture", f"None or {want!r} for a {type(module).__name__}", repr(architecture))
+    if max_shard_size != "5GB":
+        fail("max_shard_size", "the default '5GB' for a diffusers model (written as one file)", repr(max_shard_size))
+    folder = os.fspath(folder)
+    if os.path.isdir(folder) and not overwrite:
+        existing = [f for f in os.listdir(folder) if f == "config.json" or f.endswith(".safetensors")]
+        if existing:
+            fail("folder", "a folder without config.json / safetensors files (or overwrite=True)",
+                 f"{folder!r} holding {sorted(existing)}")
+    diffusers.save_diffusers(module, params, folder)
+    if extra_config:
+        path = os.path.join(folder, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config.update(extra_config)
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+    return folder
+
+
 def save_pretrained(module, params, folder, *, architecture: str | None = None, max_shard_size="5GB",
                     extra_config: dict | None = None, overwrite: bool = False) -> str:
     """Write `module` with `params` (LoRA merged) as an HF folder that transformers' `from_pretrained` and
@@ -357,6 +393,8 @@ def save_pretrained(module, params, folder, *, architecture: str | None = None, 
       MLLM they go to the top level).
     overwrite: replace config.json and weight files already in `folder` (otherwise they are an error; other
       files, e.g. a tokenizer, are kept). Returns the folder."""
+    if _is_diffusers(module):  # UNet / AutoencoderKL: diffusers' folder layout, jaxmm.hf.diffusers' writer
+        return _save_diffusers(module, params, folder, architecture, max_shard_size, extra_config, overwrite)
     family = _family(module)
     config = family.hf_config(module.config, architecture)
     tensors = hf_tensors(module, params)
