@@ -8,7 +8,7 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
     python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~130 s CPU)
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F ≈ 0.7 at 24x48 px (the ceiling of every
-method); the methods' numbers at this scale (~0.1 M-parameter UNets, tens of steps) were not measured in the
+method); the methods' numbers at this scale (0.27 M-parameter UNets + encoders, tens of steps) were not measured in the
 session that built this (the shared CPU was too loaded); expect them far below the ceiling. Not a reproduction of
 the paper's "up to 15% better" claim, a working pipeline at CPU size.
 """
