@@ -59,14 +59,16 @@ def _reference_allowed(prefix, remaining, max_chars):
 
 def test_grammar_mask_equals_a_python_grammar_on_random_walks():
     rng = np.random.default_rng(0)
+    mask_fn = jax.jit(lambda s, r: A.layout_token_mask(s, r, max_chars=4))
+    step_fn = jax.jit(A.layout_grammar_step)
     for _ in range(20):
         total, prefix, state = int(rng.integers(6, 30)), [], A.layout_grammar_init(1)
         for i in range(total):
-            mask = np.asarray(A.layout_token_mask(state, total - i, max_chars=4))[0]
+            mask = np.asarray(mask_fn(state, jnp.int32(total - i)))[0]
             assert set(np.flatnonzero(mask)) == _reference_allowed(prefix, total - i, 4), prefix
             tok = int(rng.choice(np.flatnonzero(mask)))
             prefix.append(tok)
-            state = A.layout_grammar_step(state, jnp.array([tok]))
+            state = step_fn(state, jnp.array([tok], jnp.int32))
         assert A.decode_layout(prefix, SHAPE) is not None
 
 
@@ -80,11 +82,11 @@ def test_constrained_greedy_always_parses_and_unmasked_does_not():
     out = np.asarray(jax.jit(lambda p: A.constrained_greedy(logits_fn, p, jnp.ones_like(p), 14))(prompts))
     assert all(A.decode_layout(row, SHAPE) is not None for row in out)
     # the mask is not inert: the same model decoded without it breaks the format
-    ids, bad = np.asarray(prompts), 0
+    ids, bad, np_table = np.asarray(prompts), 0, np.asarray(table)
     for row in ids:
         seq = list(row)
         for _ in range(14):
-            seq.append(int(np.argmax(np.asarray(table[seq[-1]]))))
+            seq.append(int(np.argmax(np_table[seq[-1]])))
         bad += A.decode_layout(seq[5:], SHAPE) is None
     assert bad > 0
     with pytest.raises(ValueError, match="max_new"):
@@ -97,15 +99,14 @@ def tiny():
     enc = TextEncoderConfig(vocab_size=A.VOCAB_SIZE, max_positions=16, d_model=8, num_layers=1, num_heads=1,
                             mlp_dim=16, eos_token_id=A.EOS)
 
-    def unet(c):
-        return UNetConfig(in_channels=c, out_channels=c, block_out_channels=(8, 16),
-                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), num_attention_heads=1,
-                          cross_attention_dim=8, norm_num_groups=4)
+    def unet(c):        # one level (mid block + one up block): the smallest UNet with both injection points
+        return UNetConfig(in_channels=c, out_channels=c, block_out_channels=(8,), down_block_types=("DownBlock2D",),
+                          up_block_types=("UpBlock2D",), num_attention_heads=1, cross_attention_dim=8,
+                          norm_num_groups=4)
     visual, textual = A.ConditionalUNet(unet(3), enc), A.ConditionalUNet(unet(1), enc)
     model = A.Artist(textual, visual)
     k = jax.random.split(jax.random.key(0), 5)
-    x, g = jax.random.normal(k[0], (2, 8, 8, 3)), jax.random.normal(k[1], (2, 8, 8, 1))
+    x, g = jax.random.normal(k[0], (2, 4, 4, 3)), jax.random.normal(k[1], (2, 4, 4, 1))
     t = jnp.array([3, 700])
     pids, lids = jax.random.randint(k[2], (2, 10), 1, A.VOCAB_SIZE), jax.random.randint(k[3], (2, 6), 1, A.VOCAB_SIZE)
     params = model.init(k[4], x, g, t, pids, lids)["params"]
@@ -123,7 +124,7 @@ def tiny():
 
 def test_injection_is_the_identity_at_init_and_live_once_trained(tiny):
     params, r = tiny
-    assert set(params) == {"textual", "visual", "inject_mid", "inject_up_0", "inject_up_1"}
+    assert set(params) == {"textual", "visual", "inject_mid", "inject_up_0"}
     np.testing.assert_array_equal(np.asarray(r["artist"]), np.asarray(r["plain"]))
     assert float(jnp.abs(r["moved"] - r["plain"]).max()) > 1e-3
     # the textual branch drives it: another glyph input changes the visual output once the convs are non-zero
@@ -134,7 +135,7 @@ def test_gradients_reach_the_zero_convs_and_not_the_frozen_textual_model(tiny):
     _, r = tiny
     grads = r["grads"]
     norm = lambda tree: float(sum(jnp.sum(a ** 2) for a in jax.tree.leaves(tree)))  # noqa: E731
-    for name in ("inject_mid", "inject_up_0", "inject_up_1"):
+    for name in ("inject_mid", "inject_up_0"):
         assert norm(grads[name]["kernel"]) > 0, name
     assert norm(grads["textual"]) == 0.0
     assert norm(grads["visual"]) > 0
