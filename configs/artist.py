@@ -9,7 +9,7 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F ≈ 0.7 at 24x48 px (the ceiling of every
 method); the methods' numbers at this scale (0.27 M-parameter UNets + encoders, tens of steps) were not measured in the
-session that built this (the shared CPU was too loaded); expect them far below the ceiling. Not a reproduction of
+measured in 2452 s wall on the loaded 2-core machine (docs/results/artist.md). Not a reproduction of
 the paper's "up to 15% better" claim, a working pipeline at CPU size.
 """
 from __future__ import annotations
