@@ -7,10 +7,10 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
     python -m train --config configs/artist.py:seeds3 --workdir /tmp/artist3    # the same, 3 seeds
     python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~130 s CPU)
 
-Expected (docs/results/artist.md): the ground-truth images read at OCR F ≈ 0.7 at 24x48 px (the ceiling of every
-method); the methods' numbers at this scale (0.27 M-parameter UNets + encoders, tens of steps) were not measured in the
-measured in 2452 s wall on the loaded 2-core machine (docs/results/artist.md). Not a reproduction of
-the paper's "up to 15% better" claim, a working pipeline at CPU size.
+Expected (docs/results/artist.md, measured: 2452 s wall on the loaded 2-core machine): the ground-truth images read
+at OCR F = 0.77 at 24x48 px (the ceiling of every method); at this scale (0.27 M-parameter UNets + encoders, 60
+visual steps) every method still outputs noise, OCR 0 for all. Not a reproduction of the paper's "up to 15% better"
+claim: a working pipeline at CPU size; more steps are needed for a comparison.
 """
 from __future__ import annotations
 
