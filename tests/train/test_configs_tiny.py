@@ -19,7 +19,7 @@ import pytest
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny", "sweep_tiny")}
 SLOW = {"commit", "demo", "llava", "peft", "artist"}  # llava: its stages run in tests/train/test_llava.py (slow);
-# artist: ~11 jitted programs (3 UNet trainings, 4 samplers, an LLM, a CLIP), ~130 s CPU even at toy size
+# artist: ~11 jitted programs (3 UNet trainings, 4 samplers, an LLM, a CLIP), ~150 s CPU even at toy size
 
 
 def _load(name):
