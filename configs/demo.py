@@ -30,8 +30,8 @@ reading is learned. 1500 steps of 32, AdamW 1e-3, warmup 50, cosine to 0.1x.
 Measured: the final accuracy NOT YET (docs/results/trainer.md, "two stages": the shared machine ran at load
 15-58 on 2026-11-29). Partial, at step 500 of 1500 (the step-500 checkpoint evaluated): 0.496 overall, read
 0.500, count 0.763, colour 0.261; at step 750 0.578 (read 0.536, count 0.938, colour 0.304) — reading is
-learned, colour is not yet (the frozen word-classifier encoder
-may not keep colour; trainer.md lists the next knobs). Time, quiet-machine estimate: stage 1 ≈ 0.6 min
+learned, colour is not yet (the frozen word-classifier encoder may not keep colour; trainer.md lists the
+next knobs). Time, quiet-machine estimate: stage 1 ≈ 0.6 min
 (54 CPU-s / 1.6), stage 2 ≈ 5.6 min (1.5 x the one-stage demo's 3 min 44 s for 1000 steps on a quiet machine).
 The one-stage predecessor (this config with the encoder trained from scratch in stage 2, 1000 steps, lr_clip
 [0.1, 2]) reached 0.539 (count 0.913, colour 0.630, read 0.083: chance) — docs/results/commit.md.
