@@ -27,12 +27,12 @@ multipliers are clipped to [0.5, 2] (`task_args.lr_clip`; default [0.1, 2]): wit
 scheduler parks the LLM at 0.1x from step 50 on (κ̄ ≈ 0.01, the projector "lags"), and the LLM side is where
 reading is learned. 1500 steps of 32, AdamW 1e-3, warmup 50, cosine to 0.1x.
 
-Measured: the final accuracy NOT YET (docs/results/trainer.md, "two stages": the shared machine ran at load
-15-58 on 2026-11-29). Partial, at step 500 of 1500 (the step-500 checkpoint evaluated): 0.496 overall, read
-0.500, count 0.763, colour 0.261; at step 750 0.578 (read 0.536, count 0.938, colour 0.304) — reading is
-learned, colour is not yet (the frozen word-classifier encoder may not keep colour; trainer.md lists the
-next knobs). Time, quiet-machine estimate: stage 1 ≈ 0.6 min
-(54 CPU-s / 1.6), stage 2 ≈ 5.6 min (1.5 x the one-stage demo's 3 min 44 s for 1000 steps on a quiet machine).
+Measured 2026-11-29 (one seed, on the shared machine at load 20-58; docs/results/trainer.md): final eval
+**0.613** overall — read **0.560**, count 0.950, colour **0.370** (chance 0.255 overall, 1/12 read) — so the
+issue's targets (>= 0.8 overall, >= 0.6 read) are NOT met yet: reading is learned (one stage: 0.083), colour
+is not (the frozen word-classifier encoder may not keep colour; trainer.md lists the next knobs). At step 500:
+0.496 (read 0.500); at 750: 0.578 (read 0.536). Time: stage 1 54 CPU-s, stage 2 706 CPU-s (user+sys):
+≈ 8 min for both on a quiet machine by the (user+sys)/1.6 estimate, not measured quiet.
 The one-stage predecessor (this config with the encoder trained from scratch in stage 2, 1000 steps, lr_clip
 [0.1, 2]) reached 0.539 (count 0.913, colour 0.630, read 0.083: chance) — docs/results/commit.md.
 
