@@ -13,14 +13,16 @@
     template files only), from the local cache alone when HF_HUB_OFFLINE=1 (HF_HOME / HF_HUB_CACHE choose the
     cache);
   * a jaxmm workdir of the `mllm.qa` task family (config.json + checkpoints/): the MLLM is rebuilt from the
-    saved config with the task's rules (model.llm, the registered encoder `model.encoder`, the tokenizer
-    data.tokenizer or the byte tokenizer) and its params are read from the newest checkpoint's `state` item
+    saved config by the trainer's own builder, `jaxmm.hf.init.build_mllm` (model.llm or the model.init.llm
+    folder's shapes with its vocabulary growth, the registered encoder `model.encoder` or the model.init.encoder
+    folder's, the tokenizer data.tokenizer / the init.llm folder's / bytes, the encoder folder's image
+    preprocessing) and its params are read from the newest checkpoint's `state` item
     with Orbax's StandardCheckpointer, read-only. Why here and not through train/: jaxmm never imports train
     (tests/test_layering.py), and reading params needs no checkpoint manager, data iterator or optimizer; the
     checkpoint's param shapes are checked against the rebuilt model, so a run whose model was built otherwise
     fails naming the param instead of producing nonsense. Prompts use the run's own training format (the
     tokenizer's template or Vicuna / byte roles via ConversationFormatter), images the task's scaling
-    (uint8 / 127.5 - 1).
+    (uint8 / 127.5 - 1, or the model.init.encoder folder's preprocessor_config.json).
 
 Images (--image): resized to the encoder's square input (bilinear, no crop); for HF folders normalised with
 preprocessor_config.json's image_mean / image_std (CLIP's when absent) after x / 255. The REPL keeps the
@@ -74,10 +76,12 @@ def resolve(spec: str) -> tuple[str, str]:
 class Session:
     """A loaded model, its tokenizer, generation defaults and image preprocessing."""
 
-    def __init__(self, model, params, tok, *, gen_source, image_size=None, mean=None, std=None, formatter_args=None):
+    def __init__(self, model, params, tok, *, gen_source, image_size=None, mean=None, std=None, processor=None,
+                 formatter_args=None):
         self.model, self.params, self.tok = model, params, tok
         self.gen_source = gen_source  # a folder or a dict for jaxmm.hf.generation_kwargs
         self.image_size, self.mean, self.std = image_size, mean, std
+        self.processor = processor  # a run's jaxmm.hf.preprocess.ImageProcessor (model.init.encoder), or None
         self.formatter_args = formatter_args or {}
         self.ocr = None  # LLaVA-Read workdirs: {"ocr", "width", "budget", "budget_rule"} of its data (issue 18)
 
@@ -87,7 +91,12 @@ class Session:
 
         if self.image_size is None:
             fail("--image", "a model with an image encoder", "a text-only model")
-        img = Image.open(path).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = Image.open(path).convert("RGB")
+        if self.processor is not None and self.processor.output_size is not None:  # as the run's loader did
+            return self.processor(np.asarray(img))[None].astype(np.float32)
+        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        if self.processor is not None:
+            return self.processor.normalize(np.asarray(img))[None].astype(np.float32)
         x = np.asarray(img, np.float32)
         x = x / 127.5 - 1.0 if self.mean is None else (x / 255.0 - np.asarray(self.mean)) / np.asarray(self.std)
         return x[None].astype(np.float32)
@@ -124,32 +133,23 @@ def load_workdir(workdir: str) -> Session:
     import orbax.checkpoint as ocp
 
     from jaxmm.data import ByteTokenizer, HFTokenizer
-    from jaxmm.hf import read_config
+    from jaxmm.hf import init as hf_init
     from jaxmm.models import encoders
-    from jaxmm.models.llm import LLMConfig, llm_config_from_hf, param_shapes
-    from jaxmm.models.mllm import MLLM, MLLMConfig
+    from jaxmm.models.llm import param_shapes
 
     config = json.load(open(os.path.join(workdir, "config.json")))
-    m, data = config.get("model", {}), config.get("data", {})
+    m, d = config.get("model", {}), config.get("data", {})
     if "encoder" not in m or "llm" not in m:
         fail("--model", "a workdir of an MLLM task (config.json model.encoder and model.llm)",
              f"task {config.get('task')!r}")
-    tok = HFTokenizer(data["tokenizer"]) if data.get("tokenizer") else ByteTokenizer()
-    init_llm = (m.get("init") or {}).get("llm")
-    lora = {k: m["llm"][k] for k in ("lora_rank", "lora_alpha") if k in m["llm"]}
-    if init_llm:  # an LLM initialised from an HF folder takes its shapes from that folder (issue 15, item 1)
-        llm = llm_config_from_hf(read_config(init_llm), **lora)
-    else:
-        llm = LLMConfig(vocab_size=tok.vocab_size, **m["llm"])
-    spec = encoders.get(m["encoder"])
-    enc = spec.build_config(m.get(m["encoder"], {}))
-    model = MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{spec.input_key}_id"), encoder=m["encoder"],
-                            encoder_config=enc, projector=m.get("projector", "mlp2x_gelu")))
+    if encoders.get(m["encoder"]).input_key != "image":
+        fail("--model", "a workdir of an image MLLM (the chat CLI feeds images only)", repr(m["encoder"]))
+    path = hf_init.tokenizer_path(config)
+    tok = HFTokenizer(path) if path else ByteTokenizer()
+    model = hf_init.build_mllm(config, tok)  # the trainer's own builder (train/tasks/mllm.py calls it too)
     state = ocp.StandardCheckpointer().restore(os.path.abspath(latest_checkpoint(workdir)))
     params = jax.tree.map(jnp.asarray, state["params"])
-    if spec.input_key != "image":
-        fail("--model", "a workdir of an image MLLM (the chat CLI feeds images only)", repr(spec.input_key))
-    size = enc.image_size
+    size = model.config.encoder_config.image_size
     want = param_shapes(model, jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, size, size, 3), jnp.float32))
     got = {tuple(k.key for k in p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     if want != got:
@@ -157,11 +157,10 @@ def load_workdir(workdir: str) -> Session:
             f"{'/'.join(p)} {got[p]} vs {want[p]}" for p in want if got[p] != want[p])
         fail("--model", "a checkpoint whose params match the model rebuilt from config.json",
              f"differences {diff[:6]}")
-    d = config.get("data", {})
     fmt = dict(max_len=int(d.get("max_len", 512)), max_prompt_len=int(d.get("max_prompt_len", 512)))
     session = Session(model, params, tok, gen_source={"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
                                                       "max_new_tokens": int(d.get("max_answer_len", 32)) + 1},
-                      image_size=size, formatter_args=fmt)
+                      image_size=size, processor=hf_init.mllm_image_processor(config), formatter_args=fmt)
     lr = d.get("llava_read") if d.get("source") == "llava_read" else None
     if lr and lr.get("ocr", "none") != "none":
         session.ocr = {k: lr[k] for k in ("ocr", "width", "budget", "budget_rule")}

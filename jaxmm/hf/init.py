@@ -191,3 +191,85 @@ def image_processor(folder):
                       stacklevel=2)
         return None
     return ImageProcessor.from_folder(folder)
+
+
+# ------------------------------------------------------------------------------------------- an MLLM from a run config
+# The `model.llm` section's defaults of the `mllm.qa` task family (its schema, train/tasks/mllm.py, and every reader
+# of a run's config.json use these; scan / remat: jaxmm.nn.transformer).
+MLLM_LLM_DEFAULTS = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
+                         lora_rank=0, lora_alpha=16.0, scan_layers=False, remat_policy="none")
+
+
+def _plain(config) -> dict:
+    """A run config (ml_collections.ConfigDict, or the dict of a workdir's config.json) as nested dicts."""
+    return config.to_dict() if hasattr(config, "to_dict") else config
+
+
+def _common(config) -> dict:
+    train = config.get("train", {})
+    return dict(dtype=jnp.bfloat16 if train.get("compute_dtype") == "bfloat16" else None,
+                remat=bool(train.get("remat", False)))
+
+
+def tokenizer_path(config) -> str:
+    """The tokenizer of an MLLM run: `data.tokenizer` (an HF tokenizer.json or its folder), else the
+    `model.init.llm` folder's, else "" (the byte tokenizer). The caller builds it (jaxmm.data's `HFTokenizer(path)`
+    or `ByteTokenizer()`: jaxmm.hf sits below jaxmm.data)."""
+    config = _plain(config)
+    return config.get("data", {}).get("tokenizer") or config["model"].get("init", {}).get("llm") or ""
+
+
+def mllm_encoder_config(config):
+    """The encoder config of an MLLM run (`model.encoder` registered in jaxmm.models.encoders): its
+    `model.<encoder>` section, or the `model.init.encoder` HF folder's settings merged with it."""
+    from jaxmm.models import encoders
+
+    config = _plain(config)
+    m = config["model"]
+    spec = encoders.get(m["encoder"])
+    section = dict(m.get(m["encoder"]) or {})
+    init = m.get("init", {}).get("encoder")
+    if init:
+        return encoder_config(init, m["encoder"], section, spec.defaults, **_common(config))
+    return spec.build_config(section, **_common(config))
+
+
+def mllm_image_processor(config):
+    """The `model.init.encoder` folder's ImageProcessor for an image encoder (None otherwise: images are scaled
+    [0, 255] -> [-1, 1]), checked against the encoder's image_size."""
+    from jaxmm.models import encoders
+
+    config = _plain(config)
+    m = config["model"]
+    folder = m.get("init", {}).get("encoder")
+    if not folder or encoders.get(m["encoder"]).input_key != "image":
+        return None
+    proc = image_processor(folder)
+    size = mllm_encoder_config(config).image_size
+    if proc is not None and proc.output_size not in (None, (size, size)):
+        raise ValueError(f"model.init.encoder: {folder}'s preprocessor_config.json makes "
+                         f"{proc.output_size} images, its config.json image_size is {size}")
+    return proc
+
+
+def build_mllm(config, tokenizer):
+    """The `jaxmm.models.mllm.MLLM` module of an MLLM run config (the trainer's `mllm.qa` family, or the dict of
+    its workdir's config.json): `model.llm` (or the `model.init.llm` folder's shapes, the vocabulary grown to
+    the tokenizer's), the encoder of `mllm_encoder_config`, `model.projector`; `tokenizer` gives vocab_size and
+    the placeholder id (`image_id` / `audio_id`). The one place a run's model is rebuilt: the trainer and
+    `python -m jaxmm.chat` both call it."""
+    from jaxmm.models import encoders
+    from jaxmm.models.llm import LLMConfig
+    from jaxmm.models.mllm import MLLM, MLLMConfig
+
+    config = _plain(config)
+    m, common = config["model"], _common(config)
+    section = dict(m.get("llm") or {})
+    init_llm = m.get("init", {}).get("llm")
+    if init_llm:
+        llm = llm_config(init_llm, section, MLLM_LLM_DEFAULTS, vocab_size=tokenizer.vocab_size, **common)
+    else:
+        llm = LLMConfig(vocab_size=tokenizer.vocab_size, **{**MLLM_LLM_DEFAULTS, **section}, **common)
+    spec = encoders.get(m["encoder"])
+    return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tokenizer, f"{spec.input_key}_id"), encoder=m["encoder"],
+                           encoder_config=mllm_encoder_config(config), projector=m.get("projector", "mlp2x_gelu")))

@@ -133,3 +133,66 @@ def test_bad_model_arguments_are_named(tmp_path):
         chat.resolve(str(tmp_path))  # a folder that is neither
     with pytest.raises(ValueError, match="--model"):
         chat.resolve("not a hub id")
+
+
+def test_workdir_initialised_from_hf_folders_chats_as_the_trainer_built_it(tmp_path, capsys):
+    """A run with model.init.encoder (CLIP vision + preprocessor_config.json) and model.init.llm (Qwen2 with its
+    tokenizer.json, which lacks `<image>`: the vocabulary grows) is rebuilt by the chat through the trainer's own
+    builder (jaxmm.hf.init.build_mllm): same module config, the checkpoint's params (not the folders'), the same
+    image preprocessing, logits equal to the trainer's model's, and the one-shot CLI prints its greedy reply."""
+    import flax.linen as nn
+    from PIL import Image
+
+    from jaxmm.data import ConversationFormatter
+    from jaxmm.hf import read_config
+    from jaxmm.models.mllm import generate
+    from train import config as config_lib
+    from train.checkpoint import Checkpointer
+    from train.tasks import get
+
+    hf = os.path.join(ROOT, "tests", "fixtures", "hf")
+    task = get("mllm.qa")
+    c = config_lib.defaults()
+    d = task().default_config()
+    c.task, c.model, c.data, c.task_args = "mllm.qa", d.model, d.data, d.task_args
+    c.model.init.update(encoder=os.path.join(hf, "clip_model"), llm=os.path.join(hf, "qwen2_chat"))
+    c.data.update(dict(max_len=96, max_prompt_len=88, max_answer_len=6))
+    t = task(c)
+    model = t.build_model(c)
+    assert model.config.llm.vocab_size == t.tok.vocab_size > read_config(os.path.join(hf, "qwen2_chat"))["vocab_size"]
+    size = model.config.encoder_config.image_size
+    ids = jnp.zeros((1, 8), jnp.int32)
+    init = t.init_variables(model, {"input_ids": ids, "attention_mask": jnp.ones_like(ids),
+                                    "image": jnp.zeros((1, size, size, 3), jnp.uint8)}, jax.random.key(0))
+    params = t.initial_params(nn.unbox(init["params"]))  # the folders' weights, as the trainer starts
+    leaves, tree = jax.tree.flatten(params)  # "training": move every param, so the folders' weights are wrong
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    wd = str(tmp_path / "run")
+    os.makedirs(wd)
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    ck = Checkpointer(os.path.join(wd, "checkpoints"), every=1, keep=2, async_save=False)
+    ck.save(2, {"params": params, "step": jnp.int32(2)}, None)
+    ck.close()
+
+    session = chat.load(wd)
+    assert session.model.config == model.config and session.tok.vocab_size == t.tok.vocab_size
+    rgb = (np.random.default_rng(0).random((size + 6, size + 2, 3)) * 255).astype(np.uint8)  # not square
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    media = session.image(str(tmp_path / "img.png"))
+    want_media = t.media(model, {"image": jnp.asarray(t.processor.geometric(rgb))[None]})  # loader + device step
+    np.testing.assert_allclose(media, np.asarray(want_media), atol=1e-6)
+    question = "what word?"
+    fmt = ConversationFormatter(t.tok, max_len=96, eval=True, max_prompt_len=88)
+    ex = fmt({"conversations": [("user", question), ("assistant", "x")], "image": rgb})
+    prompt, mask = jnp.asarray(ex["prompt_ids"])[None], jnp.asarray(ex["prompt_mask"])[None]
+    want = model.apply({"params": params}, prompt, want_media, mask)
+    got = session.model.apply({"params": session.params}, prompt, jnp.asarray(media), mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    assert float(jnp.max(jnp.abs(want))) > 0.1  # non-trivial logits
+    new = np.asarray(generate(model, params, prompt, mask, want_media, max_new_tokens=7, eos_id=t.tok.eos_id,
+                              pad_id=t.tok.pad_id))[0]
+    stop = list(new).index(t.tok.eos_id) if t.tok.eos_id in new else len(new)
+    assert chat.main(["--model", wd, "--image", str(tmp_path / "img.png"), "--prompt", question]) == 0
+    assert capsys.readouterr().out == t.tok.decode(new[:stop]) + "\n"

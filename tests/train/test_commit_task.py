@@ -10,6 +10,7 @@ import os
 import pathlib
 import shutil
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -229,22 +230,38 @@ def test_group_sides_follow_the_parameter_paths():
     assert group_sides(labels, side)["lora"] == "mixed"
 
 
-def test_demo_config_is_commit_and_runs(tmp_path):
-    """configs/demo.py (`make demo`) stays a valid CoMMIT config: its :tiny variant trains, measures κ and ends
-    with the per-kind eval accuracies the docstring promises."""
+def test_demo_two_stages_run_and_stage2_starts_from_stage1s_encoder(tmp_path):
+    """configs/demo.py (`make demo`), both stages chained as the Makefile does, at :stage1_tiny / :tiny size:
+    stage 1 (vit_probe) trains the ViT; stage 2 (CoMMIT) takes `model.init.from_workdir=<stage 1>:encoder`, keeps
+    it frozen, measures κ and ends with the per-kind eval accuracies. Stage 2's encoder equals stage 1's
+    checkpointed one bit for bit after training (an inert init would leave stage 2's own random init there; an
+    unfrozen encoder would have moved)."""
+    from train.checkpoint import read_params
+
     demo = _config_module("demo")
-    full = _full(demo.get_config())
-    assert full.task == "commit.train" and full.task_args.method == "commit"
+    full, s1_full = _full(demo.get_config()), _full(demo.get_config("stage1"))
+    assert full.task == "commit.train" and full.task_args.method == "commit" and full.optim.groups.encoder.frozen
+    assert s1_full.task == "vit_probe" and s1_full.data.target == "word"
     assert (full.model.vit.image_size, full.model.vit.patch_size) == (32, 4)
+    assert {k: full.model.vit[k] for k in demo.VIT} == {k: s1_full.model[k] for k in demo.VIT} == demo.VIT
     with pytest.raises(ValueError, match="variant"):
         demo.get_config("huge")
+    s1 = _full(demo.get_config("stage1_tiny"))
+    s1.mesh.shape, s1.checkpoint.async_save = (1, 1, 1), False
+    wd1 = str(tmp_path / "stage1")
+    run(s1, wd1)
     c = _full(demo.get_config("tiny"))
-    c.train.steps, c.train.plots, c.mesh.shape = 10, False, (1, 1, 1)
-    c.data.train_examples, c.data.eval_examples, c.train.eval_batch_size = 64, 16, 16
-    c.checkpoint.update(dict(every=0, async_save=False))
+    c.model.init.from_workdir = f"{wd1}:encoder"
+    c.mesh.shape, c.checkpoint.async_save = (1, 1, 1), False
     wd = str(tmp_path / "demo")
     summary = run(c, wd)
     assert 0.0 <= summary["eval_accuracy"] <= 1.0
     assert {"eval_accuracy/count", "eval_accuracy/color", "eval_accuracy/read"} <= set(summary)
     assert summary["kappa_measurements"] == 1 and 0.0 <= summary["kappa_last"] <= 1.0
     assert os.path.isfile(os.path.join(wd, "metrics.jsonl"))
+    enc1 = read_params(os.path.join(wd1, "checkpoints"), ["encoder"])[1]["encoder"]
+    step, p2 = read_params(os.path.join(wd, "checkpoints"), ["encoder", "projector"])
+    assert step == c.train.steps
+    flat1, flat2 = jax.tree_util.tree_flatten_with_path(enc1)[0], jax.tree_util.tree_flatten_with_path(p2["encoder"])[0]
+    assert [p for p, _ in flat1] == [p for p, _ in flat2]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(flat1, flat2))

@@ -45,12 +45,13 @@ def _defaults() -> ml_collections.ConfigDict:
     """The schema: one `model.<encoder>` section per registered encoder and one `data.<source>` section per
     registered data source (jaxmm.models.encoders / jaxmm.data.sources), with their defaults."""
     from jaxmm.data import sources
+    from jaxmm.hf import init as hf_init
     from jaxmm.models import encoders
 
     c = ml_collections.ConfigDict()
     c.model = dict(
         encoder="vit", projector="mlp2x_gelu", init=dict(encoder="", llm="", from_workdir=""),
-        llm=dict(LLM_DEFAULTS),
+        llm=dict(hf_init.MLLM_LLM_DEFAULTS),
         **{name: dict(e.defaults) for name, e in encoders.ENCODERS.items()})
     c.data = dict(
         source="textvqa", train_examples=4000, eval_examples=256, max_len=56, max_prompt_len=48,
@@ -60,49 +61,14 @@ def _defaults() -> ml_collections.ConfigDict:
     return c
 
 
-LLM_DEFAULTS = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=128, tie_embeddings=True,
-                    lora_rank=0, lora_alpha=16.0,
-                    scan_layers=False, remat_policy="none")  # scan / remat: jaxmm.nn.transformer, ARCHITECTURE.md
-
-
 def tokenizer(config):
-    """`data.tokenizer` (an HF tokenizer.json or its folder), else the `model.init.llm` folder's, else bytes."""
+    """The run's tokenizer (`jaxmm.hf.init.tokenizer_path`: data.tokenizer, else the model.init.llm folder's,
+    else bytes)."""
     from jaxmm.data import ByteTokenizer, HFTokenizer
+    from jaxmm.hf.init import tokenizer_path
 
-    path = config.data.tokenizer or config.model.init.llm
+    path = tokenizer_path(config)
     return HFTokenizer(path) if path else ByteTokenizer()
-
-
-def encoder_config(config):
-    """The encoder's config dataclass: `model.<encoder>`, or the `model.init.encoder` HF folder's settings."""
-    from jaxmm.hf import init as hf_init
-    from jaxmm.models import encoders
-
-    m = config.model
-    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
-    common = dict(dtype=dtype, remat=config.train.remat)
-    spec = encoders.get(m.encoder)
-    section = m[m.encoder].to_dict() if m.encoder in m else {}
-    if m.init.encoder:
-        return hf_init.encoder_config(m.init.encoder, m.encoder, section, spec.defaults, **common)
-    return spec.build_config(section, **common)
-
-
-def image_processor(config):
-    """The `model.init.encoder` folder's ImageProcessor for an image encoder (None otherwise), checked against
-    the encoder's image_size."""
-    from jaxmm.hf import init as hf_init
-    from jaxmm.models import encoders
-
-    m = config.model
-    if not m.init.encoder or encoders.get(m.encoder).input_key != "image":
-        return None
-    proc = hf_init.image_processor(m.init.encoder)
-    size = encoder_config(config).image_size
-    if proc is not None and proc.output_size not in (None, (size, size)):
-        raise ValueError(f"model.init.encoder: {m.init.encoder}'s preprocessor_config.json makes "
-                         f"{proc.output_size} images, its config.json image_size is {size}")
-    return proc
 
 
 def _numeric(example: dict) -> dict:
@@ -121,9 +87,11 @@ def _sources(config, fmt=None, fmt_eval=None):
     if m.init.encoder:
         import dataclasses
 
-        cfg = encoder_config(config)
+        from jaxmm.hf import init as hf_init
+
+        cfg = hf_init.mllm_encoder_config(config)
         enc_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        enc_args["image_processor"] = image_processor(config)
+        enc_args["image_processor"] = hf_init.mllm_image_processor(config)
     else:
         enc_args = m[m.encoder].to_dict() if m.encoder in m else {}
     common = dict(seed=config.seed, encoder_args=enc_args)
@@ -141,29 +109,18 @@ class MLLMQATask(Task):
             self.max_new_tokens = config.task_args.max_new_tokens
             self.eval_generate = config.task_args.eval_generate
             self.kind_names = self.kinds(config)
-            self.processor = image_processor(config)
+            from jaxmm.hf.init import mllm_image_processor
+
+            self.processor = mllm_image_processor(config)
 
     def default_config(self):
         return _defaults()
 
     # ------------------------------------------------------------------ model
     def build_model(self, config):
-        from jaxmm.models import encoders
-        from jaxmm.models.llm import LLMConfig
-        from jaxmm.models.mllm import MLLM, MLLMConfig
+        from jaxmm.hf.init import build_mllm
 
-        from jaxmm.hf import init as hf_init
-
-        m, tok = config.model, tokenizer(config)
-        dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else None
-        common = dict(dtype=dtype, remat=config.train.remat)
-        if m.init.llm:
-            llm = hf_init.llm_config(m.init.llm, m.llm.to_dict(), LLM_DEFAULTS, vocab_size=tok.vocab_size, **common)
-        else:
-            llm = LLMConfig(vocab_size=tok.vocab_size, **m.llm, **common)
-        spec = encoders.get(m.encoder)
-        return MLLM(MLLMConfig(llm=llm, placeholder_id=getattr(tok, f"{spec.input_key}_id"), encoder=m.encoder,
-                               encoder_config=encoder_config(config), projector=m.projector))
+        return build_mllm(config, tokenizer(config))
 
     def initial_params(self, params):
         """Pretrained weights of `model.init` (HF folders first, then groups of an earlier run's checkpoint)."""
