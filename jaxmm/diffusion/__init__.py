@@ -11,9 +11,8 @@ The UNet and VAE live in jaxmm.models; EMA of the params is the trainer's `train
 sample grids: `diffusion.save_grid(images, path, labels=prompts)`. Conditional training and guided sampling shared
 by the text/image-conditioned tasks: `diffusion.conditional_loss(model_fn, sched, x0, ctx, null, key, p_uncond)`,
 `diffusion.generate(model_fn, sched, noise, ctx, null, sampler="dpmpp_2m", steps=25, guidance=3.0)`;
-`diffusion.frechet_distance(feats_a, feats_b)` (the FID formula; the feature network is the caller's).
+FID: `jaxmm.metrics.fid.frechet_distance(feats_a, feats_b)` (the feature network is the caller's).
 """
-from jaxmm.diffusion.fid import frechet_distance
 from jaxmm.diffusion.grid import image_grid, save_grid
 from jaxmm.diffusion.losses import (cfg_model_fn, diffusion_loss, drop_condition, prediction_target, q_sample,
                                     v_target)
@@ -26,4 +25,4 @@ __all__ = ["Schedule", "alphas_cumprod", "betas", "dpm_sigmas", "from_config", "
            "cfg_model_fn", "diffusion_loss", "drop_condition", "prediction_target", "q_sample", "v_target",
            "ddim_step", "ddpm_step", "dpm_orders", "dpmpp_2m_step", "sample_ddim", "sample_ddpm",
            "sample_ddpm_with_noise", "sample_dpmpp_2m", "image_grid", "save_grid", "SAMPLERS", "conditional_loss",
-           "generate", "frechet_distance"]
+           "generate"]

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmm.metrics.fid import frechet_distance  # noqa: F401  (layout-FID; re-exported)
 from jaxmm.checks import fail
 
 
@@ -111,20 +112,6 @@ def maximum_iou(generated: Sequence[tuple], real: Sequence[tuple]) -> float:
         i, j = linear_sum_assignment(m, maximize=True)
         scores.extend(m[i, j].tolist())
     return float(np.mean(scores)) if scores else 0.0
-
-
-def frechet_distance(a, b) -> float:
-    """Fréchet distance between Gaussians fitted to features a [n, d] and b [m, d] (float64; the matrix square
-    root through the eigendecomposition of S_a^½ S_b S_a^½, which is symmetric PSD)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        fail("a, b", "feature arrays [n >= 2, d] and [m >= 2, d]", (a.shape, b.shape))
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    ea, va = np.linalg.eigh(sa)
-    ra = (va * np.sqrt(np.clip(ea, 0, None))) @ va.T
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(ra @ sb @ ra), 0, None)).sum()
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
 
 
 def perplexity(nll) -> float:

@@ -1,4 +1,4 @@
-"""jaxmm.diffusion.fid (against the symmetric-form trace computed by eigendecomposition) and
+"""jaxmm.metrics.fid (against the symmetric-form trace computed by eigendecomposition) and
 jaxmm.diffusion.training (condition dropout, guided sampling against the samplers called by hand)."""
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxmm import diffusion
-from jaxmm.diffusion.fid import frechet_distance
+from jaxmm.metrics.fid import frechet_distance
 from jaxmm.diffusion.training import conditional_loss, generate
 
 

@@ -66,7 +66,7 @@ def test_frechet_distance_closed_forms():
     ref = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(sx + sy - 2 * scipy.linalg.sqrtm(sx @ sy).real)
     assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-8)
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
-    with pytest.raises(ValueError, match="feature arrays"):
+    with pytest.raises(ValueError, match="feature rows"):
         frechet_distance(x, y[:, :3])
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmm.metrics.fid import frechet_distance
 from train.experiment import experiment
 
 METHODS = ("prompt_only", "textdiffuser", "artist")
@@ -67,23 +68,6 @@ def noisy_pair_loss(apply_fn, alphas_cumprod, x0, g0, key):
     nx, ng = jax.random.normal(kx, x0.shape), jax.random.normal(kg, g0.shape)
     eps_x, _ = apply_fn(q_sample(alphas_cumprod, x0, t, nx), q_sample(alphas_cumprod, g0, t, ng), t)
     return jnp.mean((eps_x - nx) ** 2)
-
-
-def frechet_distance(a, b) -> float:
-    """Fréchet distance between Gaussians fitted to feature rows a [N, D] and b [M, D] (FID's formula), float64.
-    When sqrt(S1 S2) is not finite (fewer rows than dimensions), 1e-6 I is added to both covariances (as
-    pytorch-fid does)."""
-    from scipy import linalg
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.all(np.isfinite(covmean)):
-        eye = 1e-6 * np.eye(len(s1))
-        covmean = linalg.sqrtm((s1 + eye) @ (s2 + eye))
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
 def quoted_words(prompt: str) -> list[str]:

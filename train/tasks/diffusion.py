@@ -232,7 +232,7 @@ class TextToImageTask(Task):
 
     def evaluate(self, ctx):
         from jaxmm.data import shapes
-        from jaxmm.diffusion.fid import frechet_distance
+        from jaxmm.metrics.fid import frechet_distance
         from jaxmm.data import shapes_scorer
 
         config, a = ctx.config, ctx.config.task_args
