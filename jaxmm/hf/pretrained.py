@@ -16,6 +16,8 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
     (jaxmm.hf.diffusers); `module.apply({"params": params}, x_nhwc, timesteps, context)` for the UNet.
   LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
     (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
+  Dinov2Model -> jaxmm.models.dino.DinoViT (jaxmm.hf.dinov2); `module.apply({"params": params}, pixel_values)`
+    (NHWC) -> {"last_hidden_state", "pooler_output", "patch_tokens", "hidden_states"}.
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ VISION_ARCHITECTURES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLI
 TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+DINO_ARCHITECTURES = ("Dinov2Model",)   # jaxmm.hf.dinov2 -> jaxmm.models.dino.DinoViT (issue 21)
 DIFFUSERS_CLASSES = ("UNet2DConditionModel", "AutoencoderKL")   # config.json `_class_name`, not `architectures`
 SUPPORTED_ARCHITECTURES = (LLM_ARCHITECTURES + VISION_ARCHITECTURES + TEXT_ARCHITECTURES + AUDIO_ARCHITECTURES
-                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES)
+                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES + DINO_ARCHITECTURES)
 
 
 def loader(arch: str, tower: str | None = None):
@@ -48,6 +51,8 @@ def loader(arch: str, tower: str | None = None):
         from jaxmm.hf.llava import from_hf
     elif arch in DIFFUSERS_CLASSES:
         from jaxmm.hf.diffusers import from_hf
+    elif arch in DINO_ARCHITECTURES:
+        from jaxmm.hf.dinov2 import from_hf
     elif arch in TEXT_ARCHITECTURES or tower == "text":
         from jaxmm.hf.clip import text_from_hf as from_hf
     elif arch.startswith("Siglip"):
