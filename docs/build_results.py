@@ -6,7 +6,7 @@ import pathlib
 import re
 
 ORDER = ["hf_import", "data", "ocr", "textrich", "trainer", "commit", "ntk_attention", "peft", "tensor_attention", "dp_ntk",
-         "dp_cross_attention"]
+         "dp_cross_attention", "toffee"]
 HEADER = """# jaxmm results
 
 Every table below was measured by the command printed beside it; rerunning that command regenerates it.

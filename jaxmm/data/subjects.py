@@ -334,3 +334,70 @@ def subject_images(num_subjects: int, views_per_subject: int, seed: int = 0, siz
             "caption": [r["caption"] for _, r in recs],
             "azimuth": np.array([r["view"].azimuth for _, r in recs], np.float32),
             "elevation": np.array([r["view"].elevation for _, r in recs], np.float32), "subjects": subs}
+
+
+# ----------------------------------------------------------------------------------------------- captions -> ids
+VOCAB = ("<pad>", "<unk>", "a", "with", "on", "top", "beside", "it", "in", "front", "of", "wall", "clouds", "floor",
+         *COLOURS, *SHAPES, *PATTERNS[1:], *BACKGROUNDS[:2], "striped")
+VOCAB = tuple(dict.fromkeys(VOCAB))   # unique, order kept
+_IDS = {w: i for i, w in enumerate(VOCAB)}
+
+
+def encode_caption(caption: str, length: int = 24) -> np.ndarray:
+    """Word ids [length] int32 over VOCAB (0 pads, 1 = unknown word), truncated to `length`."""
+    ids = [_IDS.get(w, 1) for w in caption.lower().split()][:length]
+    return np.array(ids + [0] * (length - len(ids)), np.int32)
+
+
+# ----------------------------------------------------------------------------------------------- Toffee's pairs
+def plain(subject: Subject) -> Subject:
+    """The subject with every part unpainted (first colour only): the shapes a text prompt pins down, without the
+    painted detail a text-to-image draft loses (the Refiner's input stand-in)."""
+    return Subject(tuple(dataclasses.replace(p, pattern="plain") for p in subject.parts), subject.name)
+
+
+def blur(image: np.ndarray, passes: int = 2) -> np.ndarray:
+    """3x3 box blur applied `passes` times (edge pixels replicated), [.., H, W, C]."""
+    x = np.asarray(image, np.float32)
+    for _ in range(passes):
+        p = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)], mode="edge")
+        x = sum(p[..., i:i + x.shape[-3], j:j + x.shape[-2], :] for i in range(3) for j in range(3)) / 9.0
+    return x
+
+
+def dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
+    """Binary dilation of [.., H, W] by a (2r+1)² square."""
+    m = np.asarray(mask, bool)
+    p = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(r, r), (r, r)])
+    h, w = m.shape[-2:]
+    return np.any([p[..., i:i + h, j:j + w] for i in range(2 * r + 1) for j in range(2 * r + 1)], axis=0)
+
+
+def draft(subject: Subject, view: View, background: Background, size: int = 32) -> dict:
+    """The text-to-image draft stand-in: the plain-painted subject, blurred, at `view` on `background` (text-aligned
+    layout and colours, detail lost). Returns render()'s dict with the blurred image."""
+    r = render(plain(subject), view, background, size)
+    r["image"] = blur(r["image"])
+    return r
+
+
+def toffee_example(subject: Subject, other: Subject, rng: np.random.Generator, size: int = 32, *,
+                   kind: str = "generation", reconstruction: bool = False) -> dict:
+    """One ToffeeNet training pair, rendered: {"target" [H,W,3], "reference" [H,W,3] (the subject image whose DINO
+    tokens condition the model), "source" [H,W,3], "mask" [H,W], "depth" [H,W] (depth_map of the target),
+    "caption"}. generation: source and mask are zero. editing: source is `other` rendered at the same view and
+    background (the object to replace), mask = dilate(target mask | other's mask). reconstruction: the reference is
+    the target itself (same view and background) instead of another view on another background."""
+    if kind not in ("generation", "editing"):
+        fail("kind", "'generation' or 'editing'", repr(kind))
+    view, bg = random_view(rng), random_background(rng)
+    tgt = render(subject, view, bg, size)
+    ref = tgt if reconstruction else render(subject, random_view(rng), random_background(rng), size)
+    out = {"target": tgt["image"], "reference": ref["image"], "depth": depth_map(tgt["depth"]),
+           "caption": f"{subject.caption} {bg.caption}"}
+    if kind == "editing":
+        src = render(other, view, bg, size)
+        out["source"], out["mask"] = src["image"], dilate(tgt["mask"] | src["mask"]).astype(np.float32)
+    else:
+        out["source"], out["mask"] = np.zeros_like(tgt["image"]), np.zeros((size, size), np.float32)
+    return out
