@@ -55,24 +55,26 @@ def test_center_and_ema_closed_form():
 
 def test_multi_crop_shapes_and_full_crop_is_identity():
     img = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
-    g, loc = dino.multi_crop(jax.random.key(1), img, num_local=3, local_size=8)
+    g, loc = jax.jit(dino.multi_crop, static_argnames=("num_local", "local_size"))(jax.random.key(1), img,
+                                                                                   num_local=3, local_size=8)
     assert g.shape == (2, 2, 16, 16, 3) and loc.shape == (3, 2, 8, 8, 3)
+    crop = jax.jit(dino._crop, static_argnums=(2, 3, 4))
     # a whole-image crop (area 1, aspect 1) at full size is the image or its mirror, exactly
     for k in range(4):
-        out = np.asarray(dino._crop(img[0], jax.random.key(k), 16, (1.0, 1.0), (1.0, 1.0)))
+        out = np.asarray(crop(img[0], jax.random.key(k), 16, (1.0, 1.0), (1.0, 1.0)))
         err = min(np.abs(out - np.asarray(img[0])).max(), np.abs(out - np.asarray(img[0])[:, ::-1]).max())
         assert err < 1e-5
-    half = np.asarray(dino._crop(img[0], jax.random.key(0), 8, (0.25, 0.25), (1.0, 1.0)))
+    half = np.asarray(crop(img[0], jax.random.key(0), 8, (0.25, 0.25), (1.0, 1.0)))
     assert half.shape == (8, 8, 3) and np.abs(half - np.asarray(img[0])[:8, :8]).max() > 1e-3  # a real crop moves
 
 
 def test_vit_shapes_positions_resize_and_bad_input():
     cfg = dino.DinoConfig(image_size=16, patch_size=4, d_model=16, num_layers=1, num_heads=2)
     m = dino.DinoStudent(cfg, num_prototypes=8)
-    p = m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
-    logits, out = m.apply({"params": p}, jnp.ones((2, 16, 16, 3)))
+    p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    logits, out = jax.jit(m.apply)({"params": p}, jnp.ones((2, 16, 16, 3)))
     assert logits.shape == (2, 8) and out["patch_tokens"].shape == (2, 16, 16)
-    logits8, out8 = m.apply({"params": p}, jnp.ones((2, 8, 8, 3)))           # local crop: 2x2 grid
+    logits8, out8 = jax.jit(m.apply)({"params": p}, jnp.ones((2, 8, 8, 3)))           # local crop: 2x2 grid
     assert out8["patch_tokens"].shape == (2, 4, 16)
     with pytest.raises(ValueError, match="images"):
         m.apply({"params": p}, jnp.ones((2, 10, 10, 3)))

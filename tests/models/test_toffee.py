@@ -20,9 +20,15 @@ def net_params():
     args = (jnp.asarray(rng.normal(size=(B, H, H, 3)), jnp.float32), jnp.array([3, 500]),
             jnp.asarray(rng.normal(size=(B, H, H, 5)), jnp.float32), jnp.asarray(rng.normal(size=(B, 4, 6)), jnp.float32),
             jnp.asarray(rng.integers(1, len(S.VOCAB), (B, 5)), jnp.int32))
-    params = net.init(jax.random.key(0), *args)["params"]
-    # give the null rows and the output conv non-trivial values (the UNet's conv_out starts at small random)
-    return net, params, args
+    params = jax.jit(net.init)(jax.random.key(0), *args)["params"]
+    return Jitted(net), params, args
+
+
+class Jitted:
+    """net.apply compiled once per argument structure (eager op-by-op dispatch is the slow part on CPU)."""
+
+    def __init__(self, net):
+        self.apply = jax.jit(net.apply)
 
 
 def test_conditioning_shapes_and_each_condition_matters(net_params):

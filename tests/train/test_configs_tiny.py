@@ -18,7 +18,8 @@ import pytest
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny", "sweep_tiny")}
-SLOW = {"commit", "demo", "llava", "peft"}  # llava: its stages run in tests/train/test_llava.py (slow)
+SLOW = {"commit", "demo", "llava", "peft", "toffee"}  # llava: its stages run in tests/train/test_llava.py (slow);
+# toffee: its tiny run is tests/train/test_toffee_task.py
 
 
 def _load(name):

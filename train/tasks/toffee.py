@@ -176,14 +176,29 @@ def train_clip(c, images, ids, key, report):
 
 
 # ------------------------------------------------------------------------------------------------- diffusion models
-def _unet(c, cond_channels, view_token=False):
+COND = 5   # condition channels of every model: ToffeeNet's [source, mask, depth]; Refiner / View Generator use 3
+
+
+def _pad(cond3):
+    """A 3-channel condition image padded with zero channels to COND (one architecture for all three models, so
+    one compiled train step and one compiled sampler serve them all)."""
+    cond3 = np.asarray(cond3, np.float32)
+    return np.concatenate([cond3, np.zeros(cond3.shape[:3] + (COND - 3,), np.float32)], -1)
+
+
+def _noview(n):
+    return np.zeros((n, 4), np.float32)   # the view token of models without a target view
+
+
+def _unet(c):
+    """The one SubjectUNet architecture of ToffeeNet, the Refiner and the View Generator."""
     w = c.unet.width
-    u = UNetConfig(in_channels=3 + cond_channels, out_channels=3, block_out_channels=(w, 2 * w),
+    u = UNetConfig(in_channels=3 + COND, out_channels=3, block_out_channels=(w, 2 * w),
                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
                    num_attention_heads=4, cross_attention_dim=c.unet.context_dim, norm_num_groups=8)
     return T.SubjectUNet(T.SubjectUNetConfig(unet=u, dino_dim=c.dino.width, vocab_size=len(S.VOCAB),
-                                             text_len=c.data.text_len, view_token=view_token))
+                                             text_len=c.data.text_len, view_token=True))
 
 
 SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
@@ -317,12 +332,13 @@ def run(config, report) -> dict:
         vg_pool["x0"].append(S.render(s, v2, bg, size)["image"])
         vg_pool["view"].append(np.asarray(T.view_features(v2.azimuth, v2.elevation)))
         vg_pool["cap"].append(ref_pool["cap"][-1])
-    ref_pool = {"x0": np.stack(ref_pool["x0"]), "cond": _pm(np.stack(ref_pool["cond"])),
-                "tokens": tokens_of(np.stack(ref_pool["ref"])), "text": _ids(ref_pool["cap"], c)}
-    vg_pool = {"x0": np.stack(vg_pool["x0"]), "cond": _pm(np.stack(vg_pool["cond"])),
-               "tokens": tokens_of(np.asarray((np.asarray(vg_pool["cond"]) + 1) / 2)),
+    ref_pool = {"x0": np.stack(ref_pool["x0"]), "cond": _pad(_pm(np.stack(ref_pool["cond"]))),
+                "tokens": tokens_of(np.stack(ref_pool["ref"])), "text": _ids(ref_pool["cap"], c),
+                "view": _noview(len(ref_pool["x0"]))}
+    vg_pool = {"x0": np.stack(vg_pool["x0"]), "cond": _pad(_pm(np.stack(vg_pool["cond"]))),
+               "tokens": tokens_of(np.stack(vg_pool["cond"])),
                "text": _ids(vg_pool["cap"], c), "view": np.stack(vg_pool["view"])}
-    refiner, viewgen = _unet(c, 3), _unet(c, 3, view_token=True)
+    refiner = viewgen = _unet(c)
     key, k1, k2 = jax.random.split(key, 3)
     ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner")
     summary.update(st)
@@ -339,9 +355,7 @@ def run(config, report) -> dict:
     show = []
     # compile once outside the timed region (the cost is steady-state throughput)
     zeros = np.zeros((n, size, size, 3), np.float32)
-    ref_sample(jax.random.key(0), _pm(zeros), tokens_of(zeros), _ids(["a"] * n, c), None, 1.0).block_until_ready()
-    vg_sample(jax.random.key(0), _pm(zeros), tokens_of(zeros), _ids(["a"] * n, c), np.zeros((n, 4), np.float32),
-              1.0).block_until_ready()
+    ref_sample(jax.random.key(0), _pad(zeros), tokens_of(zeros), _ids(["a"] * n, c), _noview(n), 1.0).block_until_ready()
     t_pipe = 0.0
     for si, s in enumerate(test_subs):
         srng = np.random.default_rng(c.seed + 5000 + si)
@@ -355,8 +369,9 @@ def run(config, report) -> dict:
         t0 = time.time()
         tok = np.repeat(tokens_of(subject_img[None]), n, 0)
         key, k1, k2 = jax.random.split(key, 3)
-        refined = np.asarray(ref_sample(k1, _pm(drafts), tok, _ids(caps, c), None, c.sample.refiner_lambda))
-        new_view = np.asarray(vg_sample(k2, _pm(refined), tokens_of(refined), _ids(caps, c),
+        refined = np.asarray(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
+                                        c.sample.refiner_lambda))
+        new_view = np.asarray(vg_sample(k2, _pad(_pm(refined)), tokens_of(refined), _ids(caps, c),
                                         np.stack([np.asarray(T.view_features(v.azimuth, v.elevation)) for v in v2]),
                                         1.0))
         masks = np.stack([t["mask"] for t in truth])        # the renderer's segmentation (Grounded-SAM stand-in)
@@ -395,15 +410,16 @@ def run(config, report) -> dict:
     bs = test_subs[0]
     brng = np.random.default_rng(c.seed + 9)
     bviews = [S.render(bs, S.random_view(brng), S.random_background(brng), size) for _ in range(c.baseline.images)]
-    bpool = {"x0": np.stack([r["image"] for r in bviews]), "cond": np.zeros((len(bviews), size, size, 3), np.float32),
+    bpool = {"x0": np.stack([r["image"] for r in bviews]), "cond": np.zeros((len(bviews), size, size, COND), np.float32),
+             "view": _noview(len(bviews)),
              "tokens": np.zeros((len(bviews), (size // 8) ** 2, c.dino.width), np.float32),
              "text": _ids([bs.caption] * len(bviews), c)}
     key, k = jax.random.split(key)
     _, st = train_diffusion(c, refiner, bpool, c.baseline.steps, k, report, "baseline")
     # the tuned model samples with the refiner's UNet size and step count (the refiner's sampler is compiled)
     t0 = time.time()
-    ref_sample(k, _pm(bpool["cond"][:1].repeat(n, 0)), bpool["tokens"][:1].repeat(n, 0),
-               bpool["text"][:1].repeat(n, 0), None, 1.0).block_until_ready()
+    ref_sample(k, bpool["cond"][:1].repeat(n, 0), bpool["tokens"][:1].repeat(n, 0),
+               bpool["text"][:1].repeat(n, 0), _noview(n), 1.0).block_until_ready()
     t_base_sample = time.time() - t0
     tune = st["baseline_seconds"]
     per_pair_base = (tune + t_base_sample) / n
@@ -467,8 +483,8 @@ def run(config, report) -> dict:
                 "cond": cond_of(exs) * np.concatenate([np.ones((len(exs), 1, 1, 4)),
                                                        depth_on[:, None, None, None]], -1).astype(np.float32),
                 "tokens": tokens_of(np.stack([e["reference"] for e in exs])),
-                "text": _ids([e["caption"] for e in exs], c)}
-        net = _unet(c, 5)
+                "text": _ids([e["caption"] for e in exs], c), "view": _noview(len(exs))}
+        net = _unet(c)
         key, k = jax.random.split(key)
         params, st = train_diffusion(c, net, pool, c.toffee.steps, k, report, f"toffeenet_p{p}")
         summary.update(st)
@@ -476,7 +492,7 @@ def run(config, report) -> dict:
 
         def run_eval(exs, lam, k):
             return np.asarray(sample(k, cond_of(exs), tokens_of(np.stack([e["reference"] for e in exs])),
-                                     _ids([e["caption"] for e in exs], c), None, lam))
+                                     _ids([e["caption"] for e in exs], c), _noview(len(exs)), lam))
 
         k = jax.random.key(c.seed + 123)
         gen = run_eval(gen_eval, 1.0, k)
