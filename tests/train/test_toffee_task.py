@@ -1,5 +1,10 @@
 """configs/toffee.py:tiny end to end (train/tasks/toffee.py): every stage runs, the construction pipeline writes
-editing pairs with masks and generation pairs for 2 held-out subjects, the tables and grids are written."""
+editing pairs with masks and generation pairs for 2 held-out subjects, the tables and grids are written.
+
+Marked slow: the run compiles a UNet train step, a λ-guided DDIM sampler, the DINO and CLIP steps (~150 s of CPU
+on 2 shared cores, over the suite's budget for new tests); run with `pytest -m slow tests/train/test_toffee_task.py`.
+The pieces it glues are tested fast in tests/data/test_subjects.py, tests/models/test_dino.py,
+tests/models/test_toffee.py and tests/hf/test_dinov2.py."""
 import json
 import math
 
@@ -19,6 +24,7 @@ def tiny_run(tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_pipeline_on_two_subjects_writes_pairs(tiny_run):
     workdir, summary = tiny_run
     pairs = np.load(workdir / "pairs.npz")
@@ -37,6 +43,7 @@ def test_pipeline_on_two_subjects_writes_pairs(tiny_run):
     assert summary["pipeline_pairs_per_second"] > 0 and summary["baseline_seconds_per_pair"] > 0
 
 
+@pytest.mark.slow
 def test_summary_tables_and_grids(tiny_run):
     workdir, summary = tiny_run
     saved = json.loads((workdir / "summary.json").read_text())

@@ -231,13 +231,20 @@ def _diffusion_step(net, lr: float, p_drop: float):
     return _COMPILED[cache_key]
 
 
+def _init(net):
+    """jax.jit(net.init), once per architecture (eager init dispatches the UNet op by op)."""
+    if ("init", net.config) not in _COMPILED:
+        _COMPILED[("init", net.config)] = jax.jit(net.init)
+    return _COMPILED[("init", net.config)]
+
+
 def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
     """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it.
     Returns (params, stats) with stats' seconds counted after the first (compiling) step."""
     n = len(pool["x0"])
     ex = {k: v[:1] for k, v in pool.items()}
-    params = net.init(key, _pm(ex["x0"]), jnp.zeros(1, jnp.int32), ex["cond"], ex["tokens"], ex["text"],
-                      ex.get("view"))["params"]
+    params = _init(net)(key, _pm(ex["x0"]), jnp.zeros(1, jnp.int32), ex["cond"], ex["tokens"], ex["text"],
+                        ex.get("view"))["params"]
     opt, step = _diffusion_step(net, c.unet.lr, p_drop)
     state = opt.init(params)
     rng = np.random.default_rng(c.seed + 7)
