@@ -19,6 +19,8 @@ config.json's `architectures[0]`. Weights are read from safetensors only (jaxmm.
     "pooler_output", "hidden_states", "features"}.
   LlavaForConditionalGeneration (CLIP vision tower, 2-layer GELU projector, an LLM above) -> jaxmm.models.mllm.MLLM
     (jaxmm.hf.llava; what `jaxmm.hf.save_pretrained` writes for a trained MLLM).
+  Dinov2Model -> jaxmm.models.dino.DinoViT (jaxmm.hf.dinov2); `module.apply({"params": params}, pixel_values)`
+    (NHWC) -> {"last_hidden_state", "pooler_output", "patch_tokens", "hidden_states"}.
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ TEXT_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 AUDIO_ARCHITECTURES = ("WhisperForConditionalGeneration", "WhisperModel", "WhisperEncoder")
 MLLM_ARCHITECTURES = ("LlavaForConditionalGeneration",)
 CONVNEXT_ARCHITECTURES = ("ConvNextModel", "ConvNextForImageClassification")   # jaxmm.hf.convnext (issue 18)
+DINO_ARCHITECTURES = ("Dinov2Model",)   # jaxmm.hf.dinov2 -> jaxmm.models.dino.DinoViT (issue 21)
 DIFFUSERS_CLASSES = ("UNet2DConditionModel", "AutoencoderKL")   # config.json `_class_name`, not `architectures`
 SUPPORTED_ARCHITECTURES = (LLM_ARCHITECTURES + VISION_ARCHITECTURES + TEXT_ARCHITECTURES + AUDIO_ARCHITECTURES
-                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES + CONVNEXT_ARCHITECTURES)
+                           + MLLM_ARCHITECTURES + DIFFUSERS_CLASSES + CONVNEXT_ARCHITECTURES + DINO_ARCHITECTURES)
 
 
 def loader(arch: str, tower: str | None = None):
@@ -52,6 +55,8 @@ def loader(arch: str, tower: str | None = None):
         from jaxmm.hf.llava import from_hf
     elif arch in DIFFUSERS_CLASSES:
         from jaxmm.hf.diffusers import from_hf
+    elif arch in DINO_ARCHITECTURES:
+        from jaxmm.hf.dinov2 import from_hf
     elif arch in TEXT_ARCHITECTURES or tower == "text":
         from jaxmm.hf.clip import text_from_hf as from_hf
     elif arch.startswith("Siglip"):

@@ -22,7 +22,8 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TINY = {"tensor_attention": ("tiny", "scaling_tiny", "match3_tiny"), "commit": ("vision_tiny", "sweep_tiny")}
 SLOW = {"commit", "demo", "lara", "llava", "peft",  # llava: its stages run in tests/train/test_llava.py (slow); lara:
         "diffusion",  # its tiny run is tests/train/test_lara.py's module fixture; diffusion:tiny: test_t2i.py (slow)
-        "artist"}  # artist:tiny (every ARTIST stage, ~150 CPU-s of compiles): -m slow
+        "artist",  # artist:tiny (every ARTIST stage, ~150 CPU-s of compiles): -m slow
+        "toffee"}  # toffee:tiny: tests/train/test_toffee_task.py (slow, ~220 CPU-s)
 
 
 def _load(name):

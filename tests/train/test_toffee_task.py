@@ -1,0 +1,70 @@
+"""configs/toffee.py:tiny end to end (train/tasks/toffee.py): every stage runs, the construction pipeline writes
+editing pairs with masks and generation pairs for 2 held-out subjects, the tables and grids are written.
+
+Marked slow: the run compiles a UNet train step, a λ-guided DDIM sampler, the DINO and CLIP steps (~150 s of CPU
+on 2 shared cores, over the suite's budget for new tests); run with `pytest -m slow tests/train/test_toffee_task.py`.
+The pieces it glues are tested fast in tests/data/test_subjects.py, tests/models/test_dino.py,
+tests/models/test_toffee.py and tests/hf/test_dinov2.py."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxmm.data import subjects as S
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from train.main import run
+    from configs.toffee import get_config
+
+    workdir = tmp_path_factory.mktemp("toffee_tiny")
+    summary = run(get_config("tiny"), str(workdir))
+    return workdir, summary
+
+
+@pytest.mark.slow
+def test_pipeline_on_two_subjects_writes_pairs(tiny_run):
+    workdir, summary = tiny_run
+    pairs = np.load(workdir / "pairs.npz")
+    n = 2 * 2  # 2 held-out subjects x 2 pairs each (configs/toffee.py:tiny)
+    assert summary["pipeline_pairs"] == n
+    assert pairs["edit_source"].shape == pairs["edit_target"].shape == (n, 32, 32, 3)
+    assert pairs["gen_target"].shape == pairs["gen_reference"].shape == (n, 32, 32, 3)
+    assert pairs["edit_mask"].shape == (n, 32, 32) and pairs["edit_mask"].dtype == bool
+    assert pairs["kept"].shape == (n,) and len(pairs["gen_caption"]) == n
+    for x in (pairs["edit_target"], pairs["gen_target"]):
+        assert np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
+    # the masks are the renderer's segmentation of the draft's geometry: each nonempty, each an object silhouette
+    assert all(m.any() and not m.all() for m in pairs["edit_mask"])
+    # both subjects' captions are in the generation pairs (2 subjects -> captions of 2 different objects)
+    assert len({c.split(" in front of")[0].split(" on a ")[0] for c in pairs["gen_caption"]}) == 2
+    assert summary["pipeline_pairs_per_second"] > 0 and summary["baseline_seconds_per_pair"] > 0
+
+
+@pytest.mark.slow
+def test_summary_tables_and_grids(tiny_run):
+    workdir, summary = tiny_run
+    saved = json.loads((workdir / "summary.json").read_text())
+    numbers = {k: v for k, v in saved.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert all(math.isfinite(v) for v in numbers.values())
+    for key in ("lambda0_DINO", "lambda2_CLIP-T", "seg_dino_p0.3", "clip_t_p0.0", "dino_knn"):
+        assert key in saved
+    md = (workdir / "results.md").read_text()
+    assert "| λ |" in md and "| p |" in md and "Cost per pair" in md
+    assert (workdir / "toffee_pipeline.png").stat().st_size > 0 and (workdir / "toffee_lambda.png").stat().st_size > 0
+
+
+def test_bad_config_fails_before_compute(tmp_path):
+    from configs.toffee import get_config
+    from train.tasks.toffee import check_config
+
+    c = get_config("tiny")
+    c.data.size = 30
+    with pytest.raises(ValueError, match="config.data.size"):
+        check_config(c)
+    c = get_config("tiny")
+    c.toffee.p_values = (1.5,)
+    with pytest.raises(ValueError, match="p_values"):
+        check_config(c)
