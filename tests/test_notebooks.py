@@ -46,6 +46,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # a notebook runs as a user's runtime does: one accelerator (the suite's 8 virtual CPU devices are for the
+    # sharding tests; tiny batch sizes need not divide by 8)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "1")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setenv("JAXMM_NOTEBOOK_TMP", str(tmp_path))
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})

@@ -132,9 +132,9 @@ class LaraTask(MLLMQATask):
 
     @staticmethod
     def _encoder_args(config):
-        from train.tasks.mllm import encoder_config
+        from jaxmm.hf.init import mllm_encoder_config
 
-        return {"image_size": encoder_config(config).image_size}
+        return {"image_size": mllm_encoder_config(config).image_size}
 
     def datasets(self, config):
         if config.data.source != "lara":   # any mllm.qa source trains; the benchmarks stay LaRA's
