@@ -35,7 +35,7 @@ from jaxmm.models.convnext import ConvNeXt, ConvNeXtConfig
 from jaxmm.models.vit import ViT, ViTConfig
 from jaxmm.nn.layers import Dense
 
-GATE_BIAS_INIT = 0.5   # tanh(0.5) = 0.46: the gate starts open, so the zero projection gets a gradient at once
+GATE_BIAS_INIT = 0.5   # [reconstruction] tanh(0.5) = 0.46: the gate starts open, so the zero projection gets a gradient at once
 
 
 def _as_config(cls, value, **fixed):
