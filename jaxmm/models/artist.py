@@ -23,7 +23,6 @@ run jointly, at sampling). The zero convs are 1x1 (ControlNet's choice; the pape
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
