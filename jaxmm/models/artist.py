@@ -23,7 +23,6 @@ run jointly, at sampling). The zero convs are 1x1 (ControlNet's choice; the pape
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -230,31 +229,3 @@ class Artist(nn.Module):
         eps_v = self.visual(x_t, timesteps, prompt_ids, mid_residual=mid, up_residuals=ups)
         return eps_v, jax.lax.stop_gradient(eps_g)
 
-
-class ImageTextEncoder(nn.Module):
-    """A small CLIP (self-trained, for FID features and a CLIP-score): a conv image tower (3 stride-2 convs, mean
-    pool, linear) and the character transformer's state at EOS (linear), both L2-normalised, dim `embed_dim`.
-    __call__(images [B,H,W,3] in [-1,1], ids [B,L] ending in EOS) -> (image_embeds, text_embeds, logit_scale);
-    `encode_image` alone gives the FID feature space."""
-    encoder: TextEncoderConfig
-    width: int = 32
-    embed_dim: int = 64
-
-    def setup(self):
-        self.convs = [nn.Conv(c, (3, 3), strides=(2, 2)) for c in (self.width, 2 * self.width, 4 * self.width)]
-        self.image_proj = nn.Dense(self.embed_dim)
-        self.text = TextEncoder(self.encoder)
-        self.text_proj = nn.Dense(self.embed_dim)
-        self.logit_scale = self.param("logit_scale", lambda k: jnp.asarray(np.log(10.0), jnp.float32))
-
-    def encode_image(self, images):
-        h = images
-        for conv in self.convs:
-            h = nn.gelu(conv(h))
-        h = self.image_proj(h.mean(axis=(1, 2)))
-        return h / jnp.linalg.norm(h, axis=-1, keepdims=True)
-
-    def __call__(self, images, ids):
-        txt = self.text_proj(self.text(ids, (ids != PAD).astype(jnp.int32))["pooler_output"])
-        return (self.encode_image(images), txt / jnp.linalg.norm(txt, axis=-1, keepdims=True),
-                jnp.exp(self.logit_scale))

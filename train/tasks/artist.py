@@ -1,6 +1,6 @@
 """`artist`: the ARTIST comparison (arXiv 2406.12044, PAPERS.md §6) as one experiment, end to end on CPU at toy size.
 
-Stages (each a small jitted optax loop; the functions `fit`, `*_loss` and `sample_*` are pure and generic):
+Stages (each a small jitted optax loop, `train.experiment.fit`; `noisy_pair_loss` and the planner helpers are pure):
 1. textual model (glyph diffusion from layout tokens): `steps_single` steps on single-word glyphs, then
    `steps_multi` on multi-word glyphs cut from text-rich layouts (jaxmm.data.glyphs);
 2. the LLM planner (jaxmm.models.llm, prompt -> words + box tokens), greedy decoding under the layout grammar mask,
@@ -8,7 +8,8 @@ Stages (each a small jitted optax loop; the functions `fit`, `*_loss` and `sampl
 3. the visual models, each `steps_visual` steps at the same batch: "prompt_only" (one UNet, prompt condition),
    "textdiffuser" (the same UNet with the planned glyph image + box mask concatenated to its input; TextDiffuser-style),
    "artist" (the same visual UNet + the frozen textual model's features through zero convs);
-4. a self-trained small CLIP (jaxmm.models.artist.ImageTextEncoder) for FID features and the CLIP-score;
+4. a self-trained small CLIP (jaxmm.models.clip_standin.ContrastiveEncoder: conv image tower, character
+   transformer) for FID features and the CLIP-score;
 5. evaluation on held-out prompts (MARIO-Eval protocol, jaxmm.metrics.text_rendering): DDIM samples of every method
    from the planned layouts, read by rapidocr after a 4x bicubic upscale; OCR precision / recall / F / accuracy,
    FID (self-trained features), CLIP-score (self-trained); ground-truth images scored the same way (the ceiling).
@@ -25,39 +26,13 @@ import numpy as np
 import optax
 
 from jaxmm.metrics.fid import frechet_distance
-from train.experiment import experiment
+from train.experiment import experiment, fit
 
 METHODS = ("prompt_only", "textdiffuser", "artist")
+LOG_EVERY = 50   # steps between the points of the loss curves in results.json
 
 
 # ------------------------------------------------------------------------------------------------ generic pieces
-def fit(loss_fn, params, sample_batch, steps: int, lr: float, key, *, frozen=None, log_every: int = 50, name=""):
-    """Adam on `loss_fn(params, batch, key) -> scalar` for `steps` steps; `sample_batch(step) -> batch` (host);
-    `frozen(path) -> bool` marks leaves that get no update. Returns (params, [(step, loss)])."""
-    if frozen is None:
-        opt = optax.adam(lr)
-    else:
-        labels = jax.tree_util.tree_map_with_path(
-            lambda p, _: "frozen" if frozen(jax.tree_util.keystr(p)) else "train", params)
-        opt = optax.multi_transform({"train": optax.adam(lr), "frozen": optax.set_to_zero()}, labels)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, batch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
-
-    curve, t0 = [], time.time()
-    for s in range(steps):
-        key, sub = jax.random.split(key)
-        params, state, loss = step(params, state, sample_batch(s), sub)
-        if (s + 1) % log_every == 0 or s + 1 == steps:
-            curve.append((s + 1, float(loss)))
-            print(f"[artist] {name} step {s + 1}/{steps} loss {float(loss):.4f} ({time.time() - t0:.0f}s)", flush=True)
-    return params, curve
-
-
 def noisy_pair_loss(apply_fn, alphas_cumprod, x0, g0, key):
     """Epsilon MSE of the visual output of `apply_fn(x_t, g_t, t) -> (eps_x, eps_g)`, where x_t and g_t are x0 and
     g0 noised at the same t with independent noise (ARTIST's visual stage; the textual branch is teacher-forced)."""
@@ -116,7 +91,8 @@ def _check(config):
 
 
 def _models(c):
-    from jaxmm.models.artist import EOS, VOCAB_SIZE, Artist, ConditionalUNet, ImageTextEncoder
+    from jaxmm.models.artist import EOS, VOCAB_SIZE, Artist, ConditionalUNet
+    from jaxmm.models.clip_standin import ContrastiveEncoder
     from jaxmm.models.text_encoder import TextEncoderConfig
     from jaxmm.models.unet import UNetConfig
 
@@ -137,7 +113,7 @@ def _models(c):
     return {"textual": textual, "prompt_only": ConditionalUNet(unet(3, 3), enc),
             "textdiffuser": ConditionalUNet(unet(5, 3), enc),
             "artist": Artist(textual, ConditionalUNet(unet(3, 3), enc)),
-            "clip": ImageTextEncoder(enc, width=m.clip_width, embed_dim=m.clip_dim)}
+            "clip": ContrastiveEncoder(text_encoder=enc, width=m.clip_width, embed_dim=m.clip_dim)}
 
 
 def _pad(rows, length, left=False):
@@ -214,10 +190,11 @@ def run(config, report) -> dict:
 
         names = ("glyph", "layout_ids")
         key, k1, k2 = jax.random.split(key, 3)
-        p_text, cs = fit(glyph_loss, p_text, batches(data_single, names), c.train.steps_single, c.train.lr, k1,
-                         name=f"textual/single seed {seed}")
-        p_text, cm = fit(glyph_loss, p_text, batches(data_multi, names), c.train.steps_multi, c.train.lr, k2,
-                         name=f"textual/multi seed {seed}")
+        single = fit(glyph_loss, p_text, batches(data_single, names), c.train.steps_single, c.train.lr, k1,
+                     name=f"textual/single seed {seed}")
+        multi = fit(glyph_loss, single.params, batches(data_multi, names), c.train.steps_multi, c.train.lr, k2,
+                    name=f"textual/multi seed {seed}")
+        p_text, cs, cm = multi.params, single.curve(LOG_EVERY), multi.curve(LOG_EVERY)
         curves[f"textual_seed{seed}"] = cs + [(s + c.train.steps_single, l) for s, l in cm]
 
         # 2. the planner
@@ -256,9 +233,9 @@ def run(config, report) -> dict:
                                            b["prompt_ids"])
                     return diffusion.diffusion_loss(fn, "epsilon", ac, b["image"], k)[0]
                 frozen = None
-            params, curve = fit(loss, params, batches(data_train, vis_names), c.train.steps_visual, c.train.lr,
-                                k_fit, frozen=frozen, name=f"{method} seed {seed}")
-            curves[f"{method}_seed{seed}"] = curve
+            trained = fit(loss, params, batches(data_train, vis_names), c.train.steps_visual, c.train.lr, k_fit,
+                          frozen=frozen, name=f"{method} seed {seed}")
+            params, curves[f"{method}_seed{seed}"] = trained.params, trained.curve(LOG_EVERY)
             samples[method] = _sample(method, model, params, sched, c, data_eval["prompt_ids"], plan_glyph,
                                       plan_mask, plan_ids, k_noise)
         # the textual model's own glyphs from the planned layouts (what ARTIST's visual model listens to)
@@ -358,20 +335,17 @@ def _ocr(images, c) -> list[list[str]]:
 
 
 def _train_clip(clip, data, c, key, rng):
+    from jaxmm.models.clip_standin import contrastive_loss
+
     key, k0 = jax.random.split(key)
     params = clip.init(k0, jnp.asarray(data["image"][:2]), jnp.asarray(data["prompt_ids"][:2]))["params"]
     n = len(data["image"])
 
     def loss(p, b, k):
-        img, txt, scale = clip.apply({"params": p}, b["image"], b["prompt_ids"])
-        logits = scale * img @ txt.T
-        labels = jnp.arange(logits.shape[0])
-        return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                      + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+        return contrastive_loss(*clip.apply({"params": p}, b["image"], b["prompt_ids"]))
 
     batch = lambda s: {k: data[k][rng.integers(0, n, c.train.clip_batch)] for k in ("image", "prompt_ids")}  # noqa
-    params, _ = fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip")
-    return params
+    return fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip").params
 
 
 def _planner(c, train_scenes, eval_scenes, key, rng):
@@ -401,7 +375,7 @@ def _planner(c, train_scenes, eval_scenes, key, rng):
 
     n = len(seqs)
     batch = lambda s: (lambda i: {"ids": seqs[i], "w": weight[i]})(rng.integers(0, n, c.train.batch_size))  # noqa
-    params, _ = fit(loss, params, batch, c.train.steps_planner, c.train.lr, key, name="planner")
+    params = fit(loss, params, batch, c.train.steps_planner, c.train.lr, key, name="planner").params
 
     eval_prompts = _pad([[BOS] + encode_text(s["prompt"]) + [SEP] for s in eval_scenes], lp, left=True)
     mask = (eval_prompts != 0).astype(np.int32)

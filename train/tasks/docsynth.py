@@ -202,13 +202,13 @@ def _corrupt(rng, x, m, c):
 
 def train_fid_encoder(layouts, categories, steps: int, seed: int = 0):
     """The layout-FID feature network (see the module docstring). Returns params for `_encode`."""
+    from train.experiment import fit
+
     x, m = _features_input(layouts, categories)
     c = len(categories)
     params = _encoder_init(jax.random.key(seed), x.shape[-1])
-    opt = optax.adam(1e-3)
-    state = opt.init(params)
 
-    def loss(p, rng):
+    def loss(p, rng, _):   # the "batch" is step i's key: it draws the 64 pages and their corruption on device
         idx = jax.random.randint(rng, (64,), 0, len(x))
         xr, mr = jnp.asarray(x)[idx], jnp.asarray(m)[idx]
         xf = _corrupt(jax.random.fold_in(rng, 1), xr, mr, c)
@@ -216,15 +216,8 @@ def train_fid_encoder(layouts, categories, steps: int, seed: int = 0):
         return optax.sigmoid_binary_cross_entropy(logit(xr), 1.0).mean() + \
             optax.sigmoid_binary_cross_entropy(logit(xf), 0.0).mean()
 
-    @jax.jit
-    def step(p, s, rng):
-        g = jax.grad(loss)(p, rng)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    for i in range(steps):
-        params, state = step(params, state, jax.random.key(seed + 1 + i))
-    return params
+    return fit(loss, params, lambda i: jax.random.key(seed + 1 + i), steps, 1e-3, jax.random.key(seed),
+               name="layout-FID encoder").params
 
 
 def evaluate_samples(config, model, params, workdir):

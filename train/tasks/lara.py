@@ -28,7 +28,7 @@ import numpy as np
 
 from train.task import Datasets
 from train.tasks import register
-from train.tasks.mllm import MLLMQATask, _numeric, _defaults, tokenizer
+from train.tasks.mllm import MLLMQATask, numeric_fields, tokenizer
 
 BENCHMARKS = ("trins_vqa", "visual", "trins_cap")
 _BENCH_TASK = {"trins_vqa": "vqa", "visual": "visual", "trins_cap": "caption"}
@@ -102,7 +102,7 @@ class LaraTask(MLLMQATask):
     metric = "eval_trins_vqa_contains"
 
     def default_config(self):
-        c = _defaults()
+        c = super().default_config()
         c.data.source = "lara"
         c.data.update(max_len=640, max_prompt_len=256, max_answer_len=24)
         c.task_args.update(eval_generate=False, visual_examples=64, caption_examples=32, caption_tokens=480,
@@ -128,7 +128,7 @@ class LaraTask(MLLMQATask):
         src = _lara_source(args, split="eval", examples=n, seed=config.seed, encoder_args=self._encoder_args(config),
                            formatter=fmt)
         with_kind = lambda ex: {**ex, "kind_id": np.int32(lara.KINDS.index(ex["kind"]))}
-        return grain.MapDataset.source(src).map(with_kind).map(fmt).map(_numeric)
+        return grain.MapDataset.source(src).map(with_kind).map(fmt).map(numeric_fields)
 
     @staticmethod
     def _encoder_args(config):
@@ -147,7 +147,7 @@ class LaraTask(MLLMQATask):
         fmt = ConversationFormatter(tok, max_len=d.max_len)
         train_src = _lara_source(d.lara.to_dict(), split="train", examples=d.train_examples, seed=config.seed,
                                  encoder_args=self._encoder_args(config), formatter=fmt)
-        train = grain.MapDataset.source(CachedSource(train_src) if d.cache else train_src).map(fmt).map(_numeric)
+        train = grain.MapDataset.source(CachedSource(train_src) if d.cache else train_src).map(fmt).map(numeric_fields)
         evals = self.benchmark(config, "trins_vqa")
         return Datasets(train, evals)
 

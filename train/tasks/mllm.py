@@ -71,8 +71,9 @@ def tokenizer(config):
     return HFTokenizer(path) if path else ByteTokenizer()
 
 
-def _numeric(example: dict) -> dict:
-    """Drop string fields (the reference answer text): batches hold only arrays."""
+def numeric_fields(example: dict) -> dict:
+    """The example without its non-numeric fields (the reference answer text, the kind name): the last map of a
+    task's pipeline, so batches hold only arrays (LaRA's pipelines end with it too)."""
     return {k: v for k, v in example.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
@@ -165,11 +166,11 @@ class MLLMQATask(Task):
         train_src, eval_src = _sources(config, fmt, fmt_eval)
         skipped = self.skipped_records(train_src, eval_src)  # -> summary.json, with or without an eval set
         wrap = CachedSource if d.cache and sources.get(d.source).cacheable else (lambda s: s)  # not file-backed
-        train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(_numeric)
+        train = grain.MapDataset.source(wrap(train_src)).map(fmt).map(numeric_fields)
         if eval_src is None:
             return Datasets(train, None, skipped)
         with_kind = (lambda ex: {**ex, "kind_id": np.int32(kinds.index(ex["kind"]))}) if kinds else (lambda ex: ex)
-        evals = grain.MapDataset.source(wrap(eval_src)).map(with_kind).map(fmt_eval).map(_numeric)
+        evals = grain.MapDataset.source(wrap(eval_src)).map(with_kind).map(fmt_eval).map(numeric_fields)
         return Datasets(train, evals, skipped)
 
     @staticmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,9 +26,10 @@ from jaxmm.checks import fail
 from jaxmm.data import subjects as S
 from jaxmm.models import dino as D
 from jaxmm.models import toffee as T
+from jaxmm.models.clip_standin import ContrastiveEncoder, contrastive_loss
 from jaxmm.models.unet import UNetConfig
-from jaxmm.models.vit import ViT, ViTConfig
-from train.experiment import experiment
+from jaxmm.models.vit import ViTConfig
+from train.experiment import experiment, fit
 from train.report import table
 
 # DreamBench (PAPERS.md §7; Table 1 and the reconstruction-pair ablation of 2406.09305)
@@ -53,30 +53,6 @@ def _pm(x):  # [0, 1] images -> the models' [-1, 1]
     return jnp.asarray(x, jnp.float32) * 2 - 1
 
 
-def _fit(loss_fn, params, batch_fn, steps: int, lr: float, key, name: str, report):
-    """Adam on `loss_fn(params, batch, key)`; returns (params, last-20 mean loss, seconds of steps 2..steps, i.e.
-    without the compilation)."""
-    opt = optax.adamw(lr, weight_decay=0.0)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, batch, key):
-        loss, g = jax.value_and_grad(loss_fn)(params, batch, key)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    losses, t0 = [], time.time()
-    for i in range(steps):
-        key, k = jax.random.split(key)
-        params, state, loss = step(params, state, batch_fn(i), k)
-        losses.append(float(loss))
-        if i == 0:
-            t0 = time.time()   # steady state: the first step's compilation is not counted
-        if i % 50 == 0 or i == steps - 1:
-            report.metrics.write(i, {f"{name}/loss": losses[-1]})
-    return params, float(np.mean(losses[-20:])) if losses else float("nan"), time.time() - t0
-
-
 def _cos(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
@@ -84,48 +60,43 @@ def _cos(a, b):
 
 # ------------------------------------------------------------------------------------------------- encoders
 def train_dino(c, images, key, report):
+    """DINO self-distillation of `D.DinoStudent` on `images` ([0, 1]); the EMA teacher and the centre ride beside the
+    student in `fit`'s `aux`. Returns (embed(images) -> (pooled, patch tokens) of the teacher's backbone, stats,
+    the backbone module, the student's initial params)."""
     cfg = D.DinoConfig(image_size=c.data.size, patch_size=8, d_model=c.dino.width, num_layers=c.dino.layers,
                        num_heads=4)
     model = D.DinoStudent(cfg, num_prototypes=c.dino.prototypes)
     params = model.init(key, jnp.zeros((1, c.data.size, c.data.size, 3)))["params"]
-    teacher = {"params": params, "center": jnp.zeros(c.dino.prototypes)}
-    opt = optax.adamw(c.dino.lr, weight_decay=0.04)
-    state = opt.init(params)
+    logits = lambda p, views: jax.vmap(lambda v: model.apply({"params": p}, v)[0])(views)  # noqa: E731
 
-    @jax.jit
-    def step(params, teacher, state, imgs, key, momentum):
-        g, loc = D.multi_crop(key, _pm(imgs), num_local=c.dino.local_crops, local_size=c.data.size // 2)
-        t_logits = jax.vmap(lambda v: model.apply({"params": teacher["params"]}, v)[0])(g)
+    def loss_fn(p, batch, key, teacher):
+        g, loc = D.multi_crop(key, _pm(batch["images"]), num_local=c.dino.local_crops, local_size=c.data.size // 2)
+        t_logits = logits(teacher["params"], g)
+        s = jnp.concatenate([logits(p, g), logits(p, loc)])
+        return D.dino_loss(s, t_logits, teacher["center"], teacher_temp=c.dino.teacher_temp), t_logits
 
-        def loss_fn(p):
-            s = jnp.concatenate([jax.vmap(lambda v: model.apply({"params": p}, v)[0])(g),
-                                 jax.vmap(lambda v: model.apply({"params": p}, v)[0])(loc)])
-            return D.dino_loss(s, t_logits, teacher["center"], teacher_temp=c.dino.teacher_temp)
+    def update_teacher(teacher, p, t_logits, batch):
+        return {"params": D.ema(teacher["params"], p, batch["momentum"]),
+                "center": D.update_center(teacher["center"], t_logits)}
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        upd, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, upd)
-        teacher = {"params": D.ema(teacher["params"], params, momentum),
-                   "center": D.update_center(teacher["center"], t_logits)}
-        return params, teacher, state, loss
+    rng = np.random.default_rng(c.seed)
 
-    rng, t0 = np.random.default_rng(c.seed), time.time()
-    loss = float("nan")
-    for i in range(c.dino.steps):
-        key, k = jax.random.split(key)
+    def batch(i):
         m = 1 - (1 - c.dino.ema) * (np.cos(np.pi * i / max(c.dino.steps, 1)) + 1) / 2   # DINO's cosine EMA schedule
-        params, teacher, state, loss = step(params, teacher, state, images[rng.integers(0, len(images), c.dino.batch)],
-                                            k, m)
-        if i % 50 == 0:
-            report.metrics.write(i, {"dino/loss": float(loss)})
+        return {"images": images[rng.integers(0, len(images), c.dino.batch)], "momentum": m}
+
+    out = fit(loss_fn, params, batch, c.dino.steps, optax.adamw(c.dino.lr, weight_decay=0.04), key,
+              aux={"params": params, "center": jnp.zeros(c.dino.prototypes)}, update_aux=update_teacher,
+              report=report, name="dino")
     backbone = D.DinoViT(cfg)
-    tp = teacher["params"]["backbone"]   # the teacher is the network DINO keeps
+    tp = out.aux["params"]["backbone"]   # the teacher is the network DINO keeps
 
     @jax.jit
     def embed(imgs):
         out = backbone.apply({"params": tp}, _pm(imgs))
         return out["pooler_output"], out["patch_tokens"]
-    return embed, {"dino_loss": float(loss), "dino_seconds": time.time() - t0}, backbone, params
+    loss = float(out.losses[-1]) if len(out.losses) else float("nan")
+    return embed, {"dino_loss": loss, "dino_seconds": out.seconds}, backbone, params
 
 
 def knn_accuracy(embed_fn, imgs, labels, queries, qlabels) -> float:
@@ -134,45 +105,31 @@ def knn_accuracy(embed_fn, imgs, labels, queries, qlabels) -> float:
     return float(np.mean(labels[_cos(b[:, None], a[None]).argmax(1)] == qlabels))
 
 
-class TinyCLIP(nn.Module):
-    size: int
-    dim: int = 64
-
-    @nn.compact
-    def __call__(self, images, ids):
-        vit = ViT(ViTConfig(image_size=self.size, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128,
-                            projection_dim=self.dim), name="vision")
-        img = vit(_pm(images))["image_embeds"]
-        e = nn.Embed(len(S.VOCAB), 64, name="words")(ids)
-        keep = (ids > 0)[..., None]
-        txt = nn.Dense(self.dim, name="text_proj")((e * keep).sum(1) / jnp.maximum(keep.sum(1), 1))
-        norm = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-        return norm(img), norm(txt)
-
-
 def train_clip(c, images, ids, key, report):
-    model = TinyCLIP(c.data.size)
-    params = model.init(key, images[:1], ids[:1])["params"]
+    """The CLIP stand-in (`ContrastiveEncoder`: ViT image tower, bag-of-words captions, temperature 0.07) trained
+    contrastively on (image [0, 1], caption ids) pairs. Returns (encode(images, ids) -> (image, text embeddings),
+    stats with the mean loss of the last 20 steps and the steady-state seconds)."""
+    model = ContrastiveEncoder(vit=ViTConfig(image_size=c.data.size, patch_size=8, d_model=64, num_layers=2,
+                                             num_heads=4, mlp_dim=128, projection_dim=64),
+                               vocab_size=len(S.VOCAB), width=64, embed_dim=64, temperature=0.07)
+    params = model.init(key, _pm(images[:1]), ids[:1])["params"]
     rng = np.random.default_rng(c.seed + 1)
 
     def loss_fn(p, batch, key):
-        i, t = model.apply({"params": p}, batch["image"], batch["ids"])
-        logits = i @ t.T / 0.07
-        # captions repeat across examples only by chance; the diagonal is the positive
-        lab = jnp.arange(len(logits))
-        return (optax.softmax_cross_entropy_with_integer_labels(logits, lab).mean()
-                + optax.softmax_cross_entropy_with_integer_labels(logits.T, lab).mean()) / 2
+        return contrastive_loss(*model.apply({"params": p}, _pm(batch["image"]), batch["ids"]))
 
     def batch(_):
         j = rng.integers(0, len(images), c.clip.batch)
         return {"image": images[j], "ids": ids[j]}
 
-    params, loss, secs = _fit(loss_fn, params, batch, c.clip.steps, c.clip.lr, key, "clip", report)
+    out = fit(loss_fn, params, batch, c.clip.steps, optax.adamw(c.clip.lr, weight_decay=0.0), key, report=report,
+              name="clip")
 
     @jax.jit
     def encode(imgs, text_ids):
-        return model.apply({"params": params}, imgs, text_ids)
-    return encode, {"clip_loss": loss, "clip_seconds": secs}
+        return model.apply({"params": out.params}, _pm(imgs), text_ids)[:2]
+    loss = float(np.mean(out.losses[-20:])) if len(out.losses) else float("nan")
+    return encode, {"clip_loss": loss, "clip_seconds": out.seconds}
 
 
 # ------------------------------------------------------------------------------------------------- diffusion models
