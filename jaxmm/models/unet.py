@@ -57,11 +57,13 @@ def timestep_embedding(timesteps, dim: int, *, flip_sin_to_cos: bool = True, fre
     return emb
 
 
-def _group_norm(groups: int, eps: float, name: str, dtype=None):
+def group_norm_layer(groups: int, eps: float, name: str, dtype=None):
+    """diffusers' GroupNorm (two-pass variance, as torch) as a Flax layer; shared by the UNet and the VAE."""
     return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def _conv(features: int, kernel: int, name: str, *, stride: int = 1, padding: Any = "SAME", dtype=None):
+def conv_layer(features: int, kernel: int, name: str, *, stride: int = 1, padding: Any = "SAME", dtype=None):
+    """A k x k NHWC conv with torch's symmetric `padding=k//2` for "SAME"; shared by the UNet and the VAE."""
     if padding == "SAME":
         padding = ((kernel // 2, kernel // 2),) * 2       # torch's symmetric padding=k//2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype, name=name)
@@ -78,16 +80,16 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb=None):
-        h = nn.silu(_group_norm(self.groups, self.eps, "norm1", self.dtype)(x))
-        h = _conv(self.out_channels, 3, "conv1", dtype=self.dtype)(h)
+        h = nn.silu(group_norm_layer(self.groups, self.eps, "norm1", self.dtype)(x))
+        h = conv_layer(self.out_channels, 3, "conv1", dtype=self.dtype)(h)
         if temb is not None:
             t = Dense(self.out_channels, use_bias=True, axes=(None, None), dtype=self.dtype,
                       name="time_emb_proj")(nn.silu(temb))
             h = h + t[:, None, None, :]
-        h = nn.silu(_group_norm(self.groups, self.eps, "norm2", self.dtype)(h))
-        h = _conv(self.out_channels, 3, "conv2", dtype=self.dtype)(h)
+        h = nn.silu(group_norm_layer(self.groups, self.eps, "norm2", self.dtype)(h))
+        h = conv_layer(self.out_channels, 3, "conv2", dtype=self.dtype)(h)
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, "conv_shortcut", dtype=self.dtype)(x)
+            x = conv_layer(self.out_channels, 1, "conv_shortcut", dtype=self.dtype)(x)
         return (x + h) / self.output_scale_factor
 
 
@@ -106,7 +108,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, context=None):
         if self.norm_groups:
-            x = _group_norm(self.norm_groups, self.norm_eps, "group_norm", self.dtype)(x)
+            x = group_norm_layer(self.norm_groups, self.norm_eps, "group_norm", self.dtype)(x)
         context = x if context is None else context
         inner = self.heads * self.head_dim
         proj = lambda name: Dense(inner, use_bias=self.qkv_bias, axes=("embed", "heads"), dtype=self.dtype,  # noqa
@@ -172,8 +174,8 @@ class Transformer2D(nn.Module):
         b, hgt, wid, c = x.shape
         inner = self.heads * self.head_dim
         proj = (lambda f, name: Dense(f, use_bias=True, axes=(None, None), dtype=self.dtype, name=name)) \
-            if self.use_linear_projection else (lambda f, name: _conv(f, 1, name, dtype=self.dtype))
-        h = _group_norm(self.groups, 1e-6, "norm", self.dtype)(x)
+            if self.use_linear_projection else (lambda f, name: conv_layer(f, 1, name, dtype=self.dtype))
+        h = group_norm_layer(self.groups, 1e-6, "norm", self.dtype)(x)
         h = proj(inner, "proj_in")(h).reshape(b, hgt * wid, inner)
         for i in range(self.num_layers):
             h = BasicTransformerBlock(self.heads, self.head_dim, self.eps, dtype=self.dtype,
@@ -189,7 +191,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _conv(self.channels, 3, "conv", stride=2, padding=self.pad, dtype=self.dtype)(x)
+        return conv_layer(self.channels, 3, "conv", stride=2, padding=self.pad, dtype=self.dtype)(x)
 
 
 class Upsample(nn.Module):
@@ -200,7 +202,7 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(self.channels, 3, "conv", dtype=self.dtype)(x)
+        return conv_layer(self.channels, 3, "conv", dtype=self.dtype)(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +303,7 @@ class UNet(nn.Module):
         context = context.astype(dtype)
         heads, layers = cfg.per_level("num_attention_heads"), cfg.per_level("transformer_layers_per_block")
 
-        h = _conv(c0, 3, "conv_in", dtype=cfg.dtype)(x)
+        h = conv_layer(c0, 3, "conv_in", dtype=cfg.dtype)(x)
         skips = [h]
         for i, kind in enumerate(cfg.down_block_types):
             ch = cfg.block_out_channels[i]
@@ -344,8 +346,8 @@ class UNet(nn.Module):
                 h = h + _checked(f"up_residuals[{i}]", up_residuals[i], h)
             features["up"].append(h)
 
-        h = nn.silu(_group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out", cfg.dtype)(h))
-        out = _conv(cfg.out_channels, 3, "conv_out", dtype=cfg.dtype)(h)
+        h = nn.silu(group_norm_layer(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out", cfg.dtype)(h))
+        out = conv_layer(cfg.out_channels, 3, "conv_out", dtype=cfg.dtype)(h)
         return (out, features) if return_features else out
 
 

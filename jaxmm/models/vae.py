@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmm.checks import check_rank, fail
-from jaxmm.models.unet import Attention, Downsample, ResnetBlock, Upsample, _conv, _group_norm
+from jaxmm.models.unet import Attention, Downsample, ResnetBlock, Upsample, conv_layer, group_norm_layer
 
 
 class DiagonalGaussian(NamedTuple):
@@ -88,8 +88,8 @@ def _mid_block(cfg: VAEConfig, h):
 
 
 def _out(cfg: VAEConfig, h, channels):
-    h = nn.silu(_group_norm(cfg.norm_num_groups, 1e-6, "conv_norm_out", cfg.dtype)(h))
-    return _conv(channels, 3, "conv_out", dtype=cfg.dtype)(h)
+    h = nn.silu(group_norm_layer(cfg.norm_num_groups, 1e-6, "conv_norm_out", cfg.dtype)(h))
+    return conv_layer(channels, 3, "conv_out", dtype=cfg.dtype)(h)
 
 
 class Encoder(nn.Module):
@@ -98,7 +98,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        h = _conv(cfg.block_out_channels[0], 3, "conv_in", dtype=cfg.dtype)(x)
+        h = conv_layer(cfg.block_out_channels[0], 3, "conv_in", dtype=cfg.dtype)(x)
         for i, ch in enumerate(cfg.block_out_channels):
             for j in range(cfg.layers_per_block):
                 h = ResnetBlock(ch, cfg.norm_num_groups, 1e-6, dtype=cfg.dtype, name=f"down_blocks_{i}_resnets_{j}")(h)
@@ -114,7 +114,7 @@ class Decoder(nn.Module):
     def __call__(self, z):
         cfg = self.config
         rev = tuple(reversed(cfg.block_out_channels))
-        h = _mid_block(cfg, _conv(rev[0], 3, "conv_in", dtype=cfg.dtype)(z))
+        h = _mid_block(cfg, conv_layer(rev[0], 3, "conv_in", dtype=cfg.dtype)(z))
         for i, ch in enumerate(rev):
             for j in range(cfg.layers_per_block + 1):
                 h = ResnetBlock(ch, cfg.norm_num_groups, 1e-6, dtype=cfg.dtype, name=f"up_blocks_{i}_resnets_{j}")(h)
@@ -133,8 +133,8 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         z2 = 2 * cfg.latent_channels
-        self.quant_conv = _conv(z2, 1, "quant_conv", dtype=cfg.dtype) if cfg.use_quant_conv else None
-        self.post_quant_conv = (_conv(cfg.latent_channels, 1, "post_quant_conv", dtype=cfg.dtype)
+        self.quant_conv = conv_layer(z2, 1, "quant_conv", dtype=cfg.dtype) if cfg.use_quant_conv else None
+        self.post_quant_conv = (conv_layer(cfg.latent_channels, 1, "post_quant_conv", dtype=cfg.dtype)
                                 if cfg.use_post_quant_conv else None)
 
     def encode(self, x) -> DiagonalGaussian:
