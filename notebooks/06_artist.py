@@ -89,13 +89,14 @@ plt.show()
 #
 # `artist:tiny` is `python -m train --config artist:tiny`: textual pre-training (single words, then multi-word
 # layouts), the LLM planner, the visual models, a self-trained CLIP for FID / CLIP-score, and the OCR evaluation of
-# every method with rapidocr. The notebook runs it smaller still (`SMALL` below: ARTIST alone, one training step
-# for the models it shows, 2 DDIM steps; on CPU nearly all of the time is XLA compiling each stage once). At 8x16 px
-# nothing is legible: the numbers mean nothing, the path is what runs. `SIZE = "full"` runs `configs/artist.py`
+# every method with rapidocr. The notebook runs less of it (`SMALL` below: ARTIST without the two baselines, one
+# step of single-word glyph pre-training and none of multi-word pre-training or CLIP training; every stage still
+# runs): on CPU nearly all of the time is XLA compiling each stage once. At 8x16 px nothing is legible: the numbers
+# mean nothing, the path is what runs. `SIZE = "full"` runs `configs/artist.py`
 # (24x48 px, all three methods, the docs/results/artist.md table).
 
 # %%
-SMALL = {"methods": ("artist",), "train.steps_multi": 0, "train.steps_clip": 0, "eval.ddim_steps": 2}
+SMALL = {"methods": ("artist",), "train.steps_multi": 0, "train.steps_clip": 0}
 config = load_config("artist:tiny" if SIZE == "tiny" else "artist", **(SMALL if SIZE == "tiny" else {}))
 workdir = os.path.join(os.environ.get("JAXMM_NOTEBOOK_TMP") or tempfile.mkdtemp(prefix="jaxmm_"), "artist")
 summary = run(config, workdir)
