@@ -53,8 +53,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "1")
     # at tiny size nearly all of a notebook's CPU time is XLA compiling each stage once, most of it LLVM optimising
     # code that then runs for milliseconds: the suite compiles at backend optimisation level 0 (measured, user+sys
-    # of 01_commit + 03_dp_cross_attention: 111.6 -> 56.1 CPU-s). Same programs, same code path; only the
-    # generated machine code is less optimised.
+    # of 01_commit + 03_dp_cross_attention: 111.6 -> 56.1 CPU-s; of the other six older notebooks: 139.0 -> 96.0).
+    # Same programs, same code path; only the generated machine code is less optimised.
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     monkeypatch.setenv("JAXMM_NOTEBOOK_TMP", str(tmp_path))
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
