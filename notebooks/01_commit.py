@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # CoMMIT: balanced instruction tuning of a multimodal LLM (arXiv 2407.20454)
 #
 # An MLLM is an encoder S (vision or audio, with its projector) and an LLM T tuned together; the paper finds they

@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # LLaVA-Read: dual visual encoders and a visual text encoder (arXiv 2407.19185)
 #
 # LLaVA-Read reads text in images three ways at once:

@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # Differentially private cross-attention (arXiv 2407.14717)
 #
 # Private keys and values K, V ∈ R^{n×d} (a system prompt, retrieved documents), public and possibly adaptive

@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # Differential privacy in NTK regression (arXiv 2407.13621)
 #
 # NTK ridge regression of a two-layer network with quadratic activation, on L2-normalised inputs and m random

@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # NTK-Attention: infinite-long prefix learning (arXiv 2406.14036)
 #
 # Prefix tuning prepends m trainable tokens to every attention layer, at cost O(mL + L²). NTK-Attention replaces

@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # DocSynthv2: documents generated autoregressively, layout and text together (arXiv 2406.08354)
 #
 # A document is one token sequence, `<sos> c₁ x₁ y₁ w₁ h₁ t₁ … cₙ xₙ yₙ wₙ hₙ tₙ <eos>`: each element's category,

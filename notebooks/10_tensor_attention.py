@@ -8,9 +8,6 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: a jaxmm layer in your model, a Hugging Face folder, `generate()`, a training run
-#
-# %% [markdown]
 # # Tensor attention in almost linear time (arXiv 2405.16411)
 #
 # Tensor (2-simplicial) attention lets each query attend to *pairs* of keys:

@@ -19,6 +19,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -151,7 +152,13 @@ def set_lr_scales(opt_state, scales: dict):
                              f"{sorted(k for k in inner if hasattr(inner[k].inner_state, 'hyperparams'))}")
         st = inner[g].inner_state
         hp = dict(st.hyperparams)
-        hp["lr_scale"] = jnp.asarray(s, dtype=jnp.asarray(hp["lr_scale"]).dtype)
+        prev = hp["lr_scale"]
+        value = np.asarray(s, dtype=np.asarray(prev).dtype)
+        # placed as the old value was: a scalar with another sharding changes the train step's input types, so the
+        # step would be traced and compiled a second time after the first rewrite (make_array_from_callback: also
+        # across processes, each giving its own devices the value)
+        hp["lr_scale"] = (jax.make_array_from_callback((), prev.sharding, lambda _: value)
+                          if isinstance(prev, jax.Array) else jnp.asarray(value))
         inner[g] = inner[g]._replace(inner_state=st._replace(hyperparams=hp))
     return (*opt_state[:-1], multi._replace(inner_states=inner))
 

@@ -428,8 +428,10 @@ def part_unet(rec, smoke):
 
     from jaxmm.models.unet import UNet, UNetConfig
 
-    if smoke:
-        kw = dict(block_out_channels=(16, 32), num_attention_heads=2, cross_attention_dim=16, norm_num_groups=8)
+    if smoke:  # one level (a cross-attention down block, the mid block, a cross-attention up block): compile time
+        kw = dict(block_out_channels=(16,), down_block_types=("CrossAttnDownBlock2D",),  # is the smoke's cost
+                  up_block_types=("CrossAttnUpBlock2D",), num_attention_heads=2, cross_attention_dim=16,
+                  norm_num_groups=8)
         batch, size, ctx_len, reps = 2, 8, 4, 2
     else:  # SD-1.5-like widths at a 64 x 64 latent (512 px images), two levels fewer blocks
         kw = dict(block_out_channels=(320, 640, 1280), num_attention_heads=8, cross_attention_dim=768,

@@ -19,11 +19,15 @@ from train.tasks.commit import CommitTask
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "commit.py"
 
 
-def _run(tmp_path, name, mesh):
+def _config():
     spec = importlib.util.spec_from_file_location("commit_config", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = tasks.full_config(module.get_config("vision_tiny"))  # the file gives only what differs
+    return module.get_config("vision_tiny")
+
+
+def _run(tmp_path, name, mesh):
+    cfg = tasks.full_config(_config())  # the file gives only what differs
     cfg.train.steps, cfg.train.plots, cfg.mesh.shape = 2, False, mesh
     # SGD + momentum: linear in the gradient, so two meshes agree to float32 reordering (tests/train/trained_close.py)
     cfg.optim.update(dict(name="sgd", momentum=0.9, lr=0.05))
@@ -67,3 +71,31 @@ def test_snapshot_is_sharded_like_the_params_and_kappa_is_unchanged(tmp_path):
             assert eight[s][k] == pytest.approx(one[s][k], rel=1e-4, abs=1e-6), (s, k)
     for a, b in zip(jax.tree.leaves(snap), jax.tree.leaves(state1.extra["lead_update"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+
+
+def test_lr_rewrite_keeps_the_scale_placed_so_the_step_is_not_recompiled():
+    """CoMMIT rewrites `lr_scale` (optim.set_lr_scales) between steps; the rewritten scalar must keep the state's
+    sharding, else the jitted train step sees new input types and is traced and compiled again (it was, after the
+    first κ measurement of every CoMMIT run). Counted: a jitted function of the state runs once per trace."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from train import optim
+
+    cfg = tasks.full_config(_config())
+    params = {"encoder": {"w": np.ones((2, 2), np.float32)}, "llm": {"w": np.ones((2, 2), np.float32)}}
+    tx, _, groups = optim.make_optimizer(cfg, params)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    repl = NamedSharding(mesh, PartitionSpec())
+    state = jax.device_put(tx.init(params), repl)
+    traces = []
+
+    @jax.jit
+    def touch(s):
+        traces.append(1)
+        return jax.tree.map(lambda x: x, s)
+
+    touch(state)
+    new = optim.set_lr_scales(state, {"encoder": 0.5, "llm": 2.0})
+    touch(new)
+    assert len(traces) == 1, "set_lr_scales changed the state's input types: the train step would recompile"
+    assert {g: float(v) for g, v in optim.lr_scales(new, groups).items()} == {"encoder": 0.5, "llm": 2.0}
