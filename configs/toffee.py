@@ -38,7 +38,7 @@ def get_config(variant: str | None = None):
                       clip_threshold=0.0)
     c.baseline = dict(steps=2 if tiny else 100, images=4)
     c.toffee = dict(steps=2 if tiny else 150, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
-                    p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),
+                    p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,) if tiny else (0, 1),
                     lambdas=(0.0, 2.0) if tiny else (0.0, 1.0, 2.0, 4.0))
     if variant == "p":   # the p table over two training seeds; the Refiner / View Generator only smoke-trained
         c.unet.refiner_steps = c.unet.viewgen_steps = c.baseline.steps = 2

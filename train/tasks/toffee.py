@@ -213,7 +213,10 @@ def _unet(c):
                                              text_len=c.data.text_len, view_token=True))
 
 
-SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+# clip_sample: pixel-space DDIM clips its x0 prediction to [-1, 1] (diffusers' default for pixel models). Without it
+# the first trailing step (alpha_bar = 2.4e-9 at t = 999 under squaredcos_cap_v2) multiplies the ε error by
+# 1/sqrt(alpha_bar) = 2e4, and every sample came out as saturated noise (measured: the λ / p grids of the first run).
+SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", clip_sample=True)
 
 
 _COMPILED: dict = {}   # jitted train steps / samplers per (architecture, settings): models of one shape compile once
