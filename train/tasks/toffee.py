@@ -538,7 +538,8 @@ def run(config, report) -> dict:
                     lam_rows.append([f"{lam:g}", f"{m['DINO']:.3f}", f"{m['CLIP-I']:.3f}", f"{m['CLIP-T']:.3f}"])
                     summary.update({f"lambda{lam:g}_{k_}": v for k_, v in m.items()})
                     lam_grid.append(out_l[:4])
-        cell = lambda v: f"{np.mean(v):.3f}" + (" (" + ", ".join(f"{x:.3f}" for x in v) + ")" if len(v) > 1 else "")  # noqa: E731
+        def cell(v):   # the mean over seeds, each seed's value in brackets
+            return f"{np.mean(v):.3f}" + (" (" + ", ".join(f"{x:.3f}" for x in v) + ")" if len(v) > 1 else "")
         p_rows.append([f"{p:.2f}", cell(per_seed["Seg-DINO"]), cell(per_seed["CLIP-T"]), cell(per_seed["DINO"])])
         summary[f"seg_dino_p{p}"], summary[f"clip_t_p{p}"] = np.mean(per_seed["Seg-DINO"]), np.mean(per_seed["CLIP-T"])
         summary.update({f"{k_}_p{p}_seeds": v for k_, v in per_seed.items()})
