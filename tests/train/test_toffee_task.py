@@ -53,7 +53,8 @@ def test_summary_tables_and_grids(tiny_run):
         assert key in saved
     md = (workdir / "results.md").read_text()
     assert "| λ |" in md and "| p |" in md and "Cost per pair" in md
-    assert (workdir / "toffee_pipeline.png").stat().st_size > 0 and (workdir / "toffee_lambda.png").stat().st_size > 0
+    for png in ("toffee_pipeline.png", "toffee_lambda.png", "toffee_edit.png"):
+        assert (workdir / png).stat().st_size > 0
 
 
 def test_bad_config_fails_before_compute(tmp_path):
@@ -67,4 +68,8 @@ def test_bad_config_fails_before_compute(tmp_path):
     c = get_config("tiny")
     c.toffee.p_values = (1.5,)
     with pytest.raises(ValueError, match="p_values"):
+        check_config(c)
+    c = get_config("tiny")
+    c.toffee.seeds = ()
+    with pytest.raises(ValueError, match="config.toffee.seeds"):
         check_config(c)
