@@ -27,6 +27,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+# At import time on purpose, on every backend: imported lazily inside the first trace of a self-attention that fits
+# it (the platform branches are all traced), this module adds a JAX config value to the tracing context, so that
+# first jitted function missed its cache and compiled a second time on its second call (JAX_EXPLAIN_CACHE_MISSES:
+# "number of tracing context values differs"; 16-150 CPU s per UNet step / init in the Toffee run).
+# tests/attention/test_dispatch_compile.py.
+from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
 
 from jaxmm.kernels import flash_attention as flash_kernel
 from jaxmm.kernels import ntk_attention as ntk_kernel
@@ -84,8 +90,6 @@ def tpu_flash_fits(q, k, *, bias, mask, is_causal) -> bool:
 
 def tpu_flash_attention(q, k, v, *, is_causal, scale):
     """JAX's Pallas TPU flash attention in jaxmm's layout ([B, L, H, d]; GQA by repeating the kv heads)."""
-    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
-
     g = q.shape[2] // k.shape[2]
     heads_first = lambda x: jnp.swapaxes(x, 1, 2)
     k, v = (jnp.repeat(x, g, axis=2) if g > 1 else x for x in (k, v))

@@ -21,12 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-# Imported before any trace on purpose: jaxmm.attention.dispatch imports JAX's Pallas TPU flash attention lazily,
-# inside the first trace of a self-attention whose length fits it, and that import adds a JAX config value to the
-# tracing context, so the first jitted function to trace it (the UNet train step, init, sampler) missed its cache
-# and compiled a second time on its second call (measured with JAX_EXPLAIN_CACHE_MISSES: "number of tracing context
-# values differs: now 54 and before 53"; 16 CPU s per UNet step compile).
-from jax.experimental.pallas.ops.tpu import flash_attention as _tpu_flash  # noqa: F401
 
 from jaxmm import diffusion
 from jaxmm.checks import fail
