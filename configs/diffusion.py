@@ -39,12 +39,12 @@ def get_config(variant: str | None = None):
     c.optim = dict(name="adamw", lr=2e-3, schedule="warmup_cosine", warmup_steps=100, weight_decay=0.0,
                    min_lr_ratio=0.1)
     c.checkpoint = dict(every=1000)
-    if variant == "tiny":
-        c.model.update(dict(channels=(8, 16), attention_levels=(1,), heads=2, text_width=16, text_layers=1,
-                            text_heads=2))
-        c.model.image_size = 16
-        c.data.update(dict(train_examples=64, eval_examples=16))
-        c.task_args.update(dict(sample_every=2, sample_steps=2, eval_prompts=4, scorer_steps=5, ema_decay=0.5))
-        c.train.update(dict(steps=4, batch_size=8, log_every=2, plots=False))
+    if variant == "tiny":   # a smoke of every code path (tests/train/test_t2i.py), not a model
+        c.model.update(dict(image_size=16, channels=(8, 16), attention_levels=(1,), heads=2, groups=4, text_width=8,
+                            text_layers=1, text_heads=2))
+        c.data.update(dict(train_examples=16, eval_examples=16))
+        c.task_args.update(dict(sample_every=2, sample_steps=2, eval_prompts=4, sample_batch=8, scorer_steps=2,
+                                scorer_images=16, scorer_channels=(4, 4), scorer_width=8, ema_decay=0.5))
+        c.train.update(dict(steps=2, batch_size=8, log_every=1, plots=False))
         c.checkpoint = dict(every=0)
     return c
