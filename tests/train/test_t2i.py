@@ -142,3 +142,19 @@ def test_clip_text_tower_from_a_folder():
     config.model.text_tokenizer = "bpe"
     with pytest.raises(ValueError, match="text_tokenizer"):
         task.build_model(config)
+
+
+def test_sampler_is_memoised_per_settings():
+    """The grid hook, the evaluation and `train.sample` share one jitted sampler (one compilation) when the model
+    and the settings agree; a different guidance, sampler or step count is a different program."""
+    from configs.diffusion import get_config
+    from train import tasks
+    from train.tasks import diffusion
+
+    config = tasks.full_config(get_config("tiny"))
+    fn = diffusion.sampler_fn(diffusion.build_model(config), config)
+    assert diffusion.sampler_fn(diffusion.build_model(config), config) is fn   # a rebuilt, equal model
+    assert diffusion.sampler_fn(diffusion.build_model(config), config, steps=2, guidance=config.task_args.guidance,
+                                sampler=config.task_args.sampler) is fn
+    for kw in (dict(guidance=1.0), dict(sampler="dpmpp_2m"), dict(steps=3)):
+        assert diffusion.sampler_fn(diffusion.build_model(config), config, **kw) is not fn, kw
