@@ -2,7 +2,9 @@
 
     python -m train.sample --workdir runs/t2i --prompt "a red circle on the left" \\
         --prompt "two blue squares right of a green triangle" --out grid.png \\
-        [--steps 25] [--sampler ddim|dpmpp_2m|ddpm] [--guidance 3] [--seed 0] [--per_prompt 1] [--raw]
+        [--steps N] [--sampler ddim|dpmpp_2m|ddpm] [--guidance G] [--seed 0] [--per_prompt 1] [--raw]
+
+`--steps`, `--sampler` and `--guidance` default to the run's own `task_args` (sample_steps, sampler, guidance).
 
 Reads `<workdir>/config.json` and the EMA params `<workdir>/ema_params.msgpack` the run wrote at its end (or, with
 `--raw`, the latest checkpoint's raw params). A thin layer over jaxmm.diffusion.training.generate and
@@ -45,9 +47,10 @@ def load(workdir: str, raw: bool = False):
     return config, model, jax.tree.map(jax.numpy.asarray, params)
 
 
-def sample(workdir: str, prompts, out: str, steps: int = 25, sampler: str = "ddim", guidance: float = 3.0,
-           seed: int = 0, per_prompt: int = 1, raw: bool = False):
-    """Writes the grid (one row per prompt, `per_prompt` samples each) to `out`; returns the images [-1, 1]."""
+def sample(workdir: str, prompts, out: str, steps: int | None = None, sampler: str | None = None,
+           guidance: float | None = None, seed: int = 0, per_prompt: int = 1, raw: bool = False):
+    """Writes the grid (one row per prompt, `per_prompt` samples each) to `out`; returns the images [-1, 1].
+    `steps`, `sampler`, `guidance`: None takes the run's own (config.task_args)."""
     from jaxmm.diffusion import save_grid
     from train.tasks import diffusion
 
@@ -68,9 +71,9 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--prompt", action="append", default=[], required=True)
     p.add_argument("--out", default="grid.png")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=None, help="default: the run's task_args.sample_steps")
+    p.add_argument("--sampler", default=None, help="default: the run's task_args.sampler")
+    p.add_argument("--guidance", type=float, default=None, help="default: the run's task_args.guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per_prompt", type=int, default=1)
     p.add_argument("--raw", action="store_true", help="the latest checkpoint's params instead of the EMA")

@@ -9,8 +9,6 @@ only; it scores generated images (attribute accuracy) and its penultimate featur
 """
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,14 +20,16 @@ from jaxmm.data import shapes
 
 
 class HalfScorer(nn.Module):
-    """[B, H, W/2, 3] float in [-1, 1] -> (features [B, width], logits dict count / color / shape)."""
+    """[B, H, W/2, 3] float in [-1, 1] -> (features [B, width], logits dict count / color / shape). Two stages of
+    two 3x3 convs (`channels`) and a 2x2 average pool each, a Dense of `width`, three heads."""
     max_count: int = 3
     width: int = 128
+    channels: tuple = (32, 64)
 
     @nn.compact
     def __call__(self, x):
         check_rank("x", x, 4, "[B, H, W/2, 3]")
-        for ch in (32, 64):
+        for ch in self.channels:
             x = nn.relu(nn.Conv(ch, (3, 3))(x))
             x = nn.relu(nn.Conv(ch, (3, 3))(x))
             x = nn.avg_pool(x, (2, 2), (2, 2))
@@ -62,12 +62,14 @@ def _loss(model, params, x, y):
 
 
 def train_scorer(seed: int = 0, size: int = 32, train_images: int = 3000, eval_images: int = 500,
-                 steps: int = 600, batch: int = 128, lr: float = 2e-3, noise: float = 0.1):
+                 steps: int = 600, batch: int = 128, lr: float = 2e-3, noise: float = 0.1,
+                 channels: tuple = (32, 64), width: int = 128):
     """Trains the scorer on real procedural images (counts up to 3, single and multi scenes; Gaussian pixel noise
     of std U(0, `noise`) as augmentation, since generated images are slightly noisy). Returns (params, report):
     report = held-out real accuracy of each head ("count" over all halves, "color"/"shape" over non-empty halves)
-    and `attribute_accuracy` of the real eval images scored like generated ones (the sanity bound)."""
-    model = HalfScorer()
+    and `attribute_accuracy` of the real eval images scored like generated ones (the sanity bound). `channels`,
+    `width`: the HalfScorer's size (`predict` and `features` read it back from the params' shapes)."""
+    model = HalfScorer(width=width, channels=tuple(channels))
     x, y = _half_data(train_images, seed, "scorer_train", size)
     params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
     tx = optax.adam(lr)
@@ -98,9 +100,16 @@ def train_scorer(seed: int = 0, size: int = 32, train_images: int = 3000, eval_i
     return params, report
 
 
-@functools.partial(jax.jit, static_argnums=())
+def _module(params) -> HalfScorer:
+    """The HalfScorer whose params these are (its channels and width are the kernels' output sizes)."""
+    convs = sorted((k for k in params if k.startswith("Conv_")), key=lambda k: int(k.split("_")[1]))
+    return HalfScorer(width=params["Dense_0"]["kernel"].shape[-1],
+                      channels=tuple(params[k]["kernel"].shape[-1] for k in convs[::2]))
+
+
+@jax.jit
 def _apply(params, x):
-    feats, logits = HalfScorer().apply({"params": params}, x)
+    feats, logits = _module(params).apply({"params": params}, x)
     return feats, {k: jnp.argmax(v, -1) for k, v in logits.items()}
 
 

@@ -92,42 +92,58 @@ def tokenize(config, prompts):
 
 
 def sampler_fn(model, config, sampler=None, steps=None, guidance=None):
-    """jitted `fn(params, noise, ids, mask) -> images [-1, 1]` with the config's (or the given) sampler settings."""
+    """jitted `fn(params, noise, ids, mask) -> images [-1, 1]` with the config's (or the given) sampler settings.
+    Memoised on (model, schedule, settings): the training hook, the evaluation and `python -m train.sample` in one
+    process share one compiled sampler per batch shape."""
+    a = config.task_args
+    sampler, steps = sampler or a.sampler, int(steps or a.sample_steps)
+    guidance = float(a.guidance if guidance is None else guidance)
+    empty_ids, empty_mask = tokenize(config, [""])
+    return _sampler(model, schedule(config), sampler, steps, guidance, tuple(empty_ids[0].tolist()),
+                    tuple(empty_mask[0].tolist()))
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(model, sched, sampler, steps, guidance, empty_ids, empty_mask):
     from jaxmm.diffusion.training import generate
     from jaxmm.models.text_to_image import TextToImage
 
-    a = config.task_args
-    sampler, steps = sampler or a.sampler, steps or a.sample_steps
-    guidance = a.guidance if guidance is None else guidance
-    sched = schedule(config)
-    empty_ids, empty_mask = tokenize(config, [""])
+    empty_ids, empty_mask = jnp.asarray([empty_ids], jnp.int32), jnp.asarray([empty_mask], jnp.int32)
 
     @jax.jit
     def fn(params, noise, ids, mask):
         v = {"params": params}
         ctx = model.apply(v, ids, mask, method=TextToImage.encode)
-        null = model.apply(v, jnp.asarray(empty_ids), jnp.asarray(empty_mask), method=TextToImage.encode)[0]
+        null = model.apply(v, empty_ids, empty_mask, method=TextToImage.encode)[0]
         den = lambda x, t, c: model.apply(v, x, t, c, method=TextToImage.denoise)  # noqa: E731
         return jnp.clip(generate(den, sched, noise, ctx, null, sampler=sampler, steps=steps, guidance=guidance), -1, 1)
 
     return fn
 
 
-def sample_images(fn, params, config, prompts, seed: int = 0, chunk: int = 64) -> np.ndarray:
+def sample_images(fn, params, config, prompts, seed: int = 0, chunk: int | None = None) -> np.ndarray:
+    """Samples [len(prompts), size, size, 3] in [-1, 1], `chunk` (default `task_args.sample_batch`) at a time; the
+    last chunk is padded to `chunk` rows (every call has one shape, so one compilation), the padding dropped."""
     size = config.model.image_size
+    chunk = int(chunk or config.task_args.get("sample_batch", 64))   # runs written before it existed: 64
     ids, mask = tokenize(config, prompts)
     noise = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (len(prompts), size, size, 3)))
-    out = [np.asarray(fn(params, noise[i:i + chunk], ids[i:i + chunk], mask[i:i + chunk]))
-           for i in range(0, len(prompts), chunk)]
+    out = []
+    for i in range(0, len(prompts), chunk):
+        part = [x[i:i + chunk] for x in (noise, ids, mask)]
+        n = len(part[0])
+        part = [np.concatenate([x, np.repeat(x[-1:], chunk - n, 0)]) for x in part]
+        out.append(np.asarray(fn(params, *part))[:n])
     return np.concatenate(out)
 
 
 @functools.lru_cache(maxsize=4)
-def scorer(seed: int, size: int, steps: int):
+def scorer(seed: int, size: int, steps: int, images: int = 3000, channels: tuple = (32, 64), width: int = 128):
     """The attribute scorer trained on real images (memoised: a pure function of its arguments)."""
     from jaxmm.data.shapes_scorer import train_scorer
 
-    return train_scorer(seed=seed, size=size, steps=steps)
+    return train_scorer(seed=seed, size=size, steps=steps, train_images=images, eval_images=min(500, images),
+                        channels=channels, width=width)
 
 
 class TextToImageTask(Task):
@@ -140,7 +156,8 @@ class TextToImageTask(Task):
             data=dict(train_examples=20000, eval_examples=512, multi_fraction=0.5, max_count=2),
             task_args=dict(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2", p_uncond=0.1,
                            ema_decay=0.999, sample_every=500, sampler="ddim", sample_steps=25, guidance=3.0,
-                           eval_prompts=64, scorer_steps=600)))
+                           eval_prompts=64, sample_batch=64, scorer_steps=600, scorer_images=3000,
+                           scorer_channels=(32, 64), scorer_width=128)))
 
     def build_model(self, config):
         return build_model(config)
@@ -217,7 +234,7 @@ class TextToImageTask(Task):
 
             from train import tensorboard as tb_lib
 
-            images = sample_images(fn, ctx.state.extra["ema"], config, GRID_PROMPTS)
+            images = sample_images(fn, ctx.state.extra["ema"], config, GRID_PROMPTS, chunk=len(GRID_PROMPTS))
             if jax.process_index() == 0:
                 save_grid(images, os.path.join(ctx.workdir, "samples", f"step_{ctx.step:06d}.png"),
                           nrow=len(GRID_PROMPTS), scale=2)
@@ -237,7 +254,8 @@ class TextToImageTask(Task):
 
         config, a = ctx.config, ctx.config.task_args
         size = config.model.image_size
-        sparams, sreport = scorer(config.seed, size, a.scorer_steps)
+        sparams, sreport = scorer(config.seed, size, a.scorer_steps, a.scorer_images, tuple(a.scorer_channels),
+                                  a.scorer_width)
         ev = ctx.eval_data
         rows = [ev[i] for i in range(len(ev))]
         out = {f"scorer_real_{k}": v for k, v in sreport.items()}
