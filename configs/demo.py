@@ -64,10 +64,10 @@ def get_config(variant: str | None = None):
     if variant.startswith("stage1"):
         c.task = "vit_probe"
         c.model = dict(**vit, pool="mean")
-        c.data = dict(target="word", font_sizes=(10, 14), train_examples=4000, eval_examples=500)
-        c.train = dict(steps=600, batch_size=32, grad_clip=0.0, log_every=50, eval_every=300, eval_batch_size=100)
+        c.data = dict(target="word+color", font_sizes=(10, 14), train_examples=4000, eval_examples=500)
+        c.train = dict(steps=1500, batch_size=32, grad_clip=0.0, log_every=50, eval_every=500, eval_batch_size=100)
         c.optim = dict(name="adamw", lr=3e-3, schedule="constant", weight_decay=0.0)
-        c.checkpoint = dict(every=300, keep=1)
+        c.checkpoint = dict(every=500, keep=1)
         if tiny:
             c.data.update(dict(train_examples=64, eval_examples=32))
             c.train.update(dict(steps=4, batch_size=8, eval_every=0, eval_batch_size=16, plots=False))
