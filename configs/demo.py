@@ -37,7 +37,8 @@ stage 2 final eval **0.840** overall — read **0.810**, count 0.988, colour 0.7
 read); at step 600: 0.805 (read 0.714). Time: stage 1 198 CPU-s, stage 2 550 CPU-s (user+sys): 748 CPU-s,
 ≈ 7.8 min for `make demo` on a quiet machine by the estimate. Seed 1 (`--config.seed=1` on both stages: other
 inits, data order, and stage 2's train AND eval questions): stage 1 word 0.774 / colour 0.998 (206 CPU-s);
-stage 2 NOT yet measured (running at this commit).
+stage 2 final eval **0.867** — read **0.829**, count 0.987, colour 0.808; at step 600: 0.805 (read 0.683);
+580 CPU-s, so 786 CPU-s ≈ 8.2 min quiet for both stages.
 The one-stage predecessor (the encoder trained from scratch in stage 2, 1000 steps, lr_clip [0.1, 2]) reached
 0.539 (count 0.913, colour 0.630, read 0.083: chance) — docs/results/commit.md.
 
