@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist worksteal --durations=30
 
 # JAX picks the accelerator when one is installed (pip install '.[cuda]' / '.[tpu]'), else the CPU.
-# Two stages (configs/demo.py): the ViT as a word classifier, then CoMMIT instruction tuning from its encoder.
+# Two stages (configs/demo.py): the ViT as a word + colour classifier, then CoMMIT instruction tuning from its encoder.
 demo: $(VENV)/.installed
 	$(PY) -m train --config configs/demo.py:stage1 --workdir runs/demo/stage1
 	$(PY) -m train --config configs/demo.py --workdir runs/demo --config.model.init.from_workdir=runs/demo/stage1:encoder

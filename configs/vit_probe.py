@@ -1,11 +1,13 @@
 """ViT probe (docs/results/trainer.md, "why the demo does not read"): the demo's ViT (width 64, 2 layers) trained
 alone to classify the single word (12 classes) or its colour (5) of "read the word" images of the embedded
 TextVQA set, linear head on pooled patch features, in the shared trainer (train/tasks/vit_probe.py).
+`--config.data.target=word+color` trains both heads at once (summed cross-entropies; configs/demo.py's stage 1).
 
     python -m train --config configs/vit_probe.py --workdir /tmp/vit_probe                # 32 px / patch 4, word
     python -m train --config configs/vit_probe.py:color --workdir /tmp/vit_probe_color     # colour, 250 steps
     python -m train --config configs/vit_probe.py --workdir /tmp/vit_probe_48_16 \\
         --config.model.image_size=48 --config.model.patch_size=16                          # a row of the table
+    python -m train --config configs/vit_probe.py --workdir /tmp/vit_probe_wc --config.data.target=word+color
     python -m train --config configs/vit_probe.py:tiny --workdir /tmp/vit_probe_tiny      # smoke, seconds
 
 Expected (docs/results/trainer.md, held-out accuracy after 1000 steps of batch 32 at lr 1e-3): 32 px / patch 4

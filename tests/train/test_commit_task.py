@@ -232,8 +232,8 @@ def test_group_sides_follow_the_parameter_paths():
 
 def test_demo_two_stages_run_and_stage2_starts_from_stage1s_encoder(tmp_path):
     """configs/demo.py (`make demo`), both stages chained as the Makefile does, at :stage1_tiny / :tiny size:
-    stage 1 (vit_probe) trains the ViT; stage 2 (CoMMIT) takes `model.init.from_workdir=<stage 1>:encoder`, keeps
-    it frozen, measures κ and ends with the per-kind eval accuracies. Stage 2's encoder equals stage 1's
+    stage 1 (vit_probe, word and colour heads) trains the ViT; stage 2 (CoMMIT) takes
+    `model.init.from_workdir=<stage 1>:encoder`, keeps it frozen, measures κ and ends with the per-kind eval accuracies. Stage 2's encoder equals stage 1's
     checkpointed one bit for bit after training (an inert init would leave stage 2's own random init there; an
     unfrozen encoder would have moved)."""
     from train.checkpoint import read_params
@@ -241,7 +241,7 @@ def test_demo_two_stages_run_and_stage2_starts_from_stage1s_encoder(tmp_path):
     demo = _config_module("demo")
     full, s1_full = _full(demo.get_config()), _full(demo.get_config("stage1"))
     assert full.task == "commit.train" and full.task_args.method == "commit" and full.optim.groups.encoder.frozen
-    assert s1_full.task == "vit_probe" and s1_full.data.target == "word"
+    assert s1_full.task == "vit_probe" and s1_full.data.target == "word+color"
     assert (full.model.vit.image_size, full.model.vit.patch_size) == (32, 4)
     assert {k: full.model.vit[k] for k in demo.VIT} == {k: s1_full.model[k] for k in demo.VIT} == demo.VIT
     with pytest.raises(ValueError, match="variant"):
@@ -249,7 +249,9 @@ def test_demo_two_stages_run_and_stage2_starts_from_stage1s_encoder(tmp_path):
     s1 = _full(demo.get_config("stage1_tiny"))
     s1.mesh.shape, s1.checkpoint.async_save = (1, 1, 1), False
     wd1 = str(tmp_path / "stage1")
-    run(s1, wd1)
+    s1_summary = run(s1, wd1)  # two heads (word, colour): both accuracies, the overall one their mean
+    np.testing.assert_allclose(s1_summary["eval_accuracy"], (s1_summary["eval_accuracy/word"]
+                                                             + s1_summary["eval_accuracy/color"]) / 2, atol=1e-3)
     c = _full(demo.get_config("tiny"))
     c.model.init.from_workdir = f"{wd1}:encoder"
     c.mesh.shape, c.checkpoint.async_save = (1, 1, 1), False

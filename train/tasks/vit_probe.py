@@ -1,6 +1,12 @@
-"""`vit_probe`: the demo's ViT trained ALONE (no LLM) as a classifier of the single word (12 classes) or its colour
-(5) in "read the word" images of the embedded TextVQA set, through a linear head on mean- (or attention-) pooled
-patch features (configs/vit_probe.py; the probe behind docs/results/trainer.md's "why the demo does not read").
+"""`vit_probe`: the demo's ViT trained ALONE (no LLM) as a classifier of the single word (12 classes) and/or its
+colour (5) in "read the word" images of the embedded TextVQA set, through linear heads on mean- (or attention-)
+pooled patch features (configs/vit_probe.py; the probe behind docs/results/trainer.md's "why the demo does not
+read"; configs/demo.py's stage 1).
+
+`data.target`: "word", "color", or several joined by "+" ("word+color"): one linear head per target on the same
+pooled features (one Dense whose output is split per target: each slice is that target's head), loss = the SUM
+of the per-target cross-entropies. Metrics: `accuracy` (with several targets: the mean of the per-target
+accuracies) and `accuracy/<target>` per target (train: `train_accuracy...`, eval: `eval_accuracy...`).
 
 `task_args.save_encoder`: write the ViT params at the end (flax msgpack, the MLLM's `encoder` subtree layout).
 """
@@ -17,12 +23,36 @@ from train.task import Hook, Task
 from train.tasks import register
 
 
-def _labels(target):
+TARGETS = ("word", "color")
+
+
+def targets(target: str) -> dict[str, tuple[str, ...]]:
+    """`data.target` ("word", "color" or e.g. "word+color") -> {target: its class names}, in the given order."""
     from jaxmm.data.textvqa import COLORS, DEFAULT_WORDS
 
-    if target not in ("word", "color"):
-        raise ValueError(f"config.data.target: expected 'word' or 'color', got {target!r}")
-    return DEFAULT_WORDS if target == "word" else tuple(COLORS)
+    names = target.split("+") if isinstance(target, str) else None
+    if not names or any(n not in TARGETS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"config.data.target: expected 'word', 'color' or distinct ones joined by '+' "
+                         f"(e.g. 'word+color'), got {target!r}")
+    return {n: DEFAULT_WORDS if n == "word" else tuple(COLORS) for n in names}
+
+
+def multi_head_loss(logits, labels: dict, sizes: dict):
+    """logits [B, sum(sizes)] (the heads' outputs side by side, in `sizes`' order), labels {target: int [B]} ->
+    (per-row summed cross-entropy [B], {target: per-row hit [B] float32})."""
+    loss, hits, start = 0.0, {}, 0
+    for name, n in sizes.items():
+        part = logits[:, start:start + n]
+        loss = loss + optax.softmax_cross_entropy_with_integer_labels(part, labels[name])
+        hits[name] = (jnp.argmax(part, -1) == labels[name]).astype(jnp.float32)
+        start += n
+    return loss, hits
+
+
+def _accuracies(hits: dict, prefix: str) -> dict:
+    out = {f"{prefix}/{k}": v for k, v in hits.items()} if len(hits) > 1 else {}
+    out[prefix] = sum(hits.values()) / len(hits)
+    return out
 
 
 class ViTProbe(Task):
@@ -44,21 +74,22 @@ class ViTProbe(Task):
             raise ValueError(f"config.model.pool: expected 'mean' or 'attn', got {m.pool!r}")
         cfg = ViTConfig(image_size=m.image_size, patch_size=m.patch_size, d_model=m.d_model, num_layers=m.num_layers,
                         num_heads=m.num_heads, mlp_dim=m.mlp_dim, feature_layer=-1, remat=config.train.remat)
-        return PooledViTClassifier(cfg, len(_labels(config.data.target)), m.pool)
+        return PooledViTClassifier(cfg, sum(len(v) for v in targets(config.data.target).values()), m.pool)
 
     def datasets(self, config):
         import grain
 
         from jaxmm.data.textvqa import TextVQA
 
-        d, labels = config.data, _labels(config.data.target)
-        key = "words" if d.target == "word" else "colors"
+        d, classes = config.data, targets(config.data.target)
+        key = {"word": "words", "color": "colors"}
 
         def load(n, split):
             ds = TextVQA(n, seed=0, split=split, image_size=config.model.image_size, max_words=1, kinds=("read",),
                          font_sizes=tuple(d.font_sizes))
             return [{"image": np.asarray(e["image"], np.float32) / 127.5 - 1,
-                     "label": np.int32(labels.index(e[key][0]))} for e in (ds[i] for i in range(n))]
+                     **{f"label_{t}": np.int32(names.index(e[key[t]][0])) for t, names in classes.items()}}
+                    for e in (ds[i] for i in range(n))]
 
         return (grain.MapDataset.source(load(d.train_examples, "train")),
                 grain.MapDataset.source(load(d.eval_examples, "eval")))
@@ -66,15 +97,18 @@ class ViTProbe(Task):
     def model_inputs(self, batch):
         return {"image": batch["image"]}
 
-    def loss_fn(self, model, params, batch, rng, extra=None):
+    def _heads(self, model, params, batch):
+        sizes = {t: len(v) for t, v in targets(self.config.data.target).items()}
         logits = model.apply({"params": params}, batch["image"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+        return multi_head_loss(logits, {t: batch[f"label_{t}"] for t in sizes}, sizes)
+
+    def loss_fn(self, model, params, batch, rng, extra=None):
+        loss, hits = self._heads(model, params, batch)
+        return loss.mean(), {k: v.mean() for k, v in _accuracies(hits, "train_accuracy").items()}
 
     def eval_metrics(self, model, params, batch):
-        logits = model.apply({"params": params}, batch["image"])
-        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
-                "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
+        loss, hits = self._heads(model, params, batch)
+        return {"loss": loss, **_accuracies(hits, "accuracy")}
 
     def hooks(self, config):
         path = config.task_args.save_encoder
