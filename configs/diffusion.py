@@ -17,7 +17,9 @@ on a quiet 2-core machine (~1400 s CPU). NOT MET (2026-11-30, measured on the sh
   - this demo with ε-prediction (`--config.task_args.prediction_type=epsilon`): 686 s CPU, single-object 0.34,
     multi-object 0.42, FID 5758 (real-vs-real floor 213): samples leave the data manifold at high noise.
   - v-prediction, 600 steps, EMA 0.99: 416 s CPU, single 0.25, multi 0.39, FID 650 (scenes on black, but the
-    caption not yet followed). These 1500 v-prediction steps (~700 s CPU, like the ε run) are NOT YET MEASURED.
+    caption not yet followed).
+  - this demo as configured (v-prediction, 1500 steps, EMA 0.995): 677 s CPU, 7 min 01 s wall at load 2-3;
+    single-object 0.26, multi-object 0.43, FID 566 (floor 213): scenes, but the caption is not followed.
 `:tiny` is a smoke (2 steps), ~150 s CPU under the test suite's 8 host devices (compilation). CLIP text tower from
 a folder instead: `--config.model.text_init=DIR` (a CLIPTextModel folder; its tokenizer, or
 `--config.model.text_tokenizer=words` for the shapes word ids; the UNet's cross-attention width follows the tower's).
