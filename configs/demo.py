@@ -39,6 +39,9 @@ read); at step 600: 0.805 (read 0.714). Time: stage 1 198 CPU-s, stage 2 550 CPU
 inits, data order, and stage 2's train AND eval questions): stage 1 word 0.774 / colour 0.998 (206 CPU-s);
 stage 2 final eval **0.867** — read **0.829**, count 0.987, colour 0.808; at step 600: 0.805 (read 0.683);
 580 CPU-s, so 786 CPU-s ≈ 8.2 min quiet for both stages.
+Measured on a clean clone, quiet machine (load < 0.5 at start; 2026-11-30 02:48, `/usr/bin/time -v make demo`, venv
+already built): **6 min 50 s wall** (555 user + 186 sys CPU-s), eval 0.840 / read 0.810 / count 0.988 / colour
+0.739 — seed 0's numbers to the digit (the run is deterministic on this machine).
 The one-stage predecessor (the encoder trained from scratch in stage 2, 1000 steps, lr_clip [0.1, 2]) reached
 0.539 (count 0.913, colour 0.630, read 0.083: chance) — docs/results/commit.md.
 
