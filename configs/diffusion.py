@@ -38,15 +38,15 @@ def get_config(variant: str | None = None):
     c = ml_collections.ConfigDict()
     c.task = "diffusion.t2i"
     c.model = dict(image_size=16, channels=(16, 32, 64), attention_levels=(1, 2), layers_per_block=1, heads=4,
-                   groups=8, text_width=32, text_layers=2, text_heads=4)
+                   groups=8, text_width=32, text_layers=2, text_heads=4, coord_channels=True, text_channels=8)
     c.data = dict(train_examples=20000, eval_examples=512, multi_fraction=0.5, max_count=2)
-    c.task_args = dict(prediction_type="v_prediction", p_uncond=0.1, ema_decay=0.995, sample_every=500,
-                       sampler="ddim", sample_steps=25, guidance=3.0, eval_prompts=64, scorer_steps=600)
-    c.train = dict(steps=1500, batch_size=32, grad_clip=1.0, log_every=50, eval_every=500, eval_batch_size=64,
+    c.task_args = dict(prediction_type="v_prediction", p_uncond=0.1, ema_decay=0.995, sample_every=1500,
+                       sampler="ddim", sample_steps=25, guidance=1.0, eval_prompts=64, scorer_steps=600)
+    c.train = dict(steps=3000, batch_size=32, grad_clip=1.0, log_every=50, eval_every=1500, eval_batch_size=64,
                    eval_samples=0, plots=True)
     c.optim = dict(name="adamw", lr=2e-3, schedule="warmup_cosine", warmup_steps=100, weight_decay=0.0,
                    min_lr_ratio=0.1)
-    c.checkpoint = dict(every=1000)
+    c.checkpoint = dict(every=1500)
     if variant == "tiny":   # a smoke of every code path (tests/train/test_t2i.py), not a model
         c.model.update(dict(image_size=16, channels=(8, 16), attention_levels=(1,), heads=2, groups=4, text_width=8,
                             text_layers=1, text_heads=2))
