@@ -156,5 +156,48 @@ def test_sampler_is_memoised_per_settings():
     assert diffusion.sampler_fn(diffusion.build_model(config), config) is fn   # a rebuilt, equal model
     assert diffusion.sampler_fn(diffusion.build_model(config), config, steps=2, guidance=config.task_args.guidance,
                                 sampler=config.task_args.sampler) is fn
-    for kw in (dict(guidance=1.0), dict(sampler="dpmpp_2m"), dict(steps=3)):
+    for kw in (dict(guidance=2.0), dict(sampler="dpmpp_2m"), dict(steps=3)):
         assert diffusion.sampler_fn(diffusion.build_model(config), config, **kw) is not fn, kw
+
+
+def test_coord_and_text_channels_reach_the_unet():
+    """model.coord_channels / text_channels: what the UNet is called with is the image, then the pixel centres'
+    x and y in [-1, 1], then a Dense projection of the context's token mean at every pixel (NumPy float64
+    references). The UNet itself is intercepted (replaced by zeros), so the test costs no UNet compilation."""
+    import flax.linen as nn
+
+    from configs.diffusion import get_config
+    from jaxmm.models.text_to_image import TextToImage, add_coord_channels
+    from jaxmm.models.unet import UNet
+    from train import tasks
+    from train.tasks import diffusion
+
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (2, 4, 6, 3)), np.float32)
+    col = ((np.arange(6) + 0.5) / 6 * 2 - 1)[None, :].repeat(4, 0)
+    row = ((np.arange(4) + 0.5) / 4 * 2 - 1)[:, None].repeat(6, 1)
+    ref = np.concatenate([x, np.broadcast_to(np.stack([col, row], -1), (2, 4, 6, 2))], -1)
+    np.testing.assert_allclose(np.asarray(add_coord_channels(x)), ref, atol=1e-7)
+
+    config = tasks.full_config(get_config("tiny"))
+    config.model.coord_channels, config.model.text_channels = True, 3
+    model = diffusion.build_model(config)
+    assert model.coord_channels and model.text_channels == 3 and model.unet_config.in_channels == 8
+    seen = []
+
+    def intercept(next_fun, args, kwargs, context):
+        if isinstance(context.module, UNet) and context.method_name == "__call__":
+            seen.append(np.asarray(args[0]))
+            return jax.numpy.zeros(args[0].shape[:3] + (3,))
+        return next_fun(*args, **kwargs)
+
+    xt = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 3)))
+    ctx = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (2, 5, model.text_config.d_model)))
+    with nn.intercept_methods(intercept):
+        params = model.init(jax.random.PRNGKey(0), xt, 10, ctx, method=TextToImage.denoise)["params"]
+        model.apply({"params": params}, xt, 10, ctx, method=TextToImage.denoise)
+    w = {k: np.asarray(nn.meta.unbox(v), np.float64) for k, v in params["text_to_channels"].items()}
+    text = ctx.astype(np.float64).mean(1) @ w["kernel"] + w["bias"]                     # [2, 3]
+    coords = np.asarray(add_coord_channels(np.zeros((2, 16, 16, 0), np.float32)), np.float64)
+    want = np.concatenate([xt, coords, np.broadcast_to(text[:, None, None], (2, 16, 16, 3))], -1)
+    assert seen[-1].shape == want.shape
+    np.testing.assert_allclose(seen[-1], want, atol=1e-5)

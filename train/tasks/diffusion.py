@@ -61,10 +61,12 @@ def build_model(config):
         raise ValueError(f"config.model.attention_levels: expected indices in [0, {levels}), got {attn}")
     down = tuple("CrossAttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(levels))
     up = tuple("CrossAttnUpBlock2D" if levels - 1 - i in attn else "UpBlock2D" for i in range(levels))
-    unet_cfg = UNetConfig(in_channels=3, out_channels=3, block_out_channels=tuple(m.channels), down_block_types=down,
+    coords, text_ch = bool(m.get("coord_channels", False)), int(m.get("text_channels", 0))   # older runs: absent
+    unet_cfg = UNetConfig(in_channels=3 + 2 * coords + text_ch, out_channels=3, block_out_channels=tuple(m.channels),
+                          down_block_types=down,
                           up_block_types=up, layers_per_block=m.layers_per_block, num_attention_heads=m.heads,
                           cross_attention_dim=text_cfg.d_model, norm_num_groups=m.groups, dtype=dtype)
-    return TextToImage(text_cfg, unet_cfg)
+    return TextToImage(text_cfg, unet_cfg, coord_channels=coords, text_channels=text_ch)
 
 
 def tokenizer_kind(config) -> str:
@@ -152,7 +154,8 @@ class TextToImageTask(Task):
     def default_config(self):
         return ml_collections.ConfigDict(dict(
             model=dict(image_size=32, channels=(16, 32, 64), attention_levels=(1, 2), layers_per_block=1, heads=4,
-                       groups=8, text_width=32, text_layers=2, text_heads=4, text_init="", text_tokenizer=""),
+                       groups=8, text_width=32, text_layers=2, text_heads=4, text_init="", text_tokenizer="",
+                       coord_channels=False, text_channels=0),
             data=dict(train_examples=20000, eval_examples=512, multi_fraction=0.5, max_count=2),
             task_args=dict(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2", p_uncond=0.1,
                            ema_decay=0.999, sample_every=500, sampler="ddim", sample_steps=25, guidance=3.0,
