@@ -45,6 +45,15 @@ def noisy_pair_loss(apply_fn, alphas_cumprod, x0, g0, key):
     return jnp.mean((eps_x - nx) ** 2)
 
 
+def sample_batch(data: dict, names, rng, batch_size: int) -> dict:
+    """One random batch of the rows of `data` (arrays with a shared first axis): the SAME `batch_size` row indices
+    (uniform with replacement, drawn once from `rng`) for every key in `names`, so images, prompts, glyphs and
+    layout ids stay paired."""
+    n = len(data[names[0]])
+    idx = rng.integers(0, n, batch_size)
+    return {k: data[k][idx] for k in names}
+
+
 def quoted_words(prompt: str) -> list[str]:
     from jaxmm.data.glyphs import clean_word
 
@@ -175,8 +184,7 @@ def run(config, report) -> dict:
         key = jax.random.key(seed)
 
         def batches(data, names):
-            n = len(data[names[0]])
-            return lambda s: {k: data[k][rng.integers(0, n, c.train.batch_size)] for k in names}
+            return lambda s: sample_batch(data, names, rng, c.train.batch_size)
 
         # 1. the textual model: single words, then multi-word layouts
         textual = models["textual"]
@@ -244,7 +252,8 @@ def run(config, report) -> dict:
 
         # 4. self-trained CLIP; 5. evaluation
         key, k_clip = jax.random.split(key)
-        clip, p_clip = models["clip"], _train_clip(models["clip"], data_train, c, k_clip, rng)
+        clip, clip_fit = models["clip"], _train_clip(models["clip"], data_train, c, k_clip, rng)
+        p_clip, curves[f"clip_seed{seed}"] = clip_fit.params, clip_fit.curve(LOG_EVERY)
         targets = [s["words"] for s in eval_scenes]
         real_img = data_eval["image"]
         rows = {"ground truth": real_img, **samples}
@@ -335,17 +344,18 @@ def _ocr(images, c) -> list[list[str]]:
 
 
 def _train_clip(clip, data, c, key, rng):
+    """The self-trained CLIP: `train.steps_clip` Adam steps of symmetric InfoNCE on (image, prompt) batches of
+    `train.clip_batch`. Returns the `train.experiment.Fit` (params, losses)."""
     from jaxmm.models.clip_standin import contrastive_loss
 
     key, k0 = jax.random.split(key)
     params = clip.init(k0, jnp.asarray(data["image"][:2]), jnp.asarray(data["prompt_ids"][:2]))["params"]
-    n = len(data["image"])
 
     def loss(p, b, k):
         return contrastive_loss(*clip.apply({"params": p}, b["image"], b["prompt_ids"]))
 
-    batch = lambda s: {k: data[k][rng.integers(0, n, c.train.clip_batch)] for k in ("image", "prompt_ids")}  # noqa
-    return fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip").params
+    batch = lambda s: sample_batch(data, ("image", "prompt_ids"), rng, c.train.clip_batch)  # noqa: E731
+    return fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip")
 
 
 def _planner(c, train_scenes, eval_scenes, key, rng):
@@ -373,8 +383,7 @@ def _planner(c, train_scenes, eval_scenes, key, rng):
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["ids"][:, 1:])
         return jnp.sum(ce * b["w"][:, 1:]) / jnp.maximum(jnp.sum(b["w"][:, 1:]), 1.0)
 
-    n = len(seqs)
-    batch = lambda s: (lambda i: {"ids": seqs[i], "w": weight[i]})(rng.integers(0, n, c.train.batch_size))  # noqa
+    batch = lambda s: sample_batch({"ids": seqs, "w": weight}, ("ids", "w"), rng, c.train.batch_size)  # noqa: E731
     params = fit(loss, params, batch, c.train.steps_planner, c.train.lr, key, name="planner").params
 
     eval_prompts = _pad([[BOS] + encode_text(s["prompt"]) + [SEP] for s in eval_scenes], lp, left=True)
