@@ -185,6 +185,37 @@ def constrained_greedy(logits_fn, prompt_ids, prompt_mask, max_new: int, max_cha
     return ids[:, lp:]
 
 
+def greedy_boxes_for_words(logits_fn, prompt_ids, words: Sequence[str], shape: tuple[int, int]):
+    """Decode only the boxes of a layout whose words are given: the layout's letters are forced to `words` (as
+    `encode_layout` writes them) and, after each word, its four coordinates are the argmax of `logits_fn` under the
+    grammar (x0, y0 in [0, NUM_BINS - 2], x1 > x0, y1 > y0); then EOS. The LLM planner's layout when copying the
+    prompt's words is not what is being measured (the words are the prompt's quoted words by construction).
+
+    logits_fn(ids int32 [1, L]) -> logits [1, L, VOCAB_SIZE] (a causal LM; called with a fixed L = len(prompt_ids)
+    + the layout's length, PAD-filled on the right, so it compiles once per length). prompt_ids: 1-D, ending in
+    SEP. Returns (layout ids list, boxes float32 [N, 4] pixels)."""
+    prompt_ids = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]
+    if not words or any(not w or any(c not in CHARSET for c in w) for w in words):
+        fail("words", f"a non-empty list of non-empty words of {CHARSET!r}", list(words))
+    total = len(prompt_ids) + sum(len(w) + 4 for w in words) + 1
+    seq = list(prompt_ids)
+    coord = np.arange(NUM_BINS)
+    q_all = []
+    for word in words:
+        seq += [CHAR0 + CHARSET.index(c) for c in word]
+        q = []
+        for j in range(4):
+            ids = np.full((1, total), PAD, np.int32)
+            ids[0, :len(seq)] = seq
+            logits = np.asarray(logits_fn(ids))[0, len(seq) - 1, COORD0:VOCAB_SIZE]
+            ok = coord <= NUM_BINS - 2 if j < 2 else coord > q[j - 2]
+            q.append(int(np.argmax(np.where(ok, logits, -np.inf))))
+            seq.append(COORD0 + q[-1])
+        q_all.append(q)
+    layout = seq[len(prompt_ids):] + [EOS]
+    return layout, np.stack([box_pixels(q, shape) for q in q_all])
+
+
 # ------------------------------------------------------------------------------------------------ models
 class ConditionalUNet(nn.Module):
     """A UNet whose cross-attention context is a character-level transformer encoding of `ids` [B, L] (PAD = 0

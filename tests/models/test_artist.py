@@ -139,3 +139,35 @@ def test_gradients_reach_the_zero_convs_and_not_the_frozen_textual_model(tiny):
         assert norm(grads[name]["kernel"]) > 0, name
     assert norm(grads["textual"]) == 0.0
     assert norm(grads["visual"]) > 0
+
+
+def test_greedy_boxes_for_words_forces_the_words_and_takes_the_grammatical_argmax():
+    from jaxmm.models.artist import COORD0, NUM_BINS, VOCAB_SIZE, box_pixels, decode_layout, greedy_boxes_for_words
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(64, VOCAB_SIZE))           # logits depend on the position only
+    table[:, COORD0] += 10.0                            # coordinate 0 always wins unless the grammar forbids it
+    calls = []
+
+    def logits_fn(ids):
+        calls.append(ids.shape)
+        return table[None, :ids.shape[1]]
+
+    shape, words, prompt = (24, 48), ["ab", "c"], [2, 7, 8, 3]
+    layout, boxes = greedy_boxes_for_words(logits_fn, prompt, words, shape)
+    got_words, got_boxes = decode_layout(layout, shape)
+    assert got_words == words
+    np.testing.assert_allclose(got_boxes, boxes)
+    # x0 = y0 = 0 (the boosted token); x1, y1 must exceed them: the argmax of the other coordinates, a python loop
+    q = []
+    pos = len(prompt)
+    for w in words:
+        pos += len(w)
+        x1 = 1 + int(np.argmax(table[pos + 1, COORD0 + 1:COORD0 + NUM_BINS]))
+        y1 = 1 + int(np.argmax(table[pos + 2, COORD0 + 1:COORD0 + NUM_BINS]))
+        q.append((0, 0, x1, y1))
+        pos += 4
+    np.testing.assert_allclose(boxes, np.stack([box_pixels(v, shape) for v in q]))
+    assert len(set(calls)) == 1 and len(calls) == 8      # one fixed length: one compilation
+    with pytest.raises(ValueError, match="words"):
+        greedy_boxes_for_words(logits_fn, prompt, ["a-b"], shape)

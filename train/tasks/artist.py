@@ -45,6 +45,15 @@ def noisy_pair_loss(apply_fn, alphas_cumprod, x0, g0, key):
     return jnp.mean((eps_x - nx) ** 2)
 
 
+def sample_batch(data: dict, names, rng, batch_size: int) -> dict:
+    """One random batch of the rows of `data` (arrays with a shared first axis): the SAME `batch_size` row indices
+    (uniform with replacement, drawn once from `rng`) for every key in `names`, so images, prompts, glyphs and
+    layout ids stay paired."""
+    n = len(data[names[0]])
+    idx = rng.integers(0, n, batch_size)
+    return {k: data[k][idx] for k in names}
+
+
 def quoted_words(prompt: str) -> list[str]:
     from jaxmm.data.glyphs import clean_word
 
@@ -153,7 +162,10 @@ def run(config, report) -> dict:
     c, t_start = config, time.time()
     shape = (c.data.height, c.data.width)
     models = _models(c)
-    sched = diffusion.Schedule(num_train_timesteps=c.diffusion.train_timesteps, beta_schedule="squaredcos_cap_v2")
+    # pixel space in [-1, 1]: DDIM clips its x0 prediction (clip_sample; without it 36 % of the pixels of an
+    # undertrained model's samples saturate, docs/results/artist.md)
+    sched = diffusion.Schedule(num_train_timesteps=c.diffusion.train_timesteps, beta_schedule="squaredcos_cap_v2",
+                               clip_sample=True)
     ac = jnp.asarray(diffusion.alphas_cumprod(sched))
     kw = dict(height=c.data.height, width=c.data.width)
     scene_kw = dict(kw, size_range=tuple(c.data.size_range), min_size=c.data.min_size, max_words=c.data.max_words)
@@ -175,8 +187,7 @@ def run(config, report) -> dict:
         key = jax.random.key(seed)
 
         def batches(data, names):
-            n = len(data[names[0]])
-            return lambda s: {k: data[k][rng.integers(0, n, c.train.batch_size)] for k in names}
+            return lambda s: sample_batch(data, names, rng, c.train.batch_size)
 
         # 1. the textual model: single words, then multi-word layouts
         textual = models["textual"]
@@ -244,7 +255,8 @@ def run(config, report) -> dict:
 
         # 4. self-trained CLIP; 5. evaluation
         key, k_clip = jax.random.split(key)
-        clip, p_clip = models["clip"], _train_clip(models["clip"], data_train, c, k_clip, rng)
+        clip, clip_fit = models["clip"], _train_clip(models["clip"], data_train, c, k_clip, rng)
+        p_clip, curves[f"clip_seed{seed}"] = clip_fit.params, clip_fit.curve(LOG_EVERY)
         targets = [s["words"] for s in eval_scenes]
         real_img = data_eval["image"]
         rows = {"ground truth": real_img, **samples}
@@ -335,23 +347,28 @@ def _ocr(images, c) -> list[list[str]]:
 
 
 def _train_clip(clip, data, c, key, rng):
+    """The self-trained CLIP: `train.steps_clip` Adam steps of symmetric InfoNCE on (image, prompt) batches of
+    `train.clip_batch`. Returns the `train.experiment.Fit` (params, losses)."""
     from jaxmm.models.clip_standin import contrastive_loss
 
     key, k0 = jax.random.split(key)
     params = clip.init(k0, jnp.asarray(data["image"][:2]), jnp.asarray(data["prompt_ids"][:2]))["params"]
-    n = len(data["image"])
 
     def loss(p, b, k):
         return contrastive_loss(*clip.apply({"params": p}, b["image"], b["prompt_ids"]))
 
-    batch = lambda s: {k: data[k][rng.integers(0, n, c.train.clip_batch)] for k in ("image", "prompt_ids")}  # noqa
-    return fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip").params
+    batch = lambda s: sample_batch(data, ("image", "prompt_ids"), rng, c.train.clip_batch)  # noqa: E731
+    return fit(loss, params, batch, c.train.steps_clip, c.train.lr, key, name="clip")
 
 
 def _planner(c, train_scenes, eval_scenes, key, rng):
     """Train the LLM planner on (prompt -> layout) pairs and plan every eval prompt. Returns ([(words, boxes)],
-    stats): the LLM's plan when its words equal the prompt's quoted words, else the rule-based one."""
-    from jaxmm.models.artist import BOS, SEP, VOCAB_SIZE, constrained_greedy, decode_layout, encode_layout, encode_text
+    stats). Two decodings: free (`constrained_greedy`, grammar mask only) measures whether the LLM copies the
+    prompt's quoted words (llm_parsed, llm_words_exact, llm_free_box_iou on the exact ones); the plan used is the
+    LLM's boxes with the words forced to the quoted words (`greedy_boxes_for_words`; llm_box_iou), next to the
+    rule-based planner's boxes (rule_box_iou). IoUs are against the true boxes of the held-out scene."""
+    from jaxmm.models.artist import (BOS, SEP, VOCAB_SIZE, constrained_greedy, decode_layout, encode_layout,
+                                     encode_text, greedy_boxes_for_words)
     from jaxmm.models.llm import LLM, tiny_llm_config
 
     shape = (c.data.height, c.data.width)
@@ -373,32 +390,34 @@ def _planner(c, train_scenes, eval_scenes, key, rng):
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["ids"][:, 1:])
         return jnp.sum(ce * b["w"][:, 1:]) / jnp.maximum(jnp.sum(b["w"][:, 1:]), 1.0)
 
-    n = len(seqs)
-    batch = lambda s: (lambda i: {"ids": seqs[i], "w": weight[i]})(rng.integers(0, n, c.train.batch_size))  # noqa
-    params = fit(loss, params, batch, c.train.steps_planner, c.train.lr, key, name="planner").params
+    batch = lambda s: sample_batch({"ids": seqs, "w": weight}, ("ids", "w"), rng, c.train.batch_size)  # noqa: E731
+    trained = fit(loss, params, batch, c.train.steps_planner, c.train.lr, key, name="planner")
+    params = trained.params
 
     eval_prompts = _pad([[BOS] + encode_text(s["prompt"]) + [SEP] for s in eval_scenes], lp, left=True)
     mask = (eval_prompts != 0).astype(np.int32)
     fn = jax.jit(lambda ids, msk: constrained_greedy(
         lambda i, mm: llm.apply({"params": params}, i, attention_mask=mm), ids, msk, ll))
     out = np.asarray(fn(jnp.asarray(eval_prompts), jnp.asarray(mask)))
-    plans, used, parsed, iou_llm, iou_rule, words_ok = [], 0, 0, [], [], 0
+    logits_fn = jax.jit(lambda ids: llm.apply({"params": params}, ids))
+    plans, parsed, words_ok, iou_free, iou_llm, iou_rule = [], 0, 0, [], [], []
     for s, ids in zip(eval_scenes, out):
         want = quoted_words(s["prompt"])
         got = decode_layout(ids, shape)
         parsed += got is not None
-        rule = rule_layout(want, shape)
-        iou_rule.append(box_iou(rule, s["boxes"]))
         if got is not None and got[0] == want:
-            used += 1
             words_ok += 1
-            iou_llm.append(box_iou(got[1], s["boxes"]))
-            plans.append((want, got[1]))
-        else:
-            plans.append((want, rule))
+            iou_free.append(box_iou(got[1], s["boxes"]))
+        prompt = [BOS] + encode_text(s["prompt"]) + [SEP]
+        _, boxes = greedy_boxes_for_words(logits_fn, prompt, want, shape)
+        iou_llm.append(box_iou(boxes, s["boxes"]))
+        iou_rule.append(box_iou(rule_layout(want, shape), s["boxes"]))
+        plans.append((want, boxes))
     k = len(eval_scenes)
-    return plans, {"llm_parsed": parsed / k, "llm_words_exact": words_ok / k, "llm_used": used / k,
-                   "llm_box_iou": float(np.mean(iou_llm)) if iou_llm else 0.0, "rule_box_iou": float(np.mean(iou_rule))}
+    return plans, {"llm_parsed": parsed / k, "llm_words_exact": words_ok / k,
+                   "llm_free_box_iou": float(np.mean(iou_free)) if iou_free else 0.0,
+                   "llm_box_iou": float(np.mean(iou_llm)), "rule_box_iou": float(np.mean(iou_rule)),
+                   "planner_loss_last": float(trained.losses[-10:].mean())}
 
 
 def _summarise(per_seed, curves, c, report, table, seconds):
