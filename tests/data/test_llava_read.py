@@ -98,3 +98,65 @@ def test_source_prompt_order_budget_and_kinds():
         LlavaReadSource(2, ocr="spaces")
     with pytest.raises(ValueError, match="tasks"):
         LlavaReadSource(2, tasks=("captioning",))
+
+
+# ---------------------------------------------------------------- the page BPE (configs/llava_read_bpe)
+import os  # noqa: E402
+
+BPE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "llava_read_bpe")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from jaxmm.data import HFTokenizer
+
+    return HFTokenizer(BPE_DIR)
+
+
+def test_page_bpe_specials_and_round_trip(bpe):
+    ids = {bpe._tok.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<image>")}
+    assert (bpe.pad_id, bpe.bos_id, bpe.eos_id, bpe.image_id) == (0, 1, 2, 3) and len(ids) == 4
+    src = LlavaReadSource(4, split="eval", ocr="layout", width=32, budget=None, tokenizer=bpe)
+    for i in range(4):
+        text = src[i]["conversations"][0][1].replace("<image>\n", "")
+        assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_page_bpe_words_copy_as_the_same_tokens(bpe):
+    """A word's tokens inside the OCR block (after spaces or a newline) are its tokens alone (as an answer right
+    after "ASSISTANT: "): no token spans whitespace and a word, on an eval page the tokenizer never saw."""
+    src = LlavaReadSource(6, split="eval", ocr="layout", width=32, budget=None, tokenizer=bpe)
+    n_words = 0
+    for i in range(6):
+        text = src[i]["ocr_text"]
+        ids, spans = bpe.encode_with_offsets(text)
+        pieces = [text[a:b] for a, b in spans]
+        assert all(p.isspace() or not any(c.isspace() for c in p) for p in pieces)
+        # regroup the non-space pieces into words and compare with each word encoded alone
+        pos = 0
+        for word in text.split():
+            start = text.index(word, pos)
+            pos = start + len(word)
+            inside = [j for (a, b), j in zip(spans, ids) if start <= a and b <= pos]
+            assert inside == bpe.encode(word), word
+            n_words += 1
+    assert n_words > 40
+    lens = [len(bpe.encode(w)) for w in "meadow nova basket kettle glacier".split()]
+    assert lens == [1] * 5                       # frequent page words are single tokens
+    layout = LlavaReadSource(6, split="eval", ocr="layout", width=32, budget=None)[0]["ocr_text"]
+    assert len(bpe.encode(layout)) < len(layout) / 2     # whitespace runs and words merged (bytes: 1 per char)
+
+
+def test_page_bpe_is_deterministic_and_checked(tmp_path):
+    from jaxmm.data import HFTokenizer
+    from jaxmm.data.llava_read import page_bpe, write_page_bpe
+
+    a, b = page_bpe(vocab_size=320, num_pages=6), page_bpe(vocab_size=320, num_pages=6)
+    assert a.get_vocab() == b.get_vocab() and a.get_vocab_size() == 320
+    tok = HFTokenizer(os.path.dirname(write_page_bpe(str(tmp_path / "bpe"), vocab_size=320, num_pages=6)))
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    for bad in (10, 300.0, True):
+        with pytest.raises(ValueError, match="vocab_size"):
+            page_bpe(vocab_size=bad, num_pages=2)
+    with pytest.raises(ValueError, match="num_pages"):
+        page_bpe(vocab_size=400, num_pages=0)
