@@ -27,6 +27,10 @@ OCR (`ocr`): "none" (no OCR block), "plain" (words in reading order) or "layout"
 wide), read by `engine` (oracle: the page's truth; rapidocr / tesseract: from the full-resolution page, cached
 on disk in `ocr_cache`), then cut to `budget` tokens of the run's tokenizer by `budget_rule`
 (jaxmm.data.ocr_text). `eval_engine` may differ from the training engine (train on the oracle, test on rapidocr).
+
+Tokenizer: the ablation rows (configs/llava_read.py) use configs/llava_read_bpe, the word-preserving BPE of
+`jaxmm.data.tokenizers.train_word_bpe` trained on `page_corpus(300)` (vocab 1024):
+    train_word_bpe(page_corpus(300), "configs/llava_read_bpe", vocab_size=1024)
 """
 from __future__ import annotations
 
@@ -190,62 +194,23 @@ class LlavaReadSource:
                 "page_kind": page.kind}
 
 
-PAGE_BPE_SPECIALS = ("<pad>", "<s>", "</s>", "<image>", "<audio>")
-
-
-def page_bpe(vocab_size: int = 1024, num_pages: int = 300, *, seed: int = 0, widths: Sequence[int] = (32, 48)):
-    """A byte-level BPE tokenizer (a `tokenizers.Tokenizer`) trained on the procedural pages' own text: each
-    page's OCR text in reading order and as layout canvases `widths` wide, its reading questions and answers and
-    its pre-training prompts, plus the chat template's role texts. Pages: `make_page` of
-    default_rng([seed, 99]) draws (split-independent, so it sees no eval page as such; the pages' word lists and
-    number ranges are shared by all splits).
-
-    Our CPU-scale choice, not the paper's (LLaVA-Read uses its LLM's own tokenizer, Vicuna's SentencePiece BPE).
-    Whitespace runs are split off before the byte-level BPE, so a word is the same token(s) wherever it stands
-    (in the OCR block after a space or a newline, or as the answer right after "ASSISTANT: "): copying a word is
-    copying its one or two tokens, not its 4-8 bytes; runs of spaces of the layout canvas merge to few tokens.
-    `vocab_size` >= 300 (256 bytes, the specials and some merges)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if isinstance(vocab_size, bool) or not (isinstance(vocab_size, (int, np.integer)) and vocab_size >= 300):
-        fail("vocab_size", "an integer >= 300", repr(vocab_size))
+def page_corpus(num_pages: int = 300, *, seed: int = 0, widths: Sequence[int] = (32, 48)):
+    """Texts of the procedural pages for `jaxmm.data.tokenizers.train_word_bpe` (configs/llava_read_bpe): each
+    page's OCR block in reading order and as layout canvases `widths` wide, its reading questions and answers and
+    its pre-training prompts, plus the chat template's role texts. Pages: `make_page` of default_rng([seed, 99])
+    draws (none of the sources' pages as such; the word lists and number ranges are shared by all splits)."""
     if isinstance(num_pages, bool) or not (isinstance(num_pages, (int, np.integer)) and num_pages >= 1):
         fail("num_pages", "a positive integer", repr(num_pages))
     rng = np.random.default_rng([seed, 99])
-    corpus = ["USER: ", " ASSISTANT: ", "SYSTEM: ", ocr_text.OCR_HEADER]
+    yield from ("USER: ", " ASSISTANT: ", "SYSTEM: ", ocr_text.OCR_HEADER)
     for i in range(int(num_pages)):
         page = make_page(int(rng.integers(2**31)), KINDS[i % len(KINDS)])
         truth = _truth(page)
-        corpus.append(ocr_text.OCR_HEADER + ocr_text.ocr_context(truth, layout=False))
-        corpus += [ocr_text.ocr_context(truth, layout=True, width=int(w)) for w in widths]
-        corpus += [f"{qa.question}\n{qa.answer}" for qa in page_questions(page, int(rng.integers(2**31)),
-                                                                           READING_KINDS)]
+        yield ocr_text.OCR_HEADER + ocr_text.ocr_context(truth, layout=False)
+        yield from (ocr_text.ocr_context(truth, layout=True, width=int(w)) for w in widths)
+        yield from (f"{qa.question}\n{qa.answer}"
+                    for qa in page_questions(page, int(rng.integers(2**31)), READING_KINDS))
         for task in PRETRAIN_TASKS:
             qa = pretrain_example(page, task, rng)
             if qa is not None:
-                corpus.append(f"{qa[0]}\n{qa[1]}")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
-        pre_tokenizers.Split(Regex(r"[^\sA-Za-z0-9]"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=int(vocab_size), special_tokens=list(PAGE_BPE_SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    return tok
-
-
-def write_page_bpe(folder: str, **kwargs) -> str:
-    """`page_bpe(**kwargs)` saved as `folder`/tokenizer.json with a tokenizer_config.json naming its BOS, EOS and
-    PAD (what `jaxmm.data.HFTokenizer(folder)` and `data.tokenizer=folder` read); returns the tokenizer.json path."""
-    import json
-    import os
-
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "tokenizer.json")
-    page_bpe(**kwargs).save(path)
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f, indent=1)
-        f.write("\n")
-    return path
+                yield f"{qa[0]}\n{qa[1]}"

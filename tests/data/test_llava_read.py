@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from jaxmm.data import ByteTokenizer
+from jaxmm.data import ByteTokenizer, HFTokenizer
 from jaxmm.data.llava_read import LlavaReadSource, box_tokens, pretrain_example, text_size_kind
 from jaxmm.data.textrich import make_page
 
@@ -108,8 +108,6 @@ BPE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "llava_
 
 @pytest.fixture(scope="module")
 def bpe():
-    from jaxmm.data import HFTokenizer
-
     return HFTokenizer(BPE_DIR)
 
 
@@ -147,16 +145,16 @@ def test_page_bpe_words_copy_as_the_same_tokens(bpe):
     assert len(bpe.encode(layout)) < len(layout) / 2     # whitespace runs and words merged (bytes: 1 per char)
 
 
-def test_page_bpe_is_deterministic_and_checked(tmp_path):
-    from jaxmm.data import HFTokenizer
-    from jaxmm.data.llava_read import page_bpe, write_page_bpe
+def test_page_corpus_is_deterministic_and_trains_the_shared_bpe(tmp_path):
+    """The corpus is deterministic and feeds the shared trainer; a bad page count is named."""
+    from jaxmm.data.llava_read import page_corpus
+    from jaxmm.data.tokenizers import train_word_bpe
 
-    a, b = page_bpe(vocab_size=320, num_pages=6), page_bpe(vocab_size=320, num_pages=6)
-    assert a.get_vocab() == b.get_vocab() and a.get_vocab_size() == 320
-    tok = HFTokenizer(os.path.dirname(write_page_bpe(str(tmp_path / "bpe"), vocab_size=320, num_pages=6)))
-    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
-    for bad in (10, 300.0, True):
-        with pytest.raises(ValueError, match="vocab_size"):
-            page_bpe(vocab_size=bad, num_pages=2)
+    a, b = list(page_corpus(3)), list(page_corpus(3))
+    assert a == b and a[:4] == ["USER: ", " ASSISTANT: ", "SYSTEM: ", "OCR:\n"] and len(a) > 3 * 4
+    assert list(page_corpus(3, seed=1)) != a
+    tok = HFTokenizer(train_word_bpe(a, tmp_path / "bpe", vocab_size=320))
+    text = a[5]
+    assert tok.decode(tok.encode(text)) == text and (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     with pytest.raises(ValueError, match="num_pages"):
-        page_bpe(vocab_size=400, num_pages=0)
+        list(page_corpus(0))
