@@ -3,6 +3,7 @@ own ground truth (words, boxes, reading-order lines, font sizes) with independen
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -101,8 +102,6 @@ def test_source_prompt_order_budget_and_kinds():
 
 
 # ---------------------------------------------------------------- the page BPE (configs/llava_read_bpe)
-import os  # noqa: E402
-
 BPE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "llava_read_bpe")
 
 
