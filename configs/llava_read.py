@@ -15,7 +15,7 @@ pre-training then instruction tuning, on the procedural text-rich pages (train/t
 
 Ablation rows (fine-tuned on the reading questions, same LLM and steps; from scratch by default, or from a
 pre-training run with --config.model.init.from_workdir=<workdir>:encoder,projector,llm -- round 2 of the table:
-only then did any row answer exactly; the pre-training it used: docs/results/llava_read.md):
+only then did any row answer exactly, the no-OCR row too (3/96 vs 4-5/96 with OCR); details there):
   low_res     the ViT alone on a 32 px view, no OCR          dual_res    + the 128 px ConvNeXt fused after blocks 1, 2
   ocr_plain   low_res + OCR words in reading order           ocr_layout  low_res + OCR with layout recovery
   full        dual_res + OCR with layout recovery (LLaVA-Read)
