@@ -1,30 +1,54 @@
-"""Print the ablation table of docs/results/llava_read.md from the runs' summary.json files (runs/lr_<row>[_rapidocr]_s0,
-made by the commands in that file; CPU time from each run's /usr/bin/time log runs/lr_<row>_s0.log when present).
+"""Print the ablation table of docs/results/llava_read.md from the runs' summary.json files
+(runs/lr_<row>[_rapidocr]_s<seed>, made by the commands in that file) and their `/usr/bin/time -v` logs
+(runs/lr_<row>[_rapidocr]_s<seed>.log: CPU time = user + sys). Cells: mean over the seeds that ran, with
+(min-max) and the seed count when more than one.
 
     python docs/results/llava_read_table.py
 """
-import json, os, sys
-rows = [("low_res", "low-res ViT only (32 px view), no OCR"), ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
+import json
+import os
+import re
+
+ROWS = [("low_res", "low-res ViT only (32 px view), no OCR"),
+        ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
         ("ocr_plain", "low-res + OCR without layout"), ("ocr_layout", "low-res + OCR with layout"),
         ("full", "full LLaVA-Read: dual-res + OCR with layout")]
-print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | rapidocr at eval: large | final train loss | eval answer loss | CPU time |")
-print("|---|---|---|---|---|---|---|---|")
-def get(v):
-    p = f"runs/lr_{v}_s0/summary.json"
-    return json.load(open(p)) if os.path.exists(p) else None
-def cpu(v):
+SEEDS = (0, 1, 2)
+
+
+def runs(v):
+    out = []
+    for s in SEEDS:
+        p = f"runs/lr_{v}_s{s}/summary.json"
+        if os.path.exists(p):
+            out.append((s, json.load(open(p)), p[:-len("/summary.json")] + ".log"))
+    return out
+
+
+def cpu(log):
     try:
-        line = [l for l in open(f"runs/lr_{v}_s0.log") if l.startswith("user ")][-1].split()
-        return f"{float(line[1]) + float(line[3]):.0f} s"
-    except Exception:
-        return "—"
-def acc(s, k):
-    return "not run" if s is None else (f"{s[k]:.3f}" if k in s else "—")
-for v, name in rows:
-    s, r = get(v), get(v + "_rapidocr")
-    if v in ("low_res", "dual_res"):
-        r = s  # no OCR in these rows: the eval engine does not enter
-    print(f"| {name} (`{v}`) | {acc(s, 'eval_accuracy/small')} | {acc(s, 'eval_accuracy/large')} | "
-          f"{acc(r, 'eval_accuracy/small')} | {acc(r, 'eval_accuracy/large')} | "
-          f"{'—' if s is None else format(s['final_loss'], '.3f')} | "
-          f"{'—' if s is None else format(s['eval_loss'], '.3f')} | {cpu(v)} |")
+        text = open(log).read()
+        return sum(float(re.search(f"{k} time \\(seconds\\): ([0-9.]+)", text).group(1)) for k in ("User", "System"))
+    except (OSError, AttributeError):
+        return None
+
+
+def cell(rs, key, fmt=".3f"):
+    vals = [r[key] for _, r, _ in rs if key in r]
+    if not vals:
+        return "not run"
+    m = sum(vals) / len(vals)
+    return f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ({min(vals):{fmt}}-{max(vals):{fmt}}, n={len(vals)})"
+
+
+print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | "
+      "rapidocr at eval: large | final train loss | eval answer loss | seeds | CPU s per run |")
+print("|---|---|---|---|---|---|---|---|---|")
+for v, name in ROWS:
+    s = runs(v)
+    r = s if v in ("low_res", "dual_res") else runs(v + "_rapidocr")  # no OCR: the eval engine does not enter
+    times = [t for t in (cpu(log) for _, _, log in s) if t is not None]
+    print(f"| {name} (`{v}`) | {cell(s, 'eval_accuracy/small')} | {cell(s, 'eval_accuracy/large')} | "
+          f"{cell(r, 'eval_accuracy/small')} | {cell(r, 'eval_accuracy/large')} | {cell(s, 'final_loss')} | "
+          f"{cell(s, 'eval_loss')} | {','.join(str(x) for x, _, _ in s) or '—'} | "
+          f"{'—' if not times else format(sum(times) / len(times), '.0f')} |")

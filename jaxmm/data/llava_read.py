@@ -27,6 +27,10 @@ OCR (`ocr`): "none" (no OCR block), "plain" (words in reading order) or "layout"
 wide), read by `engine` (oracle: the page's truth; rapidocr / tesseract: from the full-resolution page, cached
 on disk in `ocr_cache`), then cut to `budget` tokens of the run's tokenizer by `budget_rule`
 (jaxmm.data.ocr_text). `eval_engine` may differ from the training engine (train on the oracle, test on rapidocr).
+
+Tokenizer: the ablation rows (configs/llava_read.py) use configs/llava_read_bpe, the word-preserving BPE of
+`jaxmm.data.tokenizers.train_word_bpe` trained on `page_corpus(300)` (vocab 1024):
+    train_word_bpe(page_corpus(300), "configs/llava_read_bpe", vocab_size=1024)
 """
 from __future__ import annotations
 
@@ -188,3 +192,25 @@ class LlavaReadSource:
                 "conversations": [("user", ocr_text.ocr_prompt(question, context)), ("assistant", answer)],
                 "question": question, "answer": answer, "kind": kind, "ocr_text": context,
                 "page_kind": page.kind}
+
+
+def page_corpus(num_pages: int = 300, *, seed: int = 0, widths: Sequence[int] = (32, 48)):
+    """Texts of the procedural pages for `jaxmm.data.tokenizers.train_word_bpe` (configs/llava_read_bpe): each
+    page's OCR block in reading order and as layout canvases `widths` wide, its reading questions and answers and
+    its pre-training prompts, plus the chat template's role texts. Pages: `make_page` of default_rng([seed, 99])
+    draws (none of the sources' pages as such; the word lists and number ranges are shared by all splits)."""
+    if isinstance(num_pages, bool) or not (isinstance(num_pages, (int, np.integer)) and num_pages >= 1):
+        fail("num_pages", "a positive integer", repr(num_pages))
+    rng = np.random.default_rng([seed, 99])
+    yield from ("USER: ", " ASSISTANT: ", "SYSTEM: ", ocr_text.OCR_HEADER)
+    for i in range(int(num_pages)):
+        page = make_page(int(rng.integers(2**31)), KINDS[i % len(KINDS)])
+        truth = _truth(page)
+        yield ocr_text.OCR_HEADER + ocr_text.ocr_context(truth, layout=False)
+        yield from (ocr_text.ocr_context(truth, layout=True, width=int(w)) for w in widths)
+        yield from (f"{qa.question}\n{qa.answer}"
+                    for qa in page_questions(page, int(rng.integers(2**31)), READING_KINDS))
+        for task in PRETRAIN_TASKS:
+            qa = pretrain_example(page, task, rng)
+            if qa is not None:
+                yield f"{qa[0]}\n{qa[1]}"

@@ -3,11 +3,12 @@ own ground truth (words, boxes, reading-order lines, font sizes) with independen
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
 
-from jaxmm.data import ByteTokenizer
+from jaxmm.data import ByteTokenizer, HFTokenizer
 from jaxmm.data.llava_read import LlavaReadSource, box_tokens, pretrain_example, text_size_kind
 from jaxmm.data.textrich import make_page
 
@@ -98,3 +99,61 @@ def test_source_prompt_order_budget_and_kinds():
         LlavaReadSource(2, ocr="spaces")
     with pytest.raises(ValueError, match="tasks"):
         LlavaReadSource(2, tasks=("captioning",))
+
+
+# ---------------------------------------------------------------- the page BPE (configs/llava_read_bpe)
+BPE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "llava_read_bpe")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return HFTokenizer(BPE_DIR)
+
+
+def test_page_bpe_specials_and_round_trip(bpe):
+    ids = {bpe._tok.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<image>")}
+    assert (bpe.pad_id, bpe.bos_id, bpe.eos_id, bpe.image_id) == (0, 1, 2, 3) and len(ids) == 4
+    src = LlavaReadSource(4, split="eval", ocr="layout", width=32, budget=None, tokenizer=bpe)
+    for i in range(4):
+        text = src[i]["conversations"][0][1].replace("<image>\n", "")
+        assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_page_bpe_words_copy_as_the_same_tokens(bpe):
+    """A word's tokens inside the OCR block (after spaces or a newline) are its tokens alone (as an answer right
+    after "ASSISTANT: "): no token spans whitespace and a word, on an eval page the tokenizer never saw."""
+    src = LlavaReadSource(6, split="eval", ocr="layout", width=32, budget=None, tokenizer=bpe)
+    n_words = 0
+    for i in range(6):
+        text = src[i]["ocr_text"]
+        ids, spans = bpe.encode_with_offsets(text)
+        pieces = [text[a:b] for a, b in spans]
+        assert all(p.isspace() or not any(c.isspace() for c in p) for p in pieces)
+        # regroup the non-space pieces into words and compare with each word encoded alone
+        pos = 0
+        for word in text.split():
+            start = text.index(word, pos)
+            pos = start + len(word)
+            inside = [j for (a, b), j in zip(spans, ids) if start <= a and b <= pos]
+            assert inside == bpe.encode(word), word
+            n_words += 1
+    assert n_words > 40
+    lens = [len(bpe.encode(w)) for w in "meadow nova basket kettle glacier".split()]
+    assert lens == [1] * 5                       # frequent page words are single tokens
+    layout = LlavaReadSource(6, split="eval", ocr="layout", width=32, budget=None)[0]["ocr_text"]
+    assert len(bpe.encode(layout)) < len(layout) / 2     # whitespace runs and words merged (bytes: 1 per char)
+
+
+def test_page_corpus_is_deterministic_and_trains_the_shared_bpe(tmp_path):
+    """The corpus is deterministic and feeds the shared trainer; a bad page count is named."""
+    from jaxmm.data.llava_read import page_corpus
+    from jaxmm.data.tokenizers import train_word_bpe
+
+    a, b = list(page_corpus(3)), list(page_corpus(3))
+    assert a == b and a[:4] == ["USER: ", " ASSISTANT: ", "SYSTEM: ", "OCR:\n"] and len(a) > 3 * 4
+    assert list(page_corpus(3, seed=1)) != a
+    tok = HFTokenizer(train_word_bpe(a, tmp_path / "bpe", vocab_size=320))
+    text = a[5]
+    assert tok.decode(tok.encode(text)) == text and (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    with pytest.raises(ValueError, match="num_pages"):
+        list(page_corpus(0))

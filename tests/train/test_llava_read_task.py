@@ -55,3 +55,30 @@ def test_chat_puts_rapidocr_text_of_a_user_png_before_the_question(tmp_path):
     truth = {w.lower() for w in page.words}
     assert read and sum(w in truth for w in read) >= 0.6 * len(read), (read, truth)
     assert with_ocr(session, path, "Q?", "none") == "Q?"
+
+
+def test_ablation_rows_budget_covers_the_layout_canvas():
+    """The rows' OCR budget (96 tokens of configs/llava_read_bpe) keeps the same words with and without layout
+    recovery (the byte-level budget of the first table lost 15 points of recall to the canvas's spaces), and the
+    whole prompt fits data.max_prompt_len."""
+    from jaxmm.data import HFTokenizer
+    from jaxmm.data.llava_read import LlavaReadSource
+
+    plain, layout = _config("ocr_plain"), _config("ocr_layout")
+    assert plain.data.tokenizer == layout.data.tokenizer and plain.data.llava_read.budget == 96
+    tok = HFTokenizer(plain.data.tokenizer)
+    args = {k: v for k, v in layout.data.llava_read.to_dict().items() if k not in ("ocr", "ocr_cache")}
+    srcs = {m: LlavaReadSource(8, split="eval", ocr=m, tokenizer=tok, **args) for m in ("plain", "layout")}
+    full = LlavaReadSource(8, split="eval", ocr="plain", budget=None, tokenizer=tok,
+                           **{k: v for k, v in args.items() if k != "budget"})
+    same = 0
+    for i in range(8):
+        p, lay, whole = srcs["plain"][i], srcs["layout"][i], full[i]
+        assert len(tok.encode(lay["ocr_text"])) <= 96 and len(tok.encode(p["ocr_text"])) <= 96
+        assert len(tok.encode(lay["conversations"][0][1])) + 4 <= layout.data.max_prompt_len
+        same += sorted(p["ocr_text"].split()) == sorted(lay["ocr_text"].split()) == sorted(whole["ocr_text"].split())
+    assert same >= 7, same
+    # bytes at the same budget (the first table's setting) cut the canvas far earlier
+    b = LlavaReadSource(8, split="eval", ocr="layout", **args)
+    assert sum(len(b[i]["ocr_text"].split()) for i in range(8)) < 0.8 * sum(
+        len(srcs["layout"][i]["ocr_text"].split()) for i in range(8))
