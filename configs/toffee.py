@@ -2,15 +2,16 @@
 
     python -m train --config configs/toffee.py --workdir /tmp/toffee          # full: encoders, Refiner, View
                                                                              # Generator, pipeline, λ and p tables
-    python -m train --config configs/toffee.py:p --workdir /tmp/toffee_p      # the p table alone (p = 0, 0.5; the
-                                                                             # same ToffeeNet runs as full's)
+    python -m train --config configs/toffee.py:p --workdir /tmp/toffee_p      # the p table alone (p = 0, 0.5)
+                                                                             # over training seeds 0 and 1
     python -m train --config configs/toffee.py:tiny --workdir /tmp/toffee_tiny   # smoke test, every stage
 
-Measured (docs/results/toffee.md): full = 869 CPU seconds (~9 minutes on a quiet 2-core machine; the issue allows
-45). The pipeline's CPU seconds per pair are ~1/29 of per-subject fine-tuning's at 100 tuning steps; the Refiner at
-120 steps does not yet beat its draft, and the DINO stand-in at 150 steps does not beat random features on subject
-identity, so the λ and p tables compare barely trained models (read their caveats there). ToffeeNet for p is trained
-over two seeds (0, 1); within a seed, p is the only difference (same examples and initial weights).
+Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,200 CPU s
+(DINO 2,000 steps ~200 s, CLIP 300, Refiner and View Generator 600 steps each, baseline 100, ToffeeNet p = 0.5
+and p = 0 at 1,400 steps, one seed) and :p ~4,000 CPU s (ToffeeNet p = 0 and 0.5 over seeds 0 and 1 at 1,400
+steps; Refiner / View Generator smoke-trained), each inside the issue's 45 minutes (~4,300 CPU s quiet). These are
+estimates from per-step costs: the committed run used smaller step counts (the command in docs/results/toffee.md).
+Within a seed, p is the only difference between ToffeeNets (same examples and initial weights).
 """
 from __future__ import annotations
 
