@@ -1,7 +1,7 @@
 """The DINO stand-in of train/tasks/toffee.py identifies held-out subjects (docs/results/toffee.md, Encoders).
 
 Fast: the training pairs are two different views of one subject (the mechanism that removes the single-image
-background shortcut). Slow (`pytest -m slow`, ~100 CPU s): a short training run must identify held-out subjects
+background shortcut). Slow (`pytest -m slow`, 70 CPU s measured): a short training run must identify held-out subjects
 (leave-one-out 1-NN over other views and backgrounds) well above chance and above its own random initialisation; an
 inert stand-in (untrained, or trained on the background as plain single-image DINO was) scores at or below chance."""
 import jax
