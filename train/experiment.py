@@ -19,7 +19,8 @@ metrics.jsonl. The experiment holds no state between runs.
 
 The small optimisation loops inside experiments (a CLIP or DINO stand-in, a planner, an FID feature network) all
 go through `fit` below: one jitted step, Adam or any optax transformation, optional frozen leaves, optional
-non-gradient state beside the params, a progress bar and metrics.jsonl records like the trainer's.
+non-gradient state beside the params, a step compiled once for several models of one architecture (`cache`), a
+progress bar and metrics.jsonl records like the trainer's.
 """
 from __future__ import annotations
 
@@ -61,12 +62,13 @@ def experiment(name: str, check: Callable[[Any], None] | None = None):
 class Fit(NamedTuple):
     """What `fit` returns: the trained params, the loss of every step ([steps], float64 holding each step's float32
     value, so host statistics are taken in float64), the wall seconds of steps 2..steps (steady state: the first
-    step's compilation is not counted; 0 for fewer than 2 steps) and the final non-gradient state (`aux`; None
-    without one)."""
+    step's compilation is not counted; 0 for fewer than 2 steps), the final non-gradient state (`aux`; None
+    without one) and the process CPU seconds (all threads) of the same steps."""
     params: Any
     losses: np.ndarray
     seconds: float
     aux: Any = None
+    cpu_seconds: float = 0.0
 
     def curve(self, every: int) -> list[tuple[int, float]]:
         """[(step, loss)] at every `every`-th step and at the last (steps counted from 1)."""
@@ -74,8 +76,11 @@ class Fit(NamedTuple):
         return [(s, float(self.losses[s - 1])) for s in range(1, n + 1) if s % every == 0 or s == n]
 
 
+_STEPS: dict = {}   # fit's cache: key -> (optimizer, jitted step)
+
+
 def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, aux=None, update_aux=None,
-        report=None, name: str = "fit", log_every: int = 50, progress: bool = True) -> Fit:
+        report=None, name: str = "fit", log_every: int = 50, progress: bool = True, cache=None) -> Fit:
     """Minimise `loss_fn(params, batch, key) -> scalar` for `steps` optimizer steps (one jitted step function).
 
     batches(step) -> batch: called on the host once per step, in order, step = 0 .. steps - 1.
@@ -88,18 +93,56 @@ def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, au
       `aux = update_aux(aux, new_params, out, batch)`, inside the same jitted step.
     report: a `train.report.Reporter`; `{name}/loss` goes to its metrics.jsonl at every `log_every`-th step and the
       last. progress: a tqdm bar (the trainer's `train.metrics.Progress`) with the loss.
+    cache: a hashable key. The optimizer and jitted step built by the first call with this key are kept and reused
+      by every later call with it, so several models of one architecture (Toffee's Refiner, View Generator and
+      ToffeeNets) compile their step once. The key must determine everything the step does: loss_fn's maths, the
+      optimizer, frozen, update_aux (e.g. (network config, lr, dropout)); a later call's loss_fn and optimizer are
+      not used. None (the default): a fresh step for this call.
     """
     from train.metrics import Progress
 
     if (aux is None) != (update_aux is None):
         raise ValueError(f"fit: expected aux and update_aux together, got aux={'set' if aux is not None else None}"
                          f", update_aux={update_aux}")
+    if cache is not None and cache in _STEPS:
+        opt, step = _STEPS[cache]
+    else:
+        opt, step = _build_step(loss_fn, params, optimizer, frozen, update_aux)
+        if cache is not None:
+            _STEPS[cache] = opt, step
+    opt_state = opt.init(params)
+
+    bar = Progress(steps, 0, progress and steps > 0)
+    if bar.bar is not None:
+        bar.bar.set_description(name)
+    losses, t0, c0, shown = [], time.perf_counter(), time.process_time(), 0
+    for s in range(steps):
+        key, sub = jax.random.split(key)
+        params, opt_state, aux, loss = step(params, opt_state, aux, batches(s), sub)
+        losses.append(loss)
+        if s == 0:
+            jax.block_until_ready(loss)
+            t0, c0 = time.perf_counter(), time.process_time()   # steady state from here: the first step compiled
+        if (s + 1) % log_every == 0 or s + 1 == steps:
+            value = float(loss)
+            if report is not None:
+                report.metrics.write(s + 1, {f"{name}/loss": value})
+            bar.update(s + 1 - shown, loss=value)
+            shown = s + 1
+    jax.block_until_ready(params)
+    seconds = time.perf_counter() - t0 if steps > 1 else 0.0
+    cpu = time.process_time() - c0 if steps > 1 else 0.0
+    bar.close()
+    return Fit(params, np.asarray(jax.device_get(losses), np.float64).reshape(steps), seconds, aux, cpu)
+
+
+def _build_step(loss_fn, params, optimizer, frozen, update_aux):
+    """fit's (optimizer, jitted step(params, opt_state, aux, batch, key) -> (params, opt_state, aux, loss))."""
     opt = optax.adam(optimizer) if isinstance(optimizer, (int, float)) else optimizer
     if frozen is not None:
         labels = jax.tree_util.tree_map_with_path(
             lambda p, _: "frozen" if frozen(jax.tree_util.keystr(p)) else "train", params)
         opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
-    opt_state = opt.init(params)
 
     @jax.jit
     def step(params, opt_state, aux, batch, key):
@@ -112,25 +155,4 @@ def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, au
         if update_aux is not None:
             aux = update_aux(aux, params, out, batch)
         return params, opt_state, aux, loss
-
-    bar = Progress(steps, 0, progress and steps > 0)
-    if bar.bar is not None:
-        bar.bar.set_description(name)
-    losses, t0, shown = [], time.perf_counter(), 0
-    for s in range(steps):
-        key, sub = jax.random.split(key)
-        params, opt_state, aux, loss = step(params, opt_state, aux, batches(s), sub)
-        losses.append(loss)
-        if s == 0:
-            jax.block_until_ready(loss)
-            t0 = time.perf_counter()   # steady state from here: the first step compiled
-        if (s + 1) % log_every == 0 or s + 1 == steps:
-            value = float(loss)
-            if report is not None:
-                report.metrics.write(s + 1, {f"{name}/loss": value})
-            bar.update(s + 1 - shown, loss=value)
-            shown = s + 1
-    jax.block_until_ready(params)
-    seconds = time.perf_counter() - t0 if steps > 1 else 0.0
-    bar.close()
-    return Fit(params, np.asarray(jax.device_get(losses), np.float64).reshape(steps), seconds, aux)
+    return opt, step

@@ -157,12 +157,50 @@ def dino_loss(student_logits, teacher_logits, center, *, student_temp: float = 0
     if teacher_logits.shape[0] > student_logits.shape[0] or teacher_logits.shape[1:] != student_logits.shape[1:]:
         fail("teacher_logits", f"[Vt <= {student_logits.shape[0]}, {student_logits.shape[1]}, "
              f"{student_logits.shape[2]}]", f"shape {teacher_logits.shape}")
-    t = jax.nn.softmax(jax.lax.stop_gradient((teacher_logits - center) / teacher_temp), -1)
+    return cross_view_loss(student_logits, jax.nn.softmax((teacher_logits - center) / teacher_temp, -1),
+                           student_temp=student_temp)
+
+
+def cross_view_loss(student_logits, teacher_probs, *, student_temp: float = 0.1):
+    """Mean over the (teacher view v_t, student view v_s) pairs with v_t != v_s of mean_b
+    H(teacher_probs[v_t, b], softmax(student_logits[v_s, b] / τ_s)). student_logits [Vs, B, K], teacher_probs
+    [Vt, B, K] (rows sum to 1, Vt <= Vs; the first Vt student views are the teacher's views); no gradient reaches
+    teacher_probs."""
+    t = jax.lax.stop_gradient(teacher_probs)
     logp = jax.nn.log_softmax(student_logits / student_temp, -1)
     ce = -jnp.einsum("tbk,sbk->tsb", t, logp).mean(-1)                     # [Vt, Vs]
-    vt, vs = teacher_logits.shape[0], student_logits.shape[0]
+    vt, vs = teacher_probs.shape[0], student_logits.shape[0]
     off = 1.0 - jnp.eye(vt, vs)
     return (ce * off).sum() / off.sum()
+
+
+def sinkhorn_knopp(teacher_logits, *, teacher_temp: float = 0.04, iterations: int = 3):
+    """DINOv2's teacher targets (its replacement of centring): Q = exp(logits / τ_t) over one view's batch
+    [B, K] (or [V, B, K], each view alone), alternately normalised so every prototype gets mass 1/K and every
+    sample 1/B, `iterations` times; returns B·Q, rows summing to 1. The equal prototype mass is what stops both
+    collapses (one prototype for all samples, or the uniform) without a running centre."""
+    if teacher_logits.ndim == 3:
+        return jax.vmap(lambda t: sinkhorn_knopp(t, teacher_temp=teacher_temp, iterations=iterations))(
+            teacher_logits)
+    check_rank("teacher_logits", teacher_logits, 2, "[B, K] or [views, B, K]")
+    b, k = teacher_logits.shape
+    z = teacher_logits / teacher_temp
+    q = jnp.exp(z - z.max())
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(0, keepdims=True) / k     # each prototype: 1/K
+        q = q / q.sum(1, keepdims=True) / b     # each sample: 1/B
+    return q * b
+
+
+def koleo_loss(features, eps: float = 1e-8):
+    """DINOv2's KoLeo regulariser (Sablayrolles et al. 2019) on a batch [B, D]: -mean_i log(min_{j != i}
+    ||x̂_i - x̂_j|| + eps) of the L2-normalised features x̂; it grows as two samples' features approach, so it
+    spreads the batch over the sphere (against the collapse of all images onto one feature)."""
+    check_rank("features", features, 2, "[B, D]")
+    x = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    d2 = jnp.sum((x[:, None] - x[None]) ** 2, -1) + jnp.where(jnp.eye(x.shape[0], dtype=bool), jnp.inf, 0.0)
+    return -jnp.mean(jnp.log(jnp.sqrt(jnp.maximum(jnp.min(d2, 1), 1e-12)) + eps))
 
 
 def update_center(center, teacher_logits, momentum: float = 0.9):

@@ -80,3 +80,53 @@ def test_vit_shapes_positions_resize_and_bad_input():
         m.apply({"params": p}, jnp.ones((2, 10, 10, 3)))
     with pytest.raises(ValueError, match="d_model"):
         dino.DinoConfig(d_model=10, num_heads=4)
+
+
+def _np_sinkhorn(t, temp, iters):
+    q = np.exp(np.asarray(t, np.float64) / temp).T          # [K, B], DINOv2's layout
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q /= q.sum(1, keepdims=True) * k
+        q /= q.sum(0, keepdims=True) * b
+    return (q * b).T
+
+
+def test_sinkhorn_knopp_matches_numpy_and_balances_prototypes():
+    rng = np.random.default_rng(3)
+    t = rng.uniform(-1, 1, size=(2, 6, 5))
+    got = np.asarray(dino.sinkhorn_knopp(jnp.asarray(t, jnp.float32), teacher_temp=0.1, iterations=3), np.float64)
+    for v in range(2):
+        np.testing.assert_allclose(got[v], _np_sinkhorn(t[v], 0.1, 3), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)            # each sample a distribution
+    # many iterations: every prototype gets an equal share of the batch, even when the logits all favour one
+    skew = np.zeros((8, 4))
+    skew[:, 0] = 1.0
+    skew += rng.normal(size=skew.shape) * 0.05
+    q = np.asarray(dino.sinkhorn_knopp(jnp.asarray(skew, jnp.float32), teacher_temp=0.5, iterations=50))
+    np.testing.assert_allclose(q.sum(0), 8 / 4, rtol=1e-3)
+    plain = np.asarray(jax.nn.softmax(jnp.asarray(skew) / 0.5, -1)).sum(0)
+    assert plain[0] > 2 * plain[1:].max()                             # softmax alone would not balance them
+
+
+def test_cross_view_loss_is_dino_loss_with_centred_targets():
+    rng = np.random.default_rng(4)
+    s, t, c = rng.normal(size=(4, 3, 6)), rng.normal(size=(2, 3, 6)), rng.normal(size=6) * 0.1
+    p = np.exp((t - c) / 0.04)
+    p /= p.sum(-1, keepdims=True)
+    got = dino.cross_view_loss(jnp.asarray(s, jnp.float32), jnp.asarray(p, jnp.float32), student_temp=0.1)
+    assert float(got) == pytest.approx(_np_loss(s, t, c, 0.1, 0.04), rel=1e-5)
+
+
+def test_koleo_matches_numpy_and_punishes_near_duplicates():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 4))
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = np.linalg.norm(xn[:, None] - xn[None], axis=-1) + np.diag(np.full(6, np.inf))
+    want = -np.mean(np.log(d.min(1) + 1e-8))
+    assert float(dino.koleo_loss(jnp.asarray(x, jnp.float32))) == pytest.approx(want, rel=1e-5)
+    close = x.copy()
+    close[1] = x[0] + 1e-3 * rng.normal(size=4)                      # two samples nearly collapsed
+    assert float(dino.koleo_loss(jnp.asarray(close, jnp.float32))) > want + 0.5
+    g = jax.grad(dino.koleo_loss)(jnp.asarray(close, jnp.float32))
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g[1])).max() > 0

@@ -230,3 +230,57 @@ def test_metrics_curve_progress_and_timing(tmp_path, capsys):
 def test_aux_without_update_is_refused():
     with pytest.raises(ValueError, match="aux and update_aux"):
         fit(_loss, _params(), _batches(), 1, 1e-2, jax.random.key(0), aux={"a": 0}, progress=False)
+
+
+def _toffee_diffusion_reference(loss_fn, params, pool, steps, lr, key, batch, seed):
+    """train/tasks/toffee.py `train_diffusion`'s loop before it moved into `fit` (AdamW without decay, minibatches
+    drawn by `default_rng(seed)`; metrics and timing dropped)."""
+    opt = optax.adamw(lr, weight_decay=0.0)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, batch, key):
+        loss, g = jax.value_and_grad(loss_fn)(params, batch, key)
+        upd, state = opt.update(g, state, params)
+        return optax.apply_updates(params, upd), state, loss
+
+    rng, n, losses = np.random.default_rng(seed), len(pool["x"]), []
+    for _ in range(steps):
+        key, k = jax.random.split(key)
+        j = rng.integers(0, n, batch)
+        params, state, loss = step(params, state, {k_: v[j] for k_, v in pool.items()}, k)
+        losses.append(float(loss))
+    return params, losses
+
+
+def test_cached_step_compiles_once_and_reproduces_the_toffee_diffusion_loop():
+    rng0 = np.random.default_rng(6)
+    pool = {"x": rng0.normal(size=(16, 4)).astype(np.float32), "y": rng0.normal(size=(16, 2)).astype(np.float32)}
+    traces = []
+
+    def counted(p, batch, key):   # a Python side effect runs once per trace (compilation), not per step
+        traces.append(1)
+        return _loss(p, batch, key)
+
+    def run(p0, key, cache):
+        rng = np.random.default_rng(9)
+
+        def batch(_):
+            j = rng.integers(0, 16, 5)
+            return {k: v[j] for k, v in pool.items()}
+        return fit(counted, p0, batch, STEPS, optax.adamw(2e-2, weight_decay=0.0), key, progress=False, cache=cache)
+
+    # two "models" of one architecture (different initial weights and keys) through one cached step
+    p_a = _params()
+    p_b = jax.tree.map(lambda x: x + 0.5, p_a)
+    key = ("test_cached_step", id(pool))
+    got_a, got_b = run(p_a, jax.random.key(1), key), run(p_b, jax.random.key(2), key)
+    assert len(traces) == 1                     # the second model reused the first one's compiled step
+    # the second model (the one trained by the reused step) is the replaced loop's result, bit for bit
+    want, want_losses = _toffee_diffusion_reference(_loss, p_b, pool, STEPS, 2e-2, jax.random.key(2), 5, 9)
+    _assert_trees_equal(got_b.params, want)
+    np.testing.assert_array_equal(got_b.losses, want_losses)
+    assert got_b.cpu_seconds > 0 and not np.array_equal(got_a.params["head"]["w"], got_b.params["head"]["w"])
+    # the control: without a cache key the call traces (and compiles) its own step, and trains the same
+    _assert_trees_equal(run(p_b, jax.random.key(2), None).params, want)
+    assert len(traces) == 2
