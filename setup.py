@@ -6,4 +6,5 @@ installed jaxmm runs `python -m train --config <name>[:variant]` without a clone
 from setuptools import find_packages, setup
 
 setup(packages=find_packages(include=["jaxmm", "jaxmm.*", "train", "train.*"]) + ["train.configs"],
-      package_dir={"train.configs": "configs"})
+      package_dir={"train.configs": "configs"},
+      package_data={"train.configs": ["*/*.json"]})   # data folders beside a config (configs/llava_read_bpe)

@@ -95,6 +95,8 @@ def test_wheel_ships_packages_configs_and_accelerator_extras(venv):
     assert sorted(p.name for p in (site / "train" / "configs").glob("*.py")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.py"))
     assert (site / "jaxmm" / "kernels").is_dir() and (site / "train" / "tasks").is_dir()
+    for data in (ROOT / "configs").glob("*/*.json"):   # data folders beside a config (the LLaVA-Read tokenizer)
+        assert (site / "train" / "configs" / data.relative_to(ROOT / "configs")).is_file(), data
     assert not (site / "configs").exists(), "configs must not become a top-level package"
     (info,) = site.glob("jaxmm-*.dist-info")
     dist = importlib.metadata.Distribution.at(info)
