@@ -97,16 +97,42 @@ def generated_texts(batches, answer_fn, tok):
     return preds, refs, kind_ids
 
 
+def ensure_word_tokenizer(config) -> None:
+    """With `task_args.word_tokenizer=<vocab size>` (> 0), train `jaxmm.data.trins.train_word_tokenizer` into
+    the file `data.tokenizer` when it does not exist yet (once; later runs read it). The file depends only on the
+    vocab size (its corpus is fixed: 256 generated pages, seed 0), so every run naming it shares one tokenizer."""
+    import os
+
+    from jaxmm.checks import fail
+
+    vocab = int(config.task_args.get("word_tokenizer", 0) or 0)
+    if vocab <= 0:
+        return
+    path = config.data.tokenizer
+    if not path:
+        fail("data.tokenizer", "the tokenizer.json path to write (task_args.word_tokenizer > 0)", repr(path))
+    if not os.path.isfile(path):
+        from jaxmm.data.trins import train_word_tokenizer
+
+        train_word_tokenizer(path, vocab_size=vocab)
+
+
 # ------------------------------------------------------------------------------------------------ the task
 class LaraTask(MLLMQATask):
     metric = "eval_trins_vqa_contains"
+
+    def __init__(self, config=None):
+        if config is not None:
+            ensure_word_tokenizer(config)
+        super().__init__(config)
 
     def default_config(self):
         c = super().default_config()
         c.data.source = "lara"
         c.data.update(max_len=640, max_prompt_len=256, max_answer_len=24)
         c.task_args.update(eval_generate=False, visual_examples=64, caption_examples=32, caption_tokens=480,
-                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"))
+                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"),
+                           word_tokenizer=0)
         return c
 
     def benchmark(self, config, name: str):
