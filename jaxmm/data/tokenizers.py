@@ -184,3 +184,45 @@ class HFTokenizer:
     def role_prefix(self, role: str) -> list[int]:
         _check_role(role)
         return list(self._role_ids[role])
+
+
+WORD_BPE_SPECIALS = ("<pad>", "<s>", "</s>", "<image>", "<audio>")
+
+
+def train_word_bpe(texts: Iterable[str], folder: str | os.PathLike, *, vocab_size: int = 1024) -> str:
+    """Train a small byte-level BPE on `texts` and write it as `folder`/tokenizer.json plus a
+    tokenizer_config.json naming <s>, </s>, <pad> (what `HFTokenizer(folder)` and `data.tokenizer=folder` read);
+    returns the folder.
+
+    For models trained from scratch on generated text (the reading tasks): whitespace runs and punctuation are
+    split off before the byte-level BPE, so a word is the same token(s) wherever it stands (after a space, a
+    newline, "ASSISTANT: " or at the start of a layout line) and copying a word out of an OCR block is copying
+    its one or two tokens instead of its bytes; runs of spaces (layout canvases) merge to few tokens. Byte-level,
+    so every string encodes (no <unk>) and `decode(encode(s)) == s`. `vocab_size` >= 300 (256 bytes, the
+    specials, merges). Our CPU-scale choice: the papers use their LLM's own tokenizer."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
+        fail("vocab_size", "an integer >= 300", repr(vocab_size))
+    if isinstance(texts, str):
+        fail("texts", "an iterable of str (not one str)", "str")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"[^\sA-Za-z0-9]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(WORD_BPE_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(iter(texts), trainer)
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "tokenizer.json.tmp")
+    tok.save(tmp)
+    os.replace(tmp, os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f, indent=1)
+        f.write("\n")
+    return folder

@@ -72,3 +72,31 @@ def test_hf_tokenizer_matches_hf_ids_on_the_fixture():
         hf_ids = ref[f"tokenizer_ids_{i}"].tolist()  # PreTrainedTokenizerFast: <s> then the text's ids
         assert [tok.bos_id] + tok.encode(str(text)) == hf_ids
         assert tok.decode(hf_ids) == str(text)
+
+
+def test_train_word_bpe_words_are_the_same_tokens_everywhere(tmp_path):
+    from jaxmm.data.tokenizers import HFTokenizer, train_word_bpe
+
+    words = ["invoice", "total", "apple", "river", "4217", "Zebra"]
+    corpus = [" ".join(words[i:] + words[:i]) + "\n" + "   ".join(words) for i in range(len(words))] * 20
+    folder = train_word_bpe(corpus, tmp_path / "bpe", vocab_size=400)
+    tok = HFTokenizer(folder)
+    assert tok.decode([tok.bos_id, tok.eos_id, tok.pad_id], skip_special=False) == "<s></s><pad>"
+    for w in ("invoice", "river", "Zebra"):
+        alone = tok.encode(w)
+        assert len(alone) == 1, (w, alone)       # a frequent word merges to one token
+        for ctx in (f"x {w} y", f"a\n{w}\n", f"ASSISTANT: {w}", f"     {w}"):
+            ids = tok.encode(ctx)
+            assert any(ids[i:i + len(alone)] == alone for i in range(len(ids))), (ctx, ids)
+    for s in ("unseen words ü 12.5%\n  x", "   ", "Total: $4217"):
+        assert tok.decode(tok.encode(s)) == s   # byte-level: every string round-trips
+    assert len(tok.encode(" " * 16)) < 16        # runs of spaces merge
+
+
+def test_train_word_bpe_bad_input(tmp_path):
+    from jaxmm.data.tokenizers import train_word_bpe
+
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_word_bpe(["a b"], tmp_path, vocab_size=100)
+    with pytest.raises((ValueError, TypeError), match="texts"):
+        train_word_bpe("a b", tmp_path)
