@@ -37,12 +37,13 @@ ABLATIONS = ("small_no_ocr", "small_oracle", "small_rapidocr", "small_rapidocr_l
 VARIANTS = ("paper", "tiny", "small_pretrain") + ABLATIONS
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "hf")
 PRETRAIN_WORKDIR = "runs/lara/pretrain"
+WORD_TOKENIZER = "runs/lara/words_2048"   # built on first use (train/tasks/lara.py ensure_word_tokenizer)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = pick_variant(__file__, variant, VARIANTS)
     c = ml_collections.ConfigDict(dict(task="lara", seed=0))
-    c.train = dict(steps=400, batch_size=8, log_every=20, eval_every=0, eval_batch_size=32, progress=True,
+    c.train = dict(steps=1500, batch_size=8, log_every=100, eval_every=0, eval_batch_size=32, progress=True,
                    plots=True)
     c.optim = dict(name="adamw", lr=3e-3, schedule="warmup_cosine", warmup_steps=20, weight_decay=0.0,
                    groups=dict(encoder=dict(frozen=True)))
@@ -51,16 +52,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                    vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
                    llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
                    init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
-    c.data = dict(source="lara", train_examples=3200, eval_examples=128, max_len=288, max_prompt_len=192,
-                  max_answer_len=24,
-                  lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=128, eval_pages=64,
-                            caption_fraction=0.3))
-    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128)
+    c.data = dict(source="lara", train_examples=12_000, eval_examples=128, max_len=224, max_prompt_len=128,
+                  max_answer_len=16, tokenizer=WORD_TOKENIZER,
+                  lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=1024, eval_pages=64,
+                            caption_fraction=0.1))
+    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128, word_tokenizer=2048)
     if variant == "paper":
         c.model = dict(encoder="vit", projector="mlp2x_gelu", vit=dict(feature_layer=-2),
                        init=dict(encoder="hf/clip-vit-large-patch14", llm="hf/vicuna-7b-v1.5", from_workdir=""))
         c.data.update(train_examples=248_000, eval_examples=1000, max_len=2048, max_prompt_len=1536,
-                      max_answer_len=64)
+                      max_answer_len=64, tokenizer="")   # the LLM folder's tokenizer
+        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=1024, train_pages=39_153, eval_pages=1000)
         c.train.update(steps=1940, batch_size=128)   # ~248k samples, one epoch
         c.optim.update(lr=2e-5, warmup_steps=58)
@@ -69,7 +71,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model = dict(encoder="vit", projector="mlp2x_gelu", llm=dict(num_layers=1, d_model=32, num_heads=2,
                                                                        num_kv_heads=1, mlp_dim=64),
                        init=dict(encoder=os.path.join(FIXTURES, "clip_model"), from_workdir=""))
-        c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16)
+        c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16,
+                      tokenizer="")   # bytes
+        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=64, train_pages=2, eval_pages=2, page_kinds=("sign", "poster"))
         c.train.update(steps=3, batch_size=8, log_every=1, eval_batch_size=8, progress=False, plots=False)
         c.task_args.update(visual_examples=2, caption_examples=2, caption_tokens=17,  # = VQA steps: one compile
@@ -77,7 +81,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "small_pretrain":   # stage 0: the low-res encoder, trained with everything, no OCR
         c.model.init.from_workdir = ""
         c.optim.groups = {}
-        c.train.steps, c.data.train_examples = 200, 1600
+        c.train.steps, c.data.train_examples = 300, 2400
         c.data.lara.update(ocr="none", caption_fraction=0.5)
         c.task_args.update(caption_examples=0)
     else:

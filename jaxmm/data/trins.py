@@ -330,41 +330,19 @@ def export_llava(root: str | os.PathLike, json_path: str | os.PathLike, *, tasks
     return json_path
 
 
-def train_word_tokenizer(path: str | os.PathLike, *, vocab_size: int = 1024, pages: int = 256, seed: int = 0,
-                         kinds=KINDS) -> str:
-    """Train and write (`path`, a tokenizer.json for `jaxmm.data.HFTokenizer`) a small word-level BPE
-    tokenizer on generated TRINS text (the OCR words, captions, questions and answers of `pages` pages of
-    `write_trins`' generator), so that every word of the generator's vocabulary is ONE token whether it stands
-    in the OCR block, the question or the answer: copying an answer word out of the OCR tokens is then one
-    induction step per word instead of one per byte. Words are split on spaces (Metaspace, "▁" before every
-    word) after newlines are isolated; numbers become a few BPE pieces. Decoding an answer gives its text back
-    exactly (tests/test_lara_tokenizer.py). Specials: <unk> <pad> <s> </s> (<image> / <audio> are added by
-    HFTokenizer). Returns `path`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    check_positive("vocab_size", vocab_size)
+def word_corpus(pages: int = 256, *, seed: int = 0, kinds=KINDS):
+    """Texts of `pages` generated TRINS pages (each page's words, its caption, every question + answer; then the
+    prompt words), the corpus of LaRA's word-level tokenizer (`jaxmm.data.tokenizers.train_word_bpe`: every word
+    of the generator's vocabulary becomes one token wherever it stands, so copying an answer word out of the OCR
+    block is one step per word instead of one per byte)."""
     check_positive("pages", pages)
-
-    def corpus():
-        rng = np.random.default_rng([seed, 11])
-        for _ in range(pages):
-            page = make_page(int(rng.integers(2**31)), kinds[int(rng.integers(len(kinds)))])
-            cap = caption_page(page)
-            yield " ".join(page.words)
-            yield cap
-            for qa in trins_qa(page, cap, int(rng.integers(2**31))):
-                yield qa["question"] + " " + qa["answer"]
-        yield "USER: ASSISTANT: SYSTEM: OCR: " + CAPTION_PROMPT
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Replace("\n", " \n ")
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    specials = ["<unk>", "<pad>", "<s>", "</s>"]
-    alphabet = sorted(set("".join(chr(c) for c in range(32, 127))) | {"\n", "▁"})
-    tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                         initial_alphabet=alphabet, show_progress=False))
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tok.save(path)
-    return path
+    rng = np.random.default_rng([seed, 11])
+    for _ in range(pages):
+        page = make_page(int(rng.integers(2**31)), kinds[int(rng.integers(len(kinds)))])
+        cap = caption_page(page)
+        yield " ".join(page.words)
+        yield cap
+        for qa in trins_qa(page, cap, int(rng.integers(2**31))):
+            yield qa["question"] + " " + qa["answer"]
+    yield "USER: ASSISTANT: SYSTEM: OCR: " + CAPTION_PROMPT

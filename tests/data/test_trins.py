@@ -169,13 +169,13 @@ def test_real_ocr_file(tmp_path):
     assert src[0]["ocr_text"].split() == ocr["000000.png"]["words"]
 
 
-# --------------------------------------------------------------------------- the word-level tokenizer
+# --------------------------------------------------------------------------- LaRA's word-level tokenizer
 @pytest.fixture(scope="module")
 def word_tok(tmp_path_factory):
     from jaxmm.data import HFTokenizer
+    from jaxmm.data.tokenizers import train_word_bpe
 
-    path = trins.train_word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=600, pages=24)
-    return HFTokenizer(path)
+    return HFTokenizer(train_word_bpe(trins.word_corpus(32), tmp_path_factory.mktemp("tok"), vocab_size=900))
 
 
 def test_word_tokenizer_round_trips_answers_and_makes_them_copyable(word_tok):
@@ -194,14 +194,9 @@ def test_word_tokenizer_round_trips_answers_and_makes_them_copyable(word_tok):
     assert copyable >= 10
 
 
-def test_word_tokenizer_is_word_level(word_tok):
-    vocab = word_tok._tok.get_vocab()
-    assert all("▁" not in t[1:] for t in vocab)               # no token spans two words
+def test_word_corpus_makes_the_generator_words_single_tokens(word_tok):
     per_word = np.mean([len(word_tok.encode(w)) for w in tr.WORDS])   # the generator's 96 words
     per_byte = np.mean([len(w.encode()) for w in tr.WORDS])
     assert per_word <= 1.2 and per_byte > 5, (per_word, per_byte)   # a byte tokenizer: one token per byte
-
-
-def test_word_tokenizer_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="vocab_size"):
-        trins.train_word_tokenizer(tmp_path / "t.json", vocab_size=0)
+    with pytest.raises(ValueError, match="pages"):
+        next(trins.word_corpus(0))

@@ -98,9 +98,10 @@ def generated_texts(batches, answer_fn, tok):
 
 
 def ensure_word_tokenizer(config) -> None:
-    """With `task_args.word_tokenizer=<vocab size>` (> 0), train `jaxmm.data.trins.train_word_tokenizer` into
-    the file `data.tokenizer` when it does not exist yet (once; later runs read it). The file depends only on the
-    vocab size (its corpus is fixed: 256 generated pages, seed 0), so every run naming it shares one tokenizer."""
+    """With `task_args.word_tokenizer=<vocab size>` (> 0), train a word-level BPE
+    (`jaxmm.data.tokenizers.train_word_bpe` on `jaxmm.data.trins.word_corpus`: 256 generated pages, seed 0) into
+    the folder `data.tokenizer` when it has no tokenizer.json yet (once; later runs read it). It depends only on
+    the vocab size, so every run naming the folder shares one tokenizer."""
     import os
 
     from jaxmm.checks import fail
@@ -110,11 +111,12 @@ def ensure_word_tokenizer(config) -> None:
         return
     path = config.data.tokenizer
     if not path:
-        fail("data.tokenizer", "the tokenizer.json path to write (task_args.word_tokenizer > 0)", repr(path))
-    if not os.path.isfile(path):
-        from jaxmm.data.trins import train_word_tokenizer
+        fail("data.tokenizer", "the tokenizer folder to write (task_args.word_tokenizer > 0)", repr(path))
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        from jaxmm.data.tokenizers import train_word_bpe
+        from jaxmm.data.trins import word_corpus
 
-        train_word_tokenizer(path, vocab_size=vocab)
+        train_word_bpe(word_corpus(), path, vocab_size=vocab)
 
 
 # ------------------------------------------------------------------------------------------------ the task
