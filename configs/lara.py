@@ -16,12 +16,17 @@ beside the visual tokens of a frozen low-resolution encoder; TRINS-Cap / TRINS-V
 Variants (the table's): `small_no_ocr` / `small_oracle` / `small_rapidocr` (OCR words: none, the page's truth,
 rapidocr on the full-resolution page); `small_rapidocr_layout` (the OCR text layout-recovered, LATIN style, instead
 of words joined by spaces); `small_rapidocr_tuned` (the low-res encoder trained instead of frozen). All `small_*`
-runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with the byte
-tokenizer, 400 steps of 8 examples (3200) from 128 training pages (receipts, posters, signs, charts, tables), a
-mix of 30% caption instruction and 70% VQA, sequences of 288 tokens (captions are cut there in training; generated
-captions get 128 tokens and are scored against the whole reference), OCR text budget 96 tokens; evaluated on 64
-unseen pages. `small_pretrain`: 200 steps, half captions, no OCR, everything trained. Sized for 2 CPU cores
-shared by 8 sessions: ~1.5-3 CPU minutes a run, 15-30 minutes of wall clock under that load.
+runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with a word-level
+BPE tokenizer (2048 tokens, trained on generated TRINS text and written to `runs/lara/words_2048` on first use:
+`task_args.word_tokenizer`; every generator word is one token in the OCR block, the question and the answer, so
+copying an answer is one step per word instead of one per byte), 1500 steps of 8 examples (12,000) from 1024
+training pages (receipts, posters, signs, charts, tables), a mix of 10% caption instruction and 90% VQA,
+sequences of 224 tokens, OCR text budget 96 tokens; evaluated on 64 unseen pages. Why these sizes
+(docs/results/lara.md, "Making copying learnable"): with bytes, 128 pages and 400 steps nothing was copied
+(TRINS-VQA exact 0); 128 pages are memorised (train loss 0.7, eval 3.5), so the pages went up, and the word
+tokenizer shortens every copy. `small_pretrain`: 300 steps, half captions, no OCR, everything trained. Each
+`small_*` run is ~300-600 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once, ~0.5 CPU-s a
+page, into the OCR cache).
 `paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
 the abstract; LLaVA-1.5's stage-2 settings are used).
 """
