@@ -57,7 +57,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                    vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
                    llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
                    init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
-    c.data = dict(source="lara", train_examples=12_000, eval_examples=128, max_len=224, max_prompt_len=128,
+    c.data = dict(source="lara", train_examples=12_000, eval_examples=128, max_len=224, max_prompt_len=160,
                   max_answer_len=16, tokenizer=WORD_TOKENIZER,
                   lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=1024, eval_pages=64,
                             caption_fraction=0.1))
