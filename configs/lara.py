@@ -16,12 +16,17 @@ beside the visual tokens of a frozen low-resolution encoder; TRINS-Cap / TRINS-V
 Variants (the table's): `small_no_ocr` / `small_oracle` / `small_rapidocr` (OCR words: none, the page's truth,
 rapidocr on the full-resolution page); `small_rapidocr_layout` (the OCR text layout-recovered, LATIN style, instead
 of words joined by spaces); `small_rapidocr_tuned` (the low-res encoder trained instead of frozen). All `small_*`
-runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with the byte
-tokenizer, 400 steps of 8 examples (3200) from 128 training pages (receipts, posters, signs, charts, tables), a
-mix of 30% caption instruction and 70% VQA, sequences of 288 tokens (captions are cut there in training; generated
-captions get 128 tokens and are scored against the whole reference), OCR text budget 96 tokens; evaluated on 64
-unseen pages. `small_pretrain`: 200 steps, half captions, no OCR, everything trained. Sized for 2 CPU cores
-shared by 8 sessions: ~1.5-3 CPU minutes a run, 15-30 minutes of wall clock under that load.
+runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with a word-level
+BPE tokenizer (2048 tokens, trained on generated TRINS text and written to `runs/lara/words_2048` on first use:
+`task_args.word_tokenizer`; every generator word is one token in the OCR block, the question and the answer, so
+copying an answer is one step per word instead of one per byte), 1500 steps of 8 examples (12,000) from 1024
+training pages (receipts, posters, signs, charts, tables), a mix of 10% caption instruction and 90% VQA,
+sequences of 224 tokens, OCR text budget 96 tokens; evaluated on 64 unseen pages. Why these sizes
+(docs/results/lara.md, "Making copying learnable"): with bytes, 128 pages and 400 steps nothing was copied
+(TRINS-VQA exact 0); 128 pages are memorised (train loss 0.7, eval 3.5), so the pages went up, and the word
+tokenizer shortens every copy. `small_pretrain`: 300 steps, half captions, no OCR, everything trained. Each
+`small_*` run is ~300-600 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once, ~0.5 CPU-s a
+page, into the OCR cache).
 `paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
 the abstract; LLaVA-1.5's stage-2 settings are used).
 """
@@ -37,12 +42,13 @@ ABLATIONS = ("small_no_ocr", "small_oracle", "small_rapidocr", "small_rapidocr_l
 VARIANTS = ("paper", "tiny", "small_pretrain") + ABLATIONS
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "hf")
 PRETRAIN_WORKDIR = "runs/lara/pretrain"
+WORD_TOKENIZER = "runs/lara/words_2048"   # built on first use (train/tasks/lara.py ensure_word_tokenizer)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = pick_variant(__file__, variant, VARIANTS)
     c = ml_collections.ConfigDict(dict(task="lara", seed=0))
-    c.train = dict(steps=400, batch_size=8, log_every=20, eval_every=0, eval_batch_size=32, progress=True,
+    c.train = dict(steps=1500, batch_size=8, log_every=100, eval_every=0, eval_batch_size=32, progress=True,
                    plots=True)
     c.optim = dict(name="adamw", lr=3e-3, schedule="warmup_cosine", warmup_steps=20, weight_decay=0.0,
                    groups=dict(encoder=dict(frozen=True)))
@@ -51,16 +57,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                    vit=dict(image_size=48, patch_size=8, d_model=64, num_layers=2, num_heads=4, mlp_dim=128),
                    llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
                    init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
-    c.data = dict(source="lara", train_examples=3200, eval_examples=128, max_len=288, max_prompt_len=192,
-                  max_answer_len=24,
-                  lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=128, eval_pages=64,
-                            caption_fraction=0.3))
-    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128)
+    c.data = dict(source="lara", train_examples=12_000, eval_examples=128, max_len=224, max_prompt_len=160,
+                  max_answer_len=16, tokenizer=WORD_TOKENIZER,
+                  lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=1024, eval_pages=64,
+                            caption_fraction=0.1))
+    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128, word_tokenizer=2048)
     if variant == "paper":
         c.model = dict(encoder="vit", projector="mlp2x_gelu", vit=dict(feature_layer=-2),
                        init=dict(encoder="hf/clip-vit-large-patch14", llm="hf/vicuna-7b-v1.5", from_workdir=""))
         c.data.update(train_examples=248_000, eval_examples=1000, max_len=2048, max_prompt_len=1536,
-                      max_answer_len=64)
+                      max_answer_len=64, tokenizer="")   # the LLM folder's tokenizer
+        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=1024, train_pages=39_153, eval_pages=1000)
         c.train.update(steps=1940, batch_size=128)   # ~248k samples, one epoch
         c.optim.update(lr=2e-5, warmup_steps=58)
@@ -69,7 +76,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model = dict(encoder="vit", projector="mlp2x_gelu", llm=dict(num_layers=1, d_model=32, num_heads=2,
                                                                        num_kv_heads=1, mlp_dim=64),
                        init=dict(encoder=os.path.join(FIXTURES, "clip_model"), from_workdir=""))
-        c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16)
+        c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16,
+                      tokenizer="")   # bytes
+        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=64, train_pages=2, eval_pages=2, page_kinds=("sign", "poster"))
         c.train.update(steps=3, batch_size=8, log_every=1, eval_batch_size=8, progress=False, plots=False)
         c.task_args.update(visual_examples=2, caption_examples=2, caption_tokens=17,  # = VQA steps: one compile
@@ -77,7 +86,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "small_pretrain":   # stage 0: the low-res encoder, trained with everything, no OCR
         c.model.init.from_workdir = ""
         c.optim.groups = {}
-        c.train.steps, c.data.train_examples = 200, 1600
+        c.train.steps, c.data.train_examples = 300, 2400
         c.data.lara.update(ocr="none", caption_fraction=0.5)
         c.task_args.update(caption_examples=0)
     else:

@@ -328,3 +328,21 @@ def export_llava(root: str | os.PathLike, json_path: str | os.PathLike, *, tasks
     json_path = os.fspath(json_path)
     _dump(json_path, records)
     return json_path
+
+
+
+def word_corpus(pages: int = 256, *, seed: int = 0, kinds=KINDS):
+    """Texts of `pages` generated TRINS pages (each page's words, its caption, every question + answer; then the
+    prompt words), the corpus of LaRA's word-level tokenizer (`jaxmm.data.tokenizers.train_word_bpe`: every word
+    of the generator's vocabulary becomes one token wherever it stands, so copying an answer word out of the OCR
+    block is one step per word instead of one per byte)."""
+    check_positive("pages", pages)
+    rng = np.random.default_rng([seed, 11])
+    for _ in range(pages):
+        page = make_page(int(rng.integers(2**31)), kinds[int(rng.integers(len(kinds)))])
+        cap = caption_page(page)
+        yield " ".join(page.words)
+        yield cap
+        for qa in trins_qa(page, cap, int(rng.integers(2**31))):
+            yield qa["question"] + " " + qa["answer"]
+    yield "USER: ASSISTANT: SYSTEM: OCR: " + CAPTION_PROMPT

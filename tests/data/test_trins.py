@@ -167,3 +167,36 @@ def test_real_ocr_file(tmp_path):
         assert big and all(w in read for w in big), (big, read)
     src = trins.TrinsSource(root)
     assert src[0]["ocr_text"].split() == ocr["000000.png"]["words"]
+
+
+# --------------------------------------------------------------------------- LaRA's word-level tokenizer
+@pytest.fixture(scope="module")
+def word_tok(tmp_path_factory):
+    from jaxmm.data import HFTokenizer
+    from jaxmm.data.tokenizers import train_word_bpe
+
+    return HFTokenizer(train_word_bpe(trins.word_corpus(32), tmp_path_factory.mktemp("tok"), vocab_size=900))
+
+
+def test_word_tokenizer_round_trips_answers_and_makes_them_copyable(word_tok):
+    from jaxmm.data import lara
+
+    src = lara.LaraData(48, split="eval", task="vqa", ocr="oracle", ocr_budget=None, pages=16)
+    copyable = 0
+    for i in range(len(src)):
+        ex = src[i]
+        ids = word_tok.encode(ex["answer"])
+        assert word_tok.decode(ids) == ex["answer"]          # exact text back, spaces included
+        if ex["kind"] in ("first_line", "price", "key_value"):  # the answer stands in the OCR block word for word
+            prompt = word_tok.encode(ex["conversations"][0][1])
+            assert any(prompt[j:j + len(ids)] == ids for j in range(len(prompt))), ex
+            copyable += 1
+    assert copyable >= 10
+
+
+def test_word_corpus_makes_the_generator_words_single_tokens(word_tok):
+    per_word = np.mean([len(word_tok.encode(w)) for w in tr.WORDS])   # the generator's 96 words
+    per_byte = np.mean([len(w.encode()) for w in tr.WORDS])
+    assert per_word <= 1.2 and per_byte > 5, (per_word, per_byte)   # a byte tokenizer: one token per byte
+    with pytest.raises(ValueError, match="pages"):
+        next(trins.word_corpus(0))

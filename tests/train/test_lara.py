@@ -138,3 +138,25 @@ def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_ru
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state.params["encoder"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(np.abs(np.asarray(x)).sum() > 0 for x in jax.tree.leaves(loaded))
+
+
+def test_word_tokenizer_is_built_once_into_data_tokenizer(tmp_path, monkeypatch):
+    import os
+
+    from jaxmm.data import HFTokenizer, trins
+    from train import tasks
+    from train.tasks.lara import LaraTask, ensure_word_tokenizer
+
+    small = trins.word_corpus
+    monkeypatch.setattr(trins, "word_corpus", lambda: small(8))   # the same texts, fewer pages (speed)
+    config = tasks.full_config(__import__("configs.lara", fromlist=["x"]).get_config("small_oracle"))
+    folder = str(tmp_path / "words")
+    config.data.tokenizer, config.task_args.word_tokenizer = folder, 400
+    task = LaraTask(config)                                   # builds it
+    assert isinstance(task.tok, HFTokenizer) and task.tok.vocab_size <= 400 + 2   # + <image>, <audio>
+    stamp = os.path.getmtime(os.path.join(folder, "tokenizer.json"))
+    ensure_word_tokenizer(config)                             # present: read, not rebuilt
+    assert os.path.getmtime(os.path.join(folder, "tokenizer.json")) == stamp
+    config.data.tokenizer = ""
+    with pytest.raises(ValueError, match="data.tokenizer"):
+        ensure_word_tokenizer(config)
