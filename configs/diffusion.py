@@ -14,7 +14,7 @@ real images, on 64 held-out single-object and 64 multi-object captions, and FID 
 (self-trained features, not Inception). Target (issue 17): >= 0.8 on single-object captions within 15 minutes
 on a quiet 2-core machine (~1400 s CPU). MET in CPU time (2026-11-30, seed 0): this demo, 1137 s CPU, single-object
 0.852 (position 0.97, colour 0.98, count 0.95, shape 0.50), multi-object 0.773, FID 250 (floor 213); 49 min wall
-on the shared machine at load 10-17 (quiet wall time not measured). Earlier, without the input maps:
+on the shared machine at load 10-17; on the quiet machine 9 min 39 s wall, 1021 s CPU, same numbers. Earlier, without the input maps:
   - 32 px (the earlier default) costs 1.56 s CPU per step: 3000 steps would be ~4700 s CPU; hence 16 px
     (0.27 s CPU per step; the scorer reads 16-px real scenes at 0.994 attribute accuracy).
   - this demo with ε-prediction (`--config.task_args.prediction_type=epsilon`): 686 s CPU, single-object 0.34,

@@ -98,12 +98,13 @@ def _toffee_reference(loss_fn, params, batch_fn, steps, lr, key):
         key, k = jax.random.split(key)
         params, state, loss = step(params, state, batch_fn(i), k)
         losses.append(float(loss))
-    return params, float(np.mean(losses[-20:]))
+    return params, losses
 
 
 def test_toffee_clip_loop_reproduced_exactly():
     p0, key = _params(), jax.random.key(5)
-    want, want_loss = _toffee_reference(_loss, p0, _batches(), STEPS, 3e-3, key)
+    want, want_losses = _toffee_reference(_loss, p0, _batches(), STEPS, 3e-3, key)
+    want_loss = float(np.mean(want_losses[-20:]))
     got = fit(_loss, p0, _batches(), STEPS, optax.adamw(3e-3, weight_decay=0.0), key, progress=False)
     _assert_trees_equal(got.params, want)
     assert float(np.mean(got.losses[-20:])) == want_loss
@@ -233,24 +234,15 @@ def test_aux_without_update_is_refused():
 
 
 def _toffee_diffusion_reference(loss_fn, params, pool, steps, lr, key, batch, seed):
-    """train/tasks/toffee.py `train_diffusion`'s loop before it moved into `fit` (AdamW without decay, minibatches
-    drawn by `default_rng(seed)`; metrics and timing dropped)."""
-    opt = optax.adamw(lr, weight_decay=0.0)
-    state = opt.init(params)
+    """train/tasks/toffee.py `train_diffusion`'s loop before it moved into `fit`: the `_fit` loop above on
+    minibatches drawn by `default_rng(seed)`."""
+    rng, n = np.random.default_rng(seed), len(pool["x"])
 
-    @jax.jit
-    def step(params, state, batch, key):
-        loss, g = jax.value_and_grad(loss_fn)(params, batch, key)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    rng, n, losses = np.random.default_rng(seed), len(pool["x"]), []
-    for _ in range(steps):
-        key, k = jax.random.split(key)
+    def batch_fn(_):
         j = rng.integers(0, n, batch)
-        params, state, loss = step(params, state, {k_: v[j] for k_, v in pool.items()}, k)
-        losses.append(float(loss))
-    return params, losses
+        return {k_: v[j] for k_, v in pool.items()}
+
+    return _toffee_reference(loss_fn, params, batch_fn, steps, lr, key)
 
 
 def test_cached_step_compiles_once_and_reproduces_the_toffee_diffusion_loop():
