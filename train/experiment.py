@@ -19,8 +19,9 @@ metrics.jsonl. The experiment holds no state between runs.
 
 The small optimisation loops inside experiments (a CLIP or DINO stand-in, a planner, an FID feature network) all
 go through `fit` below: one jitted step, Adam or any optax transformation, optional frozen leaves, optional
-non-gradient state beside the params, a step compiled once for several models of one architecture (`cache`), a
-progress bar and metrics.jsonl records like the trainer's.
+non-gradient state beside the params, a step compiled once for several models of one architecture (`build_step`,
+passed to `fit`), a progress bar and metrics.jsonl records like the trainer's; `sample_batch` draws their random
+minibatches.
 """
 from __future__ import annotations
 
@@ -76,12 +77,30 @@ class Fit(NamedTuple):
         return [(s, float(self.losses[s - 1])) for s in range(1, n + 1) if s % every == 0 or s == n]
 
 
-_STEPS: dict = {}   # fit's cache: key -> (optimizer, jitted step)
+class Step(NamedTuple):
+    """A built training step: the optax transformation and the jitted
+    `fn(params, opt_state, aux, batch, key) -> (params, opt_state, aux, loss)`. Made by `build_step`."""
+    opt: Any
+    fn: Callable
+
+
+def sample_batch(data: dict, names, rng, batch_size: int) -> dict:
+    """One random minibatch of the rows of `data` (arrays with a shared first axis): the SAME `batch_size` row
+    indices (uniform with replacement, drawn once from the numpy Generator `rng`) for every key in `names`, so the
+    images, prompts, masks ... of one example stay paired."""
+    n = len(data[names[0]])
+    idx = rng.integers(0, n, batch_size)
+    return {k: data[k][idx] for k in names}
 
 
 def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, aux=None, update_aux=None,
-        report=None, name: str = "fit", log_every: int = 50, progress: bool = True, cache=None) -> Fit:
+        report=None, name: str = "fit", log_every: int = 50, progress: bool = True) -> Fit:
     """Minimise `loss_fn(params, batch, key) -> scalar` for `steps` optimizer steps (one jitted step function).
+
+    loss_fn: the loss, or a `Step` from `build_step` (then optimizer, frozen and update_aux must be None: the step
+      already holds them). Passing one built step to several calls trains several models of one architecture
+      (Toffee's Refiner, View Generator and ToffeeNets) with one compilation; the caller that builds the step owns
+      it, so no later call can silently run another call's loss.
 
     batches(step) -> batch: called on the host once per step, in order, step = 0 .. steps - 1.
     optimizer: an optax GradientTransformation, or a float: Adam at that learning rate.
@@ -93,23 +112,21 @@ def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, au
       `aux = update_aux(aux, new_params, out, batch)`, inside the same jitted step.
     report: a `train.report.Reporter`; `{name}/loss` goes to its metrics.jsonl at every `log_every`-th step and the
       last. progress: a tqdm bar (the trainer's `train.metrics.Progress`) with the loss.
-    cache: a hashable key. The optimizer and jitted step built by the first call with this key are kept and reused
-      by every later call with it, so several models of one architecture (Toffee's Refiner, View Generator and
-      ToffeeNets) compile their step once. The key must determine everything the step does: loss_fn's maths, the
-      optimizer, frozen, update_aux (e.g. (network config, lr, dropout)); a later call's loss_fn and optimizer are
-      not used. None (the default): a fresh step for this call.
     """
     from train.metrics import Progress
 
     if (aux is None) != (update_aux is None):
         raise ValueError(f"fit: expected aux and update_aux together, got aux={'set' if aux is not None else None}"
                          f", update_aux={update_aux}")
-    if cache is not None and cache in _STEPS:
-        opt, step = _STEPS[cache]
+    if isinstance(loss_fn, Step):
+        given = {k: v for k, v in (("optimizer", optimizer), ("frozen", frozen), ("update_aux", update_aux))
+                 if v is not None}
+        if given:
+            raise ValueError(f"fit: loss_fn is a built Step, which already holds its optimizer, frozen and "
+                             f"update_aux; expected None for {sorted(given)}")
+        opt, step = loss_fn
     else:
-        opt, step = _build_step(loss_fn, params, optimizer, frozen, update_aux)
-        if cache is not None:
-            _STEPS[cache] = opt, step
+        opt, step = build_step(loss_fn, params, optimizer, frozen=frozen, update_aux=update_aux)
     opt_state = opt.init(params)
 
     bar = Progress(steps, 0, progress and steps > 0)
@@ -136,8 +153,10 @@ def fit(loss_fn, params, batches, steps: int, optimizer, key, *, frozen=None, au
     return Fit(params, np.asarray(jax.device_get(losses), np.float64).reshape(steps), seconds, aux, cpu)
 
 
-def _build_step(loss_fn, params, optimizer, frozen, update_aux):
-    """fit's (optimizer, jitted step(params, opt_state, aux, batch, key) -> (params, opt_state, aux, loss))."""
+def build_step(loss_fn, params, optimizer, *, frozen=None, update_aux=None) -> Step:
+    """The `Step` that `fit` runs: `optimizer` (an optax transformation, or a float: Adam at that rate) with the
+    `frozen` leaves of `params` (a pytree of the model's shapes; only its structure is read) set to zero updates,
+    and one jitted step of `loss_fn` (arguments as in `fit`)."""
     opt = optax.adam(optimizer) if isinstance(optimizer, (int, float)) else optimizer
     if frozen is not None:
         labels = jax.tree_util.tree_map_with_path(
@@ -155,4 +174,4 @@ def _build_step(loss_fn, params, optimizer, frozen, update_aux):
         if update_aux is not None:
             aux = update_aux(aux, params, out, batch)
         return params, opt_state, aux, loss
-    return opt, step
+    return Step(opt, step)

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from train.experiment import fit
+from train.experiment import build_step, fit, sample_batch
 
 STEPS = 3
 
@@ -245,7 +245,7 @@ def _toffee_diffusion_reference(loss_fn, params, pool, steps, lr, key, batch, se
     return _toffee_reference(loss_fn, params, batch_fn, steps, lr, key)
 
 
-def test_cached_step_compiles_once_and_reproduces_the_toffee_diffusion_loop():
+def test_built_step_compiles_once_and_reproduces_the_toffee_diffusion_loop():
     rng0 = np.random.default_rng(6)
     pool = {"x": rng0.normal(size=(16, 4)).astype(np.float32), "y": rng0.normal(size=(16, 2)).astype(np.float32)}
     traces = []
@@ -254,25 +254,43 @@ def test_cached_step_compiles_once_and_reproduces_the_toffee_diffusion_loop():
         traces.append(1)
         return _loss(p, batch, key)
 
-    def run(p0, key, cache):
+    def run(p0, key, step):
         rng = np.random.default_rng(9)
+        batch = lambda s: sample_batch(pool, ("x", "y"), rng, 5)  # noqa: E731
+        if step is None:
+            return fit(counted, p0, batch, STEPS, optax.adamw(2e-2, weight_decay=0.0), key, progress=False)
+        return fit(step, p0, batch, STEPS, None, key, progress=False)
 
-        def batch(_):
-            j = rng.integers(0, 16, 5)
-            return {k: v[j] for k, v in pool.items()}
-        return fit(counted, p0, batch, STEPS, optax.adamw(2e-2, weight_decay=0.0), key, progress=False, cache=cache)
-
-    # two "models" of one architecture (different initial weights and keys) through one cached step
+    # two "models" of one architecture (different initial weights and keys) through one built step
     p_a = _params()
     p_b = jax.tree.map(lambda x: x + 0.5, p_a)
-    key = ("test_cached_step", id(pool))
-    got_a, got_b = run(p_a, jax.random.key(1), key), run(p_b, jax.random.key(2), key)
+    step = build_step(counted, p_a, optax.adamw(2e-2, weight_decay=0.0))
+    got_a, got_b = run(p_a, jax.random.key(1), step), run(p_b, jax.random.key(2), step)
     assert len(traces) == 1                     # the second model reused the first one's compiled step
     # the second model (the one trained by the reused step) is the replaced loop's result, bit for bit
     want, want_losses = _toffee_diffusion_reference(_loss, p_b, pool, STEPS, 2e-2, jax.random.key(2), 5, 9)
     _assert_trees_equal(got_b.params, want)
     np.testing.assert_array_equal(got_b.losses, want_losses)
     assert got_b.cpu_seconds > 0 and not np.array_equal(got_a.params["head"]["w"], got_b.params["head"]["w"])
-    # the control: without a cache key the call traces (and compiles) its own step, and trains the same
+    # the control: a plain loss traces (and compiles) its own step, and trains the same
     _assert_trees_equal(run(p_b, jax.random.key(2), None).params, want)
     assert len(traces) == 2
+
+
+def test_a_built_step_refuses_a_second_optimizer():
+    step = build_step(_loss, _params(), 1e-2)
+    with pytest.raises(ValueError, match=r"optimizer"):
+        fit(step, _params(), lambda s: None, 1, optax.adam(1e-3), jax.random.key(0), progress=False)
+
+
+def test_sample_batch_keeps_the_rows_of_every_key_paired():
+    # regression (ARTIST): each key used to draw its own random indices, so images met other images' prompts
+    n = 50
+    data = {"a": np.arange(n), "b": np.arange(n) * 10, "c": np.arange(2 * n).reshape(n, 2)}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        b = sample_batch(data, ("a", "b", "c"), rng, 16)
+        assert b["a"].shape == (16,) and b["c"].shape == (16, 2)
+        np.testing.assert_array_equal(b["b"], 10 * b["a"])
+        np.testing.assert_array_equal(b["c"][:, 0], 2 * b["a"])
+    assert len(set(b["a"].tolist())) > 1                                      # random rows, not a fixed slice

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxmm.metrics.fid import frechet_distance
-from train.experiment import experiment, fit
+from train.experiment import experiment, fit, sample_batch
 
 METHODS = ("prompt_only", "textdiffuser", "artist")
 LOG_EVERY = 50   # steps between the points of the loss curves in results.json
@@ -43,15 +43,6 @@ def noisy_pair_loss(apply_fn, alphas_cumprod, x0, g0, key):
     nx, ng = jax.random.normal(kx, x0.shape), jax.random.normal(kg, g0.shape)
     eps_x, _ = apply_fn(q_sample(alphas_cumprod, x0, t, nx), q_sample(alphas_cumprod, g0, t, ng), t)
     return jnp.mean((eps_x - nx) ** 2)
-
-
-def sample_batch(data: dict, names, rng, batch_size: int) -> dict:
-    """One random batch of the rows of `data` (arrays with a shared first axis): the SAME `batch_size` row indices
-    (uniform with replacement, drawn once from `rng`) for every key in `names`, so images, prompts, glyphs and
-    layout ids stay paired."""
-    n = len(data[names[0]])
-    idx = rng.integers(0, n, batch_size)
-    return {k: data[k][idx] for k in names}
 
 
 def quoted_words(prompt: str) -> list[str]:

@@ -30,7 +30,7 @@ from jaxmm.models import toffee as T
 from jaxmm.models.clip_standin import ContrastiveEncoder, contrastive_loss
 from jaxmm.models.unet import UNetConfig
 from jaxmm.models.vit import ViTConfig
-from train.experiment import experiment, fit
+from train.experiment import build_step, experiment, fit, sample_batch
 from train.report import table
 
 # DreamBench (PAPERS.md §7; Table 1 and the reconstruction-pair ablation of 2406.09305)
@@ -198,7 +198,7 @@ def _unet(c):
 SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", clip_sample=True)
 
 
-_COMPILED: dict = {}   # jitted samplers per (architecture, steps): models of one shape compile once
+_COMPILED: dict = {}   # jitted samplers and training steps per architecture: models of one shape compile once
 
 
 def _diffusion_loss(net, p_drop: float):
@@ -217,23 +217,21 @@ def _diffusion_loss(net, p_drop: float):
 
 def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
     """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it, AdamW
-    (no decay) through `train.experiment.fit`, whose jitted step is cached per (architecture, lr, p_drop): the
+    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop), kept here: the
     Refiner, the View Generator, the baseline and every ToffeeNet compile one step. Returns (params, stats) with
     stats' seconds (wall) and cpu_seconds (process CPU time, all threads) counted after the first (compiling) step."""
-    n = len(pool["x0"])
     ex = {k: v[:1] for k, v in pool.items()}
     # eager init: jax.jit(net.init) spent ~150 s compiling the per-parameter initialisers; eagerly each initialiser
     # op compiles once per shape (~35 CPU s for the first model, ~0.5 s for every later one)
     params = net.init(key, _pm(ex["x0"]), jnp.zeros(1, jnp.int32), ex["cond"], ex["tokens"], ex["text"],
                       ex.get("view"))["params"]
     rng = np.random.default_rng(c.seed + 7)
-
-    def batch(_):
-        j = rng.integers(0, n, c.unet.batch)
-        return {k_: v[j] for k_, v in pool.items()}
-
-    out = fit(_diffusion_loss(net, p_drop), params, batch, steps, optax.adamw(c.unet.lr, weight_decay=0.0), key, report=report, name=name,
-              cache=("toffee.diffusion", net.config, c.unet.lr, p_drop))
+    names = tuple(pool)
+    step_key = ("step", net.config, c.unet.lr, p_drop)   # determines the whole step: loss maths, optimizer
+    if step_key not in _COMPILED:
+        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop), params, optax.adamw(c.unet.lr, weight_decay=0.0))
+    out = fit(_COMPILED[step_key], params, lambda s: sample_batch(pool, names, rng, c.unet.batch), steps, None, key,
+              report=report, name=name)
     return out.params, {f"{name}_loss": float(np.mean(out.losses[-20:])), f"{name}_seconds": out.seconds,
                         f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps}
 
