@@ -9,9 +9,10 @@ cross-attention context of a conditional UNet (jaxmm.models.unet), as Stable Dif
 `coord_channels=True` appends two constant maps to the UNet's input, the pixel's x and y in [-1, 1] (CoordConv,
 Liu et al. 2018; `unet_config.in_channels` = image channels + 2): a UNet is translation-equivariant up to its
 zero padding, so absolute position ("on the left") is otherwise only learnable from border effects.
-`text_channels=k > 0` appends k more maps: a Dense projection of the context's mean over tokens, the same at every
-pixel (the input layer then sees caption and position together, and its nonlinear successors can place an object
-by the caption; a reconstruction of concatenation conditioning, not Stable Diffusion's design, which conditions
+`text_channels=k > 0` appends k more maps: a Dense projection of the context's mean over all L token positions,
+padding included (`denoise` sees the context only, as guidance's null context needs; the causal text tower's
+padding states still depend on the caption), the same at every pixel (the input layer then sees caption and
+position together, and its nonlinear successors can place an object by the caption; a reconstruction of concatenation conditioning, not Stable Diffusion's design, which conditions
 through cross-attention only). Both are functions of (x, context) only, so condition dropout and classifier-free
 guidance act on them as on the cross-attention.
 
