@@ -44,21 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import matplotlib.pyplot as plt
-from IPython.display import Image, Markdown, display
 
 from train.main import load_config, run
+from train.report import show_results
 
 SIZE = "tiny"  # "full" on a GPU/TPU runtime: the configuration the docs/results numbers come from
-
-# %%
-def show_results(run_dir):
-    """The run's figures and its results.md tables, as docs/results shows them."""
-    for png in sorted(pathlib.Path(run_dir).glob("*.png")):
-        print(png.name)
-        display(Image(filename=str(png), width=520))
-    md = pathlib.Path(run_dir) / "results.md"
-    if md.exists():
-        display(Markdown(md.read_text()))
 
 # %% [markdown]
 # ## The NTK matrix against float64 NumPy, and a private fit

@@ -9,7 +9,8 @@ workdir goes through here, so every experiment's outputs look alike and survive 
 
 Only process 0 writes. The workdir may be local or a `gs://` URL (paths through `etils.epath`, writes through
 `train.metrics.write_atomic`). Helpers shared by the experiments: `table` (a Markdown table), `fmt` (a number for a
-table cell), `line_plot` (the usual log-log figure). Timing: `jaxmm.timing.time_call`.
+table cell), `line_plot` (the usual log-log figure), `show_results` (a run's figures and tables in a notebook).
+Timing: `jaxmm.timing.time_call`.
 """
 from __future__ import annotations
 
@@ -112,3 +113,16 @@ def line_plot(report: Reporter, name: str, title: str, xlabel: str, ylabel: str,
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+
+
+def show_results(run_dir, width: int = 520) -> None:
+    """In a notebook: the run's PNG figures (sorted by name) and its results.md tables, as docs/results shows them."""
+    from IPython.display import Image, Markdown, display
+
+    run_dir = epath.Path(run_dir)
+    for png in sorted(run_dir.glob("*.png")):
+        print(png.name)
+        display(Image(data=png.read_bytes(), width=width))
+    md = run_dir / "results.md"
+    if md.exists():
+        display(Markdown(md.read_text()))

@@ -64,3 +64,18 @@ def test_experiment_checks_before_running_and_runs_through_main(tmp_path):
     assert json.loads((tmp_path / "ok" / "summary.json").read_text()) == summary
     assert json.loads((tmp_path / "ok" / "results.json").read_text()) == {"square": 9}
     assert os.path.isfile(tmp_path / "ok" / "config.json")
+
+
+def test_show_results_displays_each_figure_then_the_tables(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
+    (tmp_path / "b.png").write_bytes(png)
+    (tmp_path / "a.png").write_bytes(png[:-1])
+    (tmp_path / "results.md").write_text("| x |\n|---|\n| 1 |\n")
+    report_lib.show_results(tmp_path, width=100)
+    assert [type(o).__name__ for o in shown] == ["Image", "Image", "Markdown"]
+    assert shown[0].data == png[:-1] and shown[1].data == png and shown[1].width == 100   # sorted by name
+    assert shown[2].data == "| x |\n|---|\n| 1 |\n"
