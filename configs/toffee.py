@@ -39,8 +39,10 @@ def get_config(variant: str | None = None):
     c.unet = dict(width=16, context_dim=32, batch=4 if tiny else 16, lr=1e-3, pool=8 if tiny else 256,
                   refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600)
     c.sample = dict(steps=2 if tiny else 10, refiner_lambda=1.0)
-    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=0.5,
-                      clip_threshold=0.0)
+    # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
+    # different-subject pairs on held-out renders); a number overrides
+    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=None,
+                      clip_threshold=None)
     c.baseline = dict(steps=2 if tiny else 100, images=4)
     c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
                     p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),

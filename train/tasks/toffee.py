@@ -61,6 +61,49 @@ def _cos(a, b):
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
 
 
+# ------------------------------------------------------------------------------------------------- filter
+def youden_threshold(pos, neg) -> dict:
+    """The filter threshold that best separates good from bad pairs: keep a pair when its similarity >= t, with t
+    maximising Youden's J = TPR(t) - FPR(t) = mean(pos >= t) - mean(neg >= t) (balanced accuracy - 1/2, so it does not
+    depend on how many good and bad pairs were measured). pos / neg: [N] similarities of good / bad pairs. t is the
+    midpoint of the gap below the best observed value (ties: the lowest). Returns {"threshold", "J", "tpr", "fpr"}."""
+    pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    for name, x in (("pos", pos), ("neg", neg)):
+        if x.size == 0 or not np.isfinite(x).all():
+            fail(name, "a non-empty array of finite similarities", f"size {x.size}" if x.size == 0 else "non-finite values")
+    vals = np.unique(np.concatenate([pos, neg]))
+    tpr = 1 - np.searchsorted(np.sort(pos), vals, "left") / pos.size
+    fpr = 1 - np.searchsorted(np.sort(neg), vals, "left") / neg.size
+    k = int(np.argmax(tpr - fpr))
+    t = vals[k] if k == 0 else (vals[k] + vals[k - 1]) / 2
+    return {"threshold": float(t), "J": float(tpr[k] - fpr[k]), "tpr": float(tpr[k]), "fpr": float(fpr[k])}
+
+
+def calibrate_filter(dino_embed, clip_encode, gallery, text_len: int) -> dict:
+    """The pipeline's DINO and CLIP-T thresholds from measured similarity distributions on a calibration gallery of
+    renders (`S.subject_images` of subjects no model trained on, several views each).
+    DINO (CLS cosine): good pairs are two views (other pose, light, background) of one subject, bad pairs views of two
+    different subjects. CLIP-T (image . text embedding): good pairs an image and its own caption, bad pairs the
+    image with another subject's caption on its own background words. Each threshold is `youden_threshold` of the
+    two. Returns {"dino": ..., "clip": ...}: youden_threshold's dicts plus "pos" / "neg" (mean, std, count)."""
+    lab = np.asarray(gallery["subject"])
+    f = np.asarray(dino_embed(gallery["image"])[0], np.float64)
+    iu = np.triu_indices(len(lab), 1)
+    sim, same = _cos(f[:, None], f[None])[iu], lab[iu[0]] == lab[iu[1]]
+    subs, caps = gallery["subjects"], list(gallery["caption"])
+    other = (lab + 1) % len(subs)      # the next subject's caption words, this image's background words
+    swapped = [subs[o].caption + cap[len(subs[s].caption):] for s, o, cap in zip(lab, other, caps)]
+    ids = lambda cs: np.stack([S.encode_caption(t, text_len) for t in cs])  # noqa: E731
+    ci, ct = (np.asarray(a, np.float64) for a in clip_encode(gallery["image"], ids(caps)))
+    _, cn = (np.asarray(a, np.float64) for a in clip_encode(gallery["image"], ids(swapped)))
+    out = {}
+    for name, pos, neg in (("dino", sim[same], sim[~same]), ("clip", np.sum(ci * ct, -1), np.sum(ci * cn, -1))):
+        out[name] = youden_threshold(pos, neg)
+        out[name].update(pos=(float(pos.mean()), float(pos.std()), pos.size),
+                         neg=(float(neg.mean()), float(neg.std()), neg.size))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- encoders
 def dino_pairs(rng, subject, batch: int):
     """Indices (j, j2) of `batch` training pairs: j uniform over the images, j2 another view (another pose, light
@@ -201,25 +244,30 @@ SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacin
 _COMPILED: dict = {}   # jitted samplers and training steps per architecture: models of one shape compile once
 
 
-def _diffusion_loss(net, p_drop: float):
+def _diffusion_loss(net, p_drop: float, t_max: int | None = None):
     """loss(params, batch, key): ε-prediction loss of a SubjectUNet with condition dropout p_drop on subject and
-    text."""
+    text, at timesteps t ~ U{0 .. t_max - 1} (all of them when None; the Refiner's are the low ones it refines at)."""
     ac = jnp.asarray(diffusion.alphas_cumprod(SCHEDULE))
+    t_max = SCHEDULE.num_train_timesteps if t_max is None else t_max
 
     def loss_fn(p, b, key):
-        k1, k2 = jax.random.split(key)
-        us, ut = T.drop_flags(k1, b["x0"].shape[0], p_drop, p_drop)
-        fn = lambda x, t: net.apply({"params": p}, x, t, b["cond"], b["tokens"], b["text"], b.get("view"),  # noqa: E731
-                                    us, ut)
-        return diffusion.diffusion_loss(fn, "epsilon", ac, _pm(b["x0"]), k2)[0]
+        k1, k2, k3 = jax.random.split(key, 3)
+        x0 = _pm(b["x0"])
+        us, ut = T.drop_flags(k1, x0.shape[0], p_drop, p_drop)
+        t = jax.random.randint(k2, (x0.shape[0],), 0, t_max)
+        noise = jax.random.normal(k3, x0.shape, x0.dtype)
+        eps = net.apply({"params": p}, diffusion.q_sample(ac, x0, t, noise), t, b["cond"], b["tokens"], b["text"],
+                        b.get("view"), us, ut)
+        return jnp.mean((eps - noise) ** 2)
     return loss_fn
 
 
-def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
+def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, t_max=None):
     """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it, AdamW
-    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop), kept here: the
-    Refiner, the View Generator, the baseline and every ToffeeNet compile one step. Returns (params, stats) with
-    stats' seconds (wall) and cpu_seconds (process CPU time, all threads) counted after the first (compiling) step."""
+    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop, t_max), kept
+    here: the View Generator, the baseline and every ToffeeNet compile one step. t_max: train at t < t_max only
+    (`_diffusion_loss`). Returns (params, stats) with stats' seconds (wall) and cpu_seconds (process CPU time, all
+    threads) counted after the first (compiling) step."""
     ex = {k: v[:1] for k, v in pool.items()}
     # eager init: jax.jit(net.init) spent ~150 s compiling the per-parameter initialisers; eagerly each initialiser
     # op compiles once per shape (~35 CPU s for the first model, ~0.5 s for every later one)
@@ -227,18 +275,39 @@ def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
                       ex.get("view"))["params"]
     rng = np.random.default_rng(c.seed + 7)
     names = tuple(pool)
-    step_key = ("step", net.config, c.unet.lr, p_drop)   # determines the whole step: loss maths, optimizer
+    step_key = ("step", net.config, c.unet.lr, p_drop, t_max)   # determines the whole step: loss maths, optimizer
     if step_key not in _COMPILED:
-        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop), params, optax.adamw(c.unet.lr, weight_decay=0.0))
+        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop, t_max), params,
+                                         optax.adamw(c.unet.lr, weight_decay=0.0))
     out = fit(_COMPILED[step_key], params, lambda s: sample_batch(pool, names, rng, c.unet.batch), steps, None, key,
               report=report, name=name)
     return out.params, {f"{name}_loss": float(np.mean(out.losses[-20:])), f"{name}_seconds": out.seconds,
                         f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps}
 
 
-def make_sampler(net, params, steps):
-    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: DDIM with λ guidance."""
-    cache_key = ("sample", net.config, steps)
+def refine_ddim(model_fn, schedule, image, noise, start: int, steps: int):
+    """SDEdit-style DDIM from an image instead of from pure noise: `image` ([-1, 1]) noised to timestep `start`
+    (q_sample with `noise`), then `steps` deterministic DDIM steps start, start - s, ..., s - 1 with stride
+    s = (start + 1) / steps, down to alpha_bar = 1. start = T - 1 with image-independent noise is plain sampling;
+    start -> 0 returns the image. Needs (start + 1) % steps == 0 and T % s == 0 (ddim_step's stride is T // n)."""
+    n = schedule.num_train_timesteps
+    if not (0 < steps <= start + 1 <= n and (start + 1) % steps == 0 and n % ((start + 1) // steps) == 0):
+        fail("refine_ddim(start, steps)", f"0 < steps <= start + 1 <= {n}, steps dividing start + 1 and "
+             f"(start + 1) / steps dividing {n}", (start, steps))
+    stride = (start + 1) // steps
+    ac = jnp.asarray(diffusion.alphas_cumprod(schedule))
+    ts = jnp.arange(start, -1, -stride, dtype=jnp.int32)
+    x = diffusion.q_sample(ac, image, jnp.full((image.shape[0],), start), noise)
+
+    def body(x, t):
+        return diffusion.ddim_step(schedule, model_fn(x, t), t, x, n // stride)[0], None
+    return jax.lax.scan(body, x, ts)[0]
+
+
+def make_sampler(net, params, steps, refine_from: int | None = None):
+    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: `steps`-step DDIM with λ guidance, from
+    noise, or (refine_from = t0, the Refiner) from cond's first 3 channels noised to t0 (`refine_ddim`)."""
+    cache_key = ("sample", net.config, steps, refine_from)
     if cache_key not in _COMPILED:
         @jax.jit
         def sample(params, key, cond, tokens, text, view, lam):
@@ -246,7 +315,11 @@ def make_sampler(net, params, steps):
                 rep = lambda a: None if a is None else jnp.concatenate([a, a, a])  # noqa: E731
                 return net.apply({"params": params}, x, t, rep(cond), rep(tokens), rep(text), rep(view), us, ut)
             x = jax.random.normal(key, cond.shape[:3] + (3,))
-            out = diffusion.sample_ddim(T.lambda_guidance(fn, lam, 1.0), SCHEDULE, x, steps)
+            guided = T.lambda_guidance(fn, lam, 1.0)
+            if refine_from is None:
+                out = diffusion.sample_ddim(guided, SCHEDULE, x, steps)
+            else:
+                out = refine_ddim(guided, SCHEDULE, cond[..., :3], x, refine_from, steps)
             return (jnp.clip(out, -1, 1) + 1) / 2
         _COMPILED[cache_key] = sample
     compiled = _COMPILED[cache_key]
@@ -286,6 +359,12 @@ def run(config, report) -> dict:
     gi, gt = (np.asarray(a) for a in clip_encode(gallery["image"], _ids(gallery["caption"], c)))
     clip_r1 = float(np.mean((gi @ gt.T).argmax(1) == np.arange(len(gi))))
     summary.update(dino_knn=acc, dino_knn_random_init=acc0, dino_knn_chance=chance, clip_retrieval_r1=clip_r1)
+    # the filter's thresholds, calibrated on the identity gallery (held-out subjects, not the pipeline's)
+    cal = calibrate_filter(dino_embed, clip_encode, idgal, c.data.text_len)
+    dino_t = cal["dino"]["threshold"] if c.pipeline.dino_threshold is None else c.pipeline.dino_threshold
+    clip_t = cal["clip"]["threshold"] if c.pipeline.clip_threshold is None else c.pipeline.clip_threshold
+    summary.update(dino_threshold=dino_t, clip_threshold=clip_t,
+                   **{f"calib_{k}_{q}": v for k, d in cal.items() for q, v in d.items() if q != "threshold"})
     report.section(
         "## Encoders (self-trained stand-ins)\n\n"
         + table(["encoder", "check on held-out subjects", "value", "chance / untrained"],
@@ -293,7 +372,14 @@ def run(config, report) -> dict:
                   f"1-NN subject id, leave-one-out over {c.dino.eval_subjects} subjects x 4 views", f"{acc:.3f}",
                   f"chance {chance:.3f}, random-init ViT {acc0:.3f}"],
                  ["CLIP stand-in (contrastive, " f"{c.clip.steps} steps)", "image->caption R@1 among "
-                  f"{len(gi)}", f"{clip_r1:.3f}", f"chance {1 / len(gi):.3f}"]]), dino_knn=acc, clip_r1=clip_r1)
+                  f"{len(gi)}", f"{clip_r1:.3f}", f"chance {1 / len(gi):.3f}"]])
+        + "\n\n### Filter thresholds (calibrated: max TPR - FPR on held-out renders)\n\n"
+        + table(["filter", "good pairs: mean ± std (n)", "bad pairs: mean ± std (n)", "threshold", "TPR", "FPR"],
+                [[name, "%.3f ± %.3f (%d)" % d["pos"], "%.3f ± %.3f (%d)" % d["neg"], f"{d['threshold']:.3f}",
+                  f"{d['tpr']:.2f}", f"{d['fpr']:.2f}"]
+                 for name, d in (("DINO: same subject / other subject", cal["dino"]),
+                                 ("CLIP-T: own caption / other subject's caption", cal["clip"]))]),
+        dino_knn=acc, clip_r1=clip_r1)
 
     def tokens_of(imgs):
         return np.asarray(dino_embed(imgs)[1])
@@ -360,7 +446,7 @@ def run(config, report) -> dict:
         masks = np.stack([t["mask"] for t in truth])        # the renderer's segmentation (Grounded-SAM stand-in)
         d_ref = _cos(np.asarray(dino_embed(refined)[0]), np.asarray(dino_embed(subject_img[None])[0]))
         ci, ct = (np.asarray(a) for a in clip_encode(refined, _ids(caps, c)))
-        keep = (d_ref >= c.pipeline.dino_threshold) & (np.sum(ci * ct, -1) >= c.pipeline.clip_threshold)
+        keep = (d_ref >= dino_t) & (np.sum(ci * ct, -1) >= clip_t)
         t_pipe, cpu_pipe = t_pipe + time.time() - t0, cpu_pipe + time.process_time() - c0
         others = [S.random_subject(srng) for _ in range(n)]
         src = np.stack([S.render(o, v, b, size)["image"] for o, v, b in zip(others, views, bgs)])
@@ -416,7 +502,7 @@ def run(config, report) -> dict:
         + table(["quantity", "value"], [
             ["subjects x pairs", f"{len(test_subs)} x {n}"],
             ["pairs written (editing with masks + generation)", f"{total} + {total}"],
-            ["kept by DINO >= %.2f and CLIP-T >= %.2f" % (c.pipeline.dino_threshold, c.pipeline.clip_threshold),
+            ["kept by DINO >= %.3f and CLIP-T >= %.3f" % (dino_t, clip_t),
              f"{kept} / {total}"],
             ["draft -> truth MSE", f"{q['draft_mse']:.4f}"], ["refined -> truth MSE", f"{q['refined_mse']:.4f}"],
             ["DINO(draft, subject)", f"{q['dino_draft']:.3f}"], ["DINO(refined, subject)", f"{q['dino_refined']:.3f}"],
