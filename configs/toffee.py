@@ -37,8 +37,10 @@ def get_config(variant: str | None = None):
                   local_crops=2 if tiny else 4, koleo=0.1, eval_subjects=4 if tiny else 32)
     c.clip = dict(steps=2 if tiny else 300, batch=8 if tiny else 64, lr=1e-3)
     c.unet = dict(width=16, context_dim=32, batch=4 if tiny else 16, lr=1e-3, pool=8 if tiny else 256,
-                  refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600)
-    c.sample = dict(steps=2 if tiny else 10, refiner_lambda=1.0)
+                  refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600,
+                  # the Refiner diffuses (truth - draft) / (refiner_residual_std * its std), predicting x0
+                  refiner_prediction="sample", refiner_residual_std=2.5)
+    c.sample = dict(steps=2 if tiny else 10, refiner_steps=2 if tiny else 10, refiner_lambda=1.0)
     # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
     # different-subject pairs on held-out renders); a number overrides
     c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=None,

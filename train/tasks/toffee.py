@@ -15,6 +15,7 @@ from text); Grounded-SAM is the renderer's mask. Test subjects are never seen by
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -244,30 +245,30 @@ SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacin
 _COMPILED: dict = {}   # jitted samplers and training steps per architecture: models of one shape compile once
 
 
-def _diffusion_loss(net, p_drop: float, t_max: int | None = None):
-    """loss(params, batch, key): ε-prediction loss of a SubjectUNet with condition dropout p_drop on subject and
-    text, at timesteps t ~ U{0 .. t_max - 1} (all of them when None; the Refiner's are the low ones it refines at)."""
-    ac = jnp.asarray(diffusion.alphas_cumprod(SCHEDULE))
-    t_max = SCHEDULE.num_train_timesteps if t_max is None else t_max
+def _diffusion_loss(net, p_drop: float, schedule):
+    """loss(params, batch, key): the squared error of a SubjectUNet's `schedule.prediction_type` output (ε or x0)
+    with condition dropout p_drop on subject and text, t ~ U{0 .. T - 1}."""
+    ac = jnp.asarray(diffusion.alphas_cumprod(schedule))
 
     def loss_fn(p, b, key):
         k1, k2, k3 = jax.random.split(key, 3)
         x0 = _pm(b["x0"])
         us, ut = T.drop_flags(k1, x0.shape[0], p_drop, p_drop)
-        t = jax.random.randint(k2, (x0.shape[0],), 0, t_max)
+        t = jax.random.randint(k2, (x0.shape[0],), 0, schedule.num_train_timesteps)
         noise = jax.random.normal(k3, x0.shape, x0.dtype)
-        eps = net.apply({"params": p}, diffusion.q_sample(ac, x0, t, noise), t, b["cond"], b["tokens"], b["text"],
+        out = net.apply({"params": p}, diffusion.q_sample(ac, x0, t, noise), t, b["cond"], b["tokens"], b["text"],
                         b.get("view"), us, ut)
-        return jnp.mean((eps - noise) ** 2)
+        return jnp.mean((out - diffusion.prediction_target(schedule.prediction_type, ac, x0, t, noise)) ** 2)
     return loss_fn
 
 
-def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, t_max=None):
+def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, schedule=None):
     """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it, AdamW
-    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop, t_max), kept
-    here: the View Generator, the baseline and every ToffeeNet compile one step. t_max: train at t < t_max only
-    (`_diffusion_loss`). Returns (params, stats) with stats' seconds (wall) and cpu_seconds (process CPU time, all
-    threads) counted after the first (compiling) step."""
+    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop, schedule), kept
+    here: the View Generator, the baseline and every ToffeeNet compile one step. schedule: SCHEDULE when None (the
+    Refiner's predicts x0). Returns (params, stats) with stats' seconds (wall) and cpu_seconds (process CPU time,
+    all threads) counted after the first (compiling) step."""
+    schedule = SCHEDULE if schedule is None else schedule
     ex = {k: v[:1] for k, v in pool.items()}
     # eager init: jax.jit(net.init) spent ~150 s compiling the per-parameter initialisers; eagerly each initialiser
     # op compiles once per shape (~35 CPU s for the first model, ~0.5 s for every later one)
@@ -275,9 +276,9 @@ def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, t_max=No
                       ex.get("view"))["params"]
     rng = np.random.default_rng(c.seed + 7)
     names = tuple(pool)
-    step_key = ("step", net.config, c.unet.lr, p_drop, t_max)   # determines the whole step: loss maths, optimizer
+    step_key = ("step", net.config, c.unet.lr, p_drop, schedule)   # determines the whole step: loss maths, optimizer
     if step_key not in _COMPILED:
-        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop, t_max), params,
+        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop, schedule), params,
                                          optax.adamw(c.unet.lr, weight_decay=0.0))
     out = fit(_COMPILED[step_key], params, lambda s: sample_batch(pool, names, rng, c.unet.batch), steps, None, key,
               report=report, name=name)
@@ -285,29 +286,11 @@ def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, t_max=No
                         f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps}
 
 
-def refine_ddim(model_fn, schedule, image, noise, start: int, steps: int):
-    """SDEdit-style DDIM from an image instead of from pure noise: `image` ([-1, 1]) noised to timestep `start`
-    (q_sample with `noise`), then `steps` deterministic DDIM steps start, start - s, ..., s - 1 with stride
-    s = (start + 1) / steps, down to alpha_bar = 1. start = T - 1 with image-independent noise is plain sampling;
-    start -> 0 returns the image. Needs (start + 1) % steps == 0 and T % s == 0 (ddim_step's stride is T // n)."""
-    n = schedule.num_train_timesteps
-    if not (0 < steps <= start + 1 <= n and (start + 1) % steps == 0 and n % ((start + 1) // steps) == 0):
-        fail("refine_ddim(start, steps)", f"0 < steps <= start + 1 <= {n}, steps dividing start + 1 and "
-             f"(start + 1) / steps dividing {n}", (start, steps))
-    stride = (start + 1) // steps
-    ac = jnp.asarray(diffusion.alphas_cumprod(schedule))
-    ts = jnp.arange(start, -1, -stride, dtype=jnp.int32)
-    x = diffusion.q_sample(ac, image, jnp.full((image.shape[0],), start), noise)
-
-    def body(x, t):
-        return diffusion.ddim_step(schedule, model_fn(x, t), t, x, n // stride)[0], None
-    return jax.lax.scan(body, x, ts)[0]
-
-
-def make_sampler(net, params, steps, refine_from: int | None = None):
-    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: `steps`-step DDIM with λ guidance, from
-    noise, or (refine_from = t0, the Refiner) from cond's first 3 channels noised to t0 (`refine_ddim`)."""
-    cache_key = ("sample", net.config, steps, refine_from)
+def make_sampler(net, params, steps, schedule=None):
+    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: DDIM with λ guidance (schedule: SCHEDULE
+    when None)."""
+    schedule = SCHEDULE if schedule is None else schedule
+    cache_key = ("sample", net.config, steps, schedule)
     if cache_key not in _COMPILED:
         @jax.jit
         def sample(params, key, cond, tokens, text, view, lam):
@@ -315,15 +298,24 @@ def make_sampler(net, params, steps, refine_from: int | None = None):
                 rep = lambda a: None if a is None else jnp.concatenate([a, a, a])  # noqa: E731
                 return net.apply({"params": params}, x, t, rep(cond), rep(tokens), rep(text), rep(view), us, ut)
             x = jax.random.normal(key, cond.shape[:3] + (3,))
-            guided = T.lambda_guidance(fn, lam, 1.0)
-            if refine_from is None:
-                out = diffusion.sample_ddim(guided, SCHEDULE, x, steps)
-            else:
-                out = refine_ddim(guided, SCHEDULE, cond[..., :3], x, refine_from, steps)
+            out = diffusion.sample_ddim(T.lambda_guidance(fn, lam, 1.0), schedule, x, steps)
             return (jnp.clip(out, -1, 1) + 1) / 2
         _COMPILED[cache_key] = sample
     compiled = _COMPILED[cache_key]
     return lambda *args: compiled(params, *args)
+
+
+def residual_encode(target, draft, scale: float):
+    """The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
+    divided by `scale`, in the pools' [0, 1] convention (train_diffusion maps it to [-1, 1]). [B, H, W, 3] images in
+    [0, 1]."""
+    return ((np.asarray(target, np.float32) - draft) * 2 / scale + 1) / 2
+
+
+def residual_decode(sample, draft, scale: float):
+    """Inverse of `residual_encode`: draft + the sampled residual, clipped to [0, 1]. A Refiner that samples a zero
+    residual (0.5 everywhere) returns the draft unchanged."""
+    return np.clip(np.asarray(draft, np.float32) + (np.asarray(sample, np.float32) * 2 - 1) * scale / 2, 0, 1)
 
 
 def _ids(captions, c):
@@ -400,26 +392,34 @@ def run(config, report) -> dict:
         vg_pool["x0"].append(S.render(s, v2, bg, size)["image"])
         vg_pool["view"].append(np.asarray(T.view_features(v2.azimuth, v2.elevation)))
         vg_pool["cap"].append(ref_pool["cap"][-1])
-    ref_pool = {"x0": np.stack(ref_pool["x0"]), "cond": _pad(_pm(np.stack(ref_pool["cond"]))),
+    # the Refiner diffuses the residual target - draft (scaled to r_scale = refiner_residual_std of its std) and
+    # predicts x0 (docs/results/toffee.md, "The Refiner")
+    truth_r, drafts_r = np.stack(ref_pool["x0"]), np.stack(ref_pool["cond"])
+    r_scale = c.unet.refiner_residual_std * float(np.std(2 * (truth_r - drafts_r)))
+    ref_pool = {"x0": residual_encode(truth_r, drafts_r, r_scale), "cond": _pad(_pm(drafts_r)),
                 "tokens": tokens_of(np.stack(ref_pool["ref"])), "text": _ids(ref_pool["cap"], c),
                 "view": _noview(len(ref_pool["x0"]))}
+    ref_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.unet.refiner_prediction)
     vg_pool = {"x0": np.stack(vg_pool["x0"]), "cond": _pad(_pm(np.stack(vg_pool["cond"]))),
                "tokens": tokens_of(np.stack(vg_pool["cond"])),
                "text": _ids(vg_pool["cap"], c), "view": np.stack(vg_pool["view"])}
     refiner = viewgen = _unet(c)
     key, k1, k2 = jax.random.split(key, 3)
-    ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner")
+    ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner",
+                                     schedule=ref_schedule)
     summary.update(st)
     vg_params, st = train_diffusion(c, viewgen, vg_pool, c.unet.viewgen_steps, k2, report, "viewgen")
     summary.update(st)
 
     # 3. construction pipeline on held-out subjects ------------------------------------------------------------
-    ref_sample = make_sampler(refiner, ref_params, c.sample.steps)
+    ref_sample = make_sampler(refiner, ref_params, c.sample.refiner_steps, ref_schedule)
     vg_sample = make_sampler(viewgen, vg_params, c.sample.steps)
     n = c.pipeline.pairs_per_subject
     pairs = {"edit_source": [], "edit_mask": [], "edit_target": [], "edit_reference": [], "gen_reference": [],
              "gen_caption": [], "gen_target": [], "kept": []}
-    quality = {"draft_mse": [], "refined_mse": [], "dino_refined": [], "dino_draft": []}
+    quality: dict = {}   # per kind (draft, refined, truth): MSE and masked MSE to the truth, DINO and Seg-DINO to
+    # the subject image, kept by the filter
+    grey = lambda x, m: x * m[..., None] + 0.5 * (1 - m[..., None])   # noqa: E731   outside the mask grey
     show = []
     # compile once outside the timed region (the cost is steady-state throughput)
     zeros = np.zeros((n, size, size, 3), np.float32)
@@ -428,7 +428,8 @@ def run(config, report) -> dict:
     t_pipe = cpu_pipe = 0.0
     for si, s in enumerate(test_subs):
         srng = np.random.default_rng(c.seed + 5000 + si)
-        subject_img = S.render(s, S.random_view(srng), S.random_background(srng), size)["image"]
+        subject_r = S.render(s, S.random_view(srng), S.random_background(srng), size)
+        subject_img = subject_r["image"]
         views = [S.random_view(srng) for _ in range(n)]
         bgs = [S.random_background(srng) for _ in range(n)]
         caps = [f"{s.caption} {b.caption}" for b in bgs]
@@ -438,8 +439,8 @@ def run(config, report) -> dict:
         t0, c0 = time.time(), time.process_time()
         tok = np.repeat(tokens_of(subject_img[None]), n, 0)
         key, k1, k2 = jax.random.split(key, 3)
-        refined = np.asarray(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
-                                        c.sample.refiner_lambda))
+        refined = residual_decode(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
+                                             c.sample.refiner_lambda), drafts, r_scale)
         new_view = np.asarray(vg_sample(k2, _pad(_pm(refined)), tokens_of(refined), _ids(caps, c),
                                         np.stack([np.asarray(T.view_features(v.azimuth, v.elevation)) for v in v2]),
                                         1.0))
@@ -459,11 +460,20 @@ def run(config, report) -> dict:
         pairs["gen_target"].append(new_view)
         pairs["kept"].append(keep)
         gt_img = np.stack([t["image"] for t in truth])
-        quality["draft_mse"].append(np.mean((drafts - gt_img) ** 2))
-        quality["refined_mse"].append(np.mean((refined - gt_img) ** 2))
-        quality["dino_refined"].append(d_ref.mean())
-        quality["dino_draft"].append(_cos(np.asarray(dino_embed(drafts)[0]),
-                                          np.asarray(dino_embed(subject_img[None])[0])).mean())
+        subj_cls = np.asarray(dino_embed(subject_img[None])[0])
+        subj_fg = np.asarray(dino_embed(grey(subject_img, subject_r["mask"])[None])[0])
+        for kind, x in (("draft", drafts), ("refined", refined), ("truth", gt_img)):
+            ci, ct = (np.asarray(a) for a in clip_encode(x, _ids(caps, c)))
+            d = _cos(np.asarray(dino_embed(x)[0]), subj_cls)
+            for name, v in (("mse", np.mean((x - gt_img) ** 2, (1, 2, 3))),
+                            ("fg_mse", np.sum((x - gt_img) ** 2 * masks[..., None], (1, 2, 3))
+                             / (3 * masks.sum((1, 2)))),
+                            ("dino", d), ("segdino", _cos(np.asarray(dino_embed(grey(x, masks))[0]), subj_fg)),
+                            ("kept", (d >= dino_t) & (np.sum(ci * ct, -1) >= clip_t))):
+                quality.setdefault(f"{name}_{kind}", []).append(v)
+        # does the Refiner's change point at the missing detail? cosine of (refined - draft) and (truth - draft)
+        quality.setdefault("alignment_refined", []).append(
+            _cos((refined - drafts).reshape(n, -1), (gt_img - drafts).reshape(n, -1)))
         if si < 4:
             show += [drafts[0], refined[0], gt_img[0], new_view[0]]
     out = {k: (np.concatenate(v) if k != "gen_caption" else np.array(v)) for k, v in pairs.items()}
@@ -471,7 +481,7 @@ def run(config, report) -> dict:
     diffusion.save_grid(np.stack(show) * 2 - 1, report.path("toffee_pipeline.png"), nrow=4)
     total = len(test_subs) * n
     kept = int(out["kept"].sum())
-    q = {k: float(np.mean(v)) for k, v in quality.items()}
+    q = {k: float(np.mean(np.concatenate(v))) for k, v in quality.items()}
     summary.update(pipeline_pairs=total, pipeline_kept=kept, pipeline_seconds=t_pipe,
                    pipeline_pairs_per_second=2 * total / t_pipe, **q)
 
@@ -504,8 +514,14 @@ def run(config, report) -> dict:
             ["pairs written (editing with masks + generation)", f"{total} + {total}"],
             ["kept by DINO >= %.3f and CLIP-T >= %.3f" % (dino_t, clip_t),
              f"{kept} / {total}"],
-            ["draft -> truth MSE", f"{q['draft_mse']:.4f}"], ["refined -> truth MSE", f"{q['refined_mse']:.4f}"],
-            ["DINO(draft, subject)", f"{q['dino_draft']:.3f}"], ["DINO(refined, subject)", f"{q['dino_refined']:.3f}"],
+            *[[f"{label} (draft / refined / truth)", " / ".join(f"{q[f'{key}_{kind}']:{fmt}}"
+                                                              for kind in ("draft", "refined", "truth"))]
+              for label, key, fmt in (("MSE to the true render", "mse", ".4f"),
+                                      ("MSE inside the subject's mask", "fg_mse", ".4f"),
+                                      ("DINO to the subject image", "dino", ".3f"),
+                                      ("Seg-DINO to the subject (both masked)", "segdino", ".3f"),
+                                      ("pass rate of the filter", "kept", ".2f"))],
+            ["cosine of (refined - draft) and (truth - draft)", f"{q['alignment_refined']:.3f}"],
             ["pipeline seconds (sampling, steady state)", f"{t_pipe:.2f}"],
             ["pairs / second", f"{2 * total / t_pipe:.2f}"]])
         + "\n\n### Cost per pair against per-subject fine-tuning\n\n"
