@@ -11,7 +11,8 @@ Stand-ins, all labelled in the tables: subjects are rendered (jaxmm.data.subject
 jaxmm.models.dino trained here by self-distillation on the training subjects; "CLIP" is a tiny contrastive
 image/caption model trained here (a ViT + mean word embeddings); the text-to-image draft is the renderer's
 plain-painted, blurred subject at the prompt's view and background (its geometry comes from the renderer, not
-from text); Grounded-SAM is the renderer's mask. Test subjects are never seen by any trained model.
+from text); Grounded-SAM is the renderer's mask. The Refiner diffuses the residual (truth − draft) and predicts
+x0; the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). Test subjects are never seen by any trained model.
 """
 from __future__ import annotations
 
