@@ -6,7 +6,7 @@
                                                                              # over training seeds 0 and 1
     python -m train --config configs/toffee.py:tiny --workdir /tmp/toffee_tiny   # smoke test, every stage
 
-Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,200 CPU s
+Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,400 CPU s
 (DINO 2,000 steps ~200 s, CLIP 300, Refiner and View Generator 600 steps each, baseline 100, ToffeeNet p = 0.5
 and p = 0 at 1,400 steps, one seed) and :p ~4,000 CPU s (ToffeeNet p = 0 and 0.5 over seeds 0 and 1 at 1,400
 steps; Refiner / View Generator smoke-trained), each inside the issue's 45 minutes (~4,300 CPU s quiet). These are
