@@ -6,7 +6,7 @@
                                                                              # over training seeds 0 and 1
     python -m train --config configs/toffee.py:tiny --workdir /tmp/toffee_tiny   # smoke test, every stage
 
-Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,200 CPU s
+Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,400 CPU s
 (DINO 2,000 steps ~200 s, CLIP 300, Refiner and View Generator 600 steps each, baseline 100, ToffeeNet p = 0.5
 and p = 0 at 1,400 steps, one seed) and :p ~4,000 CPU s (ToffeeNet p = 0 and 0.5 over seeds 0 and 1 at 1,400
 steps; Refiner / View Generator smoke-trained), each inside the issue's 45 minutes (~4,300 CPU s quiet). These are
@@ -37,10 +37,14 @@ def get_config(variant: str | None = None):
                   local_crops=2 if tiny else 4, koleo=0.1, eval_subjects=4 if tiny else 32)
     c.clip = dict(steps=2 if tiny else 300, batch=8 if tiny else 64, lr=1e-3)
     c.unet = dict(width=16, context_dim=32, batch=4 if tiny else 16, lr=1e-3, pool=8 if tiny else 256,
-                  refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600)
-    c.sample = dict(steps=2 if tiny else 10, refiner_lambda=1.0)
-    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=0.5,
-                      clip_threshold=0.0)
+                  refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600,
+                  # the Refiner diffuses (truth - draft) / (refiner_residual_std * its std), predicting x0
+                  refiner_prediction="sample", refiner_residual_std=2.5)
+    c.sample = dict(steps=2 if tiny else 10, refiner_steps=2 if tiny else 10, refiner_lambda=1.0)
+    # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
+    # different-subject pairs on held-out renders); a number overrides
+    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=None,
+                      clip_threshold=None)
     c.baseline = dict(steps=2 if tiny else 100, images=4)
     c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
                     p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),

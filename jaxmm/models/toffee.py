@@ -11,7 +11,8 @@ condition image, and whose cross-attention context is
     one token from the target view (sin/cos of azimuth, elevation) when `view_token` ].
 The three models differ only in the condition image and which conditions they use:
   ToffeeNet       cond = [source image (zeros for generation), edit mask, depth] (5 ch); subject + text;
-  Refiner         cond = the detail-poor draft (3 ch); subject tokens of the ORIGINAL subject image + text;
+  Refiner         cond = the detail-poor draft (3 ch); subject tokens of the ORIGINAL subject image + text; it
+                  diffuses the residual (target − draft), not the image (train/tasks/toffee.py `residual_encode`);
   View Generator  cond = the subject's reference view (3 ch); subject tokens + the target view token.
 The paper's models are Stable-Diffusion-scale latent UNets (ToffeeNet adds the mask/depth channels to the UNet
 input as here); the token layout, the null rows and the λ knob below are our reconstruction (the paper does not

@@ -30,3 +30,4 @@ def test_clipped_ddim_recovers_the_image_under_a_small_eps_error():
     # measured: mean |error| 0.018 clipped, 700 unclipped (the squashed model's error blown up by 1/sqrt(alpha_bar))
     assert np.abs(clipped - np.asarray(x0)).mean() < 0.05
     assert np.abs(unclipped - np.asarray(x0)).mean() > 10     # the failure the clip removes
+

@@ -11,10 +11,12 @@ Stand-ins, all labelled in the tables: subjects are rendered (jaxmm.data.subject
 jaxmm.models.dino trained here by self-distillation on the training subjects; "CLIP" is a tiny contrastive
 image/caption model trained here (a ViT + mean word embeddings); the text-to-image draft is the renderer's
 plain-painted, blurred subject at the prompt's view and background (its geometry comes from the renderer, not
-from text); Grounded-SAM is the renderer's mask. Test subjects are never seen by any trained model.
+from text); Grounded-SAM is the renderer's mask. The Refiner diffuses the residual (truth − draft) and predicts
+x0; the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). Test subjects are never seen by any trained model.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -59,6 +61,49 @@ def _pm(x):  # [0, 1] images -> the models' [-1, 1]
 def _cos(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------- filter
+def youden_threshold(pos, neg) -> dict:
+    """The filter threshold that best separates good from bad pairs: keep a pair when its similarity >= t, with t
+    maximising Youden's J = TPR(t) - FPR(t) = mean(pos >= t) - mean(neg >= t) (balanced accuracy - 1/2, so it does not
+    depend on how many good and bad pairs were measured). pos / neg: [N] similarities of good / bad pairs. t is the
+    midpoint of the gap below the best observed value (ties: the lowest). Returns {"threshold", "J", "tpr", "fpr"}."""
+    pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    for name, x in (("pos", pos), ("neg", neg)):
+        if x.size == 0 or not np.isfinite(x).all():
+            fail(name, "a non-empty array of finite similarities", f"size {x.size}" if x.size == 0 else "non-finite values")
+    vals = np.unique(np.concatenate([pos, neg]))
+    tpr = 1 - np.searchsorted(np.sort(pos), vals, "left") / pos.size
+    fpr = 1 - np.searchsorted(np.sort(neg), vals, "left") / neg.size
+    k = int(np.argmax(tpr - fpr))
+    t = vals[k] if k == 0 else (vals[k] + vals[k - 1]) / 2
+    return {"threshold": float(t), "J": float(tpr[k] - fpr[k]), "tpr": float(tpr[k]), "fpr": float(fpr[k])}
+
+
+def calibrate_filter(dino_embed, clip_encode, gallery, text_len: int) -> dict:
+    """The pipeline's DINO and CLIP-T thresholds from measured similarity distributions on a calibration gallery of
+    renders (`S.subject_images` of subjects no model trained on, several views each).
+    DINO (CLS cosine): good pairs are two views (other pose, light, background) of one subject, bad pairs views of two
+    different subjects. CLIP-T (image . text embedding): good pairs an image and its own caption, bad pairs the
+    image with another subject's caption on its own background words. Each threshold is `youden_threshold` of the
+    two. Returns {"dino": ..., "clip": ...}: youden_threshold's dicts plus "pos" / "neg" (mean, std, count)."""
+    lab = np.asarray(gallery["subject"])
+    f = np.asarray(dino_embed(gallery["image"])[0], np.float64)
+    iu = np.triu_indices(len(lab), 1)
+    sim, same = _cos(f[:, None], f[None])[iu], lab[iu[0]] == lab[iu[1]]
+    subs, caps = gallery["subjects"], list(gallery["caption"])
+    other = (lab + 1) % len(subs)      # the next subject's caption words, this image's background words
+    swapped = [subs[o].caption + cap[len(subs[s].caption):] for s, o, cap in zip(lab, other, caps)]
+    ids = lambda cs: np.stack([S.encode_caption(t, text_len) for t in cs])  # noqa: E731
+    ci, ct = (np.asarray(a, np.float64) for a in clip_encode(gallery["image"], ids(caps)))
+    _, cn = (np.asarray(a, np.float64) for a in clip_encode(gallery["image"], ids(swapped)))
+    out = {}
+    for name, pos, neg in (("dino", sim[same], sim[~same]), ("clip", np.sum(ci * ct, -1), np.sum(ci * cn, -1))):
+        out[name] = youden_threshold(pos, neg)
+        out[name].update(pos=(float(pos.mean()), float(pos.std()), pos.size),
+                         neg=(float(neg.mean()), float(neg.std()), neg.size))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- encoders
@@ -201,25 +246,30 @@ SCHEDULE = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacin
 _COMPILED: dict = {}   # jitted samplers and training steps per architecture: models of one shape compile once
 
 
-def _diffusion_loss(net, p_drop: float):
-    """loss(params, batch, key): ε-prediction loss of a SubjectUNet with condition dropout p_drop on subject and
-    text."""
-    ac = jnp.asarray(diffusion.alphas_cumprod(SCHEDULE))
+def _diffusion_loss(net, p_drop: float, schedule):
+    """loss(params, batch, key): the squared error of a SubjectUNet's `schedule.prediction_type` output (ε or x0)
+    with condition dropout p_drop on subject and text, t ~ U{0 .. T - 1}."""
+    ac = jnp.asarray(diffusion.alphas_cumprod(schedule))
 
     def loss_fn(p, b, key):
-        k1, k2 = jax.random.split(key)
-        us, ut = T.drop_flags(k1, b["x0"].shape[0], p_drop, p_drop)
-        fn = lambda x, t: net.apply({"params": p}, x, t, b["cond"], b["tokens"], b["text"], b.get("view"),  # noqa: E731
-                                    us, ut)
-        return diffusion.diffusion_loss(fn, "epsilon", ac, _pm(b["x0"]), k2)[0]
+        k1, k2, k3 = jax.random.split(key, 3)
+        x0 = _pm(b["x0"])
+        us, ut = T.drop_flags(k1, x0.shape[0], p_drop, p_drop)
+        t = jax.random.randint(k2, (x0.shape[0],), 0, schedule.num_train_timesteps)
+        noise = jax.random.normal(k3, x0.shape, x0.dtype)
+        out = net.apply({"params": p}, diffusion.q_sample(ac, x0, t, noise), t, b["cond"], b["tokens"], b["text"],
+                        b.get("view"), us, ut)
+        return jnp.mean((out - diffusion.prediction_target(schedule.prediction_type, ac, x0, t, noise)) ** 2)
     return loss_fn
 
 
-def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
+def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, schedule=None):
     """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it, AdamW
-    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop), kept here: the
-    Refiner, the View Generator, the baseline and every ToffeeNet compile one step. Returns (params, stats) with
-    stats' seconds (wall) and cpu_seconds (process CPU time, all threads) counted after the first (compiling) step."""
+    (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop, schedule), kept
+    here: the View Generator, the baseline and every ToffeeNet compile one step. schedule: SCHEDULE when None (the
+    Refiner's predicts x0). Returns (params, stats) with stats' seconds (wall) and cpu_seconds (process CPU time,
+    all threads) counted after the first (compiling) step."""
+    schedule = SCHEDULE if schedule is None else schedule
     ex = {k: v[:1] for k, v in pool.items()}
     # eager init: jax.jit(net.init) spent ~150 s compiling the per-parameter initialisers; eagerly each initialiser
     # op compiles once per shape (~35 CPU s for the first model, ~0.5 s for every later one)
@@ -227,18 +277,21 @@ def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1):
                       ex.get("view"))["params"]
     rng = np.random.default_rng(c.seed + 7)
     names = tuple(pool)
-    step_key = ("step", net.config, c.unet.lr, p_drop)   # determines the whole step: loss maths, optimizer
+    step_key = ("step", net.config, c.unet.lr, p_drop, schedule)   # determines the whole step: loss maths, optimizer
     if step_key not in _COMPILED:
-        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop), params, optax.adamw(c.unet.lr, weight_decay=0.0))
+        _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop, schedule), params,
+                                         optax.adamw(c.unet.lr, weight_decay=0.0))
     out = fit(_COMPILED[step_key], params, lambda s: sample_batch(pool, names, rng, c.unet.batch), steps, None, key,
               report=report, name=name)
     return out.params, {f"{name}_loss": float(np.mean(out.losses[-20:])), f"{name}_seconds": out.seconds,
                         f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps}
 
 
-def make_sampler(net, params, steps):
-    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: DDIM with λ guidance."""
-    cache_key = ("sample", net.config, steps)
+def make_sampler(net, params, steps, schedule=None):
+    """sample(key, cond, tokens, text, view, lam) -> [B, H, W, 3] in [0, 1]: DDIM with λ guidance (schedule: SCHEDULE
+    when None)."""
+    schedule = SCHEDULE if schedule is None else schedule
+    cache_key = ("sample", net.config, steps, schedule)
     if cache_key not in _COMPILED:
         @jax.jit
         def sample(params, key, cond, tokens, text, view, lam):
@@ -246,11 +299,24 @@ def make_sampler(net, params, steps):
                 rep = lambda a: None if a is None else jnp.concatenate([a, a, a])  # noqa: E731
                 return net.apply({"params": params}, x, t, rep(cond), rep(tokens), rep(text), rep(view), us, ut)
             x = jax.random.normal(key, cond.shape[:3] + (3,))
-            out = diffusion.sample_ddim(T.lambda_guidance(fn, lam, 1.0), SCHEDULE, x, steps)
+            out = diffusion.sample_ddim(T.lambda_guidance(fn, lam, 1.0), schedule, x, steps)
             return (jnp.clip(out, -1, 1) + 1) / 2
         _COMPILED[cache_key] = sample
     compiled = _COMPILED[cache_key]
     return lambda *args: compiled(params, *args)
+
+
+def residual_encode(target, draft, scale: float):
+    """The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
+    divided by `scale`, in the pools' [0, 1] convention (train_diffusion maps it to [-1, 1]). [B, H, W, 3] images in
+    [0, 1]."""
+    return ((np.asarray(target, np.float32) - draft) * 2 / scale + 1) / 2
+
+
+def residual_decode(sample, draft, scale: float):
+    """Inverse of `residual_encode`: draft + the sampled residual, clipped to [0, 1]. A Refiner that samples a zero
+    residual (0.5 everywhere) returns the draft unchanged."""
+    return np.clip(np.asarray(draft, np.float32) + (np.asarray(sample, np.float32) * 2 - 1) * scale / 2, 0, 1)
 
 
 def _ids(captions, c):
@@ -286,6 +352,12 @@ def run(config, report) -> dict:
     gi, gt = (np.asarray(a) for a in clip_encode(gallery["image"], _ids(gallery["caption"], c)))
     clip_r1 = float(np.mean((gi @ gt.T).argmax(1) == np.arange(len(gi))))
     summary.update(dino_knn=acc, dino_knn_random_init=acc0, dino_knn_chance=chance, clip_retrieval_r1=clip_r1)
+    # the filter's thresholds, calibrated on the identity gallery (held-out subjects, not the pipeline's)
+    cal = calibrate_filter(dino_embed, clip_encode, idgal, c.data.text_len)
+    dino_t = cal["dino"]["threshold"] if c.pipeline.dino_threshold is None else c.pipeline.dino_threshold
+    clip_t = cal["clip"]["threshold"] if c.pipeline.clip_threshold is None else c.pipeline.clip_threshold
+    summary.update(dino_threshold=dino_t, clip_threshold=clip_t,
+                   **{f"calib_{k}_{q}": v for k, d in cal.items() for q, v in d.items() if q != "threshold"})
     report.section(
         "## Encoders (self-trained stand-ins)\n\n"
         + table(["encoder", "check on held-out subjects", "value", "chance / untrained"],
@@ -293,7 +365,14 @@ def run(config, report) -> dict:
                   f"1-NN subject id, leave-one-out over {c.dino.eval_subjects} subjects x 4 views", f"{acc:.3f}",
                   f"chance {chance:.3f}, random-init ViT {acc0:.3f}"],
                  ["CLIP stand-in (contrastive, " f"{c.clip.steps} steps)", "image->caption R@1 among "
-                  f"{len(gi)}", f"{clip_r1:.3f}", f"chance {1 / len(gi):.3f}"]]), dino_knn=acc, clip_r1=clip_r1)
+                  f"{len(gi)}", f"{clip_r1:.3f}", f"chance {1 / len(gi):.3f}"]])
+        + "\n\n### Filter thresholds (calibrated: max TPR - FPR on held-out renders)\n\n"
+        + table(["filter", "good pairs: mean ± std (n)", "bad pairs: mean ± std (n)", "threshold", "TPR", "FPR"],
+                [[name, "%.3f ± %.3f (%d)" % d["pos"], "%.3f ± %.3f (%d)" % d["neg"], f"{d['threshold']:.3f}",
+                  f"{d['tpr']:.2f}", f"{d['fpr']:.2f}"]
+                 for name, d in (("DINO: same subject / other subject", cal["dino"]),
+                                 ("CLIP-T: own caption / other subject's caption", cal["clip"]))]),
+        dino_knn=acc, clip_r1=clip_r1)
 
     def tokens_of(imgs):
         return np.asarray(dino_embed(imgs)[1])
@@ -314,26 +393,34 @@ def run(config, report) -> dict:
         vg_pool["x0"].append(S.render(s, v2, bg, size)["image"])
         vg_pool["view"].append(np.asarray(T.view_features(v2.azimuth, v2.elevation)))
         vg_pool["cap"].append(ref_pool["cap"][-1])
-    ref_pool = {"x0": np.stack(ref_pool["x0"]), "cond": _pad(_pm(np.stack(ref_pool["cond"]))),
+    # the Refiner diffuses the residual target - draft (scaled to r_scale = refiner_residual_std of its std) and
+    # predicts x0 (docs/results/toffee.md, "The Refiner")
+    truth_r, drafts_r = np.stack(ref_pool["x0"]), np.stack(ref_pool["cond"])
+    r_scale = c.unet.refiner_residual_std * float(np.std(2 * (truth_r - drafts_r)))
+    ref_pool = {"x0": residual_encode(truth_r, drafts_r, r_scale), "cond": _pad(_pm(drafts_r)),
                 "tokens": tokens_of(np.stack(ref_pool["ref"])), "text": _ids(ref_pool["cap"], c),
                 "view": _noview(len(ref_pool["x0"]))}
+    ref_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.unet.refiner_prediction)
     vg_pool = {"x0": np.stack(vg_pool["x0"]), "cond": _pad(_pm(np.stack(vg_pool["cond"]))),
                "tokens": tokens_of(np.stack(vg_pool["cond"])),
                "text": _ids(vg_pool["cap"], c), "view": np.stack(vg_pool["view"])}
     refiner = viewgen = _unet(c)
     key, k1, k2 = jax.random.split(key, 3)
-    ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner")
+    ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner",
+                                     schedule=ref_schedule)
     summary.update(st)
     vg_params, st = train_diffusion(c, viewgen, vg_pool, c.unet.viewgen_steps, k2, report, "viewgen")
     summary.update(st)
 
     # 3. construction pipeline on held-out subjects ------------------------------------------------------------
-    ref_sample = make_sampler(refiner, ref_params, c.sample.steps)
+    ref_sample = make_sampler(refiner, ref_params, c.sample.refiner_steps, ref_schedule)
     vg_sample = make_sampler(viewgen, vg_params, c.sample.steps)
     n = c.pipeline.pairs_per_subject
     pairs = {"edit_source": [], "edit_mask": [], "edit_target": [], "edit_reference": [], "gen_reference": [],
              "gen_caption": [], "gen_target": [], "kept": []}
-    quality = {"draft_mse": [], "refined_mse": [], "dino_refined": [], "dino_draft": []}
+    quality: dict = {}   # per kind (draft, refined, truth): MSE and masked MSE to the truth, DINO and Seg-DINO to
+    # the subject image, kept by the filter
+    grey = lambda x, m: x * m[..., None] + 0.5 * (1 - m[..., None])   # noqa: E731   outside the mask grey
     show = []
     # compile once outside the timed region (the cost is steady-state throughput)
     zeros = np.zeros((n, size, size, 3), np.float32)
@@ -342,7 +429,8 @@ def run(config, report) -> dict:
     t_pipe = cpu_pipe = 0.0
     for si, s in enumerate(test_subs):
         srng = np.random.default_rng(c.seed + 5000 + si)
-        subject_img = S.render(s, S.random_view(srng), S.random_background(srng), size)["image"]
+        subject_r = S.render(s, S.random_view(srng), S.random_background(srng), size)
+        subject_img = subject_r["image"]
         views = [S.random_view(srng) for _ in range(n)]
         bgs = [S.random_background(srng) for _ in range(n)]
         caps = [f"{s.caption} {b.caption}" for b in bgs]
@@ -352,15 +440,15 @@ def run(config, report) -> dict:
         t0, c0 = time.time(), time.process_time()
         tok = np.repeat(tokens_of(subject_img[None]), n, 0)
         key, k1, k2 = jax.random.split(key, 3)
-        refined = np.asarray(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
-                                        c.sample.refiner_lambda))
+        refined = residual_decode(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
+                                             c.sample.refiner_lambda), drafts, r_scale)
         new_view = np.asarray(vg_sample(k2, _pad(_pm(refined)), tokens_of(refined), _ids(caps, c),
                                         np.stack([np.asarray(T.view_features(v.azimuth, v.elevation)) for v in v2]),
                                         1.0))
         masks = np.stack([t["mask"] for t in truth])        # the renderer's segmentation (Grounded-SAM stand-in)
         d_ref = _cos(np.asarray(dino_embed(refined)[0]), np.asarray(dino_embed(subject_img[None])[0]))
         ci, ct = (np.asarray(a) for a in clip_encode(refined, _ids(caps, c)))
-        keep = (d_ref >= c.pipeline.dino_threshold) & (np.sum(ci * ct, -1) >= c.pipeline.clip_threshold)
+        keep = (d_ref >= dino_t) & (np.sum(ci * ct, -1) >= clip_t)
         t_pipe, cpu_pipe = t_pipe + time.time() - t0, cpu_pipe + time.process_time() - c0
         others = [S.random_subject(srng) for _ in range(n)]
         src = np.stack([S.render(o, v, b, size)["image"] for o, v, b in zip(others, views, bgs)])
@@ -373,11 +461,20 @@ def run(config, report) -> dict:
         pairs["gen_target"].append(new_view)
         pairs["kept"].append(keep)
         gt_img = np.stack([t["image"] for t in truth])
-        quality["draft_mse"].append(np.mean((drafts - gt_img) ** 2))
-        quality["refined_mse"].append(np.mean((refined - gt_img) ** 2))
-        quality["dino_refined"].append(d_ref.mean())
-        quality["dino_draft"].append(_cos(np.asarray(dino_embed(drafts)[0]),
-                                          np.asarray(dino_embed(subject_img[None])[0])).mean())
+        subj_cls = np.asarray(dino_embed(subject_img[None])[0])
+        subj_fg = np.asarray(dino_embed(grey(subject_img, subject_r["mask"])[None])[0])
+        for kind, x in (("draft", drafts), ("refined", refined), ("truth", gt_img)):
+            ci, ct = (np.asarray(a) for a in clip_encode(x, _ids(caps, c)))
+            d = _cos(np.asarray(dino_embed(x)[0]), subj_cls)
+            for name, v in (("mse", np.mean((x - gt_img) ** 2, (1, 2, 3))),
+                            ("fg_mse", np.sum((x - gt_img) ** 2 * masks[..., None], (1, 2, 3))
+                             / (3 * masks.sum((1, 2)))),
+                            ("dino", d), ("segdino", _cos(np.asarray(dino_embed(grey(x, masks))[0]), subj_fg)),
+                            ("kept", (d >= dino_t) & (np.sum(ci * ct, -1) >= clip_t))):
+                quality.setdefault(f"{name}_{kind}", []).append(v)
+        # does the Refiner's change point at the missing detail? cosine of (refined - draft) and (truth - draft)
+        quality.setdefault("alignment_refined", []).append(
+            _cos((refined - drafts).reshape(n, -1), (gt_img - drafts).reshape(n, -1)))
         if si < 4:
             show += [drafts[0], refined[0], gt_img[0], new_view[0]]
     out = {k: (np.concatenate(v) if k != "gen_caption" else np.array(v)) for k, v in pairs.items()}
@@ -385,7 +482,7 @@ def run(config, report) -> dict:
     diffusion.save_grid(np.stack(show) * 2 - 1, report.path("toffee_pipeline.png"), nrow=4)
     total = len(test_subs) * n
     kept = int(out["kept"].sum())
-    q = {k: float(np.mean(v)) for k, v in quality.items()}
+    q = {k: float(np.mean(np.concatenate(v))) for k, v in quality.items()}
     summary.update(pipeline_pairs=total, pipeline_kept=kept, pipeline_seconds=t_pipe,
                    pipeline_pairs_per_second=2 * total / t_pipe, **q)
 
@@ -416,10 +513,16 @@ def run(config, report) -> dict:
         + table(["quantity", "value"], [
             ["subjects x pairs", f"{len(test_subs)} x {n}"],
             ["pairs written (editing with masks + generation)", f"{total} + {total}"],
-            ["kept by DINO >= %.2f and CLIP-T >= %.2f" % (c.pipeline.dino_threshold, c.pipeline.clip_threshold),
+            ["kept by DINO >= %.3f and CLIP-T >= %.3f" % (dino_t, clip_t),
              f"{kept} / {total}"],
-            ["draft -> truth MSE", f"{q['draft_mse']:.4f}"], ["refined -> truth MSE", f"{q['refined_mse']:.4f}"],
-            ["DINO(draft, subject)", f"{q['dino_draft']:.3f}"], ["DINO(refined, subject)", f"{q['dino_refined']:.3f}"],
+            *[[f"{label} (draft / refined / truth)", " / ".join(f"{q[f'{key}_{kind}']:{fmt}}"
+                                                              for kind in ("draft", "refined", "truth"))]
+              for label, key, fmt in (("MSE to the true render", "mse", ".4f"),
+                                      ("MSE inside the subject's mask", "fg_mse", ".4f"),
+                                      ("DINO to the subject image", "dino", ".3f"),
+                                      ("Seg-DINO to the subject (both masked)", "segdino", ".3f"),
+                                      ("pass rate of the filter", "kept", ".2f"))],
+            ["cosine of (refined - draft) and (truth - draft)", f"{q['alignment_refined']:.3f}"],
             ["pipeline seconds (sampling, steady state)", f"{t_pipe:.2f}"],
             ["pairs / second", f"{2 * total / t_pipe:.2f}"]])
         + "\n\n### Cost per pair against per-subject fine-tuning\n\n"
