@@ -32,9 +32,11 @@ def get_config(variant: str | None = None):
     c.data = dict(height=24, width=48, size_range=(10, 16), min_size=8, max_words=2, glyph_examples=1000,
                   train_examples=1000, eval_examples=24, prompt_len=64, layout_len=24)
     c.model = dict(channels=(16, 32), layers_per_block=1, attn_levels=1, heads=2, groups=8, text_dim=32,
-                   text_layers=1, clip_width=16, clip_dim=32)
+                   text_layers=1, clip_width=16, clip_dim=32, char_dim=8)
     c.planner = dict(layers=2, d_model=64, heads=4)
-    c.diffusion = dict(train_timesteps=1000)
+    # the textual model: x0-prediction, and the layout's per-pixel character map as input (char_dim channels); both
+    # from the glyph probes of docs/results/artist.md (char_dim=0 + "epsilon": the model before them)
+    c.diffusion = dict(train_timesteps=1000, textual_prediction="sample")
     # sized to ~4000 CPU-s (user + sys) = ~45 min on a quiet 2-core machine, from the per-step CPU measured in
     # docs/results/artist.md (textual 0.55, prompt_only 0.60, textdiffuser 0.62, artist 0.75, planner 0.03, CLIP 0.016
     # CPU-s per step; ~350 CPU-s of data, compilation, sampling and OCR)
@@ -44,7 +46,7 @@ def get_config(variant: str | None = None):
     if variant == "tiny":
         c.data.update(dict(height=8, width=16, size_range=(6, 8), min_size=6, glyph_examples=16, train_examples=16,
                            eval_examples=2, prompt_len=64, layout_len=12))
-        c.model.update(dict(channels=(8,), heads=1, text_dim=8, clip_width=4, clip_dim=8))
+        c.model.update(dict(channels=(8,), heads=1, text_dim=8, clip_width=4, clip_dim=8, char_dim=2))
         c.planner.update(dict(layers=1, d_model=8, heads=1))
         c.train.update(dict(batch_size=2, steps_single=1, steps_multi=1, steps_visual=1, steps_planner=1, steps_clip=1,
                             clip_batch=2))
