@@ -5,7 +5,7 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
 
     python -m train --config configs/artist.py --workdir /tmp/artist            # the table, 1 seed
     python -m train --config configs/artist.py:seeds3 --workdir /tmp/artist3    # the same, 3 seeds
-    python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~120 s CPU)
+    python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~130 s CPU)
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F = 0.77 at 24x48 px (the ceiling of every
 method). The table config is sized to ~4200 CPU-s (~45 min quiet) from per-step CPU measured stage by stage; it was
