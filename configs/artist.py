@@ -11,7 +11,7 @@ Expected (docs/results/artist.md): the ground-truth images read at OCR F = 0.77 
 method). The table config is sized to ~4200 CPU-s (~45 min quiet) from per-step CPU measured stage by stage; it was
 not run end to end. Measured at reduced steps (100 visual, 597 CPU-s, before the glyph probes): every method's DDIM
 samples still noise, OCR 0 for all; the planner copies the prompt's words (0.875 exact at 600 steps). The textual
-model alone (char map + x0-prediction, single words): OCR F 0 at 600 steps, 0.042 at 1000 (24 held-out words;
+model alone (char map + x0-prediction, single words): OCR F 0 / 0.042 / 0.125 at 600 / 1000 / 1600 steps (24 words;
 ground truth 1.0), still rising: hence 2000 + 500 textual steps here. Not a reproduction of the paper's "up to 15%
 better" claim.
 """
