@@ -162,6 +162,30 @@ def box_mask(boxes, shape: tuple[int, int] = (HEIGHT, WIDTH)) -> np.ndarray:
     return np.any(inside, axis=0).astype(np.uint8) if inside else np.zeros(shape, np.uint8)
 
 
+def char_map(words: Sequence[str], boxes, shape: tuple[int, int] = (HEIGHT, WIDTH)) -> np.ndarray:
+    """int32 [H, W]: 0 outside every box; inside word i's box (x0, y0, x1, y1), 1 + the CHARSET index of the
+    character whose slot holds the pixel centre, the box split into len(word) equal-width slots.
+
+    The textual model's spatial view of a layout (where each letter of the string goes), computed from the planned
+    words and boxes alone, with no font. **[reconstruction]** ARTIST's textual model is Stable Diffusion conditioned
+    on its prompt; this per-pixel character condition (like TextDiffuser's character-level segmentation mask, but
+    with uniform slots instead of a rendered font) is ours: without it the small textual model trained from scratch
+    on CPU draws no legible word (docs/results/artist.md)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if len(boxes) != len(words):
+        fail("boxes", f"one (x0, y0, x1, y1) box per word ({len(words)})", f"shape {boxes.shape}")
+    out = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    for w, (x0, y0, x1, y1) in zip(words, boxes):
+        if not w or clean_word(w) != w:
+            fail("words", f"non-empty words of the characters {CHARSET!r}", repr(w))
+        inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+        slot = np.clip(np.floor((xx - x0) / max(float(x1 - x0), 1e-6) * len(w)).astype(int), 0, len(w) - 1)
+        ids = 1 + np.array([CHARSET.index(ch) for ch in w])[slot]
+        out = np.where(inside, ids, out)
+    return out
+
+
 def prompt_for(words: Sequence[str], background: str, foreground: str) -> str:
     return f'a {background} poster with {foreground} text saying "{" ".join(words)}"'
 

@@ -221,36 +221,50 @@ class ConditionalUNet(nn.Module):
     """A UNet whose cross-attention context is a character-level transformer encoding of `ids` [B, L] (PAD = 0
     masked as keys in the encoder). Used for the textual model, the prompt-only baseline, the TextDiffuser-style
     baseline (in_channels = 3 + glyph + mask) and ARTIST's visual model. Extra keyword arguments go to the UNet
-    (return_features, mid_residual, up_residuals)."""
+    (return_features, mid_residual, up_residuals).
+
+    char_dim > 0 (the textual model): `char_map` int32 [B, H, W] (`jaxmm.data.glyphs.char_map`: 0 outside the
+    layout's boxes, 1 + the CHARSET index of the letter whose slot holds the pixel) is also an input: its box mask
+    (char_map > 0) and a learned char_dim-wide embedding of it are concatenated to x, so `unet.in_channels` must be
+    x's channels + 1 + char_dim. **[reconstruction]**, see `glyphs.char_map`."""
     unet: UNetConfig
     encoder: TextEncoderConfig
+    char_dim: int = 0
 
     @nn.compact
-    def __call__(self, x, timesteps, ids, **unet_kwargs):
+    def __call__(self, x, timesteps, ids, char_map=None, **unet_kwargs):
         check_rank("ids", ids, 2, "[batch, length]")
         if self.encoder.d_model != self.unet.cross_attention_dim:
             fail("encoder.d_model", f"the UNet's cross_attention_dim {self.unet.cross_attention_dim}",
                  self.encoder.d_model)
+        if self.char_dim:
+            if char_map is None or tuple(char_map.shape) != tuple(x.shape[:3]):
+                fail("char_map", f"int [batch, H, W] = {tuple(x.shape[:3])} (char_dim={self.char_dim})",
+                     None if char_map is None else tuple(char_map.shape))
+            emb = nn.Embed(len(CHARSET) + 1, self.char_dim, name="char_embed")(char_map)
+            x = jnp.concatenate([x, (char_map > 0)[..., None].astype(x.dtype), emb.astype(x.dtype)], -1)
+        elif char_map is not None:
+            fail("char_map", "None (this model has char_dim=0)", tuple(char_map.shape))
         context = TextEncoder(self.encoder, name="encoder")(ids, (ids != PAD).astype(jnp.int32))["last_hidden_state"]
         return UNet(self.unet, name="unet")(x, timesteps, context, **unet_kwargs)
 
 
 class Artist(nn.Module):
-    """__call__(x_t [B,H,W,3], glyph_t [B,H,W,1], t [B], prompt_ids [B,Lp], layout_ids [B,Ll]) -> (eps_visual,
-    eps_glyph). The textual model's features (mid block, then every up block) are `stop_gradient`-ed (it is frozen:
-    its params get no gradient), each passes a zero-initialised 1x1 conv to the visual UNet's channel count, and is
-    added to the matching visual feature map (`UNet(mid_residual=, up_residuals=)`). At init the visual output
-    equals the plain visual UNet's, exactly."""
+    """__call__(x_t [B,H,W,3], glyph_t [B,H,W,1], t [B], prompt_ids [B,Lp], layout_ids [B,Ll], char_map [B,H,W]
+    (only for a textual model with char_dim > 0)) -> (eps_visual, eps_glyph). The textual model's features (mid
+    block, then every up block) are `stop_gradient`-ed (it is frozen: its params get no gradient), each passes a
+    zero-initialised 1x1 conv to the visual UNet's channel count, and is added to the matching visual feature map
+    (`UNet(mid_residual=, up_residuals=)`). At init the visual output equals the plain visual UNet's, exactly."""
     textual: ConditionalUNet
     visual: ConditionalUNet
 
     @nn.compact
-    def __call__(self, x_t, glyph_t, timesteps, prompt_ids, layout_ids):
+    def __call__(self, x_t, glyph_t, timesteps, prompt_ids, layout_ids, char_map=None):
         tcfg, vcfg = self.textual.unet, self.visual.unet
         if len(tcfg.block_out_channels) != len(vcfg.block_out_channels):
             fail("textual.unet.block_out_channels", f"{len(vcfg.block_out_channels)} levels (as the visual UNet)",
                  tcfg.block_out_channels)
-        eps_g, feats = self.textual(glyph_t, timesteps, layout_ids, return_features=True)
+        eps_g, feats = self.textual(glyph_t, timesteps, layout_ids, char_map, return_features=True)
         feats = jax.lax.stop_gradient(feats)
         zero = lambda c, name: nn.Conv(c, (1, 1), kernel_init=nn.initializers.zeros, name=name)  # noqa: E731
         mid = zero(vcfg.block_out_channels[-1], "inject_mid")(feats["mid"])

@@ -66,6 +66,24 @@ def test_box_mask_matches_a_pixel_loop():
     assert np.array_equal(got, want)
 
 
+def test_char_map_puts_each_letter_in_its_equal_width_slot():
+    boxes = np.array([[2, 1, 8, 5], [10, 4, 14, 8]], np.float32)   # "abc": 2 px slots; "z9": 2 px slots
+    got = glyphs.char_map(["abc", "z9"], boxes, (9, 16))
+    want = np.zeros((9, 16), np.int64)
+    for y in range(9):
+        for x in range(16):
+            for w, b in zip(["abc", "z9"], boxes):
+                if b[0] <= x + 0.5 <= b[2] and b[1] <= y + 0.5 <= b[3]:
+                    want[y, x] = 1 + glyphs.CHARSET.index(w[min(int((x + 0.5 - b[0]) // 2), len(w) - 1)])
+    assert np.array_equal(got, want)
+    assert np.array_equal(got > 0, glyphs.box_mask(boxes, (9, 16)) > 0)     # its support is the box mask
+    assert sorted(np.unique(got[got > 0])) == [1, 2, 3, 26, 36]            # a b c z 9
+    with pytest.raises(ValueError, match="boxes"):
+        glyphs.char_map(["abc"], boxes, (9, 16))
+    with pytest.raises(ValueError, match="words"):
+        glyphs.char_map(["a-b", "z"], boxes, (9, 16))
+
+
 def test_scene_is_the_glyph_composited_in_the_prompt_colours():
     s = glyphs.scene(3, height=16, width=48, size_range=(9, 13), min_size=8)
     bg, fg = np.array(glyphs.BACKGROUNDS[s["background"]]), np.array(glyphs.FOREGROUNDS[s["foreground"]])

@@ -1,6 +1,7 @@
 """train/tasks/artist.py's scoring and planning helpers against closed forms (the end-to-end `:tiny` run is in
 tests/train/test_configs_tiny.py, marked slow)."""
 import numpy as np
+import pytest
 
 from train.tasks import artist as T
 
@@ -45,3 +46,73 @@ def test_self_trained_clip_learns_well_below_chance():
     chance = np.log(16)
     assert f.losses[:5].mean() > 0.9 * chance                                 # starts near chance
     assert f.losses[-10:].mean() < 0.5 * chance, f.losses[-10:]
+
+
+@pytest.mark.slow       # ~34 CPU-s: eager init + two compilations of the UNet, over the suite's budget
+def test_textual_model_listens_to_its_string():
+    """The experiment's textual model (the `:tiny` config's architecture: char encoder + char map) trained 40 steps
+    on 16 glyphs of 4 words: at the same (t, noise), its diffusion loss given the true words must be well below its
+    loss given another word drawn in the same box. A model that ignores its string condition gives equal losses."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs.artist import get_config
+    from jaxmm import diffusion
+    from jaxmm.data import glyphs
+    from train.experiment import fit, sample_batch
+
+    c = get_config("tiny")
+    vocab = ("ab", "xo", "mi", "lt")
+    gs = [glyphs.single_word(i, height=8, width=16, vocabulary=vocab, size_range=(8, 8),
+                             fonts=glyphs.textrich.available_fonts()[:1]) for i in range(16)]
+    scene = lambda g, words: {"image": np.zeros((8, 16, 3), np.uint8), "glyph": g.glyph, "mask": g.glyph,  # noqa
+                              "prompt": "", "words": words, "boxes": g.boxes}
+    data = T._arrays([scene(g, g.words) for g in gs], c)
+    wrong = T._arrays([scene(g, [vocab[(vocab.index(g.words[0]) + 1) % 4]]) for g in gs], c)
+    model = T._models(c)["textual"]
+    sched = diffusion.Schedule(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    ac = jnp.asarray(diffusion.alphas_cumprod(sched))
+    pred = c.diffusion.textual_prediction
+    params = model.init(jax.random.key(0), data["glyph"][:1], jnp.zeros((1,), jnp.int32), data["layout_ids"][:1],
+                        data["char_map"][:1])["params"]
+
+    def loss(p, b, k):
+        fn = lambda x, t: model.apply({"params": p}, x, t, b["layout_ids"], b["char_map"])  # noqa: E731
+        return diffusion.diffusion_loss(fn, pred, ac, b["glyph"], k)[0]
+
+    rng = np.random.default_rng(0)
+    names = ("glyph", "layout_ids", "char_map")
+    params = fit(loss, params, lambda s: sample_batch(data, names, rng, 16), 40, 1e-2, jax.random.key(1),
+                 progress=False).params
+    # the same t (low and mid noise, where the glyph is not yet determined by x_t alone) and noise for both
+    t = jnp.tile(jnp.array([100, 300, 500, 700]), 4)
+    noise = jax.random.normal(jax.random.key(2), data["glyph"].shape)
+    x_t = diffusion.q_sample(ac, data["glyph"], t, noise)
+    target = diffusion.prediction_target(pred, ac, data["glyph"], t, noise)
+
+    @jax.jit
+    def errors(p, ids, cmaps):      # [2] (true words, other words), one compilation
+        out = jax.vmap(lambda i, m: model.apply({"params": p}, x_t, t, i, m))(ids, cmaps)
+        return jnp.mean((out - target[None]) ** 2, axis=(1, 2, 3, 4))
+
+    right, other = (float(e) for e in errors(params, jnp.stack([data["layout_ids"], wrong["layout_ids"]]),
+                                              jnp.stack([data["char_map"], wrong["char_map"]])))
+    assert right < 0.8 * other, (right, other)
+
+
+def test_as_epsilon_recovers_the_noise_from_an_exact_x0_or_v_prediction():
+    """ARTIST's joint DDIM loop turns the x0-predicting textual model's output into epsilon: exact predictions must
+    give back the noise (float64 numpy reference of x_t = sqrt(a) x0 + sqrt(1 - a) eps)."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    ac = np.linspace(0.999, 0.01, 1000)
+    x0, eps = rng.uniform(-1, 1, (2, 4, 4, 1)), rng.normal(size=(2, 4, 4, 1))
+    for t in (0, 500, 999):
+        a = ac[t]
+        x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps
+        v = a ** 0.5 * eps - (1 - a) ** 0.5 * x0
+        for pred, out in (("sample", x0), ("v_prediction", v), ("epsilon", eps)):
+            got = T.as_epsilon(pred, jnp.asarray(ac, jnp.float32), jnp.asarray(out, jnp.float32),
+                               jnp.asarray(x_t, jnp.float32), t)
+            np.testing.assert_allclose(np.asarray(got), eps, atol=2e-3 if t == 0 else 1e-4, err_msg=f"{pred} t={t}")

@@ -17,6 +17,7 @@ Writes results.md / results.json, a sample grid per method (samples_<method>_see
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -86,6 +87,9 @@ def _check(config):
         raise ValueError(f"config.data.height/width: expected multiples of {2 ** (levels - 1)} "
                          f"(2 ** (levels - 1) for model.channels={tuple(config.model.channels)}), got "
                          f"{config.data.height}x{config.data.width}")
+    if config.diffusion.textual_prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError("config.diffusion.textual_prediction: expected 'epsilon', 'sample' or 'v_prediction', got "
+                         f"{config.diffusion.textual_prediction!r}")
     if not config.seeds:
         raise ValueError("config.seeds: expected at least one seed, got ()")
 
@@ -109,7 +113,7 @@ def _models(c):
                           layers_per_block=m.layers_per_block, num_attention_heads=m.heads,
                           cross_attention_dim=m.text_dim, norm_num_groups=m.groups)
 
-    textual = ConditionalUNet(unet(1, 1), enc)
+    textual = ConditionalUNet(unet(1 + (1 + m.char_dim if m.char_dim else 0), 1), enc, char_dim=m.char_dim)
     return {"textual": textual, "prompt_only": ConditionalUNet(unet(3, 3), enc),
             "textdiffuser": ConditionalUNet(unet(5, 3), enc),
             "artist": Artist(textual, ConditionalUNet(unet(3, 3), enc)),
@@ -131,7 +135,9 @@ def _pad(rows, length, left=False):
 
 
 def _arrays(items, c):
-    """Stacked model inputs of scene dicts: images/glyphs/masks in [-1, 1] / {0, 1}, prompt and layout ids."""
+    """Stacked model inputs of scene dicts: images/glyphs/masks in [-1, 1] / {0, 1}, prompt and layout ids, the
+    layout's character map (`glyphs.char_map`, the textual model's spatial condition)."""
+    from jaxmm.data.glyphs import char_map
     from jaxmm.models.artist import BOS, EOS, encode_layout, encode_text
 
     shape = (c.data.height, c.data.width)
@@ -139,7 +145,8 @@ def _arrays(items, c):
             "glyph": np.stack([s["glyph"] for s in items])[..., None].astype(np.float32) / 127.5 - 1,
             "mask": np.stack([s["mask"] for s in items])[..., None].astype(np.float32),
             "prompt_ids": _pad([[BOS] + encode_text(s["prompt"]) + [EOS] for s in items], c.data.prompt_len),
-            "layout_ids": _pad([encode_layout(s["words"], s["boxes"], shape) for s in items], c.data.layout_len)}
+            "layout_ids": _pad([encode_layout(s["words"], s["boxes"], shape) for s in items], c.data.layout_len),
+            "char_map": np.stack([char_map(s["words"], s["boxes"], shape) for s in items])}
 
 
 # ------------------------------------------------------------------------------------------------ the experiment
@@ -157,6 +164,9 @@ def run(config, report) -> dict:
     # undertrained model's samples saturate, docs/results/artist.md)
     sched = diffusion.Schedule(num_train_timesteps=c.diffusion.train_timesteps, beta_schedule="squaredcos_cap_v2",
                                clip_sample=True)
+    # the textual model predicts x0 ("sample"): its 10-step DDIM glyphs then have a clean black background where an
+    # epsilon model at the same steps leaves noise everywhere (docs/results/artist.md, the glyph probes)
+    sched_text = dataclasses.replace(sched, prediction_type=c.diffusion.textual_prediction)
     ac = jnp.asarray(diffusion.alphas_cumprod(sched))
     kw = dict(height=c.data.height, width=c.data.width)
     scene_kw = dict(kw, size_range=tuple(c.data.size_range), min_size=c.data.min_size, max_words=c.data.max_words)
@@ -183,14 +193,15 @@ def run(config, report) -> dict:
         # 1. the textual model: single words, then multi-word layouts
         textual = models["textual"]
         key, k_init = jax.random.split(key)
+        cmap = lambda d: d["char_map"] if c.model.char_dim else None  # noqa: E731
         p_text = textual.init(k_init, data_single["glyph"][:1], jnp.zeros((1,), jnp.int32),
-                              data_single["layout_ids"][:1])["params"]
+                              data_single["layout_ids"][:1], cmap({"char_map": data_single["char_map"][:1]}))["params"]
 
         def glyph_loss(p, b, k):
-            return diffusion.diffusion_loss(lambda x, t: textual.apply({"params": p}, x, t, b["layout_ids"]),
-                                            "epsilon", ac, b["glyph"], k)[0]
+            return diffusion.diffusion_loss(lambda x, t: textual.apply({"params": p}, x, t, b["layout_ids"], cmap(b)),
+                                            c.diffusion.textual_prediction, ac, b["glyph"], k)[0]
 
-        names = ("glyph", "layout_ids")
+        names = ("glyph", "layout_ids", "char_map")
         key, k1, k2 = jax.random.split(key, 3)
         single = fit(glyph_loss, p_text, batches(data_single, names), c.train.steps_single, c.train.lr, k1,
                      name=f"textual/single seed {seed}")
@@ -208,9 +219,10 @@ def run(config, report) -> dict:
         plan_glyph = np.stack([glyphs.render_in_boxes(w, b, shape) for w, b in plans])[..., None] / 127.5 - 1
         plan_mask = np.stack([glyphs.box_mask(b, shape) for _, b in plans])[..., None].astype(np.float32)
         plan_ids = _pad([encode_layout(w, b, shape) for w, b in plans], c.data.layout_len)
+        plan_cmap = np.stack([glyphs.char_map(w, b, shape) for w, b in plans])
 
         # 3. the visual models
-        vis_names = ("image", "glyph", "mask", "prompt_ids", "layout_ids")
+        vis_names = ("image", "glyph", "mask", "prompt_ids", "layout_ids", "char_map")
         samples = {}
         for method in c.methods:
             model = models[method]
@@ -218,11 +230,13 @@ def run(config, report) -> dict:
             b1 = {k: v[:1] for k, v in data_train.items()}
             t1 = jnp.zeros((1,), jnp.int32)
             if method == "artist":
-                params = model.init(k_init, b1["image"], b1["glyph"], t1, b1["prompt_ids"], b1["layout_ids"])["params"]
+                params = model.init(k_init, b1["image"], b1["glyph"], t1, b1["prompt_ids"], b1["layout_ids"],
+                                    cmap(b1))["params"]
                 params = dict(params, textual=p_text)
 
                 def loss(p, b, k, model=model):
-                    fn = lambda x, g, t: model.apply({"params": p}, x, g, t, b["prompt_ids"], b["layout_ids"])  # noqa
+                    fn = lambda x, g, t: model.apply({"params": p}, x, g, t, b["prompt_ids"], b["layout_ids"],  # noqa
+                                                     cmap(b))
                     return noisy_pair_loss(fn, ac, b["image"], b["glyph"], k)
                 frozen = lambda path: path.startswith("['textual']")  # noqa: E731
             else:
@@ -239,10 +253,10 @@ def run(config, report) -> dict:
                           frozen=frozen, name=f"{method} seed {seed}")
             params, curves[f"{method}_seed{seed}"] = trained.params, trained.curve(LOG_EVERY)
             samples[method] = _sample(method, model, params, sched, c, data_eval["prompt_ids"], plan_glyph,
-                                      plan_mask, plan_ids, k_noise)
+                                      plan_mask, plan_ids, plan_cmap, k_noise)
         # the textual model's own glyphs from the planned layouts (what ARTIST's visual model listens to)
         key, k_g = jax.random.split(key)
-        glyph_samples = _sample_glyphs(textual, p_text, sched, c, plan_ids, k_g)
+        glyph_samples = _sample_glyphs(textual, p_text, sched_text, c, plan_ids, plan_cmap, k_g)
 
         # 4. self-trained CLIP; 5. evaluation
         key, k_clip = jax.random.split(key)
@@ -280,22 +294,37 @@ def _visual_input(method, x, glyph, mask):
     return jnp.concatenate([x, glyph, mask], -1) if method == "textdiffuser" else x
 
 
-def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, plan_ids, key):
+def as_epsilon(prediction_type: str, alphas_cumprod, model_output, x_t, t):
+    """The epsilon that `model_output` (a `prediction_type` prediction at x_t, scalar timestep t) implies, so that a
+    model of another prediction type can share one epsilon DDIM loop (ARTIST's joint visual + glyph sampling)."""
+    a = jnp.asarray(alphas_cumprod)[t]
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return (x_t - a ** 0.5 * model_output) / (1 - a) ** 0.5
+    if prediction_type == "v_prediction":
+        return a ** 0.5 * model_output + (1 - a) ** 0.5 * x_t
+    raise ValueError(f"prediction_type: expected 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
+
+
+def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap, key):
     """DDIM samples (eta 0, `eval.ddim_steps`) of `method` for every eval prompt, float [-1, 1] [N, H, W, 3]."""
     from jaxmm import diffusion
 
     n, (h, w) = len(prompt_ids), (c.data.height, c.data.width)
+    ac = jnp.asarray(diffusion.alphas_cumprod(sched))
     out = []
     for s in range(0, n, c.eval.batch_size):
         sl = slice(s, s + c.eval.batch_size)
-        ids, g, m, lids = (jnp.asarray(a[sl]) for a in (prompt_ids, plan_glyph, plan_mask, plan_ids))
+        ids, g, m, lids, cm = (jnp.asarray(a[sl]) for a in (prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap))
         key, k = jax.random.split(key)
         if method == "artist":
             noise = jax.random.normal(k, (len(ids), h, w, 4))
 
-            def fn(x, t, p=params, ids=ids, lids=lids):
+            def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None):
                 tt = jnp.full((x.shape[0],), t)
-                ev, eg = model.apply({"params": p}, x[..., :3], x[..., 3:], tt, ids, lids)
+                ev, eg = model.apply({"params": p}, x[..., :3], x[..., 3:], tt, ids, lids, cm)
+                eg = as_epsilon(c.diffusion.textual_prediction, ac, eg, x[..., 3:], t)
                 return jnp.concatenate([ev, eg], -1)
             x = _ddim(fn, sched, noise, c.eval.ddim_steps)[..., :3]
         else:
@@ -314,9 +343,11 @@ def _ddim(fn, sched, noise, steps):
     return jax.jit(lambda x: diffusion.sample_ddim(fn, sched, x, steps))(noise)
 
 
-def _sample_glyphs(textual, params, sched, c, plan_ids, key):
+def _sample_glyphs(textual, params, sched, c, plan_ids, plan_cmap, key):
     noise = jax.random.normal(key, (len(plan_ids), c.data.height, c.data.width, 1))
-    fn = lambda x, t: textual.apply({"params": params}, x, jnp.full((x.shape[0],), t), jnp.asarray(plan_ids))  # noqa
+    cm = jnp.asarray(plan_cmap) if c.model.char_dim else None
+    fn = lambda x, t: textual.apply({"params": params}, x, jnp.full((x.shape[0],), t), jnp.asarray(plan_ids),  # noqa
+                                    cm)
     return np.clip(np.asarray(_ddim(fn, sched, noise, c.eval.ddim_steps)), -1, 1)
 
 
