@@ -140,23 +140,29 @@ def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_ru
     assert any(np.abs(np.asarray(x)).sum() > 0 for x in jax.tree.leaves(loaded))
 
 
-def test_word_tokenizer_is_built_once_into_data_tokenizer(tmp_path, monkeypatch):
+def test_small_configs_read_the_committed_word_bpe():
+    """Every `small_*` run reads configs/lara_bpe (committed, like configs/llava_read_bpe); nothing is built."""
     import os
 
-    from jaxmm.data import HFTokenizer, trins
-    from train import tasks
-    from train.tasks.lara import LaraTask, ensure_word_tokenizer
+    from configs import lara as lara_config
 
-    small = trins.word_corpus
-    monkeypatch.setattr(trins, "word_corpus", lambda: small(8))   # the same texts, fewer pages (speed)
-    config = tasks.full_config(__import__("configs.lara", fromlist=["x"]).get_config("small_oracle"))
-    folder = str(tmp_path / "words")
-    config.data.tokenizer, config.task_args.word_tokenizer = folder, 400
-    task = LaraTask(config)                                   # builds it
-    assert isinstance(task.tok, HFTokenizer) and task.tok.vocab_size <= 400 + 2   # + <image>, <audio>
-    stamp = os.path.getmtime(os.path.join(folder, "tokenizer.json"))
-    ensure_word_tokenizer(config)                             # present: read, not rebuilt
-    assert os.path.getmtime(os.path.join(folder, "tokenizer.json")) == stamp
-    config.data.tokenizer = ""
-    with pytest.raises(ValueError, match="data.tokenizer"):
-        ensure_word_tokenizer(config)
+    for v in ("small_pretrain",) + lara_config.ABLATIONS:
+        path = lara_config.get_config(v).data.tokenizer
+        assert os.path.samefile(path, os.path.join(os.path.dirname(lara_config.__file__), "lara_bpe")), (v, path)
+        assert os.path.isfile(os.path.join(path, "tokenizer.json"))
+    assert "word_tokenizer" not in lara_config.get_config("small_oracle").task_args
+
+
+@pytest.mark.slow
+def test_committed_word_bpe_is_what_its_regeneration_command_writes(tmp_path):
+    """configs/lara_bpe is `train_word_bpe(word_corpus(), vocab_size=2048)` byte for byte (~9 CPU-s)."""
+    import filecmp
+    import os
+
+    from configs import lara as lara_config
+    from jaxmm.data.tokenizers import train_word_bpe
+    from jaxmm.data.trins import word_corpus
+
+    train_word_bpe(word_corpus(), tmp_path, vocab_size=2048)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert filecmp.cmp(tmp_path / name, os.path.join(lara_config.BPE, name), shallow=False), name

@@ -97,44 +97,16 @@ def generated_texts(batches, answer_fn, tok):
     return preds, refs, kind_ids
 
 
-def ensure_word_tokenizer(config) -> None:
-    """With `task_args.word_tokenizer=<vocab size>` (> 0), train a word-level BPE
-    (`jaxmm.data.tokenizers.train_word_bpe` on `jaxmm.data.trins.word_corpus`: 256 generated pages, seed 0) into
-    the folder `data.tokenizer` when it has no tokenizer.json yet (once; later runs read it). It depends only on
-    the vocab size, so every run naming the folder shares one tokenizer."""
-    import os
-
-    from jaxmm.checks import fail
-
-    vocab = int(config.task_args.get("word_tokenizer", 0) or 0)
-    if vocab <= 0:
-        return
-    path = config.data.tokenizer
-    if not path:
-        fail("data.tokenizer", "the tokenizer folder to write (task_args.word_tokenizer > 0)", repr(path))
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        from jaxmm.data.tokenizers import train_word_bpe
-        from jaxmm.data.trins import word_corpus
-
-        train_word_bpe(word_corpus(), path, vocab_size=vocab)
-
-
 # ------------------------------------------------------------------------------------------------ the task
 class LaraTask(MLLMQATask):
     metric = "eval_trins_vqa_contains"
-
-    def __init__(self, config=None):
-        if config is not None:
-            ensure_word_tokenizer(config)
-        super().__init__(config)
 
     def default_config(self):
         c = super().default_config()
         c.data.source = "lara"
         c.data.update(max_len=640, max_prompt_len=256, max_answer_len=24)
         c.task_args.update(eval_generate=False, visual_examples=64, caption_examples=32, caption_tokens=480,
-                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"),
-                           word_tokenizer=0)
+                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"))
         return c
 
     def benchmark(self, config, name: str):
