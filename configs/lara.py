@@ -26,8 +26,8 @@ sequences of 224 tokens, OCR text budget 96 tokens; evaluated on 64 unseen pages
 (docs/results/lara.md, "Making copying learnable"): with bytes, 128 pages and 400 steps nothing was copied
 (TRINS-VQA exact 0); 128 pages are memorised (train loss 0.7, eval 3.5), so the pages went up, and the word
 tokenizer shortens every copy. `small_pretrain`: 300 steps, half captions, no OCR, everything trained. Each
-`small_*` run is ~300-600 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once, ~0.5 CPU-s a
-page, into the OCR cache).
+`small_*` run is ~340-390 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once into the OCR
+cache: 1130 CPU-s in all, measured on the shared 2 cores).
 `paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
 the abstract; LLaVA-1.5's stage-2 settings are used).
 """
