@@ -17,16 +17,17 @@ Variants (the table's): `small_no_ocr` / `small_oracle` / `small_rapidocr` (OCR 
 rapidocr on the full-resolution page); `small_rapidocr_layout` (the OCR text layout-recovered, LATIN style, instead
 of words joined by spaces); `small_rapidocr_tuned` (the low-res encoder trained instead of frozen). All `small_*`
 runs: 48 px images (text illegible: reading must come from OCR), a 2-layer d=64 LLM from scratch with a word-level
-BPE tokenizer (2048 tokens, trained on generated TRINS text and written to `runs/lara/words_2048` on first use:
-`task_args.word_tokenizer`; every generator word is one token in the OCR block, the question and the answer, so
-copying an answer is one step per word instead of one per byte), 1500 steps of 8 examples (12,000) from 1024
+BPE tokenizer (committed in configs/lara_bpe, 2048 tokens: `jaxmm.data.tokenizers.train_word_bpe` on
+`jaxmm.data.trins.word_corpus`; the command beside `BPE` below regenerates it byte for byte); every generator word
+is one token in the OCR block, the question and the answer, so copying an answer is one step per word instead of
+one per byte), 1500 steps of 8 examples (12,000) from 1024
 training pages (receipts, posters, signs, charts, tables), a mix of 10% caption instruction and 90% VQA,
 sequences of 224 tokens, OCR text budget 96 tokens; evaluated on 64 unseen pages. Why these sizes
 (docs/results/lara.md, "Making copying learnable"): with bytes, 128 pages and 400 steps nothing was copied
 (TRINS-VQA exact 0); 128 pages are memorised (train loss 0.7, eval 3.5), so the pages went up, and the word
 tokenizer shortens every copy. `small_pretrain`: 300 steps, half captions, no OCR, everything trained. Each
-`small_*` run is ~300-600 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once, ~0.5 CPU-s a
-page, into the OCR cache).
+`small_*` run is ~340-390 CPU-s (user + sys; the first rapidocr run also reads the 1088 pages once into the OCR
+cache: 1130 CPU-s in all, measured on the shared 2 cores).
 `paper`: what the published model's setup maps to (**[reconstruction]**: the LLM and batch sizes are not given in
 the abstract; LLaVA-1.5's stage-2 settings are used).
 """
@@ -42,7 +43,10 @@ ABLATIONS = ("small_no_ocr", "small_oracle", "small_rapidocr", "small_rapidocr_l
 VARIANTS = ("paper", "tiny", "small_pretrain") + ABLATIONS
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "hf")
 PRETRAIN_WORKDIR = "runs/lara/pretrain"
-WORD_TOKENIZER = "runs/lara/words_2048"   # built on first use (train/tasks/lara.py ensure_word_tokenizer)
+# the committed word BPE (vocab 2048; deterministic, so this regenerates it byte for byte):
+# python -c "from jaxmm.data.tokenizers import train_word_bpe; from jaxmm.data.trins import word_corpus;
+#            train_word_bpe(word_corpus(), 'configs/lara_bpe', vocab_size=2048)"
+BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lara_bpe")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -58,16 +62,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                    llm=dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256),
                    init=dict(from_workdir=f"{PRETRAIN_WORKDIR}:encoder,projector"))
     c.data = dict(source="lara", train_examples=12_000, eval_examples=128, max_len=224, max_prompt_len=160,
-                  max_answer_len=16, tokenizer=WORD_TOKENIZER,
+                  max_answer_len=16, tokenizer=BPE,
                   lara=dict(ocr="rapidocr", layout=False, ocr_budget=96, train_pages=1024, eval_pages=64,
                             caption_fraction=0.1))
-    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128, word_tokenizer=2048)
+    c.task_args = dict(visual_examples=64, caption_examples=32, caption_tokens=128)
     if variant == "paper":
         c.model = dict(encoder="vit", projector="mlp2x_gelu", vit=dict(feature_layer=-2),
                        init=dict(encoder="hf/clip-vit-large-patch14", llm="hf/vicuna-7b-v1.5", from_workdir=""))
         c.data.update(train_examples=248_000, eval_examples=1000, max_len=2048, max_prompt_len=1536,
                       max_answer_len=64, tokenizer="")   # the LLM folder's tokenizer
-        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=1024, train_pages=39_153, eval_pages=1000)
         c.train.update(steps=1940, batch_size=128)   # ~248k samples, one epoch
         c.optim.update(lr=2e-5, warmup_steps=58)
@@ -78,7 +81,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                        init=dict(encoder=os.path.join(FIXTURES, "clip_model"), from_workdir=""))
         c.data.update(train_examples=8, eval_examples=4, max_len=224, max_prompt_len=160, max_answer_len=16,
                       tokenizer="")   # bytes
-        c.task_args.word_tokenizer = 0
         c.data.lara.update(ocr_budget=64, train_pages=2, eval_pages=2, page_kinds=("sign", "poster"))
         c.train.update(steps=3, batch_size=8, log_every=1, eval_batch_size=8, progress=False, plots=False)
         c.task_args.update(visual_examples=2, caption_examples=2, caption_tokens=17,  # = VQA steps: one compile

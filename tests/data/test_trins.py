@@ -170,12 +170,14 @@ def test_real_ocr_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- LaRA's word-level tokenizer
-@pytest.fixture(scope="module")
-def word_tok(tmp_path_factory):
-    from jaxmm.data import HFTokenizer
-    from jaxmm.data.tokenizers import train_word_bpe
+BPE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "lara_bpe")   # committed, vocab 2048
 
-    return HFTokenizer(train_word_bpe(trins.word_corpus(32), tmp_path_factory.mktemp("tok"), vocab_size=900))
+
+@pytest.fixture(scope="module")
+def word_tok():
+    from jaxmm.data import HFTokenizer
+
+    return HFTokenizer(BPE_DIR)
 
 
 def test_word_tokenizer_round_trips_answers_and_makes_them_copyable(word_tok):

@@ -110,12 +110,21 @@ def tiny_run(tmp_path_factory):
     config.data.lara.ocr_cache = str(tmp_path_factory.mktemp("ocr"))
     workdir = str(tmp_path_factory.mktemp("lara_tiny"))
     summary, state = loop.train(config, workdir, "lara", return_state=True)
-    return config, summary, state
+    return config, summary, state, workdir
 
 
 def test_tiny_run_with_rapidocr_end_to_end(tiny_run):
-    config, summary, state = tiny_run
+    import glob
+    import os
+
+    config, summary, state, _ = tiny_run
     assert config.data.lara.ocr == "rapidocr"
+    # rapidocr really read the pages: one cache entry per distinct page (2 train + 2 eval, +1 caption/visual
+    # sets share the eval pages) and the scores count whole questions of the 4-question TRINS-VQA set
+    cached = glob.glob(os.path.join(config.data.lara.ocr_cache, "**", "*.npz"), recursive=True)
+    assert 2 <= len(cached) <= 4, cached
+    for key in ("eval_trins_vqa_exact", "eval_trins_vqa_contains"):
+        assert summary[key] * config.data.eval_examples == pytest.approx(round(summary[key] * 4), abs=1e-6)
     for key in ("eval_loss", "eval_trins_vqa_exact", "eval_trins_vqa_contains", "eval_visual_exact",
                 "eval_trins_cap_BLEU-4", "eval_trins_cap_ROUGE-L", "eval_trins_cap_CIDEr"):
         assert np.isfinite(summary[key]), key
@@ -130,7 +139,7 @@ def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_ru
     from train import tasks
     from train.tasks.lara import LaraTask
 
-    config, _, state = tiny_run
+    config, _, state, _ = tiny_run
     config = tasks.full_config(config)
     cfg = LaraTask(config).build_model(config).config
     loaded = hf_init.load_group(jax.tree.map(np.zeros_like, state.params), "encoder", config.model.init.encoder,
@@ -140,23 +149,58 @@ def test_tiny_run_keeps_the_low_res_encoder_frozen_at_its_folder_weights(tiny_ru
     assert any(np.abs(np.asarray(x)).sum() > 0 for x in jax.tree.leaves(loaded))
 
 
-def test_word_tokenizer_is_built_once_into_data_tokenizer(tmp_path, monkeypatch):
+def test_llava_read_questions_score_a_lara_run_through_its_own_greedy_loop(tiny_run):
+    """llava_read_scores: LLaVA-Read's eval questions (answers from LlavaReadSource built here independently),
+    each prompt = the LaRA run's OCR rendering of that page, answered exactly as the run's own greedy decoder
+    answers (params from the checkpoint == the trained state)."""
+    from jaxmm.data import ConversationFormatter
+    from jaxmm.data.llava_read import LlavaReadSource
+    from train import tasks
+    from train.tasks.lara import LaraTask, decode_rows, llava_read_scores
+
+    config, _, state, workdir = tiny_run
+    got = llava_read_scores(workdir, examples=2, engine="oracle", batch_size=1)
+    ref = LlavaReadSource(2, seed=0, split="eval", image_size=16, ocr="plain", engine="oracle", budget=None)
+    assert got["refs"] == [ref[i]["answer"] for i in range(2)]
+    page, *_ = ref._question(0)
+    assert ref[0]["ocr_text"] == lara.page_ocr_text(page, "oracle")    # LaRA's own oracle text of that page
+    full = tasks.full_config(config)
+    task = LaraTask(full)
+    model = task.build_model(full)
+    src = LlavaReadSource(2, seed=0, split="eval", image_size=16, ocr="plain", engine="oracle",
+                          budget=config.data.lara.ocr_budget, tokenizer=task.tok)
+    fmt = ConversationFormatter(task.tok, max_len=full.data.max_len, eval=True,
+                                max_prompt_len=full.data.max_prompt_len, max_answer_len=full.data.max_answer_len)
+    ex = fmt(src[1])
+    batch = {k: np.asarray(ex[k])[None] for k in ("prompt_ids", "prompt_mask", "image")}
+    new = task.greedy_answers(model, state.params, batch, full.data.max_answer_len + 1)
+    assert got["preds"][1] == decode_rows(task.tok, new, np.array([True]))[0]
+    assert got["strict"] == pytest.approx(sum(p == r for p, r in zip(got["preds"], got["refs"])) / 2)
+
+
+def test_small_configs_read_the_committed_word_bpe():
+    """Every `small_*` run reads configs/lara_bpe (committed, like configs/llava_read_bpe); nothing is built."""
     import os
 
-    from jaxmm.data import HFTokenizer, trins
-    from train import tasks
-    from train.tasks.lara import LaraTask, ensure_word_tokenizer
+    from configs import lara as lara_config
 
-    small = trins.word_corpus
-    monkeypatch.setattr(trins, "word_corpus", lambda: small(8))   # the same texts, fewer pages (speed)
-    config = tasks.full_config(__import__("configs.lara", fromlist=["x"]).get_config("small_oracle"))
-    folder = str(tmp_path / "words")
-    config.data.tokenizer, config.task_args.word_tokenizer = folder, 400
-    task = LaraTask(config)                                   # builds it
-    assert isinstance(task.tok, HFTokenizer) and task.tok.vocab_size <= 400 + 2   # + <image>, <audio>
-    stamp = os.path.getmtime(os.path.join(folder, "tokenizer.json"))
-    ensure_word_tokenizer(config)                             # present: read, not rebuilt
-    assert os.path.getmtime(os.path.join(folder, "tokenizer.json")) == stamp
-    config.data.tokenizer = ""
-    with pytest.raises(ValueError, match="data.tokenizer"):
-        ensure_word_tokenizer(config)
+    for v in ("small_pretrain",) + lara_config.ABLATIONS:
+        path = lara_config.get_config(v).data.tokenizer
+        assert os.path.samefile(path, os.path.join(os.path.dirname(lara_config.__file__), "lara_bpe")), (v, path)
+        assert os.path.isfile(os.path.join(path, "tokenizer.json"))
+    assert "word_tokenizer" not in lara_config.get_config("small_oracle").task_args
+
+
+@pytest.mark.slow
+def test_committed_word_bpe_is_what_its_regeneration_command_writes(tmp_path):
+    """configs/lara_bpe is `train_word_bpe(word_corpus(), vocab_size=2048)` byte for byte (~9 CPU-s)."""
+    import filecmp
+    import os
+
+    from configs import lara as lara_config
+    from jaxmm.data.tokenizers import train_word_bpe
+    from jaxmm.data.trins import word_corpus
+
+    train_word_bpe(word_corpus(), tmp_path, vocab_size=2048)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert filecmp.cmp(tmp_path / name, os.path.join(lara_config.BPE, name), shallow=False), name

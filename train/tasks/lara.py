@@ -97,44 +97,66 @@ def generated_texts(batches, answer_fn, tok):
     return preds, refs, kind_ids
 
 
-def ensure_word_tokenizer(config) -> None:
-    """With `task_args.word_tokenizer=<vocab size>` (> 0), train a word-level BPE
-    (`jaxmm.data.tokenizers.train_word_bpe` on `jaxmm.data.trins.word_corpus`: 256 generated pages, seed 0) into
-    the folder `data.tokenizer` when it has no tokenizer.json yet (once; later runs read it). It depends only on
-    the vocab size, so every run naming the folder shares one tokenizer."""
+def llava_read_scores(workdir: str, *, examples: int = 96, seed: int = 0, engine: str = "oracle",
+                      ocr_cache: str = "", batch_size: int = 32) -> dict:
+    """A finished LaRA run (`workdir`: config.json + checkpoints/) scored on LLaVA-Read's eval questions: the
+    same `LlavaReadSource(examples, seed=seed, split="eval")` set that configs/llava_read.py's rows use (reading
+    kinds key_value / price / above / read_at from `textrich.page_questions`, split into "small" / "large" text;
+    all six page kinds, documents included, which LaRA never trains on), re-rendered for the LaRA model: its
+    image size (`square_view`, as in training), its tokenizer and OCR budget, its OCR mode (none / words in
+    reading order / layout canvas) read by `engine` ("oracle" or "rapidocr"), and the prompt order both share
+    (`jaxmm.data.ocr_text.ocr_prompt`). Greedy answers through `LaraTask.greedy_answers` and `generated_texts`;
+    scores by `vqa_scores` (exact / contains / exact per size) plus "strict" (answer text identical, which is
+    what LLaVA-Read's eval_accuracy counts: its greedy tokens equal the answer's). Returns the scores with
+    "preds" and "refs"."""
+    import json
     import os
 
-    from jaxmm.checks import fail
+    import ml_collections
 
-    vocab = int(config.task_args.get("word_tokenizer", 0) or 0)
-    if vocab <= 0:
-        return
-    path = config.data.tokenizer
-    if not path:
-        fail("data.tokenizer", "the tokenizer folder to write (task_args.word_tokenizer > 0)", repr(path))
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        from jaxmm.data.tokenizers import train_word_bpe
-        from jaxmm.data.trins import word_corpus
+    from jaxmm.chat import load_workdir
+    from jaxmm.data import ConversationFormatter
+    from jaxmm.data.llava_read import SIZE_KINDS, LlavaReadSource
+    from train import tasks
 
-        train_word_bpe(word_corpus(), path, vocab_size=vocab)
+    session = load_workdir(workdir)
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    saved.get("task_args", {}).pop("word_tokenizer", None)   # runs made before configs/lara_bpe carry this key
+    config = tasks.full_config(ml_collections.ConfigDict(saved))
+    task = LaraTask(config)
+    d, lr = config.data, config.data.lara
+    ocr = "none" if lr.ocr == "none" else ("layout" if lr.layout else "plain")
+    src = LlavaReadSource(examples, seed=seed, split="eval", image_size=session.image_size, ocr=ocr, engine=engine,
+                          width=lr.width, budget=lr.ocr_budget, ocr_cache=ocr_cache, tokenizer=session.tok)
+    fmt = ConversationFormatter(session.tok, max_len=d.max_len, eval=True, max_prompt_len=d.max_prompt_len,
+                                max_answer_len=d.max_answer_len)
+    rows = [numeric_fields({**fmt(src[i]), "kind_id": np.int32(SIZE_KINDS.index(src[i]["kind"]))})
+            for i in range(examples)]
+
+    def batches():
+        for a in range(0, examples, batch_size):
+            chunk = rows[a:a + batch_size]
+            valid = np.arange(batch_size) < len(chunk)
+            chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+            yield {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}, valid
+
+    answer_fn = lambda b: task.greedy_answers(session.model, session.params, b, d.max_answer_len + 1)
+    preds, refs, kind_ids = generated_texts(batches(), answer_fn, session.tok)
+    out = vqa_scores(preds, refs, [SIZE_KINDS[k] for k in kind_ids])
+    out["strict"] = float(np.mean([p.strip() == r.strip() for p, r in zip(preds, refs)]))
+    return {**out, "preds": preds, "refs": refs}
 
 
 # ------------------------------------------------------------------------------------------------ the task
 class LaraTask(MLLMQATask):
     metric = "eval_trins_vqa_contains"
 
-    def __init__(self, config=None):
-        if config is not None:
-            ensure_word_tokenizer(config)
-        super().__init__(config)
-
     def default_config(self):
         c = super().default_config()
         c.data.source = "lara"
         c.data.update(max_len=640, max_prompt_len=256, max_answer_len=24)
         c.task_args.update(eval_generate=False, visual_examples=64, caption_examples=32, caption_tokens=480,
-                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"),
-                           word_tokenizer=0)
+                           caption_tokenizer="ptb", caption_metrics=("bleu", "meteor", "rouge", "cider"))
         return c
 
     def benchmark(self, config, name: str):
@@ -227,3 +249,11 @@ class LaraTask(MLLMQATask):
 
 
 register("lara")(LaraTask)
+
+
+if __name__ == "__main__":   # python -m train.tasks.lara <workdir> [oracle|rapidocr]: llava_read_scores as JSON
+    import json
+    import sys
+
+    res = llava_read_scores(sys.argv[1], engine=sys.argv[2] if len(sys.argv) > 2 else "oracle")
+    print(json.dumps({k: v for k, v in res.items() if k not in ("preds", "refs")}, sort_keys=True))
