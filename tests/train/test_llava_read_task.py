@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import pytest
+
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "llava_read.py"
 
 
@@ -82,3 +84,51 @@ def test_ablation_rows_budget_covers_the_layout_canvas():
     b = LlavaReadSource(8, split="eval", ocr="layout", **args)
     assert sum(len(b[i]["ocr_text"].split()) for i in range(8)) < 0.8 * sum(
         len(srcs["layout"][i]["ocr_text"].split()) for i in range(8))
+
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_rapidocr_variants_evaluate_the_trained_row_without_training():
+    """`<row>_rapidocr` is the row's config with rapidocr at eval, no training step and every param group taken
+    from the row's run: the table's rapidocr columns evaluate the oracle rows' own checkpoints."""
+    for row in ("low_res", "dual_res", "ocr_plain", "ocr_layout", "full"):
+        base, ev = _flat(_config(row).to_dict()), _flat(_config(f"{row}_rapidocr").to_dict())
+        changed = {k for k in base.keys() | ev.keys() if base.get(k) != ev.get(k)}
+        assert changed == {"data.llava_read.eval_engine", "train.steps", "model.init.from_workdir"}, (row, changed)
+        assert (ev["data.llava_read.eval_engine"], ev["train.steps"]) == ("rapidocr", 0)
+        assert ev["model.init.from_workdir"] == f"runs/lr_{row}:encoder,projector,llm"
+
+
+@pytest.fixture(scope="module")
+def trained_and_reloaded(tmp_path_factory):
+    """A `:tiny` run of 2 steps (low-res encoder, oracle OCR at eval, answer loss only), then an eval-only run
+    (steps 0) of its workdir through model.init.from_workdir, as the `_rapidocr` variants do."""
+    from train import loop
+    from train.main import load_config
+
+    over = {"data.llava_read.eval_engine": "", "task_args.eval_generate": False, "optim.schedule": "constant",
+            "train.steps": 2, "train.plots": False, "mesh.shape": (1, 1, 1), "model.dual_res.low_res_only": True}
+    a_dir, b_dir = (str(tmp_path_factory.mktemp(n)) for n in ("row", "eval_only"))
+    a = loop.train(load_config(f"{CONFIG}:tiny", **over), a_dir, "llava_read", return_state=True)
+    over.update({"train.steps": 0, "model.init.from_workdir": f"{a_dir}:encoder,projector,llm"})
+    return a, loop.train(load_config(f"{CONFIG}:tiny", **over), b_dir, "llava_read", return_state=True)
+
+
+def test_eval_only_run_holds_the_trained_weights_and_reproduces_their_eval(trained_and_reloaded):
+    """Inert loading would leave the eval-only run with the initial weights of the same seed, which the row's two
+    AdamW steps (constant lr 2e-3) moved: the exact equality below fails then."""
+    import jax
+    import numpy as np
+
+    (a, a_state), (b, b_state) = trained_and_reloaded
+    assert (b["steps"], b["final_loss"], b["mfu_unknown"]) == (0, None, "no step ran")
+    assert (int(a_state.step), int(b_state.step)) == (2, 0) and a["final_loss"] is not None
+    for x, y in zip(jax.tree.leaves(a_state.params), jax.tree.leaves(b_state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert abs(a["eval_loss"] - b["eval_loss"]) <= 1e-6 * abs(a["eval_loss"]), (a["eval_loss"], b["eval_loss"])
