@@ -5,7 +5,9 @@ files and their `/usr/bin/time -v` logs (CPU time = user + sys):
     runs/lr_<row>_rapidocr_s<seed>/summary.json, runs/lr_<row>_rapidocr_s<seed>.log  eval only, rapidocr at eval
 
 Seed 0 of round 2 (lread2, runs deleted since) is taken from the table it committed (ROUND2_S0 below) unless its
-run directory exists. Cells: mean ± sample sd (n seeds) of the seeds that ran; one seed: the value alone.
+run directory exists. Cells: mean ± sample sd (n seeds) of the seeds that ran; one seed: the value alone. The
+accuracy cells end with the pooled hits over those seeds, "hits/questions" (each seed draws its own 96 eval pages,
+so the small/large split differs by seed: counted here from jaxmm.data.llava_read.LlavaReadSource).
 
     python docs/results/llava_read_table.py
 """
@@ -49,12 +51,29 @@ def runs(v):
     return out
 
 
+_KINDS = {}
+
+
+def questions(seed, kind):
+    """How many of seed's 96 eval questions are `kind` ("small" / "large")."""
+    if seed not in _KINDS:
+        from jaxmm.data.llava_read import LlavaReadSource
+        src = LlavaReadSource(96, seed=seed, split="eval", ocr="none")
+        _KINDS[seed] = [src[i]["kind"] for i in range(len(src))]
+    return _KINDS[seed].count(kind)
+
+
 def cell(rs, key, fmt=".3f"):
     vals = [r[key] for _, r in rs if r.get(key) is not None]
     if not vals:
         return "not run"
     m = sum(vals) / len(vals)
-    return f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ± {statistics.stdev(vals):{fmt}} ({len(vals)})"
+    out = f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ± {statistics.stdev(vals):{fmt}} ({len(vals)})"
+    if key.startswith("eval_accuracy/"):
+        n = [questions(sd, key.split("/")[1]) for sd, r in rs if r.get(key) is not None]
+        hits = sum(round(v * k) for v, k in zip(vals, n))
+        out += f"; {hits}/{sum(n)}"
+    return out
 
 
 print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | "
