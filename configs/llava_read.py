@@ -11,7 +11,9 @@ pre-training then instruction tuning, on the procedural text-rich pages (train/t
     python -m train --config configs/llava_read.py:ocr_plain --workdir runs/lr_ocr_plain
     python -m train --config configs/llava_read.py:ocr_layout --workdir runs/lr_ocr_layout
     python -m train --config configs/llava_read.py:full --workdir runs/lr_full
-    python -m train --config configs/llava_read.py:full_rapidocr --workdir runs/lr_full_rapidocr
+    # rapidocr at eval without retraining: the row's checkpoint evaluated (train.steps=0; same seed = same eval pages)
+    python -m train --config configs/llava_read.py:full_rapidocr --workdir runs/lr_full_rapidocr \
+        --config.model.init.from_workdir=runs/lr_full:encoder,projector,llm
 
 Ablation rows (fine-tuned on the reading questions, same LLM and steps; from scratch by default, or from a
 pre-training run with --config.model.init.from_workdir=<workdir>:encoder,projector,llm -- round 2 of the table:
@@ -19,7 +21,10 @@ only then did any row answer exactly, the no-OCR row too (3/96 vs 4-5/96 with OC
   low_res     the ViT alone on a 32 px view, no OCR          dual_res    + the 128 px ConvNeXt fused after blocks 1, 2
   ocr_plain   low_res + OCR words in reading order           ocr_layout  low_res + OCR with layout recovery
   full        dual_res + OCR with layout recovery (LLaVA-Read)
-  <row>_rapidocr: the same run with the eval set's OCR read by rapidocr from the page (training OCR: the oracle).
+  <row>_rapidocr: eval only (train.steps=0) of the trained row `runs/lr_<row>` (model.init.from_workdir, every
+              param group) with the eval set's OCR read by rapidocr from the page; the row's training OCR was the
+              oracle, so this is the row's own model, not a retrained one. Pass the row's --config.seed: the eval
+              pages are drawn from it. rapidocr's reads are cached in data.llava_read.ocr_cache.
 Scale: LLM 2 layers d 64 with the page-trained word BPE configs/llava_read_bpe (vocab 1024; a word is the same
 1-3 tokens in the OCR block and in the answer; built by jaxmm.data.llava_read.page_corpus + tokenizers.train_word_bpe),
 ViT 2 layers d 64, ConvNeXt 2 stages (16, 32); LLaVA-Read's fusion after blocks 1, 4, 7 needs >= 7 ViT blocks (the
@@ -64,6 +69,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.data.update(max_answer_len=24)
     if variant == "finetune":
         c.model.init = dict(from_workdir="runs/llava_read_pretrain:encoder,projector,llm")
+    if variant.endswith("_rapidocr"):  # eval only: the trained row's weights (all its groups), no step taken
+        c.train.steps = 0
+        c.model.init = dict(from_workdir=f"runs/lr_{row}:encoder,projector,llm")
     if variant == "tiny":   # end to end in seconds of compute: rapidocr reads the eval pages
         c.model.dual_res.update(image_size=64, low_res=16, fuse_after=(1,), low_res_only=False)
         c.model.dual_res.vit.update(patch_size=4, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)

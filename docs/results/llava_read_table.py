@@ -1,28 +1,34 @@
-"""Print the ablation table of docs/results/llava_read.md from the runs' summary.json files
-(runs/lr_<row>[_rapidocr]_s<seed>, made by the commands in that file) and their `/usr/bin/time -v` logs
-(runs/lr_<row>[_rapidocr]_s<seed>.log: CPU time = user + sys). Cells: mean over the seeds that ran, with
-(min-max) and the seed count when more than one.
+"""Print the ablation table of docs/results/llava_read.md (round 2 and its seeds) from the runs' summary.json
+files and their `/usr/bin/time -v` logs (CPU time = user + sys):
+
+    runs/lr_<row>_s<seed>/summary.json, runs/lr_<row>_s<seed>.log                    the trained rows (oracle OCR)
+    runs/lr_<row>_rapidocr_s<seed>/summary.json, runs/lr_<row>_rapidocr_s<seed>.log  eval only, rapidocr at eval
+
+Seed 0 of round 2 (lread2, runs deleted since) is taken from the table it committed (ROUND2_S0 below) unless its
+run directory exists. Cells: mean ± sample sd (n seeds) of the seeds that ran; one seed: the value alone. The
+accuracy cells end with the pooled hits over those seeds, "hits/questions" (each seed draws its own 96 eval pages,
+so the small/large split differs by seed: counted here from jaxmm.data.llava_read.LlavaReadSource).
 
     python docs/results/llava_read_table.py
 """
 import json
 import os
 import re
+import statistics
 
 ROWS = [("low_res", "low-res ViT only (32 px view), no OCR"),
         ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
         ("ocr_plain", "low-res + OCR without layout"), ("ocr_layout", "low-res + OCR with layout"),
         ("full", "full LLaVA-Read: dual-res + OCR with layout")]
 SEEDS = (0, 1, 2)
-
-
-def runs(v):
-    out = []
-    for s in SEEDS:
-        p = f"runs/lr_{v}_s{s}/summary.json"
-        if os.path.exists(p):
-            out.append((s, json.load(open(p)), p[:-len("/summary.json")] + ".log"))
-    return out
+# round 2, seed 0, as committed in docs/results/llava_read.md by lread2 (commit ce7a141's table; 67 small /
+# 29 large eval questions): hits 3, 5, 4 of 67 small, 0 of 29 large; CPU-s of `/usr/bin/time -v`
+ROUND2_S0 = {"low_res": {"eval_accuracy/small": 3 / 67, "eval_accuracy/large": 0.0, "final_loss": 2.571,
+                         "eval_loss": 2.831, "cpu_s": 331},
+             "ocr_plain": {"eval_accuracy/small": 5 / 67, "eval_accuracy/large": 0.0, "final_loss": 2.381,
+                           "eval_loss": 2.651, "cpu_s": 355},
+             "ocr_layout": {"eval_accuracy/small": 4 / 67, "eval_accuracy/large": 0.0, "final_loss": 2.489,
+                            "eval_loss": 2.670, "cpu_s": 370}}
 
 
 def cpu(log):
@@ -33,22 +39,53 @@ def cpu(log):
         return None
 
 
+def runs(v):
+    """[(seed, summary with "cpu_s")] of variant `v`."""
+    out = []
+    for s in SEEDS:
+        p = f"runs/lr_{v}_s{s}"
+        if os.path.exists(p + "/summary.json"):
+            out.append((s, {**json.load(open(p + "/summary.json")), "cpu_s": cpu(p + ".log")}))
+        elif s == 0 and v in ROUND2_S0:
+            out.append((s, ROUND2_S0[v]))
+    return out
+
+
+_KINDS = {}
+
+
+def questions(seed, kind):
+    """How many of seed's 96 eval questions are `kind` ("small" / "large")."""
+    if seed not in _KINDS:
+        from jaxmm.data.llava_read import LlavaReadSource
+        src = LlavaReadSource(96, seed=seed, split="eval", ocr="none")
+        _KINDS[seed] = [src[i]["kind"] for i in range(len(src))]
+    return _KINDS[seed].count(kind)
+
+
 def cell(rs, key, fmt=".3f"):
-    vals = [r[key] for _, r, _ in rs if key in r]
+    vals = [r[key] for _, r in rs if r.get(key) is not None]
     if not vals:
         return "not run"
     m = sum(vals) / len(vals)
-    return f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ({min(vals):{fmt}}-{max(vals):{fmt}}, n={len(vals)})"
+    out = f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ± {statistics.stdev(vals):{fmt}} ({len(vals)})"
+    if key.startswith("eval_accuracy/"):
+        n = [questions(sd, key.split("/")[1]) for sd, r in rs if r.get(key) is not None]
+        hits = sum(round(v * k) for v, k in zip(vals, n))
+        out += f"; {hits}/{sum(n)}"
+    return out
 
 
 print("| row (config variant) | oracle OCR: small | oracle OCR: large | rapidocr at eval: small | "
-      "rapidocr at eval: large | final train loss | eval answer loss | seeds | CPU s per run |")
+      "rapidocr at eval: large | final train loss | eval answer loss | seeds | CPU s per run (+ rapidocr eval) |")
 print("|---|---|---|---|---|---|---|---|---|")
 for v, name in ROWS:
     s = runs(v)
     r = s if v in ("low_res", "dual_res") else runs(v + "_rapidocr")  # no OCR: the eval engine does not enter
-    times = [t for t in (cpu(log) for _, _, log in s) if t is not None]
+    seeds = ",".join(str(x) for x, _ in s) or "—"
+    if r is not s and r:
+        seeds += f" (rapidocr: {','.join(str(x) for x, _ in r)})"
+    times = cell(s, "cpu_s", ".0f") + ("" if r is s or not r else f" (+ {cell(r, 'cpu_s', '.0f')})")
     print(f"| {name} (`{v}`) | {cell(s, 'eval_accuracy/small')} | {cell(s, 'eval_accuracy/large')} | "
           f"{cell(r, 'eval_accuracy/small')} | {cell(r, 'eval_accuracy/large')} | {cell(s, 'final_loss')} | "
-          f"{cell(s, 'eval_loss')} | {','.join(str(x) for x, _, _ in s) or '—'} | "
-          f"{'—' if not times else format(sum(times) / len(times), '.0f')} |")
+          f"{cell(s, 'eval_loss')} | {seeds} | {times.replace('not run', '—')} |")

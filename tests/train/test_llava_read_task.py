@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import pytest
+
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "llava_read.py"
 
 
@@ -82,3 +84,68 @@ def test_ablation_rows_budget_covers_the_layout_canvas():
     b = LlavaReadSource(8, split="eval", ocr="layout", **args)
     assert sum(len(b[i]["ocr_text"].split()) for i in range(8)) < 0.8 * sum(
         len(srcs["layout"][i]["ocr_text"].split()) for i in range(8))
+
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_rapidocr_variants_evaluate_the_trained_row_without_training():
+    """`<row>_rapidocr` is the row's config with rapidocr at eval, no training step and every param group taken
+    from the row's run: the table's rapidocr columns evaluate the oracle rows' own checkpoints."""
+    for row in ("low_res", "dual_res", "ocr_plain", "ocr_layout", "full"):
+        base, ev = _flat(_config(row).to_dict()), _flat(_config(f"{row}_rapidocr").to_dict())
+        changed = {k for k in base.keys() | ev.keys() if base.get(k) != ev.get(k)}
+        assert changed == {"data.llava_read.eval_engine", "train.steps", "model.init.from_workdir"}, (row, changed)
+        assert (ev["data.llava_read.eval_engine"], ev["train.steps"]) == ("rapidocr", 0)
+        assert ev["model.init.from_workdir"] == f"runs/lr_{row}:encoder,projector,llm"
+
+
+@pytest.fixture(scope="module")
+def eval_only_run(tmp_path_factory):
+    """An eval-only run (train.steps=0) of `:tiny` (low-res encoder, oracle OCR at eval, answer loss only) through
+    model.init.from_workdir of a checkpoint (the trainer's Checkpointer, as a row's run leaves it) holding random
+    weights of the model's shapes, as the `_rapidocr` variants evaluate a row's run."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from train import loop
+    from train.checkpoint import Checkpointer
+    from train.main import load_config
+    from train.tasks.llava_read import LlavaReadTask
+
+    over = {"data.llava_read.eval_engine": "", "task_args.eval_generate": False, "train.steps": 0,
+            "train.plots": False, "mesh.shape": (1, 1, 1), "model.dual_res.low_res_only": True}
+    config = load_config(f"{CONFIG}:tiny", **over)
+    task = LlavaReadTask(config)
+    model, example = task.build_model(config), loop.example_batch(task.datasets(config)[0])
+    shapes = jax.eval_shape(lambda r: nn.meta.unbox(task.init_variables(model, example, r)["params"]),
+                            jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    row = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
+    row_dir, eval_dir = (tmp_path_factory.mktemp(n) for n in ("row", "eval_only"))
+    ckpt = Checkpointer(str(row_dir / "checkpoints"), every=1, keep=1, async_save=False)
+    ckpt.save(7, {"step": jnp.asarray(7), "params": row}, None)
+    ckpt.close()
+    config = load_config(f"{CONFIG}:tiny", **over, **{"model.init.from_workdir": f"{row_dir}:encoder,projector,llm"})
+    out, state = loop.train(config, str(eval_dir), "llava_read", return_state=True)
+    return out, state, row
+
+
+def test_eval_only_run_evaluates_the_row_checkpoint_weights(eval_only_run):
+    """The eval-only run holds exactly the checkpoint's weights (inert loading would leave the seed's initial
+    ones) and takes no step; its eval is of those weights (the loop's end-of-run eval of the state)."""
+    import jax
+    import numpy as np
+
+    out, state, row = eval_only_run
+    assert (out["steps"], out["final_loss"], out["mfu_unknown"], int(state.step)) == (0, None, "no step ran", 0)
+    for x, y in zip(jax.tree.leaves(row), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.isfinite(out["eval_loss"]) and out["eval_loss"] > 0
