@@ -17,12 +17,12 @@ from jaxmm.diffusion.grid import image_grid, save_grid
 from jaxmm.diffusion.losses import (cfg_model_fn, diffusion_loss, drop_condition, prediction_target, q_sample,
                                     v_target)
 from jaxmm.diffusion.samplers import (ddim_step, ddpm_step, dpm_orders, dpmpp_2m_step, sample_ddim, sample_ddpm,
-                                      sample_ddpm_with_noise, sample_dpmpp_2m)
+                                      sample_ddpm_with_noise, sample_dpmpp_2m, x0_and_eps)
 from jaxmm.diffusion.schedules import Schedule, alphas_cumprod, betas, dpm_sigmas, from_config, timesteps
 from jaxmm.diffusion.training import SAMPLERS, conditional_loss, generate
 
 __all__ = ["Schedule", "alphas_cumprod", "betas", "dpm_sigmas", "from_config", "timesteps",
            "cfg_model_fn", "diffusion_loss", "drop_condition", "prediction_target", "q_sample", "v_target",
            "ddim_step", "ddpm_step", "dpm_orders", "dpmpp_2m_step", "sample_ddim", "sample_ddpm",
-           "sample_ddpm_with_noise", "sample_dpmpp_2m", "image_grid", "save_grid", "SAMPLERS", "conditional_loss",
+           "sample_ddpm_with_noise", "sample_dpmpp_2m", "x0_and_eps", "image_grid", "save_grid", "SAMPLERS", "conditional_loss",
            "generate"]

@@ -16,8 +16,9 @@ from jaxmm.checks import fail
 from jaxmm.diffusion.schedules import Schedule, alphas_cumprod, dpm_sigmas, timesteps
 
 
-def _x0_eps(prediction_type: str, model_output, sample, alpha_prod_t):
-    """(predicted x0, predicted eps) from a model output at a point with cumulative alpha `alpha_prod_t`."""
+def x0_and_eps(prediction_type: str, model_output, sample, alpha_prod_t):
+    """(predicted x0, predicted eps) from a `prediction_type` model output at `sample` = x_t, a point with cumulative
+    alpha `alpha_prod_t` (every sampler's conversion; also lets a model of one prediction type join another's loop)."""
     beta_prod_t = 1 - alpha_prod_t
     if prediction_type == "epsilon":
         return (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
@@ -49,7 +50,7 @@ def ddpm_step(schedule: Schedule, model_output, t, prev_t, sample, noise):
     beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
     current_alpha_t = alpha_prod_t / alpha_prod_t_prev
     current_beta_t = 1 - current_alpha_t
-    x0, _ = _x0_eps(schedule.prediction_type, model_output, sample, alpha_prod_t)
+    x0, _ = x0_and_eps(schedule.prediction_type, model_output, sample, alpha_prod_t)
     x0 = _clip(schedule, x0)
     mean = ((alpha_prod_t_prev ** 0.5 * current_beta_t) / beta_prod_t * x0
             + current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t * sample)
@@ -90,7 +91,7 @@ def ddim_step(schedule: Schedule, model_output, t, sample, num_steps: int, eta=0
     alpha_prod_t = ac[t]
     alpha_prod_t_prev = jnp.where(prev_t >= 0, ac[jnp.maximum(prev_t, 0)], final)
     beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-    x0, eps = _x0_eps(schedule.prediction_type, model_output, sample, alpha_prod_t)
+    x0, eps = x0_and_eps(schedule.prediction_type, model_output, sample, alpha_prod_t)
     x0 = _clip(schedule, x0)
     variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
     std = eta * variance ** 0.5
@@ -137,7 +138,7 @@ def dpmpp_2m_step(schedule: Schedule, model_output, sample, sigma_s1, sigma_s0, 
     elif schedule.prediction_type == "v_prediction":
         x0 = alpha_s0 * sample - sig_s0 * model_output
     else:
-        x0, _ = _x0_eps(schedule.prediction_type, model_output, sample, alpha_s0 ** 2)
+        x0, _ = x0_and_eps(schedule.prediction_type, model_output, sample, alpha_s0 ** 2)
     alpha_t, sig_t = _alpha_sigma(sigma_t)
     alpha_s1, sig_s1 = _alpha_sigma(sigma_s1)
     lambda_t = jnp.log(alpha_t) - jnp.log(sig_t)            # +inf at a final sigma of 0: exp(-h) = 0 below

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmm import diffusion
-from jaxmm.diffusion.samplers import _x0_eps
+from jaxmm.diffusion import x0_and_eps
 
 FIX = np.load(pathlib.Path(__file__).parents[1] / "fixtures" / "diffusion_schedulers.npz")
 CONFIGS = json.loads(str(FIX["meta"]))["configs"]
@@ -109,7 +109,7 @@ def test_q_sample_and_targets_against_float64():
     xt64 = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
     for kind, target in (("epsilon", noise), ("v_prediction", np.sqrt(a) * noise - np.sqrt(1 - a) * x0),
                          ("sample", x0)):
-        got_x0, got_eps = _x0_eps(kind, target, xt64, a)
+        got_x0, got_eps = x0_and_eps(kind, target, xt64, a)
         np.testing.assert_allclose(got_x0, x0, atol=1e-9 if kind != "epsilon" else 1e-6, err_msg=kind)
         np.testing.assert_allclose(got_eps, noise, atol=1e-9 if kind != "sample" else 1e-6, err_msg=kind)
     with pytest.raises(ValueError, match="prediction_type"):

@@ -294,19 +294,6 @@ def _visual_input(method, x, glyph, mask):
     return jnp.concatenate([x, glyph, mask], -1) if method == "textdiffuser" else x
 
 
-def as_epsilon(prediction_type: str, alphas_cumprod, model_output, x_t, t):
-    """The epsilon that `model_output` (a `prediction_type` prediction at x_t, scalar timestep t) implies, so that a
-    model of another prediction type can share one epsilon DDIM loop (ARTIST's joint visual + glyph sampling)."""
-    a = jnp.asarray(alphas_cumprod)[t]
-    if prediction_type == "epsilon":
-        return model_output
-    if prediction_type == "sample":
-        return (x_t - a ** 0.5 * model_output) / (1 - a) ** 0.5
-    if prediction_type == "v_prediction":
-        return a ** 0.5 * model_output + (1 - a) ** 0.5 * x_t
-    raise ValueError(f"prediction_type: expected 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
-
-
 def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap, key):
     """DDIM samples (eta 0, `eval.ddim_steps`) of `method` for every eval prompt, float [-1, 1] [N, H, W, 3]."""
     from jaxmm import diffusion
@@ -324,7 +311,7 @@ def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, 
             def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None):
                 tt = jnp.full((x.shape[0],), t)
                 ev, eg = model.apply({"params": p}, x[..., :3], x[..., 3:], tt, ids, lids, cm)
-                eg = as_epsilon(c.diffusion.textual_prediction, ac, eg, x[..., 3:], t)
+                eg = diffusion.x0_and_eps(c.diffusion.textual_prediction, eg, x[..., 3:], ac[t])[1]   # -> eps
                 return jnp.concatenate([ev, eg], -1)
             x = _ddim(fn, sched, noise, c.eval.ddim_steps)[..., :3]
         else:
