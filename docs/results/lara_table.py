@@ -1,6 +1,9 @@
 """Rows of docs/results/lara.md from runs/lara/<variant>_s<seed>/metrics.jsonl and the runs/<variant>_s<seed>.log of
 `/usr/bin/time -v` (CPU s).   python docs/results/lara_table.py <variant> "<row name>" 0,1,2"""
-import json, re, sys, glob, os
+import json
+import re
+import sys
+
 import numpy as np
 MAIN = ["eval_trins_vqa_exact", "eval_trins_vqa_contains", "eval_visual_exact", "eval_visual_contains",
         "eval_trins_cap_BLEU-4", "eval_trins_cap_METEOR", "eval_trins_cap_ROUGE-L", "eval_trins_cap_CIDEr", "eval_loss"]

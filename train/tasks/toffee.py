@@ -12,7 +12,8 @@ jaxmm.models.dino trained here by self-distillation on the training subjects; "C
 image/caption model trained here (a ViT + mean word embeddings); the text-to-image draft is the renderer's
 plain-painted, blurred subject at the prompt's view and background (its geometry comes from the renderer, not
 from text); Grounded-SAM is the renderer's mask. The Refiner diffuses the residual (truth − draft) and predicts
-x0; the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). Test subjects are never seen by any trained model.
+x0 (**[reconstruction]**: the paper does not publish how its Refiner uses the draft; residual diffusion after
+Whang et al. 2022); the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). Test subjects are never seen by any trained model.
 """
 from __future__ import annotations
 
@@ -307,7 +308,7 @@ def make_sampler(net, params, steps, schedule=None):
 
 
 def residual_encode(target, draft, scale: float):
-    """The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
+    """**[reconstruction]** (see the module docstring). The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
     divided by `scale`, in the pools' [0, 1] convention (train_diffusion maps it to [-1, 1]). [B, H, W, 3] images in
     [0, 1]."""
     return ((np.asarray(target, np.float32) - draft) * 2 / scale + 1) / 2
