@@ -63,3 +63,17 @@ def test_calibrate_filter_on_a_gallery_with_known_similarities():
     # own captions score 1, another subject's caption on the same background words 0: threshold 0.5
     assert out["clip"]["pos"][:2] == (1.0, 0.0) and out["clip"]["neg"][:2] == (0.0, 0.0)
     assert out["clip"]["threshold"] == pytest.approx(0.5) and out["clip"]["J"] == 1.0
+
+
+def test_filter_scores_keeps_only_pairs_passing_both_thresholds():
+    """filter_scores = (DINO cosine to the subject, DINO >= t_dino and CLIP-T >= t_clip), checked pair by pair on
+    hand-made features: a pair failing either threshold is dropped."""
+    feats = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])   # cosines to (1, 0): 1, 0.6, 0, 1
+    text = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    dino = lambda im: (feats, None)   # noqa: E731
+    clip = lambda im, ids: (feats, text)   # noqa: E731   CLIP-T = feats . text: 1, 0.6, 0, 0
+    d, keep = TT.filter_scores(np.zeros((4, 8, 8, 3)), np.array([[2.0, 0.0]]), None, dino, clip, 0.59, 0.5)
+    np.testing.assert_allclose(d, [1.0, 0.6, 0.0, 1.0], atol=1e-12)
+    assert keep.tolist() == [True, True, False, False]   # 3: DINO fails; 4: CLIP-T fails
+    assert TT.filter_scores(np.zeros((4, 8, 8, 3)), np.array([[1.0, 0.0]]), None, dino, clip, 0.61, 0.5)[1].tolist() \
+        == [True, False, False, False]

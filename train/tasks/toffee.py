@@ -108,6 +108,15 @@ def calibrate_filter(dino_embed, clip_encode, gallery, text_len: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- encoders
+def filter_scores(x, subject_cls, text_ids, dino_embed, clip_encode, dino_t: float, clip_t: float):
+    """The construction filter on images `x` [N, S, S, 3] in [0, 1]: (DINO cosine of each image's CLS feature to the
+    subject image's `subject_cls` [1, D], keep) with keep = DINO >= dino_t and CLIP-T (image . caption `text_ids`)
+    >= clip_t."""
+    d = _cos(np.asarray(dino_embed(x)[0]), subject_cls)
+    ci, ct = (np.asarray(a) for a in clip_encode(x, text_ids))
+    return d, (d >= dino_t) & (np.sum(ci * ct, -1) >= clip_t)
+
+
 def dino_pairs(rng, subject, batch: int):
     """Indices (j, j2) of `batch` training pairs: j uniform over the images, j2 another view (another pose, light
     and background) of the same subject, for subject ids `subject` [N] (every subject with >= 2 views)."""
@@ -439,7 +448,8 @@ def run(config, report) -> dict:
         truth = [S.render(s, v, b, size) for v, b in zip(views, bgs)]
         v2 = [S.random_view(srng) for _ in range(n)]
         t0, c0 = time.time(), time.process_time()
-        tok = np.repeat(tokens_of(subject_img[None]), n, 0)
+        subj_cls, subj_tok = (np.asarray(a) for a in dino_embed(subject_img[None]))
+        tok = np.repeat(subj_tok, n, 0)
         key, k1, k2 = jax.random.split(key, 3)
         refined = residual_decode(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
                                              c.sample.refiner_lambda), drafts, r_scale)
@@ -447,9 +457,8 @@ def run(config, report) -> dict:
                                         np.stack([np.asarray(T.view_features(v.azimuth, v.elevation)) for v in v2]),
                                         1.0))
         masks = np.stack([t["mask"] for t in truth])        # the renderer's segmentation (Grounded-SAM stand-in)
-        d_ref = _cos(np.asarray(dino_embed(refined)[0]), np.asarray(dino_embed(subject_img[None])[0]))
-        ci, ct = (np.asarray(a) for a in clip_encode(refined, _ids(caps, c)))
-        keep = (d_ref >= dino_t) & (np.sum(ci * ct, -1) >= clip_t)
+        scores = {"refined": filter_scores(refined, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t, clip_t)}
+        keep = scores["refined"][1]
         t_pipe, cpu_pipe = t_pipe + time.time() - t0, cpu_pipe + time.process_time() - c0
         others = [S.random_subject(srng) for _ in range(n)]
         src = np.stack([S.render(o, v, b, size)["image"] for o, v, b in zip(others, views, bgs)])
@@ -462,16 +471,16 @@ def run(config, report) -> dict:
         pairs["gen_target"].append(new_view)
         pairs["kept"].append(keep)
         gt_img = np.stack([t["image"] for t in truth])
-        subj_cls = np.asarray(dino_embed(subject_img[None])[0])
         subj_fg = np.asarray(dino_embed(grey(subject_img, subject_r["mask"])[None])[0])
         for kind, x in (("draft", drafts), ("refined", refined), ("truth", gt_img)):
-            ci, ct = (np.asarray(a) for a in clip_encode(x, _ids(caps, c)))
-            d = _cos(np.asarray(dino_embed(x)[0]), subj_cls)
+            # the refined images' scores are the timed filter's own (computed once, above)
+            d, kept = scores.get(kind) or filter_scores(x, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t,
+                                                        clip_t)
             for name, v in (("mse", np.mean((x - gt_img) ** 2, (1, 2, 3))),
                             ("fg_mse", np.sum((x - gt_img) ** 2 * masks[..., None], (1, 2, 3))
                              / (3 * masks.sum((1, 2)))),
                             ("dino", d), ("segdino", _cos(np.asarray(dino_embed(grey(x, masks))[0]), subj_fg)),
-                            ("kept", (d >= dino_t) & (np.sum(ci * ct, -1) >= clip_t))):
+                            ("kept", kept)):
                 quality.setdefault(f"{name}_{kind}", []).append(v)
         # does the Refiner's change point at the missing detail? cosine of (refined - draft) and (truth - draft)
         quality.setdefault("alignment_refined", []).append(
