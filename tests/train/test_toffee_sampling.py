@@ -31,3 +31,19 @@ def test_clipped_ddim_recovers_the_image_under_a_small_eps_error():
     assert np.abs(clipped - np.asarray(x0)).mean() < 0.05
     assert np.abs(unclipped - np.asarray(x0)).mean() > 10     # the failure the clip removes
 
+
+
+def test_one_step_ddim_returns_the_x0_prediction_at_t_max():
+    """The Refiner's one-step mean estimate (train/tasks/toffee.py `ref_mean`: make_sampler with 1 step): a single
+    trailing DDIM step lands on alpha_bar = 1, so it returns exactly the x0-model's prediction at t = 999 from the
+    noise it was given (clipped to [-1, 1]), not a noisy mix."""
+    sched = dataclasses.replace(SCHEDULE, prediction_type="sample")
+    rng = np.random.default_rng(2)
+    target = jnp.asarray(rng.uniform(-1.3, 1.3, (2, 8, 8, 3)), jnp.float32)
+
+    def x0_model(x, t):   # depends on its input and on t, so a second call, a mix or another t would show
+        return target + 0.01 * x + 1e-3 * jnp.reshape(t, (-1, 1, 1, 1)) / 999
+
+    noise = jnp.asarray(rng.standard_normal(target.shape), jnp.float32)
+    out = np.asarray(diffusion.sample_ddim(x0_model, sched, noise, 1))
+    np.testing.assert_allclose(out, np.clip(np.asarray(target + 0.01 * noise) + 1e-3, -1, 1), atol=1e-6)
