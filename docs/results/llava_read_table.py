@@ -9,12 +9,13 @@ run directory exists. Cells: mean ± sample sd (n seeds) of the seeds that ran; 
 accuracy cells end with the pooled hits over those seeds, "hits/questions" (each seed draws its own 96 eval pages,
 so the small/large split differs by seed: counted here from jaxmm.data.llava_read.LlavaReadSource).
 
-    python docs/results/llava_read_table.py
+    python docs/results/llava_read_table.py [--plot]     # --plot: also docs/results/llava_read_ablation.png
 """
 import json
 import os
 import re
 import statistics
+import sys
 
 ROWS = [("low_res", "low-res ViT only (32 px view), no OCR"),
         ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
@@ -89,3 +90,67 @@ for v, name in ROWS:
     print(f"| {name} (`{v}`) | {cell(s, 'eval_accuracy/small')} | {cell(s, 'eval_accuracy/large')} | "
           f"{cell(r, 'eval_accuracy/small')} | {cell(r, 'eval_accuracy/large')} | {cell(s, 'final_loss')} | "
           f"{cell(s, 'eval_loss')} | {seeds} | {times.replace('not run', '—')} |")
+
+# per seed: hits small / hits large, eval answer loss (oracle OCR; the OCR rows' rapidocr eval in its own columns)
+cols = [v for v, _ in ROWS] + [v + "_rapidocr" for v in ("ocr_plain", "ocr_layout", "full")]
+print()
+print("| seed | " + " | ".join(f"`{v}`" for v in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+for sd in SEEDS:
+    out = []
+    for v in cols:
+        r = dict(runs(v)).get(sd)
+        if r is None:
+            out.append("not run")
+            continue
+        ns, nl = questions(sd, "small"), questions(sd, "large")
+        out.append(f"{round(r['eval_accuracy/small'] * ns)}/{ns}, {round(r['eval_accuracy/large'] * nl)}/{nl}, "
+                   f"{r['eval_loss']:.3f}")
+    print(f"| {sd} | " + " | ".join(out) + " |")
+
+
+def plot(path="docs/results/llava_read_ablation.png"):
+    """The table as a figure: per row, each seed's small- and large-text exact match (oracle OCR; dots, the bar the
+    mean), its held-out answer loss (one line per seed across the rows: the paired comparison), and the training
+    loss curves (metrics.jsonl, mean over the seeds whose run directory exists)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    names = [v for v, _ in ROWS]
+    colours = {0: "tab:blue", 1: "tab:orange", 2: "tab:green"}
+    per = {v: dict(runs(v)) for v in names}
+    for ax, key, title in ((axes[0], "eval_accuracy/small", "small-text exact match"),
+                           (axes[1], "eval_accuracy/large", "large-text exact match"),
+                           (axes[2], "eval_loss", "held-out answer loss (nats / token)")):
+        for i, v in enumerate(names):
+            vals = [r[key] for r in per[v].values() if r.get(key) is not None]
+            if vals and key != "eval_loss":
+                ax.bar(i, sum(vals) / len(vals), color="0.85", width=0.6)
+        for s in SEEDS:
+            xs = [i for i, v in enumerate(names) if s in per[v]]
+            ys = [per[names[i]][s][key] for i in xs]
+            ax.plot(xs, ys, "o" + ("-" if key == "eval_loss" else ""), color=colours[s], label=f"seed {s}", ms=5)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    for v in names:
+        curves = []
+        for s in SEEDS:
+            p = f"runs/lr_{v}_s{s}/metrics.jsonl"
+            if os.path.exists(p):
+                rows = [json.loads(x) for x in open(p)]
+                curves.append({r["step"]: r["loss"] for r in rows if "loss" in r})
+        if curves:
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            axes[3].plot(steps, [sum(c[t] for c in curves) / len(curves) for t in steps], label=f"{v} ({len(curves)})")
+    axes[3].set_title("training loss (mean over seeds)", fontsize=10)
+    axes[3].set_xlabel("step")
+    axes[3].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__" and "--plot" in sys.argv:
+    plot()
