@@ -16,8 +16,9 @@ pre-training then instruction tuning, on the procedural text-rich pages (train/t
         --config.model.init.from_workdir=runs/lr_full:encoder,projector,llm
 
 Ablation rows (fine-tuned on the reading questions, same LLM and steps; from scratch by default, or from a
-pre-training run with --config.model.init.from_workdir=<workdir>:encoder,projector,llm -- round 2 of the table:
-only then did any row answer exactly, the no-OCR row too (3/96 vs 4-5/96 with OCR); details there):
+pre-training run with --config.model.init.from_workdir=<workdir>:encoder,projector,llm -- the table's rows are:
+the low-res rows from `pretrain` with model.dual_res.low_res_only=True, dual_res and full from `pretrain` with the
+dual-res encoder, both with data.llava_read.ocr=plain; commands and 3-seed table in docs/results/llava_read.md):
   low_res     the ViT alone on a 32 px view, no OCR          dual_res    + the 128 px ConvNeXt fused after blocks 1, 2
   ocr_plain   low_res + OCR words in reading order           ocr_layout  low_res + OCR with layout recovery
   full        dual_res + OCR with layout recovery (LLaVA-Read)
