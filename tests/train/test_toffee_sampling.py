@@ -32,7 +32,6 @@ def test_clipped_ddim_recovers_the_image_under_a_small_eps_error():
     assert np.abs(unclipped - np.asarray(x0)).mean() > 10     # the failure the clip removes
 
 
-
 def test_one_step_ddim_returns_the_x0_prediction_at_t_max():
     """The Refiner's one-step mean estimate (train/tasks/toffee.py `ref_mean`: make_sampler with 1 step): a single
     trailing DDIM step lands on alpha_bar = 1, so it returns exactly the x0-model's prediction at t = 999 from the

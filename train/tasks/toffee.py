@@ -107,7 +107,6 @@ def calibrate_filter(dino_embed, clip_encode, gallery, text_len: int) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------- encoders
 def filter_scores(x, subject_cls, text_ids, dino_embed, clip_encode, dino_t: float, clip_t: float):
     """The construction filter on images `x` [N, S, S, 3] in [0, 1]: (DINO cosine of each image's CLS feature to the
     subject image's `subject_cls` [1, D], keep) with keep = DINO >= dino_t and CLIP-T (image . caption `text_ids`)
@@ -117,6 +116,7 @@ def filter_scores(x, subject_cls, text_ids, dino_embed, clip_encode, dino_t: flo
     return d, (d >= dino_t) & (np.sum(ci * ct, -1) >= clip_t)
 
 
+# ------------------------------------------------------------------------------------------------- encoders
 def dino_pairs(rng, subject, batch: int):
     """Indices (j, j2) of `batch` training pairs: j uniform over the images, j2 another view (another pose, light
     and background) of the same subject, for subject ids `subject` [N] (every subject with >= 2 views)."""
@@ -433,8 +433,8 @@ def run(config, report) -> dict:
     n = c.pipeline.pairs_per_subject
     pairs = {"edit_source": [], "edit_mask": [], "edit_target": [], "edit_reference": [], "gen_reference": [],
              "gen_caption": [], "gen_target": [], "kept": []}
-    quality: dict = {}   # per kind (draft, refined, refined_mean, truth): MSE and masked MSE to the truth, DINO and Seg-DINO to
-    # the subject image, kept by the filter
+    quality: dict = {}   # per kind (draft, refined, refined_mean, truth): MSE and masked MSE to the truth, DINO and
+    # Seg-DINO to the subject image, kept by the filter
     grey = lambda x, m: x * m[..., None] + 0.5 * (1 - m[..., None])   # noqa: E731   outside the mask grey
     show = []
     # compile once outside the timed region (the cost is steady-state throughput)
@@ -477,6 +477,7 @@ def run(config, report) -> dict:
         pairs["kept"].append(keep)
         gt_img = np.stack([t["image"] for t in truth])
         subj_fg = np.asarray(dino_embed(grey(subject_img, subject_r["mask"])[None])[0])
+        # (the sample's noise key: at t = T the x0 prediction barely depends on it)
         refined_mean = residual_decode(ref_mean(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
                                                 c.sample.refiner_lambda), drafts, r_scale)
         for kind, x in (("draft", drafts), ("refined", refined), ("refined_mean", refined_mean), ("truth", gt_img)):
