@@ -8,8 +8,9 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
     python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~130 s CPU)
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F = 0.77 at 24x48 px (the ceiling of every
-method). The table config is sized to ~4200 CPU-s (~45 min quiet) from per-step CPU measured stage by stage; it was
-not run end to end. Measured at reduced steps (100 visual, 597 CPU-s, before the glyph probes): every method's DDIM
+method). The table config is sized to ~4200 CPU-s (~45 min quiet) from per-step CPU measured stage by stage; run
+end to end (seed 0): 3885 CPU-s, OCR F textdiffuser 0.667, artist 0.042, prompt_only 0, the textual model's glyphs
+0.125 (docs/results/artist.md: ARTIST is held back by its textual model's legibility). Measured at reduced steps (100 visual, 597 CPU-s, before the glyph probes): every method's DDIM
 samples still noise, OCR 0 for all; the planner copies the prompt's words (0.875 exact at 600 steps). The textual
 model alone (char map + x0-prediction, single words): OCR F 0 / 0.042 / 0.125 at 600 / 1000 / 1600 steps (24 words;
 ground truth 1.0), still rising: hence 2000 + 500 textual steps here. Not a reproduction of the paper's "up to 15%
