@@ -93,13 +93,14 @@ for v, name in ROWS:
 
 # per seed: hits small / hits large, eval answer loss (oracle OCR; the OCR rows' rapidocr eval in its own columns)
 cols = [v for v, _ in ROWS] + [v + "_rapidocr" for v in ("ocr_plain", "ocr_layout", "full")]
+per_col = {v: dict(runs(v)) for v in cols}   # each run's summary read once
 print()
 print("| seed | " + " | ".join(f"`{v}`" for v in cols) + " |")
 print("|---" * (len(cols) + 1) + "|")
 for sd in SEEDS:
     out = []
     for v in cols:
-        r = dict(runs(v)).get(sd)
+        r = per_col[v].get(sd)
         if r is None:
             out.append("not run")
             continue

@@ -118,6 +118,7 @@ def llava_read_scores(workdir: str, *, examples: int = 96, seed: int = 0, engine
     from jaxmm.data import ConversationFormatter
     from jaxmm.data.llava_read import SIZE_KINDS, LlavaReadSource
     from train import tasks
+    from train.loop import eval_batches
 
     session = load_workdir(workdir)
     saved = json.load(open(os.path.join(workdir, "config.json")))
@@ -130,18 +131,10 @@ def llava_read_scores(workdir: str, *, examples: int = 96, seed: int = 0, engine
                           width=lr.width, budget=lr.ocr_budget, ocr_cache=ocr_cache, tokenizer=session.tok)
     fmt = ConversationFormatter(session.tok, max_len=d.max_len, eval=True, max_prompt_len=d.max_prompt_len,
                                 max_answer_len=d.max_answer_len)
-    rows = [numeric_fields({**fmt(src[i]), "kind_id": np.int32(SIZE_KINDS.index(src[i]["kind"]))})
-            for i in range(examples)]
-
-    def batches():
-        for a in range(0, examples, batch_size):
-            chunk = rows[a:a + batch_size]
-            valid = np.arange(batch_size) < len(chunk)
-            chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
-            yield {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}, valid
-
-    answer_fn = lambda b: task.greedy_answers(session.model, session.params, b, d.max_answer_len + 1)
-    preds, refs, kind_ids = generated_texts(batches(), answer_fn, session.tok)
+    exs = [src[i] for i in range(examples)]   # each page rendered (and OCR-read) once
+    rows = [numeric_fields({**fmt(e), "kind_id": np.int32(SIZE_KINDS.index(e["kind"]))}) for e in exs]
+    answer_fn = lambda b: task.greedy_answers(session.model, session.params, b, d.max_answer_len + 1)  # noqa: E731
+    preds, refs, kind_ids = generated_texts(eval_batches(rows, batch_size, examples), answer_fn, session.tok)
     out = vqa_scores(preds, refs, [SIZE_KINDS[k] for k in kind_ids])
     out["strict"] = float(np.mean([p.strip() == r.strip() for p, r in zip(preds, refs)]))
     return {**out, "preds": preds, "refs": refs}
