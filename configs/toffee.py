@@ -48,7 +48,9 @@ def get_config(variant: str | None = None):
     c.baseline = dict(steps=2 if tiny else 100, images=4)
     c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
                     p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),
-                    lambdas=(0.0, 2.0) if tiny else (0.0, 1.0, 2.0, 4.0))
+                    lambdas=(0.0, 2.0) if tiny else (0.0, 1.0, 2.0, 4.0),
+                    # what ToffeeNet's UNet predicts: "epsilon" (SD's, the paper's base) or "sample" (x0)
+                    prediction="epsilon")
     if variant == "p":   # the p table over two training seeds; the Refiner / View Generator only smoke-trained
         c.unet.refiner_steps = c.unet.viewgen_steps = c.baseline.steps = 2
         c.toffee.p_values, c.toffee.seeds, c.toffee.lambdas = (0.0, 0.5), (0, 1), (1.0,)

@@ -49,8 +49,11 @@ def test_summary_tables_and_grids(tiny_run):
     saved = json.loads((workdir / "summary.json").read_text())
     numbers = {k: v for k, v in saved.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert all(math.isfinite(v) for v in numbers.values())
-    for key in ("lambda0_DINO", "lambda2_CLIP-T", "seg_dino_p0.3", "clip_t_p0.0", "dino_knn"):
+    for key in ("lambda0_DINO", "lambda2_CLIP-T", "lambda2_MSE", "seg_dino_p0.3", "clip_t_p0.0", "dino_knn"):
         assert key in saved
+    # the encoder-free columns: squared errors of [0, 1] images against the true render, so in [0, 1]
+    for key in ("MSE_p0.3_seeds", "mask MSE_p0.0_seeds"):
+        assert all(0 <= v <= 1 for v in saved[key])
     md = (workdir / "results.md").read_text()
     assert "| λ |" in md and "| p |" in md and "Cost per pair" in md
     for png in ("toffee_pipeline.png", "toffee_lambda.png", "toffee_edit.png"):
@@ -72,4 +75,8 @@ def test_bad_config_fails_before_compute(tmp_path):
     c = get_config("tiny")
     c.toffee.seeds = ()
     with pytest.raises(ValueError, match="config.toffee.seeds"):
+        check_config(c)
+    c = get_config("tiny")
+    c.toffee.prediction = "x0"
+    with pytest.raises(ValueError, match="config.toffee.prediction.*'x0'"):
         check_config(c)

@@ -28,6 +28,7 @@ import optax
 from jaxmm import diffusion
 from jaxmm.checks import fail
 from jaxmm.data import subjects as S
+from jaxmm.diffusion.schedules import PREDICTION_TYPES
 from jaxmm.models import dino as D
 from jaxmm.models import toffee as T
 from jaxmm.models.clip_standin import ContrastiveEncoder, contrastive_loss
@@ -51,6 +52,10 @@ def check_config(config):
         fail("config.toffee.seeds", "a non-empty list of training seeds for ToffeeNet", tuple(config.toffee.seeds))
     if not config.toffee.lambdas:
         fail("config.toffee.lambdas", "a non-empty list of λ values", tuple(config.toffee.lambdas))
+    for name, value in (("unet.refiner_prediction", config.unet.refiner_prediction),
+                        ("toffee.prediction", config.toffee.prediction)):
+        if value not in PREDICTION_TYPES:
+            fail(f"config.{name}", f"one of {PREDICTION_TYPES}", repr(value))
     if config.pipeline.test_subjects < 2:
         fail("config.pipeline.test_subjects", "at least 2", config.pipeline.test_subjects)
 
@@ -569,22 +574,29 @@ def run(config, report) -> dict:
                                np.stack([e["depth"] for e in exs])[..., None]], -1).astype(np.float32)
 
     def score(samples, exs, masked=False):
+        """The encoders' scores, and the pixel MSE to the true target render (no encoder: the renderer knows the
+        answer), inside the edit mask when masked."""
         refs = np.stack([e["reference"] for e in exs])
+        tg = np.stack([e["target"] for e in exs])
         caps = _ids([e["caption"] for e in exs], c)
         if masked:   # Seg-DINO: the edited region only (outside the mask grey) against the subject in that region
             m = np.stack([e["mask"] for e in exs])[..., None]
-            tg = np.stack([e["target"] for e in exs])
-            return float(_cos(np.asarray(dino_embed(samples * m + 0.5 * (1 - m))[0]),
-                              np.asarray(dino_embed(tg * m + 0.5 * (1 - m))[0])).mean())
+            mse = np.sum((samples - tg) ** 2 * m, (1, 2, 3)) / np.maximum(3 * m.sum((1, 2, 3)), 1)
+            return {"Seg-DINO": float(_cos(np.asarray(dino_embed(samples * m + 0.5 * (1 - m))[0]),
+                                           np.asarray(dino_embed(tg * m + 0.5 * (1 - m))[0])).mean()),
+                    "mask MSE": float(mse.mean())}
         si, st_ = (np.asarray(a) for a in clip_encode(samples, caps))
         ri, _ = (np.asarray(a) for a in clip_encode(refs, caps))
         return {"DINO": float(_cos(np.asarray(dino_embed(samples)[0]), np.asarray(dino_embed(refs)[0])).mean()),
-                "CLIP-I": float(np.sum(si * ri, -1).mean()), "CLIP-T": float(np.sum(si * st_, -1).mean())}
+                "CLIP-I": float(np.sum(si * ri, -1).mean()), "CLIP-T": float(np.sum(si * st_, -1).mean()),
+                "MSE": float(np.mean((samples - tg) ** 2))}
 
     p_rows, lam_rows, lam_grid, edit_grid = [], [], [], []
     seeds = tuple(c.toffee.seeds)
+    net_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.toffee.prediction)
+    p_cols = ("Seg-DINO", "mask MSE", "CLIP-T", "DINO", "MSE")
     for pi, p in enumerate(c.toffee.p_values):
-        per_seed = {"Seg-DINO": [], "CLIP-T": [], "DINO": []}
+        per_seed = {k_: [] for k_ in p_cols}
         for t in seeds:
             # the same examples (but for which are reconstructions) and the same initial weights for every p at a
             # training seed t: p is the only difference within a seed
@@ -602,9 +614,10 @@ def run(config, report) -> dict:
             net = _unet(c)
             name = f"toffeenet_p{p}" + (f"_seed{t}" if len(seeds) > 1 else "")
             params, st = train_diffusion(c, net, pool, c.toffee.steps,
-                                         jax.random.fold_in(jax.random.key(c.seed + 31), t), report, name)
+                                         jax.random.fold_in(jax.random.key(c.seed + 31), t), report, name,
+                                         schedule=net_schedule)
             summary.update(st)
-            sample = make_sampler(net, params, c.sample.steps)
+            sample = make_sampler(net, params, c.sample.steps, net_schedule)
 
             def run_eval(exs, lam, k):
                 return np.asarray(sample(k, cond_of(exs), tokens_of(np.stack([e["reference"] for e in exs])),
@@ -612,22 +625,22 @@ def run(config, report) -> dict:
 
             k = jax.random.key(c.seed + 123)
             gen, edited = run_eval(gen_eval, 1.0, k), run_eval(edit_eval, 1.0, k)
-            m = score(gen, gen_eval)
-            per_seed["Seg-DINO"].append(score(edited, edit_eval, masked=True))
-            per_seed["CLIP-T"].append(m["CLIP-T"])
-            per_seed["DINO"].append(m["DINO"])
+            m = {**score(gen, gen_eval), **score(edited, edit_eval, masked=True)}
+            for k_ in p_cols:
+                per_seed[k_].append(m[k_])
             if t == seeds[0]:
                 edit_grid.append(edited[:4])
             if pi == 0 and t == seeds[0]:
                 for lam in c.toffee.lambdas:
                     out_l = run_eval(gen_eval, lam, k)
                     m = score(out_l, gen_eval)
-                    lam_rows.append([f"{lam:g}", f"{m['DINO']:.3f}", f"{m['CLIP-I']:.3f}", f"{m['CLIP-T']:.3f}"])
+                    lam_rows.append([f"{lam:g}", f"{m['DINO']:.3f}", f"{m['CLIP-I']:.3f}", f"{m['CLIP-T']:.3f}",
+                                     f"{m['MSE']:.4f}"])
                     summary.update({f"lambda{lam:g}_{k_}": v for k_, v in m.items()})
                     lam_grid.append(out_l[:4])
-        def cell(v):   # the mean over seeds, each seed's value in brackets
-            return f"{np.mean(v):.3f}" + (" (" + ", ".join(f"{x:.3f}" for x in v) + ")" if len(v) > 1 else "")
-        p_rows.append([f"{p:.2f}", cell(per_seed["Seg-DINO"]), cell(per_seed["CLIP-T"]), cell(per_seed["DINO"])])
+        def cell(v, f):   # the mean over seeds, each seed's value in brackets
+            return f"{np.mean(v):{f}}" + (" (" + ", ".join(f"{x:{f}}" for x in v) + ")" if len(v) > 1 else "")
+        p_rows.append([f"{p:.2f}"] + [cell(per_seed[k_], ".4f" if "MSE" in k_ else ".3f") for k_ in p_cols])
         summary[f"seg_dino_p{p}"], summary[f"clip_t_p{p}"] = np.mean(per_seed["Seg-DINO"]), np.mean(per_seed["CLIP-T"])
         summary.update({f"{k_}_p{p}_seeds": v for k_, v in per_seed.items()})
     ex4 = edit_eval[:4]
@@ -638,10 +651,12 @@ def run(config, report) -> dict:
     refs = np.stack([e["reference"] for e in gen_eval[:4]])
     diffusion.save_grid(np.concatenate([refs] + lam_grid) * 2 - 1, report.path("toffee_lambda.png"), nrow=4)
     report.section(
-        f"## ToffeeNet: λ (p = {c.toffee.p_values[0]}, generation, {len(gen_eval)} held-out examples)\n\n"
-        + table(["λ", "DINO", "CLIP-I", "CLIP-T"], lam_rows)
+        f"## ToffeeNet: λ (p = {c.toffee.p_values[0]}, generation, {len(gen_eval)} held-out examples; "
+        f"{c.toffee.steps} steps, predicting {c.toffee.prediction})\n\n"
+        + table(["λ", "DINO", "CLIP-I", "CLIP-T", "MSE to the true render"], lam_rows)
         + "\n\n## ToffeeNet: reconstruction-pair probability p\n\n"
-        + table(["p", "Seg-DINO (editing)", "CLIP-T (generation)", "DINO (generation)"], p_rows)
+        + table(["p", "Seg-DINO (editing)", "MSE in the edit mask (editing)", "CLIP-T (generation)",
+                 "DINO (generation)", "MSE to the true render (generation)"], p_rows)
         + (f"\n\nMeans over training seeds {seeds} (each seed's value in brackets)." if len(seeds) > 1 else "")
         + "\n\nPublished (DreamBench, 2406.09305): " + "; ".join(
             f"{k}: " + ", ".join(f"{m} {v}" for m, v in d.items()) for k, d in PUBLISHED.items())
