@@ -1,10 +1,10 @@
 """Rows of docs/results/lara.md from runs/lara/<variant>_s<seed>/metrics.jsonl and the runs/<variant>_s<seed>.log of
 `/usr/bin/time -v` (CPU s).   python docs/results/lara_table.py <variant> "<row name>" 0,1,2"""
 import json
-import re
 import sys
 
-import numpy as np
+from _runs import cpu_seconds, mean_sd
+
 MAIN = ["eval_trins_vqa_exact", "eval_trins_vqa_contains", "eval_visual_exact", "eval_visual_contains",
         "eval_trins_cap_BLEU-4", "eval_trins_cap_METEOR", "eval_trins_cap_ROUGE-L", "eval_trins_cap_CIDEr", "eval_loss"]
 KINDS = ["eval_trins_vqa_exact/" + k for k in ("first_line", "price", "key_value", "read_at", "above", "count_color")] + \
@@ -13,15 +13,11 @@ KINDS = ["eval_trins_vqa_exact/" + k for k in ("first_line", "price", "key_value
 def load(variant, seed):
     d = f"runs/lara/{variant}_s{seed}"
     last = [json.loads(l) for l in open(f"{d}/metrics.jsonl") if "eval_loss" in l][-1]
-    log = open(f"runs/{variant}_s{seed}.log").read()
-    u = float(re.search(r"User time \(seconds\): ([\d.]+)", log).group(1)); s = float(re.search(r"System time \(seconds\): ([\d.]+)", log).group(1))
-    last["cpu"] = round(u + s)
+    last["cpu"] = round(cpu_seconds(f"runs/{variant}_s{seed}.log"))
     return last
 
 def fmt(vals, nd):
-    if len(vals) == 1:
-        return f"{vals[0]:.{nd}f}"
-    return f"{np.mean(vals):.{nd}f} ± {np.std(vals, ddof=1):.{nd}f}"
+    return mean_sd(vals, f".{nd}f")
 
 def rows(name, runs):
     seeds = ",".join(str(s) for s, _ in runs)

@@ -13,9 +13,9 @@ so the small/large split differs by seed: counted here from jaxmm.data.llava_rea
 """
 import json
 import os
-import re
-import statistics
 import sys
+
+from _runs import cpu_seconds, mean_sd
 
 ROWS = [("low_res", "low-res ViT only (32 px view), no OCR"),
         ("dual_res", "dual-res: + 128 px ConvNeXt, fusion after blocks 1, 2"),
@@ -32,21 +32,13 @@ ROUND2_S0 = {"low_res": {"eval_accuracy/small": 3 / 67, "eval_accuracy/large": 0
                             "eval_loss": 2.670, "cpu_s": 370}}
 
 
-def cpu(log):
-    try:
-        text = open(log).read()
-        return sum(float(re.search(f"{k} time \\(seconds\\): ([0-9.]+)", text).group(1)) for k in ("User", "System"))
-    except (OSError, AttributeError):
-        return None
-
-
 def runs(v):
     """[(seed, summary with "cpu_s")] of variant `v`."""
     out = []
     for s in SEEDS:
         p = f"runs/lr_{v}_s{s}"
         if os.path.exists(p + "/summary.json"):
-            out.append((s, {**json.load(open(p + "/summary.json")), "cpu_s": cpu(p + ".log")}))
+            out.append((s, {**json.load(open(p + "/summary.json")), "cpu_s": cpu_seconds(p + ".log")}))
         elif s == 0 and v in ROUND2_S0:
             out.append((s, ROUND2_S0[v]))
     return out
@@ -68,8 +60,7 @@ def cell(rs, key, fmt=".3f"):
     vals = [r[key] for _, r in rs if r.get(key) is not None]
     if not vals:
         return "not run"
-    m = sum(vals) / len(vals)
-    out = f"{m:{fmt}}" if len(vals) == 1 else f"{m:{fmt}} ± {statistics.stdev(vals):{fmt}} ({len(vals)})"
+    out = mean_sd(vals, fmt, n=True)
     if key.startswith("eval_accuracy/"):
         n = [questions(sd, key.split("/")[1]) for sd, r in rs if r.get(key) is not None]
         hits = sum(round(v * k) for v, k in zip(vals, n))
