@@ -98,3 +98,40 @@ def test_textual_model_listens_to_its_string():
     right, other = (float(e) for e in errors(params, jnp.stack([data["layout_ids"], wrong["layout_ids"]]),
                                               jnp.stack([data["char_map"], wrong["char_map"]])))
     assert right < 0.8 * other, (right, other)
+
+
+@pytest.mark.slow       # ~40 CPU-s: six compilations of the ARTIST sampler (one per `_sample` call)
+def test_true_glyph_sampler_differs_from_artists_only_in_the_glyph():
+    """The "artist, true glyphs" diagnostic row (`_sample(..., oracle_glyphs=True)`): at init the zero convs make
+    the injection the identity, so with the same key it must give exactly ARTIST's own samples (same visual noise);
+    with the injection switched on (zero convs set non-zero), its samples must follow the glyph it is handed, while
+    ARTIST's own sampler ignores that argument (it paints its glyphs itself)."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs.artist import get_config
+    from jaxmm import diffusion
+
+    c = get_config("tiny")
+    h, w, n = c.data.height, c.data.width, 2
+    model = T._models(c)["artist"]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 20, (n, c.data.prompt_len)).astype(np.int32)
+    lids = rng.integers(1, 20, (n, c.data.layout_len)).astype(np.int32)
+    cmap = rng.integers(0, 20, (n, h, w)).astype(np.int32) if c.model.char_dim else None
+    g1 = np.where(rng.uniform(size=(n, h, w, 1)) < 0.5, -1.0, 1.0).astype(np.float32)
+    g2, mask = -g1, np.zeros((n, h, w, 1), np.float32)
+    params = model.init(jax.random.key(0), jnp.zeros((1, h, w, 3)), jnp.zeros((1, h, w, 1)),
+                        jnp.zeros((1,), jnp.int32), ids[:1], lids[:1], None if cmap is None else cmap[:1])["params"]
+    sched = diffusion.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", clip_sample=True)
+    key = jax.random.key(3)
+
+    def sample(p, glyph, oracle):
+        return T._sample("artist", model, p, sched, c, ids, glyph, mask, lids, cmap, key, oracle_glyphs=oracle)
+
+    np.testing.assert_allclose(sample(params, g1, True), sample(params, g1, False), atol=1e-5)
+    on = jax.tree_util.tree_map_with_path(
+        lambda path, x: 0.3 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
+        if "inject_" in jax.tree_util.keystr(path) else x, params)
+    assert np.abs(sample(on, g1, True) - sample(on, g2, True)).max() > 1e-2        # follows the glyph it is handed
+    np.testing.assert_array_equal(sample(on, g1, False), sample(on, g2, False))     # ignores it

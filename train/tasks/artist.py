@@ -13,6 +13,9 @@ Stages (each a small jitted optax loop, `train.experiment.fit`; `noisy_pair_loss
 5. evaluation on held-out prompts (MARIO-Eval protocol, jaxmm.metrics.text_rendering): DDIM samples of every method
    from the planned layouts, read by rapidocr after a 4x bicubic upscale; OCR precision / recall / F / accuracy,
    FID (self-trained features), CLIP-score (self-trained); ground-truth images scored the same way (the ceiling).
+   A diagnostic row beside them, "artist, true glyphs": ARTIST's trained visual model sampled with its textual
+   branch handed the planned layout's PIL glyph noised to each step (as in its training) instead of its own glyphs:
+   how legible ARTIST is when its textual model writes perfectly (not the paper's sampler; `_sample`).
 Writes results.md / results.json, a sample grid per method (samples_<method>_seed<k>.png) and the glyph grids.
 """
 from __future__ import annotations
@@ -31,6 +34,8 @@ from train.experiment import experiment, fit, sample_batch
 
 METHODS = ("prompt_only", "textdiffuser", "artist")
 LOG_EVERY = 50   # steps between the points of the loss curves in results.json
+# the diagnostic row: ARTIST's visual model with its textual branch fed the true (PIL) glyph, noised to each step
+ORACLE = "artist, true glyphs"
 
 
 # ------------------------------------------------------------------------------------------------ generic pieces
@@ -254,6 +259,9 @@ def run(config, report) -> dict:
             params, curves[f"{method}_seed{seed}"] = trained.params, trained.curve(LOG_EVERY)
             samples[method] = _sample(method, model, params, sched, c, data_eval["prompt_ids"], plan_glyph,
                                       plan_mask, plan_ids, plan_cmap, k_noise)
+            if method == "artist":   # the diagnostic: the same model and noise, the textual branch fed true glyphs
+                samples[ORACLE] = _sample(method, model, params, sched, c, data_eval["prompt_ids"], plan_glyph,
+                                          plan_mask, plan_ids, plan_cmap, k_noise, oracle_glyphs=True)
         # the textual model's own glyphs from the planned layouts (what ARTIST's visual model listens to)
         key, k_g = jax.random.split(key)
         glyph_samples = _sample_glyphs(textual, p_text, sched_text, c, plan_ids, plan_cmap, k_g)
@@ -294,8 +302,14 @@ def _visual_input(method, x, glyph, mask):
     return jnp.concatenate([x, glyph, mask], -1) if method == "textdiffuser" else x
 
 
-def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap, key):
-    """DDIM samples (eta 0, `eval.ddim_steps`) of `method` for every eval prompt, float [-1, 1] [N, H, W, 3]."""
+def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap, key,
+            oracle_glyphs=False):
+    """DDIM samples (eta 0, `eval.ddim_steps`) of `method` for every eval prompt, float [-1, 1] [N, H, W, 3].
+
+    oracle_glyphs (artist only; a diagnostic, not the paper's sampler): the textual branch does not denoise its own
+    glyph; at every step it is given the planned layout's PIL glyph (TextDiffuser's condition) noised to that step,
+    q_sample(glyph, t, n) with one n per image, as in training (`noisy_pair_loss`). Same visual noise as the real
+    sampler: the two rows differ only in where the glyph comes from."""
     from jaxmm import diffusion
 
     n, (h, w) = len(prompt_ids), (c.data.height, c.data.width)
@@ -305,7 +319,14 @@ def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, 
         sl = slice(s, s + c.eval.batch_size)
         ids, g, m, lids, cm = (jnp.asarray(a[sl]) for a in (prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap))
         key, k = jax.random.split(key)
-        if method == "artist":
+        if method == "artist" and oracle_glyphs:
+            noise = jax.random.normal(k, (len(ids), h, w, 4))
+
+            def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None, g=g, gn=noise[..., 3:]):
+                tt = jnp.full((x.shape[0],), t)
+                return model.apply({"params": p}, x, diffusion.q_sample(ac, g, tt, gn), tt, ids, lids, cm)[0]
+            x = _ddim(fn, sched, noise[..., :3], c.eval.ddim_steps)
+        elif method == "artist":
             noise = jax.random.normal(k, (len(ids), h, w, 4))
 
             def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None):
@@ -433,7 +454,7 @@ def _summarise(per_seed, curves, c, report, table, seconds):
     from train.report import fmt
 
     keys = ("ocr_accuracy", "ocr_precision", "ocr_recall", "ocr_f", "fid_self", "clip_score_self")
-    names = ["ground truth", *c.methods, "textual model glyphs"]
+    names = ["ground truth", *c.methods, *([ORACLE] if "artist" in c.methods else []), "textual model glyphs"]
     rows, summary = [], {}
     for name in names:
         cells = [name]
