@@ -102,7 +102,7 @@ def test_textual_model_listens_to_its_string():
 
 @pytest.mark.slow       # ~40 CPU-s: six compilations of the ARTIST sampler (one per `_sample` call)
 def test_true_glyph_sampler_differs_from_artists_only_in_the_glyph():
-    """The "artist, true glyphs" diagnostic row (`_sample(..., oracle_glyphs=True)`): at init the zero convs make
+    """The "artist with true glyphs" diagnostic row (`_sample(..., oracle_glyphs=True)`): at init the zero convs make
     the injection the identity, so with the same key it must give exactly ARTIST's own samples (same visual noise);
     with the injection switched on (zero convs set non-zero), its samples must follow the glyph it is handed, while
     ARTIST's own sampler ignores that argument (it paints its glyphs itself)."""

@@ -13,7 +13,7 @@ Stages (each a small jitted optax loop, `train.experiment.fit`; `noisy_pair_loss
 5. evaluation on held-out prompts (MARIO-Eval protocol, jaxmm.metrics.text_rendering): DDIM samples of every method
    from the planned layouts, read by rapidocr after a 4x bicubic upscale; OCR precision / recall / F / accuracy,
    FID (self-trained features), CLIP-score (self-trained); ground-truth images scored the same way (the ceiling).
-   A diagnostic row beside them, "artist, true glyphs": ARTIST's trained visual model sampled with its textual
+   A diagnostic row beside them, "artist with true glyphs": ARTIST's trained visual model sampled with its textual
    branch handed the planned layout's PIL glyph noised to each step (as in its training) instead of its own glyphs:
    how legible ARTIST is when its textual model writes perfectly (not the paper's sampler; `_sample`).
 Writes results.md / results.json, a sample grid per method (samples_<method>_seed<k>.png) and the glyph grids.
@@ -35,7 +35,7 @@ from train.experiment import experiment, fit, sample_batch
 METHODS = ("prompt_only", "textdiffuser", "artist")
 LOG_EVERY = 50   # steps between the points of the loss curves in results.json
 # the diagnostic row: ARTIST's visual model with its textual branch fed the true (PIL) glyph, noised to each step
-ORACLE = "artist, true glyphs"
+ORACLE = "artist with true glyphs"
 
 
 # ------------------------------------------------------------------------------------------------ generic pieces
