@@ -4,8 +4,9 @@
     python docs/results/artist_table.py [--grid]    # --grid: also docs/results/artist_seeds_samples.png
 
 reads runs/artist_s<k>/summary.json and the `/usr/bin/time -v` log runs/artist_s<k>.log. Cells: mean ± sample sd
-over the seeds that ran, then each seed's value. The grid stacks each seed's five sample rows (ground truth,
-prompt_only, textdiffuser, artist, the textual model's glyphs; the first 8 held-out prompts), seed 0 on top.
+over the seeds that ran, then each seed's value. The grid stacks each seed's sample rows (ground truth,
+prompt_only, textdiffuser, artist, artist with the true glyphs when the run has it, the textual model's glyphs;
+the first 8 held-out prompts), seed 0 on top.
 """
 import json
 import os
@@ -17,10 +18,11 @@ SEEDS = (0, 1, 2)
 ROWS = [("ground_truth", "ground truth"), ("prompt_only", "prompt_only"),
         ("textdiffuser", "textdiffuser (PIL glyph + mask channels)"),
         ("artist", "artist (textual-model features, zero convs)"),
+        ("artist_with_true_glyphs", "diagnostic: artist with the true glyphs fed to its textual branch"),
         ("textual_model_glyphs", "the textual model's own glyphs")]
 METRICS = [("ocr_accuracy", "OCR acc"), ("ocr_precision", "OCR P"), ("ocr_recall", "OCR R"), ("ocr_f", "OCR F"),
            ("fid_self", "FID (self-trained)"), ("clip_score_self", "CLIP-score (self-trained)")]
-GRID_ROWS = ("ground_truth", "prompt_only", "textdiffuser", "artist", "glyphs")
+GRID_ROWS = ("ground_truth", "prompt_only", "textdiffuser", "artist", "artist_with_true_glyphs", "glyphs")
 
 
 def load():
@@ -61,12 +63,18 @@ def main():
 
 
 def grid(seeds, path="docs/results/artist_seeds_samples.png", gap=8):
+    """Each seed's sample rows (GRID_ROWS that the run wrote: the diagnostic row is missing from runs before it)."""
     from PIL import Image
-    tiles = [Image.open(f"runs/artist_s{s}/samples_{r}_seed{s}.png").convert("RGB") for s in seeds for r in GRID_ROWS]
-    w, h = tiles[0].size
-    out = Image.new("RGB", (w, len(tiles) * h + (len(seeds) - 1) * gap), "white")
-    for i, t in enumerate(tiles):
-        out.paste(t, (0, i * h + (i // len(GRID_ROWS)) * gap))
+    blocks = [[Image.open(f).convert("RGB") for f in (f"runs/artist_s{s}/samples_{r}_seed{s}.png" for r in GRID_ROWS)
+               if os.path.exists(f)] for s in seeds]
+    w, h = blocks[0][0].size
+    out = Image.new("RGB", (w, sum(len(b) for b in blocks) * h + (len(blocks) - 1) * gap), "white")
+    y = 0
+    for b in blocks:
+        for t in b:
+            out.paste(t, (0, y))
+            y += h
+        y += gap
     out.save(path, optimize=True)
     print(f"wrote {path}")
 
