@@ -3,8 +3,10 @@ layout planner, against a prompt-only UNet and a TextDiffuser-style glyph/mask-c
 steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score with self-trained encoders
 (train/tasks/artist.py; docs/results/artist.md).
 
-    python -m train --config configs/artist.py --workdir /tmp/artist            # the table, 1 seed
-    python -m train --config configs/artist.py:seeds3 --workdir /tmp/artist3    # the same, 3 seeds
+    python -m train --config configs/artist.py --workdir /tmp/artist            # the table, 1 seed (seed 0)
+    python -m train --config configs/artist.py --workdir /tmp/artist_s1 "--config.seeds=(1,)"   # another seed
+    python docs/results/artist_table.py --grid     # the 3-seed table from runs/artist_s{0,1,2} (one run per seed)
+    python -m train --config configs/artist.py:seeds3 --workdir /tmp/artist3    # 3 seeds in one run (3x as long)
     python -m train --config configs/artist.py:tiny --workdir /tmp/artist_tiny  # smoke test, toy sizes (~130 s CPU)
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F = 0.77 at 24x48 px (the ceiling of every
