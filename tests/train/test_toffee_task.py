@@ -54,10 +54,26 @@ def test_summary_tables_and_grids(tiny_run):
     # the encoder-free columns: squared errors of [0, 1] images against the true render, so in [0, 1]
     for key in ("MSE_p0.3_seeds", "mask MSE_p0.0_seeds"):
         assert all(0 <= v <= 1 for v in saved[key])
+    # the no-model row: the reference scored against itself by DINO is a cosine of identical features
+    assert abs(saved["copy_DINO"] - 1) < 1e-5 and 0 < saved["copy_mask MSE"] <= 1
     md = (workdir / "results.md").read_text()
     assert "| λ |" in md and "| p |" in md and "Cost per pair" in md
     for png in ("toffee_pipeline.png", "toffee_lambda.png", "toffee_edit.png"):
         assert (workdir / png).stat().st_size > 0
+
+
+def test_pixel_mse_whole_and_in_the_mask():
+    from train.tasks.toffee import pixel_mse
+
+    tg = np.zeros((4, 4, 3))
+    m1, m2 = np.zeros((4, 4)), np.zeros((4, 4))
+    m1[:2, :2], m2[0, 0] = 1, 1
+    exs = [{"target": tg, "mask": m1}, {"target": tg, "mask": m2}]
+    x = np.zeros((2, 4, 4, 3))
+    x[0, 0, 0] = 1.0        # one pixel wrong in example 0 (inside its 4-pixel mask), example 1 exact
+    x[1, 3, 3] = 0.5        # example 1: wrong only outside its mask
+    assert pixel_mse(x, exs) == (3 * 1.0 + 3 * 0.25) / (2 * 48)
+    assert pixel_mse(x, exs, masked=True) == (1 / 4 + 0) / 2
 
 
 def test_bad_config_fails_before_compute(tmp_path):

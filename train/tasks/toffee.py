@@ -321,6 +321,32 @@ def make_sampler(net, params, steps, schedule=None):
     return lambda *args: compiled(params, *args)
 
 
+def test_subjects(c) -> list:
+    """The held-out subjects of the pipeline and of ToffeeNet's evaluation (never seen in training)."""
+    trng = np.random.default_rng(c.seed + 1000)
+    return [S.random_subject(trng) for _ in range(c.pipeline.test_subjects)]
+
+
+def eval_sets(c, test_subs) -> tuple[list, list]:
+    """ToffeeNet's held-out examples: (generation, editing), `toffee.eval_per_subject` of each per test subject."""
+    eval_rng = np.random.default_rng(c.seed + 77)
+    gen = [S.toffee_example(s, S.random_subject(eval_rng), eval_rng, c.data.size, kind="generation")
+           for s in test_subs for _ in range(c.toffee.eval_per_subject)]
+    edit = [S.toffee_example(s, S.random_subject(eval_rng), eval_rng, c.data.size, kind="editing")
+            for s in test_subs for _ in range(c.toffee.eval_per_subject)]
+    return gen, edit
+
+
+def pixel_mse(samples, exs, masked: bool = False) -> float:
+    """Mean squared error of [0, 1] images to the examples' true target renders; inside each edit mask when masked
+    (the mean over examples of the per-example masked mean)."""
+    tg = np.stack([e["target"] for e in exs])
+    if not masked:
+        return float(np.mean((samples - tg) ** 2))
+    m = np.stack([e["mask"] for e in exs])[..., None]
+    return float(np.mean(np.sum((samples - tg) ** 2 * m, (1, 2, 3)) / np.maximum(3 * m.sum((1, 2, 3)), 1)))
+
+
 def residual_encode(target, draft, scale: float):
     """**[reconstruction]** (see the module docstring). The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
     divided by `scale`, in the pools' [0, 1] convention (train_diffusion maps it to [-1, 1]). [B, H, W, 3] images in
@@ -345,9 +371,7 @@ def run(config, report) -> dict:
     key = jax.random.key(c.seed)
     size = c.data.size
     data = S.subject_images(c.data.train_subjects, c.data.views, seed=c.seed, size=size)
-    trng = np.random.default_rng(c.seed + 1000)
-    train_subs = data["subjects"]
-    test_subs = [S.random_subject(trng) for _ in range(c.pipeline.test_subjects)]
+    train_subs, test_subs = data["subjects"], test_subjects(c)
     summary: dict = {}
 
     # 1. encoders ------------------------------------------------------------------------------------------
@@ -560,11 +584,7 @@ def run(config, report) -> dict:
         pipeline=summary)
 
     # 4. ToffeeNet: λ and p tables --------------------------------------------------------------------------
-    eval_rng = np.random.default_rng(c.seed + 77)
-    gen_eval = [S.toffee_example(s, S.random_subject(eval_rng), eval_rng, size, kind="generation")
-                for s in test_subs for _ in range(c.toffee.eval_per_subject)]
-    edit_eval = [S.toffee_example(s, S.random_subject(eval_rng), eval_rng, size, kind="editing")
-                 for s in test_subs for _ in range(c.toffee.eval_per_subject)]
+    gen_eval, edit_eval = eval_sets(c, test_subs)
 
     def cond_of(exs):
         """[B, H, W, 5]: source in [-1, 1] (0 for generation), edit mask {0, 1}, depth map [0, 1]."""
@@ -577,19 +597,18 @@ def run(config, report) -> dict:
         """The encoders' scores, and the pixel MSE to the true target render (no encoder: the renderer knows the
         answer), inside the edit mask when masked."""
         refs = np.stack([e["reference"] for e in exs])
-        tg = np.stack([e["target"] for e in exs])
         caps = _ids([e["caption"] for e in exs], c)
         if masked:   # Seg-DINO: the edited region only (outside the mask grey) against the subject in that region
             m = np.stack([e["mask"] for e in exs])[..., None]
-            mse = np.sum((samples - tg) ** 2 * m, (1, 2, 3)) / np.maximum(3 * m.sum((1, 2, 3)), 1)
+            tg = np.stack([e["target"] for e in exs])
             return {"Seg-DINO": float(_cos(np.asarray(dino_embed(samples * m + 0.5 * (1 - m))[0]),
                                            np.asarray(dino_embed(tg * m + 0.5 * (1 - m))[0])).mean()),
-                    "mask MSE": float(mse.mean())}
+                    "mask MSE": pixel_mse(samples, exs, masked=True)}
         si, st_ = (np.asarray(a) for a in clip_encode(samples, caps))
         ri, _ = (np.asarray(a) for a in clip_encode(refs, caps))
         return {"DINO": float(_cos(np.asarray(dino_embed(samples)[0]), np.asarray(dino_embed(refs)[0])).mean()),
                 "CLIP-I": float(np.sum(si * ri, -1).mean()), "CLIP-T": float(np.sum(si * st_, -1).mean()),
-                "MSE": float(np.mean((samples - tg) ** 2))}
+                "MSE": pixel_mse(samples, exs)}
 
     p_rows, lam_rows, lam_grid, edit_grid = [], [], [], []
     seeds = tuple(c.toffee.seeds)
@@ -643,6 +662,12 @@ def run(config, report) -> dict:
         p_rows.append([f"{p:.2f}"] + [cell(per_seed[k_], ".4f" if "MSE" in k_ else ".3f") for k_ in p_cols])
         summary[f"seg_dino_p{p}"], summary[f"clip_t_p{p}"] = np.mean(per_seed["Seg-DINO"]), np.mean(per_seed["CLIP-T"])
         summary.update({f"{k_}_p{p}_seeds": v for k_, v in per_seed.items()})
+    # no model: the reference image copied as the generation, the source left unedited: what a sample must beat
+    copy = {**score(np.stack([e["reference"] for e in gen_eval]), gen_eval),
+            **score(np.stack([e["source"] for e in edit_eval]), edit_eval, masked=True)}
+    p_rows.append(["no model (reference copied; source not edited)"]
+                  + [f"{copy[k_]:{'.4f' if 'MSE' in k_ else '.3f'}}" for k_ in p_cols])
+    summary.update({f"copy_{k_}": v for k_, v in copy.items()})
     ex4 = edit_eval[:4]
     show = [np.stack([e["source"] for e in ex4]), np.stack([np.repeat(e["mask"][..., None], 3, -1) for e in ex4]),
             np.stack([e["reference"] for e in ex4]), np.stack([e["target"] for e in ex4])]
