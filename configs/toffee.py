@@ -11,7 +11,9 @@ Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch
 and p = 0 at 1,400 steps, one seed) and :p ~4,000 CPU s (ToffeeNet p = 0 and 0.5 over seeds 0 and 1 at 1,400
 steps; Refiner / View Generator smoke-trained), each inside the issue's 45 minutes (~4,300 CPU s quiet). These are
 estimates from per-step costs: the committed run used smaller step counts (the command in docs/results/toffee.md).
-Within a seed, p is the only difference between ToffeeNets (same examples and initial weights).
+Measured: `:p` with one training seed (`--config.toffee.seeds='(0,)'`) 2,051 CPU s, each 1,400-step ToffeeNet ~880,
+so `:p` as configured is ~3,800. Within a seed, p is the only difference between ToffeeNets (same examples and
+initial weights). ToffeeNet predicts x0 (`toffee.prediction`; epsilon-prediction sampled colour noise at 1,400 steps).
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ def get_config(variant: str | None = None):
     c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
                     p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),
                     lambdas=(0.0, 2.0) if tiny else (0.0, 1.0, 2.0, 4.0),
-                    # what ToffeeNet's UNet predicts: "epsilon" (SD's, the paper's base) or "sample" (x0)
-                    prediction="epsilon")
+                    # what ToffeeNet's UNet predicts: "sample" (x0; docs/results/toffee.md: at 1400 steps, p = 0.5,
+                    # seed 0, DINO to the subject 0.44 against -0.19 for "epsilon", SD's and the paper's base)
+                    prediction="sample")
     if variant == "p":   # the p table over two training seeds; the Refiner / View Generator only smoke-trained
         c.unet.refiner_steps = c.unet.viewgen_steps = c.baseline.steps = 2
         c.toffee.p_values, c.toffee.seeds, c.toffee.lambdas = (0.0, 0.5), (0, 1), (1.0,)
