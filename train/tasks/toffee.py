@@ -321,7 +321,7 @@ def make_sampler(net, params, steps, schedule=None):
     return lambda *args: compiled(params, *args)
 
 
-def test_subjects(c) -> list:
+def held_out_subjects(c) -> list:
     """The held-out subjects of the pipeline and of ToffeeNet's evaluation (never seen in training)."""
     trng = np.random.default_rng(c.seed + 1000)
     return [S.random_subject(trng) for _ in range(c.pipeline.test_subjects)]
@@ -371,7 +371,7 @@ def run(config, report) -> dict:
     key = jax.random.key(c.seed)
     size = c.data.size
     data = S.subject_images(c.data.train_subjects, c.data.views, seed=c.seed, size=size)
-    train_subs, test_subs = data["subjects"], test_subjects(c)
+    train_subs, test_subs = data["subjects"], held_out_subjects(c)
     summary: dict = {}
 
     # 1. encoders ------------------------------------------------------------------------------------------
@@ -614,6 +614,7 @@ def run(config, report) -> dict:
     seeds = tuple(c.toffee.seeds)
     net_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.toffee.prediction)
     p_cols = ("Seg-DINO", "mask MSE", "CLIP-T", "DINO", "MSE")
+    digits = lambda k_: ".4f" if "MSE" in k_ else ".3f"   # noqa: E731   pixel errors are ~0.01-0.2
     for pi, p in enumerate(c.toffee.p_values):
         per_seed = {k_: [] for k_ in p_cols}
         for t in seeds:
@@ -659,14 +660,14 @@ def run(config, report) -> dict:
                     lam_grid.append(out_l[:4])
         def cell(v, f):   # the mean over seeds, each seed's value in brackets
             return f"{np.mean(v):{f}}" + (" (" + ", ".join(f"{x:{f}}" for x in v) + ")" if len(v) > 1 else "")
-        p_rows.append([f"{p:.2f}"] + [cell(per_seed[k_], ".4f" if "MSE" in k_ else ".3f") for k_ in p_cols])
+        p_rows.append([f"{p:.2f}"] + [cell(per_seed[k_], digits(k_)) for k_ in p_cols])
         summary[f"seg_dino_p{p}"], summary[f"clip_t_p{p}"] = np.mean(per_seed["Seg-DINO"]), np.mean(per_seed["CLIP-T"])
         summary.update({f"{k_}_p{p}_seeds": v for k_, v in per_seed.items()})
     # no model: the reference image copied as the generation, the source left unedited: what a sample must beat
     copy = {**score(np.stack([e["reference"] for e in gen_eval]), gen_eval),
             **score(np.stack([e["source"] for e in edit_eval]), edit_eval, masked=True)}
     p_rows.append(["no model (reference copied; source not edited)"]
-                  + [f"{copy[k_]:{'.4f' if 'MSE' in k_ else '.3f'}}" for k_ in p_cols])
+                  + [f"{copy[k_]:{digits(k_)}}" for k_ in p_cols])
     summary.update({f"copy_{k_}": v for k_, v in copy.items()})
     ex4 = edit_eval[:4]
     show = [np.stack([e["source"] for e in ex4]), np.stack([np.repeat(e["mask"][..., None], 3, -1) for e in ex4]),
