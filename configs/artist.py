@@ -11,8 +11,9 @@ steps and batch; MARIO-Eval OCR metrics read by rapidocr, FID and CLIP-score wit
 
 Expected (docs/results/artist.md): the ground-truth images read at OCR F = 0.77 at 24x48 px (the ceiling of every
 method). The table config is sized to ~4200 CPU-s (~45 min quiet) from per-step CPU measured stage by stage; run
-end to end (seed 0): 3885 CPU-s, OCR F textdiffuser 0.667, artist 0.042, prompt_only 0, the textual model's glyphs
-0.125 (docs/results/artist.md: ARTIST is held back by its textual model's legibility). Measured at reduced steps (100 visual, 597 CPU-s, before the glyph probes): every method's DDIM
+end to end, one run per seed: 3843-3885 CPU-s each, OCR F over seeds 0-2 textdiffuser 0.556 ± 0.127, artist
+0.028 ± 0.024, prompt_only 0, the textual model's glyphs 0.056; ARTIST handed the true glyphs 0.125 / 0.458 (seeds
+1 / 2) (docs/results/artist.md: ARTIST is held back mostly by its textual model's legibility). Measured at reduced steps (100 visual, 597 CPU-s, before the glyph probes): every method's DDIM
 samples still noise, OCR 0 for all; the planner copies the prompt's words (0.875 exact at 600 steps). The textual
 model alone (char map + x0-prediction, single words): OCR F 0 / 0.042 / 0.125 at 600 / 1000 / 1600 steps (24 words;
 ground truth 1.0), still rising: hence 2000 + 500 textual steps here. Not a reproduction of the paper's "up to 15%
