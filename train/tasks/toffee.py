@@ -13,7 +13,9 @@ image/caption model trained here (a ViT + mean word embeddings); the text-to-ima
 plain-painted, blurred subject at the prompt's view and background (its geometry comes from the renderer, not
 from text); Grounded-SAM is the renderer's mask. The Refiner diffuses the residual (truth − draft) and predicts
 x0 (**[reconstruction]**: the paper does not publish how its Refiner uses the draft; residual diffusion after
-Whang et al. 2022); the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). Test subjects are never seen by any trained model.
+Whang et al. 2022); the filter's thresholds are calibrated on held-out renders (`calibrate_filter`). ToffeeNet predicts x0 by default
+(`toffee.prediction`; **[deviation]**: the paper fine-tunes Stable Diffusion, an ε model; at this size ε-prediction
+sampled colour noise after 1,400 steps, docs/results/toffee.md). Test subjects are never seen by any trained model.
 """
 from __future__ import annotations
 
