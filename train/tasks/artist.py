@@ -319,22 +319,21 @@ def _sample(method, model, params, sched, c, prompt_ids, plan_glyph, plan_mask, 
         sl = slice(s, s + c.eval.batch_size)
         ids, g, m, lids, cm = (jnp.asarray(a[sl]) for a in (prompt_ids, plan_glyph, plan_mask, plan_ids, plan_cmap))
         key, k = jax.random.split(key)
-        if method == "artist" and oracle_glyphs:
-            noise = jax.random.normal(k, (len(ids), h, w, 4))
+        if method == "artist":
+            noise = jax.random.normal(k, (len(ids), h, w, 4))   # [visual | glyph] channels
+            cm = cm if c.model.char_dim else None
 
-            def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None, g=g, gn=noise[..., 3:]):
-                tt = jnp.full((x.shape[0],), t)
-                return model.apply({"params": p}, x, diffusion.q_sample(ac, g, tt, gn), tt, ids, lids, cm)[0]
-            x = _ddim(fn, sched, noise[..., :3], c.eval.ddim_steps)
-        elif method == "artist":
-            noise = jax.random.normal(k, (len(ids), h, w, 4))
-
-            def fn(x, t, p=params, ids=ids, lids=lids, cm=cm if c.model.char_dim else None):
+            def fn(x, t, p=params, ids=ids, lids=lids, cm=cm):
                 tt = jnp.full((x.shape[0],), t)
                 ev, eg = model.apply({"params": p}, x[..., :3], x[..., 3:], tt, ids, lids, cm)
                 eg = diffusion.x0_and_eps(c.diffusion.textual_prediction, eg, x[..., 3:], ac[t])[1]   # -> eps
                 return jnp.concatenate([ev, eg], -1)
-            x = _ddim(fn, sched, noise, c.eval.ddim_steps)[..., :3]
+
+            def fn_oracle(x, t, p=params, ids=ids, lids=lids, cm=cm, g=g, gn=noise[..., 3:]):
+                tt = jnp.full((x.shape[0],), t)
+                return model.apply({"params": p}, x, diffusion.q_sample(ac, g, tt, gn), tt, ids, lids, cm)[0]
+            x = (_ddim(fn_oracle, sched, noise[..., :3], c.eval.ddim_steps) if oracle_glyphs
+                 else _ddim(fn, sched, noise, c.eval.ddim_steps)[..., :3])
         else:
             noise = jax.random.normal(k, (len(ids), h, w, 3))
 
