@@ -45,11 +45,17 @@ def get_config(variant: str | None = None):
     c.sample = dict(steps=2 if tiny else 10, refiner_steps=2 if tiny else 10, refiner_lambda=1.0)
     # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
     # different-subject pairs on held-out renders); a number overrides
-    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4, dino_threshold=None,
-                      clip_threshold=None)
+    # (tiny: -2 keeps every pair, a cosine being >= -1: its untrained encoders must not leave ToffeeNet without data)
+    c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4,
+                      dino_threshold=-2.0 if tiny else None, clip_threshold=-2.0 if tiny else None)
     c.baseline = dict(steps=2 if tiny else 100, images=4)
     c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
-                    p_values=(0.3, 0.0) if tiny else (0.5, 0.0), seeds=(0,),
+                    p_values=(0.3, 0.0) if tiny else (0.5,), seeds=(0,),
+                    # what ToffeeNet trains on (train.tasks.toffee.SOURCES): the pipeline's own pairs on
+                    # dataset_subjects new subjects, the same pairs with the true renders (the control), and/or pairs
+                    # rendered from the training subjects; the λ table uses the first
+                    sources=("pipeline", "pipeline_truth", "renderer") if tiny else ("pipeline", "pipeline_truth"),
+                    dataset_subjects=2 if tiny else 64,
                     lambdas=(0.0, 2.0) if tiny else (0.0, 1.0, 2.0, 4.0),
                     # what ToffeeNet's UNet predicts: "sample" (x0; docs/results/toffee.md: at 1400 steps, p = 0.5,
                     # seed 0, DINO to the subject 0.44 against -0.19 for "epsilon", SD's and the paper's base)
@@ -57,4 +63,5 @@ def get_config(variant: str | None = None):
     if variant == "p":   # the p table over two training seeds; the Refiner / View Generator only smoke-trained
         c.unet.refiner_steps = c.unet.viewgen_steps = c.baseline.steps = 2
         c.toffee.p_values, c.toffee.seeds, c.toffee.lambdas = (0.0, 0.5), (0, 1), (1.0,)
+        c.toffee.sources = ("renderer",)
     return c

@@ -40,6 +40,9 @@ from train.experiment import build_step, experiment, fit, sample_batch
 from train.report import table
 
 # DreamBench (PAPERS.md §7; Table 1 and the reconstruction-pair ablation of 2406.09305)
+# ToffeeNet's training data (toffee.sources), as the tables name it
+SOURCES = {"renderer": "renderer pairs of the training subjects", "pipeline": "the pipeline's pairs",
+           "pipeline_truth": "the pipeline's pairs with the true renders"}
 PUBLISHED = {"ToffeeNet DreamBench": {"DINO": 0.728, "CLIP-I": 0.817, "CLIP-T": 0.306},
              "ablation without reconstruction pairs": {"Seg-DINO": 0.803, "CLIP-T": 0.306},
              "ablation with reconstruction pairs": {"Seg-DINO": 0.818, "CLIP-T": 0.286}}
@@ -58,6 +61,12 @@ def check_config(config):
                         ("toffee.prediction", config.toffee.prediction)):
         if value not in PREDICTION_TYPES:
             fail(f"config.{name}", f"one of {PREDICTION_TYPES}", repr(value))
+    sources = tuple(config.toffee.sources)
+    if not sources or any(s not in SOURCES for s in sources):
+        fail("config.toffee.sources", f"a non-empty list of {tuple(SOURCES)}", sources)
+    if any(s != "renderer" for s in sources) and config.toffee.dataset_subjects < 1:
+        fail("config.toffee.dataset_subjects", "at least 1 when a source is the pipeline's pairs",
+             config.toffee.dataset_subjects)
     if config.pipeline.test_subjects < 2:
         fail("config.pipeline.test_subjects", "at least 2", config.pipeline.test_subjects)
 
@@ -349,6 +358,34 @@ def pixel_mse(samples, exs, masked: bool = False) -> float:
     return float(np.mean(np.sum((samples - tg) ** 2 * m, (1, 2, 3)) / np.maximum(3 * m.sum((1, 2, 3)), 1)))
 
 
+def pipeline_examples(built: dict, true_renders: bool = False) -> list[dict]:
+    """ToffeeNet training examples (`jaxmm.data.subjects.toffee_example`'s keys) from one subject's construction
+    pipeline output (`run`'s `construct`): per prompt an editing pair whose target is the refined image and a
+    generation pair whose target is the View Generator's new view, both with the subject image as reference; only the
+    pairs the filter kept (the generation pair by the new view's own filter verdict). The editing source is the
+    target with the masked region replaced by another object rendered at the same view and background (the source
+    image the pair edits), the mask the dilated union of both objects' silhouettes (the renderer's segmentation, the
+    Grounded-SAM stand-in), so that outside the mask source and target agree **[reconstruction]**: how the paper
+    obtains its editing sources is not public. Depth: the renderer's depth of the target's view (the depth estimator
+    stand-in). true_renders: the same pairs (same prompts, views, kept set) with the renderer's true images in place
+    of the pipeline's: the control that separates the pipeline's image quality from everything else."""
+    ref, out = built["subject"]["image"], []
+    for i, cap in enumerate(built["caps"]):
+        truth, src, new = built["truth"][i], built["source"][i], built["new_truth"][i]
+        if built["scores"][1][i]:
+            tgt = truth["image"] if true_renders else built["refined"][i]
+            m = S.dilate(truth["mask"] | src["mask"]).astype(np.float32)
+            source = tgt * (1 - m[..., None]) + src["image"] * m[..., None]
+            out.append({"target": tgt, "reference": ref, "source": source.astype(np.float32), "mask": m,
+                        "depth": S.depth_map(truth["depth"]), "caption": cap})
+        if built["new_view_scores"][1][i]:
+            tgt = new["image"] if true_renders else built["new_view"][i]
+            out.append({"target": tgt, "reference": ref, "source": np.zeros_like(tgt),
+                        "mask": np.zeros(tgt.shape[:2], np.float32), "depth": S.depth_map(new["depth"]),
+                        "caption": cap})
+    return out
+
+
 def residual_encode(target, draft, scale: float):
     """**[reconstruction]** (see the module docstring). The Refiner's diffusion variable: the detail the draft lacks, (target - draft) in the models' [-1, 1] units
     divided by `scale`, in the pools' [0, 1] convention (train_diffusion maps it to [-1, 1]). [B, H, W, 3] images in
@@ -463,7 +500,7 @@ def run(config, report) -> dict:
     ref_mean = make_sampler(refiner, ref_params, 1, ref_schedule)
     n = c.pipeline.pairs_per_subject
     pairs = {"edit_source": [], "edit_mask": [], "edit_target": [], "edit_reference": [], "gen_reference": [],
-             "gen_caption": [], "gen_target": [], "kept": []}
+             "gen_caption": [], "gen_target": [], "kept": [], "gen_kept": []}
     quality: dict = {}   # per kind (draft, refined, refined_mean, truth): MSE and masked MSE to the truth, DINO and
     # Seg-DINO to the subject image, kept by the filter
     grey = lambda x, m: x * m[..., None] + 0.5 * (1 - m[..., None])   # noqa: E731   outside the mask grey
@@ -472,11 +509,14 @@ def run(config, report) -> dict:
     zeros = np.zeros((n, size, size, 3), np.float32)
     ref_sample(jax.random.key(0), _pad(zeros), tokens_of(zeros), _ids(["a"] * n, c), _noview(n), 1.0).block_until_ready()
     tokens_of(zeros[:1]), clip_encode(zeros, _ids(["a"] * n, c))   # the encoders at the batch sizes used below
-    t_pipe = cpu_pipe = 0.0
-    for si, s in enumerate(test_subs):
-        srng = np.random.default_rng(c.seed + 5000 + si)
+
+    def construct(s, srng, key, n):
+        """The construction pipeline on one subject, no per-subject tuning: the subject image (one render) -> n
+        drafts at the prompts' views and backgrounds -> Refiner (the subject's DINO tokens) -> View Generator (a new
+        view of each refined image) -> masks from the renderer -> the filter. Returns the images, the renders they
+        stand for (for scoring and for the true-render control), the filter's verdicts and the timed seconds (wall,
+        CPU) from the subject's DINO tokens to the filter."""
         subject_r = S.render(s, S.random_view(srng), S.random_background(srng), size)
-        subject_img = subject_r["image"]
         views = [S.random_view(srng) for _ in range(n)]
         bgs = [S.random_background(srng) for _ in range(n)]
         caps = [f"{s.caption} {b.caption}" for b in bgs]
@@ -484,37 +524,50 @@ def run(config, report) -> dict:
         truth = [S.render(s, v, b, size) for v, b in zip(views, bgs)]
         v2 = [S.random_view(srng) for _ in range(n)]
         t0, c0 = time.time(), time.process_time()
-        subj_cls, subj_tok = (np.asarray(a) for a in dino_embed(subject_img[None]))
+        subj_cls, subj_tok = (np.asarray(a) for a in dino_embed(subject_r["image"][None]))
         tok = np.repeat(subj_tok, n, 0)
-        key, k1, k2 = jax.random.split(key, 3)
+        k1, k2 = jax.random.split(key)
         refined = residual_decode(ref_sample(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
                                              c.sample.refiner_lambda), drafts, r_scale)
         new_view = np.asarray(vg_sample(k2, _pad(_pm(refined)), tokens_of(refined), _ids(caps, c),
                                         np.stack([np.asarray(T.view_features(v.azimuth, v.elevation)) for v in v2]),
                                         1.0))
         masks = np.stack([t["mask"] for t in truth])        # the renderer's segmentation (Grounded-SAM stand-in)
-        scores = {"refined": filter_scores(refined, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t, clip_t)}
-        keep = scores["refined"][1]
-        t_pipe, cpu_pipe = t_pipe + time.time() - t0, cpu_pipe + time.process_time() - c0
+        scores = filter_scores(refined, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t, clip_t)
+        new_view_scores = filter_scores(new_view, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t, clip_t)
+        seconds = (time.time() - t0, time.process_time() - c0)
         others = [S.random_subject(srng) for _ in range(n)]
-        src = np.stack([S.render(o, v, b, size)["image"] for o, v, b in zip(others, views, bgs)])
-        pairs["edit_source"].append(src)
+        src = [S.render(o, v, b, size) for o, v, b in zip(others, views, bgs)]
+        return dict(subject=subject_r, subj_cls=subj_cls, tok=tok, caps=caps, drafts=drafts, truth=truth,
+                    refined=refined, new_view=new_view, masks=masks, scores=scores,
+                    new_view_scores=new_view_scores, source=src, seconds=seconds,
+                    k1=k1, new_truth=[S.render(s, v, b, size) for v, b in zip(v2, bgs)])
+
+    t_pipe = cpu_pipe = 0.0
+    for si, s in enumerate(test_subs):
+        key, k = jax.random.split(key)
+        b = construct(s, np.random.default_rng(c.seed + 5000 + si), k, n)
+        caps, drafts, refined, masks, new_view = b["caps"], b["drafts"], b["refined"], b["masks"], b["new_view"]
+        subject_img, subj_cls, tok, k1 = b["subject"]["image"], b["subj_cls"], b["tok"], b["k1"]
+        t_pipe, cpu_pipe = t_pipe + b["seconds"][0], cpu_pipe + b["seconds"][1]
+        pairs["edit_source"].append(np.stack([r["image"] for r in b["source"]]))
         pairs["edit_mask"].append(masks)
         pairs["edit_target"].append(refined)
         pairs["edit_reference"].append(np.repeat(subject_img[None], n, 0))
         pairs["gen_reference"].append(np.repeat(subject_img[None], n, 0))
         pairs["gen_caption"] += caps
         pairs["gen_target"].append(new_view)
-        pairs["kept"].append(keep)
-        gt_img = np.stack([t["image"] for t in truth])
-        subj_fg = np.asarray(dino_embed(grey(subject_img, subject_r["mask"])[None])[0])
+        pairs["kept"].append(b["scores"][1])
+        pairs["gen_kept"].append(b["new_view_scores"][1])
+        gt_img = np.stack([t["image"] for t in b["truth"]])
+        subj_fg = np.asarray(dino_embed(grey(subject_img, b["subject"]["mask"])[None])[0])
         # (the sample's noise key: at t = T the x0 prediction barely depends on it)
         refined_mean = residual_decode(ref_mean(k1, _pad(_pm(drafts)), tok, _ids(caps, c), _noview(n),
                                                 c.sample.refiner_lambda), drafts, r_scale)
         for kind, x in (("draft", drafts), ("refined", refined), ("refined_mean", refined_mean), ("truth", gt_img)):
             # the refined images' scores are the timed filter's own (computed once, above)
-            d, kept = scores.get(kind) or filter_scores(x, subj_cls, _ids(caps, c), dino_embed, clip_encode, dino_t,
-                                                        clip_t)
+            d, kept = b["scores"] if kind == "refined" else filter_scores(x, subj_cls, _ids(caps, c), dino_embed,
+                                                                           clip_encode, dino_t, clip_t)
             for name, v in (("mse", np.mean((x - gt_img) ** 2, (1, 2, 3))),
                             ("fg_mse", np.sum((x - gt_img) ** 2 * masks[..., None], (1, 2, 3))
                              / (3 * masks.sum((1, 2)))),
@@ -612,21 +665,65 @@ def run(config, report) -> dict:
                 "CLIP-I": float(np.sum(si * ri, -1).mean()), "CLIP-T": float(np.sum(si * st_, -1).mean()),
                 "MSE": pixel_mse(samples, exs)}
 
+    # ToffeeNet's training data (toffee.sources): "renderer", pairs rendered from the training subjects
+    # (S.toffee_example); "pipeline", the construction pipeline's own kept pairs on `toffee.dataset_subjects` subjects
+    # no model was trained on (what Toffee trains ToffeeNet on); "pipeline_truth", the same pairs with the renderer's
+    # true images in place of the pipeline's (the control for the pipeline's image quality)
+    pools: dict = {}
+    if any(src_ != "renderer" for src_ in c.toffee.sources):
+        drng = np.random.default_rng(c.seed + 6000)
+        built, c0 = [], time.process_time()
+        for di in range(c.toffee.dataset_subjects):
+            key, k = jax.random.split(key)
+            built.append(construct(S.random_subject(drng), np.random.default_rng(c.seed + 7000 + di), k, n))
+        for src_ in ("pipeline", "pipeline_truth"):
+            pools[src_] = [e for b in built for e in pipeline_examples(b, src_ == "pipeline_truth")]
+        prompts, exs_ = len(built) * n, pools["pipeline"]
+        if not exs_:
+            fail("config.pipeline.dino_threshold / clip_threshold", "a filter that keeps at least one of the "
+                 "pipeline's pairs for ToffeeNet to train on", f"0 of {2 * prompts} kept at DINO >= {dino_t:.3f}, "
+                 f"CLIP-T >= {clip_t:.3f}")
+        err = [np.mean((e["target"] - t["target"]) ** 2) for e, t in zip(exs_, pools["pipeline_truth"])]
+        summary.update(dataset_prompts=prompts, dataset_examples=len(exs_),
+                       dataset_editing=int(sum(e["mask"].any() for e in exs_)),
+                       dataset_cpu_seconds=time.process_time() - c0, dataset_target_mse=float(np.mean(err)))
+        ex8 = exs_[:8]
+        diffusion.save_grid(np.concatenate([
+            np.stack([e[k_] for e in ex8]) for k_ in ("reference", "source")]
+            + [np.stack([np.repeat(e["mask"][..., None], 3, -1) for e in ex8]),
+               np.stack([e["target"] for e in ex8]), np.stack([e["target"] for e in pools["pipeline_truth"][:8]])]
+        ).astype(np.float32) * 2 - 1, report.path("toffee_dataset.png"), nrow=8)
+        report.section(
+            "## ToffeeNet's training data from the construction pipeline\n\n"
+            + table(["quantity", "value"], [
+                ["subjects (no model trained on them) x prompts", f"{c.toffee.dataset_subjects} x {n}"],
+                ["candidate pairs (editing + generation)", f"{2 * prompts}"],
+                ["kept by the filter (editing / generation)", f"{summary['dataset_editing']} / "
+                 f"{len(exs_) - summary['dataset_editing']}"],
+                ["MSE of the kept targets to the true renders", f"{summary['dataset_target_mse']:.4f}"],
+                ["CPU seconds (pipeline and renders)", f"{summary['dataset_cpu_seconds']:.0f}"]]),
+            dataset=summary)
     p_rows, lam_rows, lam_grid, edit_grid = [], [], [], []
     seeds = tuple(c.toffee.seeds)
     net_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.toffee.prediction)
     p_cols = ("Seg-DINO", "mask MSE", "CLIP-T", "DINO", "MSE")
     digits = lambda k_: ".4f" if "MSE" in k_ else ".3f"   # noqa: E731   pixel errors are ~0.01-0.2
-    for pi, p in enumerate(c.toffee.p_values):
+    runs = [(src_, p) for src_ in c.toffee.sources for p in c.toffee.p_values]
+    for pi, (src_, p) in enumerate(runs):
+        tag = "" if src_ == "renderer" else f"_{src_}"
         per_seed = {k_: [] for k_ in p_cols}
         for t in seeds:
-            # the same examples (but for which are reconstructions) and the same initial weights for every p at a
-            # training seed t: p is the only difference within a seed
+            # the same examples (but for which are reconstructions) and the same initial weights for every p and
+            # every pipeline source at a training seed t: p (or the images) is the only difference within a seed
             prng = np.random.default_rng(c.seed + 11 + 100 * t)
-            exs = [S.toffee_example(train_subs[prng.integers(len(train_subs))],
-                                    train_subs[prng.integers(len(train_subs))], prng, size,
-                                    kind="editing" if prng.uniform() < 0.5 else "generation",
-                                    reconstruction=bool(prng.uniform() < p)) for _ in range(c.toffee.pool)]
+            if src_ == "renderer":
+                exs = [S.toffee_example(train_subs[prng.integers(len(train_subs))],
+                                        train_subs[prng.integers(len(train_subs))], prng, size,
+                                        kind="editing" if prng.uniform() < 0.5 else "generation",
+                                        reconstruction=bool(prng.uniform() < p)) for _ in range(c.toffee.pool)]
+            else:   # a reconstruction pair: the target is its own reference
+                u = prng.uniform(size=len(pools[src_]))
+                exs = [dict(e, reference=e["target"]) if ui < p else e for e, ui in zip(pools[src_], u)]
             depth_on = prng.uniform(size=len(exs)) < 0.5   # depth is optional: present in half the examples
             pool = {"x0": np.stack([e["target"] for e in exs]),
                     "cond": cond_of(exs) * np.concatenate([np.ones((len(exs), 1, 1, 4)),
@@ -634,7 +731,7 @@ def run(config, report) -> dict:
                     "tokens": tokens_of(np.stack([e["reference"] for e in exs])),
                     "text": _ids([e["caption"] for e in exs], c), "view": _noview(len(exs))}
             net = _unet(c)
-            name = f"toffeenet_p{p}" + (f"_seed{t}" if len(seeds) > 1 else "")
+            name = f"toffeenet_p{p}{tag}" + (f"_seed{t}" if len(seeds) > 1 else "")
             params, st = train_diffusion(c, net, pool, c.toffee.steps,
                                          jax.random.fold_in(jax.random.key(c.seed + 31), t), report, name,
                                          schedule=net_schedule)
@@ -662,9 +759,11 @@ def run(config, report) -> dict:
                     lam_grid.append(out_l[:4])
         def cell(v, f):   # the mean over seeds, each seed's value in brackets
             return f"{np.mean(v):{f}}" + (" (" + ", ".join(f"{x:{f}}" for x in v) + ")" if len(v) > 1 else "")
-        p_rows.append([f"{p:.2f}"] + [cell(per_seed[k_], digits(k_)) for k_ in p_cols])
-        summary[f"seg_dino_p{p}"], summary[f"clip_t_p{p}"] = np.mean(per_seed["Seg-DINO"]), np.mean(per_seed["CLIP-T"])
-        summary.update({f"{k_}_p{p}_seeds": v for k_, v in per_seed.items()})
+        label = f"{p:.2f}" + (f", {SOURCES[src_]}" if len(c.toffee.sources) > 1 else "")
+        p_rows.append([label] + [cell(per_seed[k_], digits(k_)) for k_ in p_cols])
+        summary[f"seg_dino_p{p}{tag}"] = np.mean(per_seed["Seg-DINO"])
+        summary[f"clip_t_p{p}{tag}"] = np.mean(per_seed["CLIP-T"])
+        summary.update({f"{k_}_p{p}{tag}_seeds": v for k_, v in per_seed.items()})
     # no model: the reference image copied as the generation, the source left unedited: what a sample must beat
     copy = {**score(np.stack([e["reference"] for e in gen_eval]), gen_eval),
             **score(np.stack([e["source"] for e in edit_eval]), edit_eval, masked=True)}
@@ -679,10 +778,13 @@ def run(config, report) -> dict:
     refs = np.stack([e["reference"] for e in gen_eval[:4]])
     diffusion.save_grid(np.concatenate([refs] + lam_grid) * 2 - 1, report.path("toffee_lambda.png"), nrow=4)
     report.section(
-        f"## ToffeeNet: λ (p = {c.toffee.p_values[0]}, generation, {len(gen_eval)} held-out examples; "
+        f"## ToffeeNet: λ (p = {c.toffee.p_values[0]}, trained on {SOURCES[c.toffee.sources[0]]}, generation, "
+        f"{len(gen_eval)} held-out examples; "
         f"{c.toffee.steps} steps, predicting {c.toffee.prediction})\n\n"
         + table(["λ", "DINO", "CLIP-I", "CLIP-T", "MSE to the true render"], lam_rows)
-        + "\n\n## ToffeeNet: reconstruction-pair probability p\n\n"
+        + "\n\n## ToffeeNet: reconstruction-pair probability p"
+        + (" and training data" if len(c.toffee.sources) > 1 else f" (trained on {SOURCES[c.toffee.sources[0]]})")
+        + "\n\n"
         + table(["p", "Seg-DINO (editing)", "MSE in the edit mask (editing)", "CLIP-T (generation)",
                  "DINO (generation)", "MSE to the true render (generation)"], p_rows)
         + (f"\n\nMeans over training seeds {seeds} (each seed's value in brackets)." if len(seeds) > 1 else "")
