@@ -36,8 +36,11 @@ def test_pipeline_on_two_subjects_writes_pairs(tiny_run):
     assert pairs["kept"].shape == pairs["gen_kept"].shape == (n,) and len(pairs["gen_caption"]) == n
     for x in (pairs["edit_target"], pairs["gen_target"]):
         assert np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
-    # the masks are the renderer's segmentation of the draft's geometry: each nonempty, each an object silhouette
+    # the masks are the renderer's segmentation of both objects: each nonempty, none the whole image; outside the mask
+    # the editing source is its target
     assert all(m.any() and not m.all() for m in pairs["edit_mask"])
+    out = ~pairs["edit_mask"]
+    np.testing.assert_array_equal(pairs["edit_source"][out], pairs["edit_target"][out])
     # both subjects' captions are in the generation pairs (2 subjects -> captions of 2 different objects)
     assert len({c.split(" in front of")[0].split(" on a ")[0] for c in pairs["gen_caption"]}) == 2
     assert summary["pipeline_pairs_per_second"] > 0 and summary["baseline_seconds_per_pair"] > 0
