@@ -84,7 +84,8 @@ plt.tight_layout(); plt.show()
 #
 # `toffee:tiny` is `python -m train --config toffee:tiny`: the DINO and CLIP stand-ins, the Refiner and the View
 # Generator, the construction pipeline on held-out subjects (writing pairs.npz), the per-subject fine-tuning
-# baseline, ToffeeNet at two values of p and the λ sweep. The notebook cuts every training stage to one step
+# baseline, the pipeline run again on new subjects to build ToffeeNet's training pairs, ToffeeNet trained on those
+# pairs, on the same pairs with the true renders and on rendered pairs, each at two values of p, and the λ sweep. The notebook cuts every training stage to one step
 # (`SMALL`): on CPU the time goes to XLA compiling each stage once, and the models are untrained either way, so
 # the numbers mean nothing; the path is what runs. `SIZE = "full"` runs `configs/toffee.py` (the tables of
 # docs/results/toffee.md).
@@ -115,7 +116,8 @@ display(Markdown((pathlib.Path(workdir) / "results.md").read_text()))
 # ## For a real run
 #
 # - `SIZE = "full"` (or `python -m train --config toffee --workdir runs/toffee`) trains every stage for hundreds of
-#   steps at 32 px; `toffee:p` is the p table with a longer ToffeeNet. On a GPU raise `data.size` (a multiple of 8),
+#   steps at 32 px, ToffeeNet on the pipeline's own pairs against the same pairs with the true renders;
+#   `toffee:p` is the p table (rendered pairs, two training seeds). On a GPU raise `data.size` (a multiple of 8),
 #   `unet.width`, the step counts and `sample.steps`.
 # - Real DINOv2 features: `jaxmm.hf.from_pretrained("<facebook/dinov2-small folder>")` loads HF weights into
 #   `jaxmm.models.dino` (parity with HF `Dinov2Model`, tests/hf/test_dinov2.py).
