@@ -1,11 +1,13 @@
 """Toffee (arXiv 2406.09305) end to end on procedural subjects (configs/toffee.py): the DINO and CLIP stand-ins,
-the Refiner and View Generator, the construction pipeline with its cost against per-subject fine-tuning, and
-ToffeeNet's λ and p tables.
+the Refiner and View Generator, the construction pipeline with its cost against per-subject fine-tuning, the
+pipeline run again on new subjects to build ToffeeNet's training pairs (`toffee.sources`), and ToffeeNet's λ and
+p tables.
 
 Writes into the workdir through `train.report`: results.md / results.json (one section per stage), pairs.npz
 (the constructed editing pairs with masks and generation pairs), toffee_pipeline.png (draft / refined / truth /
-new view), toffee_lambda.png (ToffeeNet samples over λ), toffee_edit.png (editing: source / mask / reference /
-true target, then ToffeeNet's edit for each p), metrics.jsonl.
+new view), toffee_dataset.png (ToffeeNet's first 8 pipeline training pairs: reference / source / mask / the
+pipeline's target / the true render), toffee_lambda.png (ToffeeNet samples over λ), toffee_edit.png (editing:
+source / mask / reference / true target, then ToffeeNet's edit for each (source, p)), metrics.jsonl.
 
 Stand-ins, all labelled in the tables: subjects are rendered (jaxmm.data.subjects) at `data.size` px; "DINO" is
 jaxmm.models.dino trained here by self-distillation on the training subjects; "CLIP" is a tiny contrastive
