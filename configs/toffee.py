@@ -41,7 +41,10 @@ def get_config(variant: str | None = None):
     c.unet = dict(width=16, context_dim=32, batch=4 if tiny else 16, lr=1e-3, pool=8 if tiny else 256,
                   refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600,
                   # the Refiner diffuses (truth - draft) / (refiner_residual_std * its std), predicting x0
-                  refiner_prediction="sample", refiner_residual_std=2.5)
+                  refiner_prediction="sample", refiner_residual_std=2.5,
+                  # what the View Generator predicts; epsilon (SD's) measured: at 600 steps its new views are mostly
+                  # colour noise (docs/results/toffee.md, ToffeeNet's training set), as ToffeeNet's were before x0
+                  viewgen_prediction="epsilon")
     c.sample = dict(steps=2 if tiny else 10, refiner_steps=2 if tiny else 10, refiner_lambda=1.0)
     # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
     # different-subject pairs on held-out renders); a number overrides

@@ -102,6 +102,10 @@ def test_bad_config_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="config.toffee.seeds"):
         check_config(c)
     c = get_config("tiny")
+    c.unet.viewgen_prediction = "noise"
+    with pytest.raises(ValueError, match="config.unet.viewgen_prediction.*'noise'"):
+        check_config(c)
+    c = get_config("tiny")
     c.toffee.prediction = "x0"
     with pytest.raises(ValueError, match="config.toffee.prediction.*'x0'"):
         check_config(c)

@@ -60,6 +60,7 @@ def check_config(config):
     if not config.toffee.lambdas:
         fail("config.toffee.lambdas", "a non-empty list of λ values", tuple(config.toffee.lambdas))
     for name, value in (("unet.refiner_prediction", config.unet.refiner_prediction),
+                        ("unet.viewgen_prediction", config.unet.viewgen_prediction),
                         ("toffee.prediction", config.toffee.prediction)):
         if value not in PREDICTION_TYPES:
             fail(f"config.{name}", f"one of {PREDICTION_TYPES}", repr(value))
@@ -486,6 +487,7 @@ def run(config, report) -> dict:
                 "tokens": tokens_of(np.stack(ref_pool["ref"])), "text": _ids(ref_pool["cap"], c),
                 "view": _noview(len(ref_pool["x0"]))}
     ref_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.unet.refiner_prediction)
+    vg_schedule = dataclasses.replace(SCHEDULE, prediction_type=c.unet.viewgen_prediction)
     vg_pool = {"x0": np.stack(vg_pool["x0"]), "cond": _pad(_pm(np.stack(vg_pool["cond"]))),
                "tokens": tokens_of(np.stack(vg_pool["cond"])),
                "text": _ids(vg_pool["cap"], c), "view": np.stack(vg_pool["view"])}
@@ -494,12 +496,13 @@ def run(config, report) -> dict:
     ref_params, st = train_diffusion(c, refiner, ref_pool, c.unet.refiner_steps, k1, report, "refiner",
                                      schedule=ref_schedule)
     summary.update(st)
-    vg_params, st = train_diffusion(c, viewgen, vg_pool, c.unet.viewgen_steps, k2, report, "viewgen")
+    vg_params, st = train_diffusion(c, viewgen, vg_pool, c.unet.viewgen_steps, k2, report, "viewgen",
+                                    schedule=vg_schedule)
     summary.update(st)
 
     # 3. construction pipeline on held-out subjects ------------------------------------------------------------
     ref_sample = make_sampler(refiner, ref_params, c.sample.refiner_steps, ref_schedule)
-    vg_sample = make_sampler(viewgen, vg_params, c.sample.steps)
+    vg_sample = make_sampler(viewgen, vg_params, c.sample.steps, vg_schedule)
     # the Refiner's one-step estimate: a single DDIM step from pure noise returns the x0 prediction at t = T, which
     # for an x0-predicting model trained on MSE approximates the posterior mean E[residual | draft, subject, text]
     # (the MSE-optimal refinement; a sample adds the spread of plausible details). Scored beside the sampled
