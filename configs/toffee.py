@@ -1,19 +1,18 @@
 """Toffee (arXiv 2406.09305) on procedural subjects at 32 px (train/tasks/toffee.py; docs/results/toffee.md).
 
     python -m train --config configs/toffee.py --workdir /tmp/toffee          # full: encoders, Refiner, View
-                                                                             # Generator, pipeline, λ and p tables
+                                                                             # Generator, pipeline, ToffeeNet on the
+                                                                             # pipeline's pairs vs true renders, λ
     python -m train --config configs/toffee.py:p --workdir /tmp/toffee_p      # the p table alone (p = 0, 0.5)
                                                                              # over training seeds 0 and 1
     python -m train --config configs/toffee.py:tiny --workdir /tmp/toffee_tiny   # smoke test, every stage
 
-Sizing (docs/results/toffee.md): at the measured 0.67 CPU s per UNet step (batch 16), full is ~3,400 CPU s
-(DINO 2,000 steps ~200 s, CLIP 300, Refiner and View Generator 600 steps each, baseline 100, ToffeeNet p = 0.5
-and p = 0 at 1,400 steps, one seed) and :p ~4,000 CPU s (ToffeeNet p = 0 and 0.5 over seeds 0 and 1 at 1,400
-steps; Refiner / View Generator smoke-trained), each inside the issue's 45 minutes (~4,300 CPU s quiet). These are
-estimates from per-step costs: the committed run used smaller step counts (the command in docs/results/toffee.md).
-Measured: `:p` with one training seed (`--config.toffee.seeds='(0,)'`) 2,051 CPU s, each 1,400-step ToffeeNet ~880,
-so `:p` as configured is ~3,800. Within a seed, p is the only difference between ToffeeNets (same examples and
-initial weights). ToffeeNet predicts x0 (`toffee.prediction`; epsilon-prediction sampled colour noise at 1,400 steps).
+Measured (docs/results/toffee.md, 2026-11-30): full 6,199 CPU s (1:39 wall, shared with other jobs; ~68 min
+alone on that session's machine, whose UNet step cost ~1.5 CPU s against 0.67 in earlier sessions: over the
+issue's 45 minutes there, ~40 at the earlier per-step cost); :p with one training seed 4,168 CPU s, so :p as
+configured (two seeds) is ~6,300 there. Within a seed, p (or the pairs' images) is the only difference between
+ToffeeNets (same examples and initial weights). ToffeeNet predicts x0 (`toffee.prediction`; epsilon-prediction
+sampled colour noise at 1,400 steps); the View Generator still predicts epsilon and its new views are noise-like.
 """
 from __future__ import annotations
 
