@@ -381,6 +381,16 @@ def draft(subject: Subject, view: View, background: Background, size: int = 32) 
     return r
 
 
+def editing_source(target, truth: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
+    """An editing pair's (source [H, W, 3], mask [H, W] float {0, 1}) for a target image of the subject at the view and
+    background of `truth` (its render) and `other` (another object's render at the same view and background): the
+    mask is the dilated union of both silhouettes (the renderer's segmentation, the Grounded-SAM stand-in) and the
+    source is the target with the masked region replaced by the other object, so that source and target agree outside
+    the mask **[reconstruction]**: how the paper obtains its editing sources is not public."""
+    m = dilate(truth["mask"] | other["mask"]).astype(np.float32)
+    return (target * (1 - m[..., None]) + other["image"] * m[..., None]).astype(np.float32), m
+
+
 def toffee_example(subject: Subject, other: Subject, rng: np.random.Generator, size: int = 32, *,
                    kind: str = "generation", reconstruction: bool = False) -> dict:
     """One ToffeeNet training pair, rendered: {"target" [H,W,3], "reference" [H,W,3] (the subject image whose DINO
@@ -396,8 +406,8 @@ def toffee_example(subject: Subject, other: Subject, rng: np.random.Generator, s
     out = {"target": tgt["image"], "reference": ref["image"], "depth": depth_map(tgt["depth"]),
            "caption": f"{subject.caption} {bg.caption}"}
     if kind == "editing":
-        src = render(other, view, bg, size)
-        out["source"], out["mask"] = src["image"], dilate(tgt["mask"] | src["mask"]).astype(np.float32)
+        # the other object's render is its own composite: outside the dilated union it shows the same background
+        out["source"], out["mask"] = editing_source(tgt["image"], tgt, render(other, view, bg, size))
     else:
         out["source"], out["mask"] = np.zeros_like(tgt["image"]), np.zeros((size, size), np.float32)
     return out

@@ -361,29 +361,20 @@ def pixel_mse(samples, exs, masked: bool = False) -> float:
     return float(np.mean(np.sum((samples - tg) ** 2 * m, (1, 2, 3)) / np.maximum(3 * m.sum((1, 2, 3)), 1)))
 
 
-def editing_source(target, truth: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
-    """An editing pair's (source [H, W, 3], mask [H, W] float {0, 1}) for a target image of the subject at the view and
-    background of `truth` (its render) and `other` (another object's render at the same view and background): the
-    mask is the dilated union of both silhouettes (the renderer's segmentation, the Grounded-SAM stand-in) and the
-    source is the target with the masked region replaced by the other object, so that source and target agree outside
-    the mask **[reconstruction]**: how the paper obtains its editing sources is not public."""
-    m = S.dilate(truth["mask"] | other["mask"]).astype(np.float32)
-    return (target * (1 - m[..., None]) + other["image"] * m[..., None]).astype(np.float32), m
-
-
 def pipeline_examples(built: dict, true_renders: bool = False) -> list[dict]:
     """ToffeeNet training examples (`jaxmm.data.subjects.toffee_example`'s keys) from one subject's construction
     pipeline output (`run`'s `construct`): per prompt an editing pair whose target is the refined image and a
     generation pair whose target is the View Generator's new view, both with the subject image as reference; only the
     pairs the filter kept (the generation pair by the new view's own filter verdict); editing sources and masks from
-    `editing_source`. Depth: the renderer's depth of the target's view (the depth estimator stand-in). true_renders: the same pairs (same prompts, views, kept set) with the renderer's true images in place
+    `jaxmm.data.subjects.editing_source`. Depth: the renderer's depth of the target's view (the depth estimator
+    stand-in). true_renders: the same pairs (same prompts, views, kept set) with the renderer's true images in place
     of the pipeline's: the control that separates the pipeline's image quality from everything else."""
     ref, out = built["subject"]["image"], []
     for i, cap in enumerate(built["caps"]):
         truth, src, new = built["truth"][i], built["source"][i], built["new_truth"][i]
         if built["scores"][1][i]:
             tgt = truth["image"] if true_renders else built["refined"][i]
-            source, m = editing_source(tgt, truth, src)
+            source, m = S.editing_source(tgt, truth, src)
             out.append({"target": tgt, "reference": ref, "source": source, "mask": m,
                         "depth": S.depth_map(truth["depth"]), "caption": cap})
         if built["new_view_scores"][1][i]:
@@ -560,7 +551,7 @@ def run(config, report) -> dict:
         caps, drafts, refined, masks, new_view = b["caps"], b["drafts"], b["refined"], b["masks"], b["new_view"]
         subject_img, subj_cls, tok, k1 = b["subject"]["image"], b["subj_cls"], b["tok"], b["k1"]
         t_pipe, cpu_pipe = t_pipe + b["seconds"][0], cpu_pipe + b["seconds"][1]
-        edits = [editing_source(x, t, o) for x, t, o in zip(refined, b["truth"], b["source"])]
+        edits = [S.editing_source(x, t, o) for x, t, o in zip(refined, b["truth"], b["source"])]
         pairs["edit_source"].append(np.stack([e[0] for e in edits]))
         pairs["edit_mask"].append(np.stack([e[1] for e in edits]).astype(bool))
         pairs["edit_target"].append(refined)
