@@ -41,9 +41,10 @@ def get_config(variant: str | None = None):
                   refiner_steps=2 if tiny else 600, viewgen_steps=2 if tiny else 600,
                   # the Refiner diffuses (truth - draft) / (refiner_residual_std * its std), predicting x0
                   refiner_prediction="sample", refiner_residual_std=2.5,
-                  # what the View Generator predicts; epsilon (SD's) measured: at 600 steps its new views are mostly
-                  # colour noise (docs/results/toffee.md, ToffeeNet's training set), as ToffeeNet's were before x0
-                  viewgen_prediction="epsilon")
+                  # what the View Generator predicts: x0, as the Refiner and ToffeeNet; epsilon (SD's) measured at
+                  # 600 steps: its new views were mostly colour noise (docs/results/toffee.md, ToffeeNet's training
+                  # set), as ToffeeNet's were before x0
+                  viewgen_prediction="sample")
     c.sample = dict(steps=2 if tiny else 10, refiner_steps=2 if tiny else 10, refiner_lambda=1.0)
     # thresholds None: calibrated in the run (train.tasks.toffee.calibrate_filter: max TPR - FPR of same- vs
     # different-subject pairs on held-out renders); a number overrides
@@ -51,7 +52,10 @@ def get_config(variant: str | None = None):
     c.pipeline = dict(test_subjects=2 if tiny else 4, pairs_per_subject=2 if tiny else 4,
                       dino_threshold=-2.0 if tiny else None, clip_threshold=-2.0 if tiny else None)
     c.baseline = dict(steps=2 if tiny else 100, images=4)
-    c.toffee = dict(steps=2 if tiny else 1400, pool=8 if tiny else 256, eval_per_subject=2 if tiny else 6,
+    # batch: ToffeeNet's minibatch; 8, half the Refiner's 16, so that a run with two (full) or four (:p) ToffeeNets
+    # fits the 45 minutes on 2 CPU cores (a step's cost is linear in the batch: 0.31 / 0.62 s at 8 / 16)
+    c.toffee = dict(steps=2 if tiny else 1400, batch=2 if tiny else 8, pool=8 if tiny else 256,
+                    eval_per_subject=2 if tiny else 6,
                     p_values=(0.3, 0.0) if tiny else (0.5,), seeds=(0,),
                     # what ToffeeNet trains on (train.tasks.toffee.SOURCES): the pipeline's own pairs on
                     # dataset_subjects new subjects, the same pairs with the true renders (the control), and/or pairs

@@ -70,6 +70,9 @@ def check_config(config):
     if any(s != "renderer" for s in sources) and config.toffee.dataset_subjects < 1:
         fail("config.toffee.dataset_subjects", "at least 1 when a source is the pipeline's pairs",
              config.toffee.dataset_subjects)
+    for name, value in (("unet.batch", config.unet.batch), ("toffee.batch", config.toffee.batch)):
+        if not isinstance(value, int) or value < 1:
+            fail(f"config.{name}", "a positive integer minibatch size", repr(value))
     if config.pipeline.test_subjects < 2:
         fail("config.pipeline.test_subjects", "at least 2", config.pipeline.test_subjects)
 
@@ -292,13 +295,15 @@ def _diffusion_loss(net, p_drop: float, schedule):
     return loss_fn
 
 
-def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, schedule=None):
-    """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of it, AdamW
+def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, schedule=None, batch=None):
+    """pool: dict of numpy arrays x0 ([0, 1] images), cond, tokens, text, (view); random minibatches of `batch`
+    (c.unet.batch when None) of it, AdamW
     (no decay) through `train.experiment.fit` with one `build_step` per (architecture, lr, p_drop, schedule), kept
     here: the View Generator, the baseline and every ToffeeNet compile one step. schedule: SCHEDULE when None (the
     Refiner's predicts x0). Returns (params, stats) with stats' seconds (wall) and cpu_seconds (process CPU time,
     all threads) counted after the first (compiling) step."""
     schedule = SCHEDULE if schedule is None else schedule
+    batch = c.unet.batch if batch is None else batch
     ex = {k: v[:1] for k, v in pool.items()}
     # eager init: jax.jit(net.init) spent ~150 s compiling the per-parameter initialisers; eagerly each initialiser
     # op compiles once per shape (~35 CPU s for the first model, ~0.5 s for every later one)
@@ -310,10 +315,16 @@ def train_diffusion(c, net, pool, steps, key, report, name, p_drop=0.1, schedule
     if step_key not in _COMPILED:
         _COMPILED[step_key] = build_step(_diffusion_loss(net, p_drop, schedule), params,
                                          optax.adamw(c.unet.lr, weight_decay=0.0))
-    out = fit(_COMPILED[step_key], params, lambda s: sample_batch(pool, names, rng, c.unet.batch), steps, None, key,
-              report=report, name=name)
+    seen = set()   # the minibatch sizes drawn, reported (`{name}_batch`)
+
+    def batches(_):
+        b = sample_batch(pool, names, rng, batch)
+        seen.add(len(b["x0"]))
+        return b
+    out = fit(_COMPILED[step_key], params, batches, steps, None, key, report=report, name=name)
     return out.params, {f"{name}_loss": float(np.mean(out.losses[-20:])), f"{name}_seconds": out.seconds,
-                        f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps}
+                        f"{name}_cpu_seconds": out.cpu_seconds, f"{name}_steps": steps,
+                        f"{name}_batch": sorted(seen)[0] if len(seen) == 1 else sorted(seen)}
 
 
 def make_sampler(net, params, steps, schedule=None):
@@ -736,7 +747,7 @@ def run(config, report) -> dict:
             name = f"toffeenet_p{p}{tag}" + (f"_seed{t}" if len(seeds) > 1 else "")
             params, st = train_diffusion(c, net, pool, c.toffee.steps,
                                          jax.random.fold_in(jax.random.key(c.seed + 31), t), report, name,
-                                         schedule=net_schedule)
+                                         schedule=net_schedule, batch=c.toffee.batch)
             summary.update(st)
             sample = make_sampler(net, params, c.sample.steps, net_schedule)
 
