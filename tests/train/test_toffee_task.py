@@ -67,6 +67,8 @@ def test_summary_tables_and_grids(tiny_run):
     for key in ("seg_dino_p0.3_pipeline", "clip_t_p0.0_pipeline_truth", "MSE_p0.3_pipeline_seeds"):
         assert key in saved
     assert "training data from the construction pipeline" in md
+    # ToffeeNet draws minibatches of toffee.batch, the Refiner / View Generator of unet.batch (tiny: 2 and 4)
+    assert saved["toffeenet_p0.3_pipeline_batch"] == 2 and saved["refiner_batch"] == saved["viewgen_batch"] == 4
     for png in ("toffee_pipeline.png", "toffee_lambda.png", "toffee_edit.png", "toffee_dataset.png"):
         assert (workdir / png).stat().st_size > 0
 
@@ -109,6 +111,11 @@ def test_bad_config_fails_before_compute(tmp_path):
     c.toffee.prediction = "x0"
     with pytest.raises(ValueError, match="config.toffee.prediction.*'x0'"):
         check_config(c)
+    for name in ("unet", "toffee"):
+        c = get_config("tiny")
+        c[name].batch = 0
+        with pytest.raises(ValueError, match=f"config.{name}.batch.*0"):
+            check_config(c)
 
 
 def _built(rng, n=2, size=16):
