@@ -7,12 +7,11 @@
                                                                              # over training seeds 0 and 1
     python -m train --config configs/toffee.py:tiny --workdir /tmp/toffee_tiny   # smoke test, every stage
 
-Measured (docs/results/toffee.md, 2026-11-30): full 6,199 CPU s (1:39 wall, shared with other jobs; ~68 min
-alone on that session's machine, whose UNet step cost ~1.5 CPU s against 0.67 in earlier sessions: over the
-issue's 45 minutes there, ~40 at the earlier per-step cost); :p with one training seed 4,168 CPU s, so :p as
-configured (two seeds) is ~6,300 there. Within a seed, p (or the pairs' images) is the only difference between
-ToffeeNets (same examples and initial weights). ToffeeNet predicts x0 (`toffee.prediction`; epsilon-prediction
-sampled colour noise at 1,400 steps); the View Generator still predicts epsilon and its new views are noise-like.
+Measured (docs/results/toffee.md, 2026-12-01, 2 CPU cores, `/usr/bin/time -v`): full 36:13 wall (3,993 CPU s),
+:p 39:02 wall (4,269 CPU s), both within the issue's 45 minutes because ToffeeNet trains at toffee.batch = 8 (the
+price: weaker ToffeeNets than at 16, measured there). Within a seed, p (or the pairs' images) is the only difference
+between ToffeeNets (same examples and initial weights). ToffeeNet and the View Generator predict x0
+(epsilon-prediction sampled colour noise at this size).
 """
 from __future__ import annotations
 
