@@ -184,7 +184,7 @@ def _intersect(part: Part, o, d):
     if part.shape == "sphere":
         r = part.size[0]
         t = _solve((d * d).sum(1), 2 * (d @ oc), oc @ oc - r * r)
-        normal = (oc + t[:, None] * d) / r
+        normal = (oc + np.where(np.isfinite(t), t, 0.0)[:, None] * d) / r   # a missed ray's normal is unused
     elif part.shape == "box":
         h = np.asarray(part.size)
         with np.errstate(divide="ignore", invalid="ignore"):
